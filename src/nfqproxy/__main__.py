@@ -1,0 +1,3 @@
+from nfqproxy.cli import main
+
+raise SystemExit(main())

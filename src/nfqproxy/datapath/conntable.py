@@ -1,0 +1,198 @@
+"""The reference connection table: both directions of every proxied flow.
+
+A flow is keyed twice: by the 5-tuple the client sent (client -> VIP) and by the 5-tuple
+the backend replies with (backend -> client). Entries expire by protocol state, as in the
+kernel's conntrack; when the table is full the oldest flow is evicted, so memory stays
+bounded whatever arrives.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from enum import Enum
+from ipaddress import ip_address
+
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+
+TCP_FIN = 0x01
+TCP_SYN = 0x02
+TCP_RST = 0x04
+TCP_ACK = 0x10
+
+# (protocol, source address, source port, destination address, destination port)
+FlowKey = tuple[int, bytes, int, bytes, int]
+
+
+class FlowState(Enum):
+    TCP_SYN_SENT = "syn_sent"
+    TCP_ESTABLISHED = "established"
+    TCP_CLOSING = "closing"
+    TCP_RESET = "reset"
+    UDP_UNREPLIED = "unreplied"
+    UDP_REPLIED = "replied"
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds a flow lives after its last packet, by state (Cilium's and conntrack's scale)."""
+
+    tcp_syn_sent: float = 120.0
+    tcp_established: float = 21600.0
+    tcp_closing: float = 120.0
+    tcp_reset: float = 10.0
+    udp_unreplied: float = 30.0
+    udp_replied: float = 120.0
+
+    def for_state(self, state: FlowState) -> float:
+        return {
+            FlowState.TCP_SYN_SENT: self.tcp_syn_sent,
+            FlowState.TCP_ESTABLISHED: self.tcp_established,
+            FlowState.TCP_CLOSING: self.tcp_closing,
+            FlowState.TCP_RESET: self.tcp_reset,
+            FlowState.UDP_UNREPLIED: self.udp_unreplied,
+            FlowState.UDP_REPLIED: self.udp_replied,
+        }[state]
+
+
+@dataclass(slots=True)
+class Flow:
+    proto: int
+    client_ip: bytes
+    client_port: int
+    vip: bytes
+    vport: int
+    backend_ip: bytes
+    backend_port: int
+    service: str
+    state: FlowState
+    expires: float = 0.0
+
+    @property
+    def forward_key(self) -> FlowKey:
+        return (self.proto, self.client_ip, self.client_port, self.vip, self.vport)
+
+    @property
+    def reply_key(self) -> FlowKey:
+        return (self.proto, self.backend_ip, self.backend_port, self.client_ip, self.client_port)
+
+    @property
+    def backend(self) -> str:
+        return f"{ip_address(self.backend_ip)}:{self.backend_port}"
+
+
+def initial_state(proto: int, tcp_flags: int) -> FlowState:
+    """The state of a flow first seen with this packet from the client.
+
+    A TCP packet without SYN is a flow picked up mid-stream (after a restart, say); it is
+    taken as established, as conntrack does with nf_conntrack_tcp_loose.
+    """
+    if proto != IPPROTO_TCP:
+        return FlowState.UDP_UNREPLIED
+    if tcp_flags & TCP_RST:
+        return FlowState.TCP_RESET
+    if tcp_flags & TCP_SYN and not tcp_flags & TCP_ACK:
+        return FlowState.TCP_SYN_SENT
+    return FlowState.TCP_ESTABLISHED
+
+
+def next_state(state: FlowState, from_client: bool, tcp_flags: int) -> FlowState:
+    """The state after one more packet of the flow."""
+    if state in (FlowState.UDP_UNREPLIED, FlowState.UDP_REPLIED):
+        return state if from_client else FlowState.UDP_REPLIED
+    if tcp_flags & TCP_RST:
+        return FlowState.TCP_RESET
+    if tcp_flags & TCP_FIN or state is FlowState.TCP_CLOSING:
+        return FlowState.TCP_CLOSING
+    if state is FlowState.TCP_SYN_SENT and from_client and tcp_flags & TCP_SYN:
+        return state  # a retransmitted SYN
+    if state is FlowState.TCP_RESET:
+        # Only a new SYN revives a reset flow (the client reused the port).
+        return FlowState.TCP_SYN_SENT if tcp_flags & TCP_SYN else state
+    return FlowState.TCP_ESTABLISHED
+
+
+class ConnectionTable:
+    """Flows by both directions' keys, with expiry and bounded size."""
+
+    def __init__(self, capacity: int = 262144, timeouts: Timeouts | None = None) -> None:
+        if capacity < 1:
+            raise ValueError(f"connection table capacity must be positive, got {capacity}")
+        self.capacity = capacity
+        self.timeouts = timeouts or Timeouts()
+        # Insertion order doubles as age order for eviction.
+        self._forward: dict[FlowKey, Flow] = {}
+        self._reply: dict[FlowKey, Flow] = {}
+        self.evicted = 0
+        self.expired = 0
+
+    def __len__(self) -> int:
+        return len(self._forward)
+
+    def flows(self) -> list[Flow]:
+        return list(self._forward.values())
+
+    def _live(self, flow: Flow | None, now: float) -> Flow | None:
+        if flow is not None and flow.expires <= now:
+            self.remove(flow)
+            self.expired += 1
+            return None
+        return flow
+
+    def lookup_forward(self, key: FlowKey, now: float) -> Flow | None:
+        return self._live(self._forward.get(key), now)
+
+    def lookup_reply(self, key: FlowKey, now: float) -> Flow | None:
+        return self._live(self._reply.get(key), now)
+
+    def add(self, flow: Flow, now: float) -> None:
+        """Records a new flow, expiring or evicting old ones if the table is full."""
+        if len(self._forward) >= self.capacity:
+            self.expire(now)
+        while len(self._forward) >= self.capacity:
+            self.remove(next(iter(self._forward.values())))
+            self.evicted += 1
+        stale = self._reply.get(flow.reply_key)
+        if stale is not None:
+            # The backend side of an old flow is being reused: the new flow wins.
+            self.remove(stale)
+        flow.expires = now + self.timeouts.for_state(flow.state)
+        self._forward[flow.forward_key] = flow
+        self._reply[flow.reply_key] = flow
+
+    def observe(self, flow: Flow, from_client: bool, tcp_flags: int, now: float) -> None:
+        """Advances the flow's state by one packet and pushes back its expiry."""
+        flow.state = next_state(flow.state, from_client, tcp_flags)
+        flow.expires = now + self.timeouts.for_state(flow.state)
+
+    def remove(self, flow: Flow) -> None:
+        if self._forward.get(flow.forward_key) is flow:
+            del self._forward[flow.forward_key]
+        if self._reply.get(flow.reply_key) is flow:
+            del self._reply[flow.reply_key]
+
+    def expire(self, now: float) -> int:
+        """Removes every flow past its expiry; returns how many."""
+        dead = [flow for flow in self._forward.values() if flow.expires <= now]
+        for flow in dead:
+            self.remove(flow)
+        self.expired += len(dead)
+        return len(dead)
+
+    def summary(self) -> dict[str, object]:
+        """Counts for status output: flows by protocol and state, and by backend."""
+        by_state: Counter[str] = Counter()
+        by_backend: Counter[str] = Counter()
+        for flow in self._forward.values():
+            proto = "tcp" if flow.proto == IPPROTO_TCP else "udp"
+            by_state[f"{proto}/{flow.state.value}"] += 1
+            by_backend[f"{flow.service} -> {flow.backend}"] += 1
+        return {
+            "flows": len(self._forward),
+            "capacity": self.capacity,
+            "evicted": self.evicted,
+            "expired": self.expired,
+            "by_state": dict(sorted(by_state.items())),
+            "by_backend": dict(sorted(by_backend.items())),
+        }

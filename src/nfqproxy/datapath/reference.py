@@ -1,0 +1,226 @@
+"""The reference data path: one packet in, one verdict out, in plain Python.
+
+It is the executable specification of nfqproxy's packet handling. process() is a pure
+function of the packet, the tables and the clock, so tests can drive it with byte strings
+and the fast path can be compared with it packet for packet.
+
+Request (destination in the service range):
+  connection-table hit -> rewrite to the recorded backend;
+  miss -> service table (VIP, protocol, port) -> Maglev -> record the flow -> rewrite;
+  no such service port, or no endpoints -> REJECT (the kernel answers with a TCP RST or
+  ICMP port unreachable, as kube-proxy does).
+Reply (queued because its conntrack entry carries the proxied mark):
+  hit -> rewrite the source back to VIP:port;
+  miss (the proxy restarted) -> recover the VIP from the endpoint index if only one
+  service port uses that backend, else drop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import Enum
+from ipaddress import IPv4Network
+
+from nfqproxy.datapath.conntable import (
+    IPPROTO_TCP,
+    ConnectionTable,
+    Flow,
+    FlowState,
+    Timeouts,
+    initial_state,
+)
+from nfqproxy.datapath.hashing import flow_hash
+from nfqproxy.datapath.maglev import MaglevSelector
+from nfqproxy.datapath.packet import ParsedPacket, parse, rewrite_destination, rewrite_source
+from nfqproxy.model import PROTOCOLS, ServicePort, ServicePortKey, Snapshot
+
+
+class Action(Enum):
+    ACCEPT = "accept"
+    DROP = "drop"
+    REJECT = "reject"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    action: Action
+    reason: str
+    payload: bytes | None = None  # the rewritten packet, for ACCEPT
+    proxied: bool = False  # a request that was DNATed: its conntrack entry gets marked
+
+
+@dataclass(frozen=True, slots=True)
+class Frontend:
+    """A service port as the data path holds it: packed addresses and a Maglev selector."""
+
+    name: str
+    backends: tuple[tuple[bytes, int], ...]  # in Maglev order (sorted by name)
+    selector: MaglevSelector
+
+    @classmethod
+    def from_model(cls, port: ServicePort, seed: int) -> Frontend:
+        by_name = sorted((b.name, (b.ip.packed, b.port)) for b in port.backends)
+        return cls(
+            port.name,
+            tuple(packed for _, packed in by_name),
+            MaglevSelector([name for name, _ in by_name], seed=seed),
+        )
+
+
+TableKey = tuple[bytes, int, int]  # (VIP, protocol number, port)
+
+
+def table_key(key: ServicePortKey) -> TableKey:
+    vip, protocol, port = key
+    return (vip.packed, PROTOCOLS[protocol], port)
+
+
+class ReferenceDatapath:
+    def __init__(
+        self,
+        service_cidrs: Iterable[IPv4Network],
+        capacity: int = 262144,
+        timeouts: Timeouts | None = None,
+        seed: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.service_ranges = [
+            (int(cidr.network_address), int(cidr.netmask)) for cidr in service_cidrs
+        ]
+        self.flows = ConnectionTable(capacity, timeouts)
+        self.seed = seed
+        self.clock = clock
+        self.counters: Counter[str] = Counter()
+        self._snapshot = Snapshot()
+        self._frontends: dict[TableKey, Frontend] = {}
+        self._vips: set[bytes] = set()
+        # (protocol, backend address, backend port) -> frontends using it, for reply recovery
+        self._by_backend: dict[tuple[int, bytes, int], list[TableKey]] = {}
+
+    # --- programming ------------------------------------------------------------------
+
+    def apply(self, snapshot: Snapshot) -> list[str]:
+        """Programs the tables from a snapshot; rebuilds only the service ports that changed.
+
+        Returns the names of the service ports added, changed or removed.
+        """
+        old_ports, new_ports = self._snapshot.ports, snapshot.ports
+        changed: list[str] = []
+        for key in old_ports.keys() - new_ports.keys():
+            del self._frontends[table_key(key)]
+            changed.append(old_ports[key].name)
+        for key, port in new_ports.items():
+            if old_ports.get(key) != port:
+                self._frontends[table_key(key)] = Frontend.from_model(port, self.seed)
+                changed.append(port.name)
+        self._snapshot = snapshot
+        self._vips = {key[0] for key in self._frontends}
+        by_backend: dict[tuple[int, bytes, int], list[TableKey]] = {}
+        for key, frontend in self._frontends.items():
+            for address, port_number in frontend.backends:
+                by_backend.setdefault((key[1], address, port_number), []).append(key)
+        self._by_backend = by_backend
+        if changed:
+            self._forget_udp_flows_to_removed_backends()
+        return changed
+
+    def _forget_udp_flows_to_removed_backends(self) -> None:
+        # As kube-proxy clears conntrack for removed UDP endpoints: the next datagram of
+        # such a flow picks a live backend instead of vanishing. TCP flows stay pinned.
+        for flow in self.flows.flows():
+            if flow.proto == IPPROTO_TCP:
+                continue
+            frontend = self._frontends.get((flow.vip, flow.proto, flow.vport))
+            if frontend is None or (flow.backend_ip, flow.backend_port) not in frontend.backends:
+                self.flows.remove(flow)
+                self.counters["udp_flow_resteered"] += 1
+
+    # --- packets ----------------------------------------------------------------------
+
+    def _in_service_range(self, address: bytes) -> bool:
+        value = int.from_bytes(address, "big")
+        return any(value & mask == network for network, mask in self.service_ranges)
+
+    def process(self, raw: bytes) -> Verdict:
+        """The verdict for one queued packet. Never raises."""
+        try:
+            parsed = parse(raw)
+            if isinstance(parsed, str):
+                return self._count(Verdict(Action.DROP, parsed))
+            if parsed.has_ip_options:
+                self.counters["ip_options"] += 1
+            if self._in_service_range(parsed.ip.dst):
+                return self._count(self._request(parsed))
+            return self._count(self._reply(parsed))
+        except Exception:  # the proxy must outlive any packet; the counter shows the bug
+            return self._count(Verdict(Action.DROP, "internal_error"))
+
+    def _count(self, verdict: Verdict) -> Verdict:
+        self.counters[f"{verdict.action.value}_{verdict.reason}"] += 1
+        return verdict
+
+    def _request(self, packet: ParsedPacket) -> Verdict:
+        ip, l4, now = packet.ip, packet.l4, self.clock()
+        key = (packet.proto, ip.src, l4.sport, ip.dst, l4.dport)
+        flow = self.flows.lookup_forward(key, now)
+        reason = "request"
+        if flow is None:
+            frontend = self._frontends.get((ip.dst, packet.proto, l4.dport))
+            if frontend is None:
+                unknown = "no_service" if ip.dst not in self._vips else "port_not_served"
+                return Verdict(Action.REJECT, unknown)
+            index = frontend.selector.select(
+                flow_hash(packet.proto, ip.src, l4.sport, ip.dst, l4.dport, self.seed)
+            )
+            if index < 0:
+                return Verdict(Action.REJECT, "no_endpoints")
+            backend_ip, backend_port = frontend.backends[index]
+            flow = Flow(
+                packet.proto, ip.src, l4.sport, ip.dst, l4.dport, backend_ip, backend_port,
+                frontend.name, initial_state(packet.proto, packet.tcp_flags),
+            )
+            self.flows.add(flow, now)
+            reason = "new_flow"
+        else:
+            self.flows.observe(flow, True, packet.tcp_flags, now)
+        payload = rewrite_destination(packet, flow.backend_ip, flow.backend_port)
+        return Verdict(Action.ACCEPT, reason, payload, proxied=True)
+
+    def _reply(self, packet: ParsedPacket) -> Verdict:
+        ip, l4, now = packet.ip, packet.l4, self.clock()
+        key = (packet.proto, ip.src, l4.sport, ip.dst, l4.dport)
+        flow = self.flows.lookup_reply(key, now)
+        reason = "reply"
+        if flow is None:
+            flow = self._recover_flow(packet)
+            if flow is None:
+                return Verdict(Action.DROP, "unknown_reply")
+            self.flows.add(flow, now)
+            reason = "reply_recovered"
+        self.flows.observe(flow, False, packet.tcp_flags, now)
+        return Verdict(Action.ACCEPT, reason, rewrite_source(packet, flow.vip, flow.vport))
+
+    def _recover_flow(self, packet: ParsedPacket) -> Flow | None:
+        ip, l4 = packet.ip, packet.l4
+        candidates = self._by_backend.get((packet.proto, ip.src, l4.sport), [])
+        if len(candidates) != 1:
+            return None
+        vip, proto, vport = candidates[0]
+        state = FlowState.TCP_ESTABLISHED if proto == IPPROTO_TCP else FlowState.UDP_REPLIED
+        return Flow(
+            proto, ip.dst, l4.dport, vip, vport, ip.src, l4.sport,
+            self._frontends[candidates[0]].name, state,
+        )
+
+    def expire(self) -> int:
+        return self.flows.expire(self.clock())
+
+    def status(self) -> dict[str, object]:
+        return {
+            "service_ports": len(self._frontends),
+            "connection_table": self.flows.summary(),
+            "counters": dict(sorted(self.counters.items())),
+        }

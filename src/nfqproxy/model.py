@@ -1,0 +1,367 @@
+"""The model: which endpoints get traffic for each ClusterIP service port.
+
+It reads Service and EndpointSlice objects as the API serves them (plain dicts) and
+applies kube-proxy's rules for ClusterIP. Validation lives here too, so that a manifest
+file, an API watch and a test all reject the same objects with the same message, naming
+the field at fault.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
+from typing import Any
+
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
+
+PROTOCOLS = {"TCP": 6, "UDP": 17, "SCTP": 132}
+LABEL_SERVICE_NAME = "kubernetes.io/service-name"
+LABEL_SERVICE_PROXY_NAME = "service.kubernetes.io/service-proxy-name"
+
+# RFC 1035 / RFC 1123 labels, as Kubernetes validates names.
+DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+DNS_1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$")
+
+
+class ObjectError(ValueError):
+    """An object that cannot be used, with the path of the field at fault."""
+
+    def __init__(self, field_path: str, message: str) -> None:
+        super().__init__(f"{field_path}: {message}")
+        self.field_path = field_path
+        self.message = message
+
+
+def object_ref(obj: object) -> str:
+    """'Kind namespace/name' for messages, as far as the object allows."""
+    if not isinstance(obj, Mapping):
+        return f"<{type(obj).__name__}>"
+    kind = obj.get("kind") if isinstance(obj.get("kind"), str) else "<no kind>"
+    meta = obj.get("metadata")
+    if not isinstance(meta, Mapping):
+        return f"{kind} <no metadata>"
+    ns = meta.get("namespace", "default")
+    name = meta.get("name", "<no name>")
+    return f"{kind} {ns!s:.64}/{name!s:.64}"
+
+
+# --- field readers: each names the field path in its error ---------------------------
+
+
+def _mapping(value: object, path: str, required: bool = True) -> Mapping[str, Any]:
+    if value is None and not required:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ObjectError(path, f"must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _list(value: object, path: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ObjectError(path, f"must be a list, got {type(value).__name__}")
+    return value
+
+
+def _string(value: object, path: str, pattern: re.Pattern[str] | None = None) -> str:
+    if not isinstance(value, str):
+        raise ObjectError(path, f"must be a string, got {type(value).__name__}")
+    if pattern is not None and not pattern.match(value):
+        raise ObjectError(path, f"{value[:80]!r} is not a valid name ({pattern.pattern})")
+    return value
+
+
+def _port(value: object, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ObjectError(path, f"must be an integer port, got {value!r:.40}")
+    if not 1 <= value <= 65535:
+        raise ObjectError(path, f"{value} is out of range 1-65535")
+    return value
+
+
+def _protocol(value: object, path: str) -> str:
+    protocol = "TCP" if value is None else value
+    if protocol not in PROTOCOLS:
+        raise ObjectError(path, f"{protocol!r:.40} is not one of TCP, UDP, SCTP")
+    return str(protocol)
+
+
+def _ip(value: object, path: str) -> IPAddress:
+    if not isinstance(value, str):
+        raise ObjectError(path, f"must be an IP address string, got {type(value).__name__}")
+    try:
+        return ip_address(value)
+    except ValueError:
+        raise ObjectError(path, f"{value[:80]!r} is not a valid IP address") from None
+
+
+def _bool(value: object, path: str, default: bool) -> bool:
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ObjectError(path, f"must be true or false, got {value!r:.40}")
+    return value
+
+
+def _metadata(obj: Mapping[str, Any], name_pattern: re.Pattern[str]) -> tuple[str, str]:
+    meta = _mapping(obj.get("metadata"), "metadata")
+    name = _string(meta.get("name"), "metadata.name", name_pattern)
+    namespace = _string(meta.get("namespace", "default"), "metadata.namespace", DNS_1123_LABEL)
+    labels = _mapping(meta.get("labels"), "metadata.labels", required=False)
+    for key, value in labels.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ObjectError(f"metadata.labels[{key!r:.64}]", "labels must map strings to strings")
+    return namespace, name
+
+
+# --- parsed objects -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServicePortSpec:
+    name: str
+    protocol: str
+    port: int
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    namespace: str
+    name: str
+    cluster_ips: tuple[IPAddress, ...]
+    ports: tuple[ServicePortSpec, ...]
+    internal_traffic_local: bool
+    skip_reason: str | None = None  # why kube-proxy would not program it
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    addresses: tuple[IPAddress, ...]
+    ready: bool
+    serving: bool
+    terminating: bool
+    node_name: str | None
+
+
+@dataclass(frozen=True)
+class SlicePortSpec:
+    name: str
+    protocol: str
+    port: int
+
+
+@dataclass(frozen=True)
+class EndpointSliceSpec:
+    namespace: str
+    name: str
+    service_name: str | None
+    address_type: str
+    endpoints: tuple[EndpointSpec, ...]
+    ports: tuple[SlicePortSpec, ...]
+
+
+def parse_service(obj: Mapping[str, Any], service_cidrs: Iterable[IPNetwork]) -> ServiceSpec:
+    """A Service as the model needs it. Raises ObjectError naming the bad field."""
+    namespace, name = _metadata(obj, DNS_1035_LABEL)
+    labels = _mapping(obj["metadata"].get("labels"), "metadata.labels", required=False)
+    spec = _mapping(obj.get("spec"), "spec")
+    svc_type = spec.get("type", "ClusterIP")
+    if svc_type not in ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName"):
+        raise ObjectError("spec.type", f"{svc_type!r:.40} is not a known Service type")
+
+    skip_reason = None
+    if LABEL_SERVICE_PROXY_NAME in labels:
+        skip_reason = f"labelled {LABEL_SERVICE_PROXY_NAME}"
+    elif svc_type == "ExternalName":
+        skip_reason = "type ExternalName"
+
+    raw_ips: list[Any] = _list(spec.get("clusterIPs"), "spec.clusterIPs")
+    ip_path = "spec.clusterIPs[{}]"
+    if not raw_ips and spec.get("clusterIP") is not None:
+        raw_ips, ip_path = [spec.get("clusterIP")], "spec.clusterIP"
+    if not raw_ips and skip_reason is None:
+        raise ObjectError("spec.clusterIP", "is required for a ClusterIP service")
+    if raw_ips and raw_ips[0] in ("None", ""):
+        skip_reason = skip_reason or "headless (clusterIP None)"
+        raw_ips = []
+    cidrs = list(service_cidrs)
+    cluster_ips = []
+    for i, raw in enumerate(raw_ips):
+        path = ip_path.format(i)
+        vip = _ip(raw, path)
+        if skip_reason is None and not any(vip in cidr for cidr in cidrs if cidr.version == vip.version):
+            ranges = ", ".join(str(c) for c in cidrs)
+            raise ObjectError(path, f"{vip} is outside the service range ({ranges})")
+        cluster_ips.append(vip)
+
+    ports = []
+    raw_ports = _list(spec.get("ports"), "spec.ports")
+    seen: set[tuple[str, int]] = set()
+    for i, raw_port in enumerate(raw_ports):
+        base = f"spec.ports[{i}]"
+        port_spec = _mapping(raw_port, base)
+        port_name = port_spec.get("name", "")
+        if port_name != "" or len(raw_ports) > 1:
+            _string(port_name, f"{base}.name", PORT_NAME)
+        protocol = _protocol(port_spec.get("protocol"), f"{base}.protocol")
+        port = _port(port_spec.get("port"), f"{base}.port")
+        if (protocol, port) in seen:
+            raise ObjectError(f"{base}.port", f"{protocol} {port} is listed twice")
+        seen.add((protocol, port))
+        ports.append(ServicePortSpec(str(port_name), protocol, port))
+
+    traffic_policy = spec.get("internalTrafficPolicy", "Cluster")
+    if traffic_policy not in ("Cluster", "Local"):
+        raise ObjectError("spec.internalTrafficPolicy", f"{traffic_policy!r:.40} is not Cluster or Local")
+    return ServiceSpec(
+        namespace, name, tuple(cluster_ips), tuple(ports), traffic_policy == "Local", skip_reason
+    )
+
+
+def parse_endpoint_slice(obj: Mapping[str, Any]) -> EndpointSliceSpec:
+    """An EndpointSlice as the model needs it. Raises ObjectError naming the bad field."""
+    namespace, name = _metadata(obj, DNS_1123_SUBDOMAIN)
+    labels = _mapping(obj["metadata"].get("labels"), "metadata.labels", required=False)
+    service_name = labels.get(LABEL_SERVICE_NAME)
+    if service_name is not None:
+        _string(service_name, f"metadata.labels[{LABEL_SERVICE_NAME}]", DNS_1035_LABEL)
+    address_type = obj.get("addressType")
+    if address_type not in ("IPv4", "IPv6", "FQDN"):
+        raise ObjectError("addressType", f"{address_type!r:.40} is not IPv4, IPv6 or FQDN")
+
+    ports = []
+    for i, raw_port in enumerate(_list(obj.get("ports"), "ports")):
+        base = f"ports[{i}]"
+        port_spec = _mapping(raw_port, base)
+        port_name = port_spec.get("name") or ""
+        if port_name:
+            _string(port_name, f"{base}.name", PORT_NAME)
+        protocol = _protocol(port_spec.get("protocol"), f"{base}.protocol")
+        ports.append(SlicePortSpec(port_name, protocol, _port(port_spec.get("port"), f"{base}.port")))
+
+    endpoints = []
+    for i, raw_endpoint in enumerate(_list(obj.get("endpoints"), "endpoints")):
+        base = f"endpoints[{i}]"
+        endpoint = _mapping(raw_endpoint, base)
+        addresses: list[IPAddress] = []
+        raw_addresses = _list(endpoint.get("addresses"), f"{base}.addresses")
+        if not raw_addresses:
+            raise ObjectError(f"{base}.addresses", "must list at least one address")
+        if address_type != "FQDN":
+            want = 4 if address_type == "IPv4" else 6
+            for j, raw in enumerate(raw_addresses):
+                address = _ip(raw, f"{base}.addresses[{j}]")
+                if address.version != want:
+                    raise ObjectError(f"{base}.addresses[{j}]", f"{address} is not {address_type}")
+                addresses.append(address)
+        conditions = _mapping(endpoint.get("conditions"), f"{base}.conditions", required=False)
+        # API semantics: a missing 'ready' means ready; 'serving' defaults to 'ready'.
+        ready = _bool(conditions.get("ready"), f"{base}.conditions.ready", True)
+        serving = _bool(conditions.get("serving"), f"{base}.conditions.serving", ready)
+        terminating = _bool(conditions.get("terminating"), f"{base}.conditions.terminating", False)
+        node_name = endpoint.get("nodeName")
+        if node_name is not None:
+            _string(node_name, f"{base}.nodeName", DNS_1123_SUBDOMAIN)
+        endpoints.append(EndpointSpec(tuple(addresses), ready, serving, terminating, node_name))
+    return EndpointSliceSpec(namespace, name, service_name, str(address_type), tuple(endpoints), tuple(ports))
+
+
+# --- the snapshot the data path is programmed from ------------------------------------
+
+
+@dataclass(frozen=True, order=True)
+class Backend:
+    ip: IPAddress
+    port: int
+
+    @property
+    def name(self) -> str:
+        """The Maglev name: ip:port, the same on every node."""
+        host = f"[{self.ip}]" if self.ip.version == 6 else str(self.ip)
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    """One frontend, VIP:port/protocol, and the backends that get its new flows."""
+
+    name: str  # namespace/service:port-name, as kube-proxy names service ports
+    vip: IPAddress
+    protocol: str
+    port: int
+    backends: tuple[Backend, ...]
+
+
+ServicePortKey = tuple[IPAddress, str, int]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    ports: Mapping[ServicePortKey, ServicePort] = field(default_factory=dict)
+
+    @property
+    def vips(self) -> frozenset[IPAddress]:
+        return frozenset(key[0] for key in self.ports)
+
+
+def select_endpoints(
+    endpoints: Iterable[EndpointSpec], node_name: str | None, local_only: bool
+) -> list[EndpointSpec]:
+    """kube-proxy's choice: ready endpoints, else serving-and-terminating ones.
+
+    With internalTrafficPolicy Local only this node's endpoints count, and none is a valid
+    answer: the traffic is then dropped rather than sent to another node.
+    """
+    candidates = [e for e in endpoints if not local_only or e.node_name == node_name]
+    ready = [e for e in candidates if e.ready]
+    if ready:
+        return ready
+    return [e for e in candidates if e.serving and e.terminating]
+
+
+def build_snapshot(
+    services: Iterable[ServiceSpec],
+    slices: Iterable[EndpointSliceSpec],
+    node_name: str | None = None,
+) -> Snapshot:
+    """The frontends and their backends, from parsed services and endpoint slices."""
+    slices_by_service: dict[tuple[str, str], list[EndpointSliceSpec]] = {}
+    for endpoint_slice in slices:
+        if endpoint_slice.service_name is not None:
+            key = (endpoint_slice.namespace, endpoint_slice.service_name)
+            slices_by_service.setdefault(key, []).append(endpoint_slice)
+
+    ports: dict[ServicePortKey, ServicePort] = {}
+    for service in services:
+        if service.skip_reason is not None:
+            continue
+        for vip in service.cluster_ips:
+            family = "IPv4" if vip.version == 4 else "IPv6"
+            for port in service.ports:
+                matching: list[tuple[EndpointSpec, int]] = []
+                for endpoint_slice in slices_by_service.get((service.namespace, service.name), []):
+                    if endpoint_slice.address_type != family:
+                        continue
+                    for slice_port in endpoint_slice.ports:
+                        if slice_port.name == port.name and slice_port.protocol == port.protocol:
+                            matching += [(e, slice_port.port) for e in endpoint_slice.endpoints]
+                chosen = select_endpoints([e for e, _ in matching], node_name, service.internal_traffic_local)
+                chosen_ids = {id(e) for e in chosen}
+                backends = sorted(
+                    {Backend(e.addresses[0], p) for e, p in matching if id(e) in chosen_ids}
+                )
+                name = f"{service.key}:{port.name}" if port.name else service.key
+                ports[(vip, port.protocol, port.port)] = ServicePort(
+                    name, vip, port.protocol, port.port, tuple(backends)
+                )
+    return Snapshot(ports)
