@@ -1,0 +1,143 @@
+"""The `nfqproxy` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from ipaddress import IPv4Network
+from pathlib import Path
+from types import FrameType
+
+from nfqproxy.controller import Proxy, ProxyConfig
+
+log = logging.getLogger("nfqproxy")
+
+
+def _cidr(text: str) -> IPv4Network:
+    try:
+        network = IPv4Network(text, strict=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--service-cidr {text!r}: {exc}") from None
+    return network
+
+
+def _queue_num(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"--queue-num must be 0-65535, got {text!r}")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nfqproxy", description=__doc__)
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the proxy in this network namespace")
+    run.add_argument("--manifests", type=Path, required=True,
+                     help="a YAML file or folder of Service and EndpointSlice manifests")
+    run.add_argument("--service-cidr", type=_cidr, action="append", dest="service_cidrs",
+                     help="the ClusterIP range (repeatable; default 10.96.0.0/12)")
+    run.add_argument("--queue-num", type=_queue_num, default=100)
+    run.add_argument("--datapath", choices=["reference", "fast"], default="reference")
+    run.add_argument("--hostname-override", default=os.environ.get("NODE_NAME"),
+                     help="this node's name, for internalTrafficPolicy Local (default $NODE_NAME)")
+    run.add_argument("--status-file", type=Path, help="write status JSON here twice a second")
+    run.add_argument("--flow-capacity", type=int, default=262144)
+    run.add_argument("--iptables", default="iptables", choices=["iptables", "iptables-legacy", "iptables-nft"])
+
+    cleanup = commands.add_parser("cleanup", help="remove rules a killed proxy left behind")
+    cleanup.add_argument("--iptables", default="iptables", choices=["iptables", "iptables-legacy", "iptables-nft"])
+
+    lab = commands.add_parser("lab", help="build or remove the network-namespace lab")
+    lab_commands = lab.add_subparsers(dest="lab_command", required=True)
+    up = lab_commands.add_parser("up")
+    up.add_argument("--name", default="nfqlab")
+    up.add_argument("--backends", type=int, default=3)
+    down = lab_commands.add_parser("down")
+    down.add_argument("--name", default="nfqlab")
+    down.add_argument("--all", action="store_true", help="remove every lab")
+    serve = lab_commands.add_parser("serve", help="(internal) a backend's HTTP and UDP servers")
+    serve.add_argument("--name", required=True)
+    serve.add_argument("--tcp-port", type=int, default=8080)
+    serve.add_argument("--udp-port", type=int, default=5353)
+    serve.add_argument("--ready-file", type=Path)
+
+    demo = commands.add_parser("demo", help="lab + proxy + traffic + an endpoint change, then teardown")
+    demo.add_argument("--backends", type=int, default=3)
+    demo.add_argument("--requests", type=int, default=300)
+    return parser
+
+
+def _terminate_as_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return _dispatch(args)
+    except (OSError, RuntimeError, ValueError) as exc:
+        log.error("%s", exc)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        if args.datapath == "fast":
+            log.error("the fast data path is not built yet; use --datapath reference")
+            return 2
+        config = ProxyConfig(
+            manifests=args.manifests,
+            service_cidrs=tuple(args.service_cidrs or [IPv4Network("10.96.0.0/12")]),
+            queue_num=args.queue_num, node_name=args.hostname_override,
+            status_file=args.status_file, iptables=args.iptables, flow_capacity=args.flow_capacity,
+        )
+        import uvloop
+
+        uvloop.run(Proxy(config).run())
+        return 0
+    if args.command == "cleanup":
+        from nfqproxy.hooks import HookConfig, HookManager
+
+        removed = HookManager(HookConfig((), 0, args.iptables)).remove()
+        print(f"removed {removed} nfqproxy jump rules and the NFQPROXY-* chains")
+        return 0
+    if args.command == "lab":
+        from nfqproxy.lab.topology import Lab, all_labs
+
+        if args.lab_command == "serve":
+            from nfqproxy.lab.servers import serve
+
+            serve(args.name, args.tcp_port, args.udp_port, args.ready_file)
+            return 0
+        if args.lab_command == "up":
+            lab = Lab(args.name, args.backends)
+            lab.up()
+            print(f"lab {lab.name} is up: namespaces {', '.join(lab.state.namespaces)}")
+            print(f"manifests: {lab.manifests_dir}")
+            print(f"start the proxy: ip netns exec {lab.node_ns} nfqproxy run --manifests {lab.manifests_dir}")
+            return 0
+        names = all_labs() if args.all else [args.name]
+        for name in names:
+            if name in all_labs():
+                Lab.load(name).down()
+                print(f"lab {name} removed")
+            else:
+                print(f"no lab named {name}")
+        return 0
+    if args.command == "demo":
+        from nfqproxy.lab.demo import run_demo
+
+        signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+        return run_demo(args.backends, args.requests)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""The proxy process: source -> model -> data-path tables, hooks, and a status file.
+
+Start order keeps traffic flowing: bind the queue, program the tables, then install the
+hooks, so that no packet meets an unbound queue or an empty table. Stop order reverses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+from pathlib import Path
+from typing import Any
+
+from nfqproxy.datapath.queue import QueueBinding
+from nfqproxy.datapath.reference import ReferenceDatapath
+from nfqproxy.hooks import HookConfig, HookManager
+from nfqproxy.model import ObjectError, build_snapshot, object_ref, parse_endpoint_slice, parse_service
+from nfqproxy.sources.manifests import ManifestObjects, ManifestSource, atomic_write
+
+log = logging.getLogger(__name__)
+
+STATUS_INTERVAL = 0.5
+EXPIRY_INTERVAL = 1.0
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    manifests: Path
+    service_cidrs: tuple[IPv4Network, ...] = (IPv4Network("10.96.0.0/12"),)
+    queue_num: int = 100
+    node_name: str | None = None
+    status_file: Path | None = None
+    iptables: str = "iptables"
+    flow_capacity: int = 262144
+    seed: int = 0
+    poll_interval: float = 0.2
+
+
+class Proxy:
+    def __init__(self, config: ProxyConfig) -> None:
+        self.config = config
+        self.datapath = ReferenceDatapath(config.service_cidrs, config.flow_capacity, seed=config.seed)
+        self.hooks = HookManager(HookConfig(config.service_cidrs, config.queue_num, config.iptables))
+        self.queue = QueueBinding(config.queue_num, self.datapath)
+        self.source = ManifestSource(config.manifests, config.service_cidrs)
+        self.ready = False
+        self.syncs = 0
+        self.last_sync: float | None = None
+        self.object_errors: list[str] = []
+
+    async def sync(self, objects: ManifestObjects) -> None:
+        started = time.monotonic()
+        services, slices, errors = [], [], []
+        for obj in objects.services:
+            try:
+                services.append(parse_service(obj, self.config.service_cidrs))
+            except ObjectError as exc:
+                errors.append(f"{object_ref(obj)}: {exc}")
+        for obj in objects.endpoint_slices:
+            try:
+                slices.append(parse_endpoint_slice(obj))
+            except ObjectError as exc:
+                errors.append(f"{object_ref(obj)}: {exc}")
+        for error in errors:
+            log.error("object skipped: %s", error)
+        self.object_errors = errors
+        changed = self.datapath.apply(build_snapshot(services, slices, self.config.node_name))
+        self.syncs += 1
+        self.last_sync = time.time()
+        log.info("sync %d: %d service ports changed in %.1f ms", self.syncs, len(changed),
+                 (time.monotonic() - started) * 1000)
+        if not self.ready:
+            self.hooks.install()
+            self.ready = True
+        self.write_status()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "ready": self.ready,
+            "syncs": self.syncs,
+            "last_sync": self.last_sync,
+            "manifest_errors": sorted(self.source.errors.values()),
+            "object_errors": self.object_errors,
+            **self.datapath.status(),
+        }
+
+    def write_status(self) -> None:
+        if self.config.status_file is not None:
+            atomic_write(self.config.status_file, json.dumps(self.status(), indent=1))
+
+    async def _housekeeping(self) -> None:
+        last_expiry = time.monotonic()
+        while True:
+            await asyncio.sleep(STATUS_INTERVAL)
+            if time.monotonic() - last_expiry >= EXPIRY_INTERVAL:
+                self.datapath.expire()
+                last_expiry = time.monotonic()
+            self.write_status()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        self.queue.open(loop)
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            tasks = [
+                asyncio.create_task(self.source.watch(self.sync, self.config.poll_interval)),
+                asyncio.create_task(self._housekeeping()),
+            ]
+            stopper = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stopper and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+            log.info("stopping")
+        finally:
+            for task in tasks:
+                task.cancel()
+            self.hooks.remove()
+            self.queue.close()
+            self.ready = False
+            self.write_status()
+
+
+def status_summary(status: Mapping[str, Any]) -> str:
+    """A few human lines about the connection table, for the demo and `status`."""
+    table = status.get("connection_table", {})
+    lines = [f"connection table: {table.get('flows', 0)} flows of {table.get('capacity', 0)}"]
+    lines += [f"  {state:<22} {count}" for state, count in table.get("by_state", {}).items()]
+    return "\n".join(lines)

@@ -1,0 +1,149 @@
+"""The fixed iptables rules that hand service traffic to the queue and bring replies back.
+
+Their number never depends on how many services or endpoints there are. The design and
+the hook order are explained in docs/design.md; in short:
+
+  raw    PREROUTING, OUTPUT  -> NFQPROXY-SERVICES: -d <service range> -j NFQUEUE
+         (priority -300: before conntrack, so conntrack records client -> backend)
+  mangle PREROUTING, OUTPUT  -> NFQPROXY-MARK: proxied mark on the packet -> connmark
+  mangle INPUT, POSTROUTING  -> NFQPROXY-REPLIES: connmark + reply direction -> NFQUEUE
+  filter INPUT, FORWARD, OUTPUT -> NFQPROXY-REJECT: reject mark -> TCP RST / ICMP unreachable
+
+nfqproxy owns the NFQPROXY-* chains and one jump rule in each built-in chain. It never
+flushes a chain it does not own. Every argument is built from validated numbers and
+networks, and commands run without a shell.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+
+log = logging.getLogger(__name__)
+
+# Mark bits: clear of kube-proxy's 0x4000/0x8000 and Cilium's 0x0f00 ranges.
+MARK_PROXIED = 0x00100000
+MARK_REJECT = 0x00200000
+COMMENT = "nfqproxy"
+
+CHAIN_SERVICES = "NFQPROXY-SERVICES"
+CHAIN_MARK = "NFQPROXY-MARK"
+CHAIN_REPLIES = "NFQPROXY-REPLIES"
+CHAIN_REJECT = "NFQPROXY-REJECT"
+
+# (table, built-in chain, our chain), in the order they are installed.
+JUMPS: tuple[tuple[str, str, str], ...] = (
+    ("filter", "INPUT", CHAIN_REJECT),
+    ("filter", "FORWARD", CHAIN_REJECT),
+    ("filter", "OUTPUT", CHAIN_REJECT),
+    ("mangle", "PREROUTING", CHAIN_MARK),
+    ("mangle", "OUTPUT", CHAIN_MARK),
+    ("mangle", "INPUT", CHAIN_REPLIES),
+    ("mangle", "POSTROUTING", CHAIN_REPLIES),
+    ("raw", "PREROUTING", CHAIN_SERVICES),
+    ("raw", "OUTPUT", CHAIN_SERVICES),
+)
+OWNED_CHAINS: tuple[tuple[str, str], ...] = tuple(sorted({(t, c) for t, _, c in JUMPS}))
+
+
+class HookError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class HookConfig:
+    service_cidrs: tuple[IPv4Network, ...]
+    queue_num: int
+    iptables: str = "iptables"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.queue_num <= 65535:
+            raise ValueError(f"queue number {self.queue_num} is out of range 0-65535")
+        if self.iptables not in ("iptables", "iptables-legacy", "iptables-nft"):
+            raise ValueError(f"unsupported iptables command {self.iptables!r}")
+
+
+def chain_rules(config: HookConfig) -> dict[tuple[str, str], list[list[str]]]:
+    """The rules of each owned chain, as iptables argument lists."""
+    queue = ["-j", "NFQUEUE", "--queue-num", str(config.queue_num)]
+    proxied = f"{MARK_PROXIED:#x}/{MARK_PROXIED:#x}"
+    reject = f"{MARK_REJECT:#x}/{MARK_REJECT:#x}"
+    return {
+        ("raw", CHAIN_SERVICES): [
+            ["-d", str(cidr), "-m", "comment", "--comment", "service range to nfqproxy", *queue]
+            for cidr in config.service_cidrs
+        ],
+        ("mangle", CHAIN_MARK): [
+            ["-m", "mark", "--mark", proxied, "-j", "CONNMARK", "--set-xmark", proxied],
+        ],
+        ("mangle", CHAIN_REPLIES): [
+            ["-m", "connmark", "--mark", proxied, "-m", "conntrack", "--ctdir", "REPLY", *queue],
+        ],
+        ("filter", CHAIN_REJECT): [
+            ["-p", "tcp", "-m", "mark", "--mark", reject, "-j", "REJECT", "--reject-with", "tcp-reset"],
+            ["-m", "mark", "--mark", reject, "-j", "REJECT", "--reject-with", "icmp-port-unreachable"],
+        ],
+    }
+
+
+def _jump(builtin: str, chain: str) -> list[str]:
+    return [builtin, "-m", "comment", "--comment", COMMENT, "-j", chain]
+
+
+class HookManager:
+    def __init__(self, config: HookConfig) -> None:
+        self.config = config
+
+    def _run(self, command: Sequence[str], stdin: str | None = None, check: bool = True) -> bool:
+        result = subprocess.run(command, input=stdin, capture_output=True, text=True, check=False)
+        if check and result.returncode != 0:
+            raise HookError(f"{' '.join(command)} failed: {result.stderr.strip()}")
+        return result.returncode == 0
+
+    def _iptables(self, table: str, *args: str, check: bool = True) -> bool:
+        return self._run([self.config.iptables, "-w", "5", "-t", table, *args], check=check)
+
+    def install(self) -> None:
+        """Creates or refreshes the owned chains, then adds missing jumps. Idempotent."""
+        restore = self.config.iptables + "-restore"
+        lines: list[str] = []
+        rules = chain_rules(self.config)
+        for table in sorted({t for t, _ in OWNED_CHAINS}):
+            lines.append(f"*{table}")
+            chains = [c for t, c in OWNED_CHAINS if t == table]
+            # With --noflush, naming a chain creates it or empties it; nothing else is touched.
+            lines += [f":{chain} - [0:0]" for chain in chains]
+            for chain in chains:
+                lines += [" ".join(["-A", chain, *_quote(rule)]) for rule in rules[(table, chain)]]
+            lines.append("COMMIT")
+        self._run([restore, "-w", "5", "--noflush"], stdin="\n".join(lines) + "\n")
+        for table, builtin, chain in JUMPS:
+            if not self._iptables(table, "-C", *_jump(builtin, chain), check=False):
+                self._iptables(table, "-I", builtin, "1", *_jump(builtin, chain)[1:])
+        log.info("hooks installed: queue %d for %s", self.config.queue_num,
+                 ", ".join(map(str, self.config.service_cidrs)))
+
+    def remove(self) -> int:
+        """Deletes our jumps and chains wherever they are. Returns how many rules went."""
+        removed = 0
+        for table, builtin, chain in JUMPS:
+            while self._iptables(table, "-D", *_jump(builtin, chain), check=False):
+                removed += 1
+        for table, chain in OWNED_CHAINS:
+            if self._iptables(table, "-F", chain, check=False):
+                self._iptables(table, "-X", chain, check=False)
+        return removed
+
+    def installed(self) -> bool:
+        return all(
+            self._iptables(table, "-C", *_jump(builtin, chain), check=False)
+            for table, builtin, chain in JUMPS
+        )
+
+
+def _quote(rule: Sequence[str]) -> list[str]:
+    # iptables-restore splits on spaces and honours double quotes; only comments need them.
+    return [f'"{arg}"' if " " in arg else arg for arg in rule]

@@ -1,0 +1,51 @@
+"""Starting and watching an nfqproxy process inside a lab's node namespace."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from nfqproxy.lab import netns
+from nfqproxy.lab.topology import NODE_NAME, SERVICE_CIDR, Lab
+
+
+def proxy_command() -> list[str]:
+    installed = Path(sys.executable).with_name("nfqproxy")
+    return [str(installed)] if installed.exists() else [shutil.which("nfqproxy") or "nfqproxy"]
+
+
+def start_proxy(lab: Lab, *extra: str, key: str = "proxy") -> subprocess.Popen[bytes]:
+    """Runs `nfqproxy run` on the lab's manifests inside the node namespace."""
+    if lab.status_file.exists():
+        lab.status_file.unlink()
+    command = [*proxy_command(), "run", "--manifests", str(lab.manifests_dir),
+               "--service-cidr", SERVICE_CIDR, "--hostname-override", NODE_NAME,
+               "--status-file", str(lab.status_file), *extra]
+    return lab.start_process(key, netns.exec_command(lab.node_ns, command))
+
+
+def read_status(lab: Lab) -> dict[str, Any]:
+    try:
+        status: dict[str, Any] = json.loads(lab.status_file.read_text())
+        return status
+    except (OSError, ValueError):
+        return {}
+
+
+def wait_ready(lab: Lab, process: subprocess.Popen[bytes], timeout: float = 20.0) -> dict[str, Any]:
+    """Waits until the proxy has programmed its tables and installed its hooks."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            log = (lab.dir / "proxy.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"nfqproxy exited with {process.returncode}:\n{log}")
+        status = read_status(lab)
+        if status.get("ready"):
+            return status
+        time.sleep(0.05)
+    raise TimeoutError(f"nfqproxy not ready after {timeout} s")

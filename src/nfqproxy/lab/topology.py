@@ -1,0 +1,272 @@
+"""`nfqproxy lab up` / `lab down`: build and remove the namespace lab.
+
+    client (10.244.1.2) -- node -- backend i (10.244.1<i>.2), i = 1..K
+                            |
+                          uplink (10.255.255.2): the node's default route, a namespace of
+                          its own so that the route never points back at the client
+
+Everything lives in namespaces named <lab>-*, joined by veth pairs; nothing touches the
+machine's own namespace. State (namespaces, pids, manifests) is kept under
+/run/nfqproxy/labs/<lab>/ so that `lab down` can remove a lab another process built.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from nfqproxy.lab import netns
+
+log = logging.getLogger(__name__)
+
+LABS_DIR = Path("/run/nfqproxy/labs")
+LAB_NAME = re.compile(r"^[a-z][a-z0-9]{0,9}$")
+
+SERVICE_CIDR = "10.96.0.0/12"
+WEB_VIP = "10.96.0.10"
+EMPTY_VIP = "10.96.0.20"
+HTTP_PORT, HTTP_TARGET = 80, 8080
+DNS_PORT, DNS_TARGET = 53, 5353
+CLIENT_IP = "10.244.1.2"
+NODE_NAME = "lab-node"
+UPLINK_NODE_IP, UPLINK_IP = "10.255.255.1", "10.255.255.2"
+
+
+def backend_ip(index: int) -> str:
+    return f"10.244.{10 + index}.2"
+
+
+@dataclass
+class LabState:
+    name: str
+    backends: int
+    namespaces: list[str] = field(default_factory=list)
+    pids: dict[str, int] = field(default_factory=dict)
+
+
+class Lab:
+    def __init__(self, name: str = "nfqlab", backends: int = 3) -> None:
+        if not LAB_NAME.match(name):
+            raise ValueError(f"lab name {name!r} must match {LAB_NAME.pattern}")
+        if not 1 <= backends <= 200:
+            raise ValueError(f"backends must be 1-200, got {backends}")
+        self.name = name
+        self.backends = backends
+        self.dir = LABS_DIR / name
+        self.state = LabState(name, backends)
+
+    # names -----------------------------------------------------------------------------
+
+    @property
+    def client_ns(self) -> str:
+        return f"{self.name}-client"
+
+    @property
+    def node_ns(self) -> str:
+        return f"{self.name}-node"
+
+    @property
+    def uplink_ns(self) -> str:
+        return f"{self.name}-uplink"
+
+    def backend_ns(self, index: int) -> str:
+        return f"{self.name}-be{index}"
+
+    def backend_name(self, index: int) -> str:
+        return f"be{index}"
+
+    @property
+    def manifests_dir(self) -> Path:
+        return self.dir / "manifests"
+
+    @property
+    def status_file(self) -> Path:
+        return self.dir / "proxy-status.json"
+
+    # life cycle ------------------------------------------------------------------------
+
+    def _save(self) -> None:
+        (self.dir / "state.json").write_text(json.dumps(asdict(self.state), indent=1))
+
+    def _add_namespace(self, name: str) -> None:
+        netns.add(name)
+        self.state.namespaces.append(name)
+        self._save()
+
+    def up(self) -> None:
+        """Builds the lab; on any failure removes what it built and re-raises."""
+        if (self.dir / "state.json").exists() or any(netns.exists(n) for n in self._all_names()):
+            raise RuntimeError(f"lab {self.name} already exists; run `nfqproxy lab down --name {self.name}`")
+        self.manifests_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._build()
+        except BaseException:
+            self.down()
+            raise
+
+    def _all_names(self) -> list[str]:
+        return [self.client_ns, self.node_ns, self.uplink_ns,
+                *(self.backend_ns(i) for i in range(1, self.backends + 1))]
+
+    def _build(self) -> None:
+        for name in self._all_names():
+            self._add_namespace(name)
+        node = [
+            f"link add to-client type veth peer name eth0 netns {self.client_ns}",
+            f"link add uplink type veth peer name eth0 netns {self.uplink_ns}",
+            "addr add 10.244.1.1/24 dev to-client",
+            f"addr add {UPLINK_NODE_IP}/30 dev uplink",
+            "link set to-client up",
+            "link set uplink up",
+        ]
+        for i in range(1, self.backends + 1):
+            node += [
+                f"link add to-be{i} type veth peer name eth0 netns {self.backend_ns(i)}",
+                f"addr add 10.244.{10 + i}.1/24 dev to-be{i}",
+                f"link set to-be{i} up",
+            ]
+        node.append(f"route add default via {UPLINK_IP}")
+        netns.ip_batch(self.node_ns, node)
+        netns.sysctl(self.node_ns, "net.ipv4.ip_forward", "1")
+        netns.ip_batch(self.client_ns, [
+            f"addr add {CLIENT_IP}/24 dev eth0", "link set eth0 up", "route add default via 10.244.1.1",
+        ])
+        netns.ip_batch(self.uplink_ns, [f"addr add {UPLINK_IP}/30 dev eth0", "link set eth0 up"])
+        for i in range(1, self.backends + 1):
+            netns.ip_batch(self.backend_ns(i), [
+                f"addr add {backend_ip(i)}/24 dev eth0", "link set eth0 up",
+                f"route add default via 10.244.{10 + i}.1",
+            ])
+            self._start_server(i)
+        self.write_manifests(list(range(1, self.backends + 1)))
+        self._wait_for_servers()
+
+    def _start_server(self, index: int) -> None:
+        name = self.backend_name(index)
+        command = [sys.executable, "-m", "nfqproxy", "lab", "serve", "--name", name,
+                   "--tcp-port", str(HTTP_TARGET), "--udp-port", str(DNS_TARGET),
+                   "--ready-file", str(self.dir / f"{name}.ready")]
+        self.start_process(name, netns.exec_command(self.backend_ns(index), command))
+
+    def start_process(self, key: str, command: list[str]) -> subprocess.Popen[bytes]:
+        """Starts a lab process, logging to the lab folder, and records its pid for `down`."""
+        with open(self.dir / f"{key}.log", "ab") as log_file:
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        self.state.pids[key] = process.pid
+        self._save()
+        return process
+
+    def _wait_for_servers(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        for i in range(1, self.backends + 1):
+            ready = self.dir / f"{self.backend_name(i)}.ready"
+            while not ready.exists():
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"backend server {i} did not start; see {self.dir}")
+                time.sleep(0.05)
+
+    def write_manifests(self, backend_indexes: list[int]) -> None:
+        """Writes the lab's Services and its EndpointSlice with the given backends."""
+        (self.manifests_dir / "services.yaml").write_text(yaml.safe_dump(lab_services()))
+        slice_file = self.manifests_dir / "endpointslices.yaml"
+        tmp = slice_file.with_name(".endpointslices.yaml.tmp")
+        tmp.write_text(yaml.safe_dump(lab_endpoint_slices(backend_indexes)))
+        os.replace(tmp, slice_file)
+
+    @classmethod
+    def load(cls, name: str) -> Lab:
+        lab_dir = LABS_DIR / name
+        state = LabState(**json.loads((lab_dir / "state.json").read_text()))
+        lab = cls(state.name, state.backends)
+        lab.state = state
+        return lab
+
+    def down(self) -> None:
+        """Stops the lab's processes and deletes its namespaces. Safe to repeat."""
+        for key, pid in self.state.pids.items():
+            _stop(pid, key)
+        for name in reversed(self.state.namespaces or self._all_names()):
+            netns.delete(name)
+        if self.dir.exists():
+            for path in sorted(self.dir.rglob("*"), reverse=True):
+                path.rmdir() if path.is_dir() else path.unlink()
+            self.dir.rmdir()
+
+
+def _is_ours(pid: int) -> bool:
+    try:
+        return b"nfqproxy" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _stop(pid: int, key: str, grace: float = 3.0) -> None:
+    """Ends a process the lab started, by pid, after checking the pid is still ours."""
+    if not _is_ours(pid):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while _is_ours(pid) and time.monotonic() < deadline:
+        _reap(pid)
+        time.sleep(0.05)
+    if _is_ours(pid):
+        log.warning("%s (pid %d) ignored SIGTERM; killing it", key, pid)
+        os.kill(pid, signal.SIGKILL)
+    _reap(pid)
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def all_labs() -> list[str]:
+    return sorted(p.name for p in LABS_DIR.iterdir()) if LABS_DIR.is_dir() else []
+
+
+def lab_services() -> dict[str, object]:
+    def service(name: str, vip: str) -> dict[str, object]:
+        return {
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {
+                "type": "ClusterIP", "clusterIP": vip, "clusterIPs": [vip],
+                "ports": [
+                    {"name": "http", "protocol": "TCP", "port": HTTP_PORT, "targetPort": HTTP_TARGET},
+                    {"name": "dns", "protocol": "UDP", "port": DNS_PORT, "targetPort": DNS_TARGET},
+                ],
+            },
+        }
+
+    return {"apiVersion": "v1", "kind": "List",
+            "items": [service("web", WEB_VIP), service("empty", EMPTY_VIP)]}
+
+
+def lab_endpoint_slices(backend_indexes: list[int]) -> dict[str, object]:
+    endpoints = [
+        {"addresses": [backend_ip(i)], "conditions": {"ready": True, "serving": True, "terminating": False},
+         "nodeName": NODE_NAME, "targetRef": {"kind": "Pod", "namespace": "default", "name": f"be{i}"}}
+        for i in backend_indexes
+    ]
+    return {"apiVersion": "v1", "kind": "List", "items": [{
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "web-lab", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{"name": "http", "protocol": "TCP", "port": HTTP_TARGET},
+                  {"name": "dns", "protocol": "UDP", "port": DNS_TARGET}],
+    }]}

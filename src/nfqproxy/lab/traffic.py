@@ -1,0 +1,53 @@
+"""Client traffic for the lab. Run these inside a namespace with NetnsThread.call."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+from collections import Counter
+
+
+def http_get(host: str, port: int, timeout: float = 3.0) -> str:
+    """One request on a new connection; returns the answering backend's name."""
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request("GET", "/", headers={"Connection": "close"})
+        return connection.getresponse().read().decode().strip()
+    finally:
+        connection.close()
+
+
+def http_split(host: str, port: int, count: int, timeout: float = 3.0) -> Counter[str]:
+    """Backend name -> answers, over count new connections; failures count as 'error:<type>'."""
+    answers: Counter[str] = Counter()
+    for _ in range(count):
+        try:
+            answers[http_get(host, port, timeout)] += 1
+        except OSError as exc:
+            answers[f"error:{type(exc).__name__}"] += 1
+    return answers
+
+
+class KeepAlive:
+    """One long-lived HTTP connection. Create and use it from the same NetnsThread."""
+
+    def __init__(self, host: str, port: int, timeout: float = 3.0) -> None:
+        self.connection = http.client.HTTPConnection(host, port, timeout=timeout)
+        self.connection.connect()
+        self.local_port = self.connection.sock.getsockname()[1]
+
+    def get(self) -> str:
+        self.connection.request("GET", "/")
+        return self.connection.getresponse().read().decode().strip()
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def udp_query(host: str, port: int, timeout: float = 2.0, payload: bytes = b"who?") -> str:
+    """A connected UDP socket: the kernel accepts replies only from host:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect((host, port))
+        sock.send(payload)
+        return sock.recv(2048).decode()

@@ -1,0 +1,1 @@
+"""Sources of Service and EndpointSlice objects, as the Kubernetes API serves them."""
