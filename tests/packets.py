@@ -12,8 +12,13 @@ def addr(text: str) -> bytes:
 
 
 def tcp_packet(
-    src: str, sport: int, dst: str, dport: int, flags: int = dpkt.tcp.TH_SYN,
-    payload: bytes = b"", ip_options: bytes = b"",
+    src: str,
+    sport: int,
+    dst: str,
+    dport: int,
+    flags: int = dpkt.tcp.TH_SYN,
+    payload: bytes = b"",
+    ip_options: bytes = b"",
 ) -> bytes:
     segment = dpkt.tcp.TCP(sport=sport, dport=dport, flags=flags, seq=1000, data=payload)
     ip = dpkt.ip.IP(src=addr(src), dst=addr(dst), p=dpkt.ip.IP_PROTO_TCP, data=segment, ttl=64)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import signal
@@ -34,24 +33,42 @@ def _queue_num(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nfqproxy", description=__doc__)
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the proxy in this network namespace")
-    run.add_argument("--manifests", type=Path, required=True,
-                     help="a YAML file or folder of Service and EndpointSlice manifests")
-    run.add_argument("--service-cidr", type=_cidr, action="append", dest="service_cidrs",
-                     help="the ClusterIP range (repeatable; default 10.96.0.0/12)")
+    run.add_argument(
+        "--manifests",
+        type=Path,
+        required=True,
+        help="a YAML file or folder of Service and EndpointSlice manifests",
+    )
+    run.add_argument(
+        "--service-cidr",
+        type=_cidr,
+        action="append",
+        dest="service_cidrs",
+        help="the ClusterIP range (repeatable; default 10.96.0.0/12)",
+    )
     run.add_argument("--queue-num", type=_queue_num, default=100)
     run.add_argument("--datapath", choices=["reference", "fast"], default="reference")
-    run.add_argument("--hostname-override", default=os.environ.get("NODE_NAME"),
-                     help="this node's name, for internalTrafficPolicy Local (default $NODE_NAME)")
+    run.add_argument(
+        "--hostname-override",
+        default=os.environ.get("NODE_NAME"),
+        help="this node's name, for internalTrafficPolicy Local (default $NODE_NAME)",
+    )
     run.add_argument("--status-file", type=Path, help="write status JSON here twice a second")
     run.add_argument("--flow-capacity", type=int, default=262144)
-    run.add_argument("--iptables", default="iptables", choices=["iptables", "iptables-legacy", "iptables-nft"])
+    run.add_argument(
+        "--iptables", default="iptables", choices=["iptables", "iptables-legacy", "iptables-nft"]
+    )
 
     cleanup = commands.add_parser("cleanup", help="remove rules a killed proxy left behind")
-    cleanup.add_argument("--iptables", default="iptables", choices=["iptables", "iptables-legacy", "iptables-nft"])
+    cleanup.add_argument(
+        "--iptables", default="iptables", choices=["iptables", "iptables-legacy", "iptables-nft"]
+    )
 
     lab = commands.add_parser("lab", help="build or remove the network-namespace lab")
     lab_commands = lab.add_subparsers(dest="lab_command", required=True)
@@ -67,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--udp-port", type=int, default=5353)
     serve.add_argument("--ready-file", type=Path)
 
-    demo = commands.add_parser("demo", help="lab + proxy + traffic + an endpoint change, then teardown")
+    demo = commands.add_parser(
+        "demo", help="lab + proxy + traffic + an endpoint change, then teardown"
+    )
     demo.add_argument("--backends", type=int, default=3)
     demo.add_argument("--requests", type=int, default=300)
     return parser
@@ -79,7 +98,9 @@ def _terminate_as_interrupt(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         return _dispatch(args)
     except (OSError, RuntimeError, ValueError) as exc:
@@ -95,8 +116,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         config = ProxyConfig(
             manifests=args.manifests,
             service_cidrs=tuple(args.service_cidrs or [IPv4Network("10.96.0.0/12")]),
-            queue_num=args.queue_num, node_name=args.hostname_override,
-            status_file=args.status_file, iptables=args.iptables, flow_capacity=args.flow_capacity,
+            queue_num=args.queue_num,
+            node_name=args.hostname_override,
+            status_file=args.status_file,
+            iptables=args.iptables,
+            flow_capacity=args.flow_capacity,
         )
         import uvloop
 
@@ -121,7 +145,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             lab.up()
             print(f"lab {lab.name} is up: namespaces {', '.join(lab.state.namespaces)}")
             print(f"manifests: {lab.manifests_dir}")
-            print(f"start the proxy: ip netns exec {lab.node_ns} nfqproxy run --manifests {lab.manifests_dir}")
+            print(f"start the proxy: ip netns exec {lab.node_ns} nfqproxy run \\")
+            print(f"  --manifests {lab.manifests_dir}")
             return 0
         names = all_labs() if args.all else [args.name]
         for name in names:

@@ -20,7 +20,13 @@ from typing import Any
 from nfqproxy.datapath.queue import QueueBinding
 from nfqproxy.datapath.reference import ReferenceDatapath
 from nfqproxy.hooks import HookConfig, HookManager
-from nfqproxy.model import ObjectError, build_snapshot, object_ref, parse_endpoint_slice, parse_service
+from nfqproxy.model import (
+    ObjectError,
+    build_snapshot,
+    object_ref,
+    parse_endpoint_slice,
+    parse_service,
+)
 from nfqproxy.sources.manifests import ManifestObjects, ManifestSource, atomic_write
 
 log = logging.getLogger(__name__)
@@ -45,8 +51,12 @@ class ProxyConfig:
 class Proxy:
     def __init__(self, config: ProxyConfig) -> None:
         self.config = config
-        self.datapath = ReferenceDatapath(config.service_cidrs, config.flow_capacity, seed=config.seed)
-        self.hooks = HookManager(HookConfig(config.service_cidrs, config.queue_num, config.iptables))
+        self.datapath = ReferenceDatapath(
+            config.service_cidrs, config.flow_capacity, seed=config.seed
+        )
+        self.hooks = HookManager(
+            HookConfig(config.service_cidrs, config.queue_num, config.iptables)
+        )
         self.queue = QueueBinding(config.queue_num, self.datapath)
         self.source = ManifestSource(config.manifests, config.service_cidrs)
         self.ready = False
@@ -73,8 +83,12 @@ class Proxy:
         changed = self.datapath.apply(build_snapshot(services, slices, self.config.node_name))
         self.syncs += 1
         self.last_sync = time.time()
-        log.info("sync %d: %d service ports changed in %.1f ms", self.syncs, len(changed),
-                 (time.monotonic() - started) * 1000)
+        log.info(
+            "sync %d: %d service ports changed in %.1f ms",
+            self.syncs,
+            len(changed),
+            (time.monotonic() - started) * 1000,
+        )
         if not self.ready:
             self.hooks.install()
             self.ready = True

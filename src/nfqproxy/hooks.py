@@ -83,8 +83,28 @@ def chain_rules(config: HookConfig) -> dict[tuple[str, str], list[list[str]]]:
             ["-m", "connmark", "--mark", proxied, "-m", "conntrack", "--ctdir", "REPLY", *queue],
         ],
         ("filter", CHAIN_REJECT): [
-            ["-p", "tcp", "-m", "mark", "--mark", reject, "-j", "REJECT", "--reject-with", "tcp-reset"],
-            ["-m", "mark", "--mark", reject, "-j", "REJECT", "--reject-with", "icmp-port-unreachable"],
+            [
+                "-p",
+                "tcp",
+                "-m",
+                "mark",
+                "--mark",
+                reject,
+                "-j",
+                "REJECT",
+                "--reject-with",
+                "tcp-reset",
+            ],
+            [
+                "-m",
+                "mark",
+                "--mark",
+                reject,
+                "-j",
+                "REJECT",
+                "--reject-with",
+                "icmp-port-unreachable",
+            ],
         ],
     }
 
@@ -123,8 +143,11 @@ class HookManager:
         for table, builtin, chain in JUMPS:
             if not self._iptables(table, "-C", *_jump(builtin, chain), check=False):
                 self._iptables(table, "-I", builtin, "1", *_jump(builtin, chain)[1:])
-        log.info("hooks installed: queue %d for %s", self.config.queue_num,
-                 ", ".join(map(str, self.config.service_cidrs)))
+        log.info(
+            "hooks installed: queue %d for %s",
+            self.config.queue_num,
+            ", ".join(map(str, self.config.service_cidrs)),
+        )
 
     def remove(self) -> int:
         """Deletes our jumps and chains wherever they are. Returns how many rules went."""

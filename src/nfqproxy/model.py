@@ -41,13 +41,19 @@ def object_ref(obj: object) -> str:
     """'Kind namespace/name' for messages, as far as the object allows."""
     if not isinstance(obj, Mapping):
         return f"<{type(obj).__name__}>"
-    kind = obj.get("kind") if isinstance(obj.get("kind"), str) else "<no kind>"
+    kind = obj.get("kind", "<no kind>")
     meta = obj.get("metadata")
     if not isinstance(meta, Mapping):
         return f"{kind} <no metadata>"
     ns = meta.get("namespace", "default")
     name = meta.get("name", "<no name>")
-    return f"{kind} {ns!s:.64}/{name!s:.64}"
+    return f"{_printable(kind)} {_printable(ns)}/{_printable(name)}"
+
+
+def _printable(value: object) -> str:
+    """value for a log line: hostile names must not forge lines or colour terminals."""
+    text = value if isinstance(value, str) else repr(value)
+    return ascii(text[:64])[1:-1] + ("..." if len(text) > 64 else "")
 
 
 # --- field readers: each names the field path in its error ---------------------------
@@ -187,8 +193,16 @@ def parse_service(obj: Mapping[str, Any], service_cidrs: Iterable[IPNetwork]) ->
 
     raw_ips: list[Any] = _list(spec.get("clusterIPs"), "spec.clusterIPs")
     ip_path = "spec.clusterIPs[{}]"
-    if not raw_ips and spec.get("clusterIP") is not None:
-        raw_ips, ip_path = [spec.get("clusterIP")], "spec.clusterIP"
+    single = spec.get("clusterIP")
+    if single not in (None, "", "None"):
+        _ip(single, "spec.clusterIP")
+    if not raw_ips and single is not None:
+        raw_ips, ip_path = [single], "spec.clusterIP"
+    elif raw_ips and single is not None and single != raw_ips[0]:
+        # The API server enforces this; a hand-written manifest may not.
+        raise ObjectError(
+            "spec.clusterIP", f"{single!r:.60} differs from spec.clusterIPs[0] {raw_ips[0]!r:.60}"
+        )
     if not raw_ips and skip_reason is None:
         raise ObjectError("spec.clusterIP", "is required for a ClusterIP service")
     if raw_ips and raw_ips[0] in ("None", ""):
@@ -199,7 +213,9 @@ def parse_service(obj: Mapping[str, Any], service_cidrs: Iterable[IPNetwork]) ->
     for i, raw in enumerate(raw_ips):
         path = ip_path.format(i)
         vip = _ip(raw, path)
-        if skip_reason is None and not any(vip in cidr for cidr in cidrs if cidr.version == vip.version):
+        if skip_reason is None and not any(
+            vip in cidr for cidr in cidrs if cidr.version == vip.version
+        ):
             ranges = ", ".join(str(c) for c in cidrs)
             raise ObjectError(path, f"{vip} is outside the service range ({ranges})")
         cluster_ips.append(vip)
@@ -222,7 +238,9 @@ def parse_service(obj: Mapping[str, Any], service_cidrs: Iterable[IPNetwork]) ->
 
     traffic_policy = spec.get("internalTrafficPolicy", "Cluster")
     if traffic_policy not in ("Cluster", "Local"):
-        raise ObjectError("spec.internalTrafficPolicy", f"{traffic_policy!r:.40} is not Cluster or Local")
+        raise ObjectError(
+            "spec.internalTrafficPolicy", f"{traffic_policy!r:.40} is not Cluster or Local"
+        )
     return ServiceSpec(
         namespace, name, tuple(cluster_ips), tuple(ports), traffic_policy == "Local", skip_reason
     )
@@ -247,7 +265,9 @@ def parse_endpoint_slice(obj: Mapping[str, Any]) -> EndpointSliceSpec:
         if port_name:
             _string(port_name, f"{base}.name", PORT_NAME)
         protocol = _protocol(port_spec.get("protocol"), f"{base}.protocol")
-        ports.append(SlicePortSpec(port_name, protocol, _port(port_spec.get("port"), f"{base}.port")))
+        ports.append(
+            SlicePortSpec(port_name, protocol, _port(port_spec.get("port"), f"{base}.port"))
+        )
 
     endpoints = []
     for i, raw_endpoint in enumerate(_list(obj.get("endpoints"), "endpoints")):
@@ -273,7 +293,9 @@ def parse_endpoint_slice(obj: Mapping[str, Any]) -> EndpointSliceSpec:
         if node_name is not None:
             _string(node_name, f"{base}.nodeName", DNS_1123_SUBDOMAIN)
         endpoints.append(EndpointSpec(tuple(addresses), ready, serving, terminating, node_name))
-    return EndpointSliceSpec(namespace, name, service_name, str(address_type), tuple(endpoints), tuple(ports))
+    return EndpointSliceSpec(
+        namespace, name, service_name, str(address_type), tuple(endpoints), tuple(ports)
+    )
 
 
 # --- the snapshot the data path is programmed from ------------------------------------
@@ -355,7 +377,9 @@ def build_snapshot(
                     for slice_port in endpoint_slice.ports:
                         if slice_port.name == port.name and slice_port.protocol == port.protocol:
                             matching += [(e, slice_port.port) for e in endpoint_slice.endpoints]
-                chosen = select_endpoints([e for e, _ in matching], node_name, service.internal_traffic_local)
+                chosen = select_endpoints(
+                    [e for e, _ in matching], node_name, service.internal_traffic_local
+                )
                 chosen_ids = {id(e) for e in chosen}
                 backends = sorted(
                     {Backend(e.addresses[0], p) for e, p in matching if id(e) in chosen_ids}

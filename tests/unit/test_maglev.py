@@ -13,7 +13,9 @@ VIP = bytes([10, 96, 0, 10])
 
 def synthetic_flows(count: int, seed: int = 7) -> list[int]:
     rng = random.Random(seed)
-    return [flow_hash(6, rng.randbytes(4), rng.randrange(1024, 65536), VIP, 80, 0) for _ in range(count)]
+    return [
+        flow_hash(6, rng.randbytes(4), rng.randrange(1024, 65536), VIP, 80, 0) for _ in range(count)
+    ]
 
 
 def backends(count: int) -> list[str]:

@@ -49,7 +49,9 @@ class QueueBinding:
     def open(self, loop: asyncio.AbstractEventLoop) -> None:
         queue = NetfilterQueue()
         try:
-            queue.bind(self.queue_num, self._on_packet, max_len=QUEUE_MAX_LEN, sock_len=SOCKET_BUFFER)
+            queue.bind(
+                self.queue_num, self._on_packet, max_len=QUEUE_MAX_LEN, sock_len=SOCKET_BUFFER
+            )
         except OSError as exc:
             raise OSError(
                 f"cannot bind NFQUEUE {self.queue_num}: {exc} (is another process bound to it? "

@@ -96,7 +96,7 @@ class ReferenceDatapath:
         self.counters: Counter[str] = Counter()
         self._snapshot = Snapshot()
         self._frontends: dict[TableKey, Frontend] = {}
-        self._vips: set[bytes] = set()
+        self._vips: Counter[bytes] = Counter()  # VIP -> service ports it serves
         # (protocol, backend address, backend port) -> frontends using it, for reply recovery
         self._by_backend: dict[tuple[int, bytes, int], list[TableKey]] = {}
 
@@ -109,23 +109,36 @@ class ReferenceDatapath:
         """
         old_ports, new_ports = self._snapshot.ports, snapshot.ports
         changed: list[str] = []
-        for key in old_ports.keys() - new_ports.keys():
-            del self._frontends[table_key(key)]
-            changed.append(old_ports[key].name)
-        for key, port in new_ports.items():
-            if old_ports.get(key) != port:
-                self._frontends[table_key(key)] = Frontend.from_model(port, self.seed)
+        for model_key in old_ports.keys() - new_ports.keys():
+            self._unindex(table_key(model_key))
+            changed.append(old_ports[model_key].name)
+        for model_key, port in new_ports.items():
+            if old_ports.get(model_key) != port:
+                key = table_key(model_key)
+                self._unindex(key)
+                self._frontends[key] = Frontend.from_model(port, self.seed)
+                self._vips[key[0]] += 1
+                for address, port_number in self._frontends[key].backends:
+                    self._by_backend.setdefault((key[1], address, port_number), []).append(key)
                 changed.append(port.name)
         self._snapshot = snapshot
-        self._vips = {key[0] for key in self._frontends}
-        by_backend: dict[tuple[int, bytes, int], list[TableKey]] = {}
-        for key, frontend in self._frontends.items():
-            for address, port_number in frontend.backends:
-                by_backend.setdefault((key[1], address, port_number), []).append(key)
-        self._by_backend = by_backend
         if changed:
             self._forget_udp_flows_to_removed_backends()
         return changed
+
+    def _unindex(self, key: TableKey) -> None:
+        """Removes a frontend and its entries in the VIP and backend indexes."""
+        frontend = self._frontends.pop(key, None)
+        if frontend is None:
+            return
+        self._vips[key[0]] -= 1
+        if not self._vips[key[0]]:
+            del self._vips[key[0]]
+        for address, port_number in frontend.backends:
+            users = self._by_backend[(key[1], address, port_number)]
+            users.remove(key)
+            if not users:
+                del self._by_backend[(key[1], address, port_number)]
 
     def _forget_udp_flows_to_removed_backends(self) -> None:
         # As kube-proxy clears conntrack for removed UDP endpoints: the next datagram of
@@ -179,8 +192,15 @@ class ReferenceDatapath:
                 return Verdict(Action.REJECT, "no_endpoints")
             backend_ip, backend_port = frontend.backends[index]
             flow = Flow(
-                packet.proto, ip.src, l4.sport, ip.dst, l4.dport, backend_ip, backend_port,
-                frontend.name, initial_state(packet.proto, packet.tcp_flags),
+                packet.proto,
+                ip.src,
+                l4.sport,
+                ip.dst,
+                l4.dport,
+                backend_ip,
+                backend_port,
+                frontend.name,
+                initial_state(packet.proto, packet.tcp_flags),
             )
             self.flows.add(flow, now)
             reason = "new_flow"
@@ -211,8 +231,15 @@ class ReferenceDatapath:
         vip, proto, vport = candidates[0]
         state = FlowState.TCP_ESTABLISHED if proto == IPPROTO_TCP else FlowState.UDP_REPLIED
         return Flow(
-            proto, ip.dst, l4.dport, vip, vport, ip.src, l4.sport,
-            self._frontends[candidates[0]].name, state,
+            proto,
+            ip.dst,
+            l4.dport,
+            vip,
+            vport,
+            ip.src,
+            l4.sport,
+            self._frontends[candidates[0]].name,
+            state,
         )
 
     def expire(self) -> int:

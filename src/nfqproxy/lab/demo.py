@@ -30,31 +30,45 @@ def run_demo(backends: int = 3, requests: int = 300) -> int:
     if DEMO_LAB in all_labs():
         Lab.load(DEMO_LAB).down()  # a demo killed earlier left its lab behind
     lab = Lab(DEMO_LAB, backends)
-    print(f"Building the lab: client, node, uplink and {backends} backends (namespaces {DEMO_LAB}-*)")
+    print(
+        f"Building the lab: client, node, uplink and {backends} backends (namespaces {DEMO_LAB}-*)"
+    )
     try:
         lab.up()
         proxy = start_proxy(lab)
         wait_ready(lab, proxy)
-        print(f"nfqproxy is running in {lab.node_ns} (pid {proxy.pid}), reading {lab.manifests_dir}")
+        print(
+            f"nfqproxy is running in {lab.node_ns} (pid {proxy.pid}), reading {lab.manifests_dir}"
+        )
         with NetnsThread(lab.client_ns) as client:
-            _print_split("Split across backends", client.call(http_split, WEB_VIP, HTTP_PORT, requests))
-            print(f"\nUDP {WEB_VIP}:{DNS_PORT} from a connected socket answers: "
-                  + ", ".join(client.call(udp_query, WEB_VIP, DNS_PORT) for _ in range(5)))
+            _print_split(
+                "Split across backends", client.call(http_split, WEB_VIP, HTTP_PORT, requests)
+            )
+            print(
+                f"\nUDP {WEB_VIP}:{DNS_PORT} from a connected socket answers: "
+                + ", ".join(client.call(udp_query, WEB_VIP, DNS_PORT) for _ in range(5))
+            )
             print("\n" + _fresh_status(lab))
 
             keep = client.call(KeepAlive, WEB_VIP, HTTP_PORT)
             pinned = client.call(keep.get)
             removed = next(i for i in range(1, backends + 1) if lab.backend_name(i) != pinned)
-            print(f"\nAn open keep-alive connection (client port {keep.local_port}) is on {pinned}.")
+            print(
+                f"\nAn open keep-alive connection (client port {keep.local_port}) is on {pinned}."
+            )
             print(f"Removing endpoint be{removed} from the EndpointSlice manifest...")
             syncs = read_status(lab).get("syncs", 0)
             lab.write_manifests([i for i in range(1, backends + 1) if i != removed])
             deadline = time.monotonic() + 5
             while read_status(lab).get("syncs", 0) == syncs and time.monotonic() < deadline:
                 time.sleep(0.05)
-            _print_split(f"After removing be{removed}",
-                         client.call(http_split, WEB_VIP, HTTP_PORT, requests // 3))
-            print(f"\nThe open connection still answers from: {client.call(keep.get)} (was {pinned})")
+            _print_split(
+                f"After removing be{removed}",
+                client.call(http_split, WEB_VIP, HTTP_PORT, requests // 3),
+            )
+            print(
+                f"\nThe open connection still answers from: {client.call(keep.get)} (was {pinned})"
+            )
             client.call(keep.close)
         print("\n" + _fresh_status(lab))
         return 0

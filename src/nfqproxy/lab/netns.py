@@ -24,7 +24,9 @@ class CommandError(RuntimeError):
 def run(command: Sequence[str], check: bool = True, stdin: str | None = None) -> str:
     result = subprocess.run(list(command), input=stdin, capture_output=True, text=True, check=False)
     if check and result.returncode != 0:
-        raise CommandError(f"{' '.join(command)} failed ({result.returncode}): {result.stderr.strip()}")
+        raise CommandError(
+            f"{' '.join(command)} failed ({result.returncode}): {result.stderr.strip()}"
+        )
     return result.stdout
 
 
@@ -66,8 +68,10 @@ class NetnsThread:
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
         self._executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"netns-{namespace}",
-            initializer=pyroute2_netns.setns, initargs=(namespace, 0),
+            max_workers=1,
+            thread_name_prefix=f"netns-{namespace}",
+            initializer=pyroute2_netns.setns,
+            initargs=(namespace, 0),
         )
 
     def call(self, function: Callable[..., T], *args: object, timeout: float = 120.0) -> T:

@@ -23,9 +23,19 @@ def start_proxy(lab: Lab, *extra: str, key: str = "proxy") -> subprocess.Popen[b
     """Runs `nfqproxy run` on the lab's manifests inside the node namespace."""
     if lab.status_file.exists():
         lab.status_file.unlink()
-    command = [*proxy_command(), "run", "--manifests", str(lab.manifests_dir),
-               "--service-cidr", SERVICE_CIDR, "--hostname-override", NODE_NAME,
-               "--status-file", str(lab.status_file), *extra]
+    command = [
+        *proxy_command(),
+        "run",
+        "--manifests",
+        str(lab.manifests_dir),
+        "--service-cidr",
+        SERVICE_CIDR,
+        "--hostname-override",
+        NODE_NAME,
+        "--status-file",
+        str(lab.status_file),
+        *extra,
+    ]
     return lab.start_process(key, netns.exec_command(lab.node_ns, command))
 
 

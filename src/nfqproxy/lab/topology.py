@@ -12,6 +12,7 @@ machine's own namespace. State (namespaces, pids, manifests) is kept under
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -106,7 +107,9 @@ class Lab:
     def up(self) -> None:
         """Builds the lab; on any failure removes what it built and re-raises."""
         if (self.dir / "state.json").exists() or any(netns.exists(n) for n in self._all_names()):
-            raise RuntimeError(f"lab {self.name} already exists; run `nfqproxy lab down --name {self.name}`")
+            raise RuntimeError(
+                f"lab {self.name} already exists; run `nfqproxy lab down --name {self.name}`"
+            )
         self.manifests_dir.mkdir(parents=True, exist_ok=True)
         try:
             self._build()
@@ -115,8 +118,12 @@ class Lab:
             raise
 
     def _all_names(self) -> list[str]:
-        return [self.client_ns, self.node_ns, self.uplink_ns,
-                *(self.backend_ns(i) for i in range(1, self.backends + 1))]
+        return [
+            self.client_ns,
+            self.node_ns,
+            self.uplink_ns,
+            *(self.backend_ns(i) for i in range(1, self.backends + 1)),
+        ]
 
     def _build(self) -> None:
         for name in self._all_names():
@@ -138,31 +145,57 @@ class Lab:
         node.append(f"route add default via {UPLINK_IP}")
         netns.ip_batch(self.node_ns, node)
         netns.sysctl(self.node_ns, "net.ipv4.ip_forward", "1")
-        netns.ip_batch(self.client_ns, [
-            f"addr add {CLIENT_IP}/24 dev eth0", "link set eth0 up", "route add default via 10.244.1.1",
-        ])
+        netns.ip_batch(
+            self.client_ns,
+            [
+                f"addr add {CLIENT_IP}/24 dev eth0",
+                "link set eth0 up",
+                "route add default via 10.244.1.1",
+            ],
+        )
         netns.ip_batch(self.uplink_ns, [f"addr add {UPLINK_IP}/30 dev eth0", "link set eth0 up"])
         for i in range(1, self.backends + 1):
-            netns.ip_batch(self.backend_ns(i), [
-                f"addr add {backend_ip(i)}/24 dev eth0", "link set eth0 up",
-                f"route add default via 10.244.{10 + i}.1",
-            ])
+            netns.ip_batch(
+                self.backend_ns(i),
+                [
+                    f"addr add {backend_ip(i)}/24 dev eth0",
+                    "link set eth0 up",
+                    f"route add default via 10.244.{10 + i}.1",
+                ],
+            )
             self._start_server(i)
         self.write_manifests(list(range(1, self.backends + 1)))
         self._wait_for_servers()
 
     def _start_server(self, index: int) -> None:
         name = self.backend_name(index)
-        command = [sys.executable, "-m", "nfqproxy", "lab", "serve", "--name", name,
-                   "--tcp-port", str(HTTP_TARGET), "--udp-port", str(DNS_TARGET),
-                   "--ready-file", str(self.dir / f"{name}.ready")]
+        command = [
+            sys.executable,
+            "-m",
+            "nfqproxy",
+            "lab",
+            "serve",
+            "--name",
+            name,
+            "--tcp-port",
+            str(HTTP_TARGET),
+            "--udp-port",
+            str(DNS_TARGET),
+            "--ready-file",
+            str(self.dir / f"{name}.ready"),
+        ]
         self.start_process(name, netns.exec_command(self.backend_ns(index), command))
 
     def start_process(self, key: str, command: list[str]) -> subprocess.Popen[bytes]:
         """Starts a lab process, logging to the lab folder, and records its pid for `down`."""
         with open(self.dir / f"{key}.log", "ab") as log_file:
-            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.state.pids[key] = process.pid
         self._save()
         return process
@@ -227,10 +260,8 @@ def _stop(pid: int, key: str, grace: float = 3.0) -> None:
 
 
 def _reap(pid: int) -> None:
-    try:
+    with contextlib.suppress(ChildProcessError):  # not our child: init reaps it
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def all_labs() -> list[str]:
@@ -240,33 +271,60 @@ def all_labs() -> list[str]:
 def lab_services() -> dict[str, object]:
     def service(name: str, vip: str) -> dict[str, object]:
         return {
-            "apiVersion": "v1", "kind": "Service",
+            "apiVersion": "v1",
+            "kind": "Service",
             "metadata": {"name": name, "namespace": "default"},
             "spec": {
-                "type": "ClusterIP", "clusterIP": vip, "clusterIPs": [vip],
+                "type": "ClusterIP",
+                "clusterIP": vip,
+                "clusterIPs": [vip],
                 "ports": [
-                    {"name": "http", "protocol": "TCP", "port": HTTP_PORT, "targetPort": HTTP_TARGET},
+                    {
+                        "name": "http",
+                        "protocol": "TCP",
+                        "port": HTTP_PORT,
+                        "targetPort": HTTP_TARGET,
+                    },
                     {"name": "dns", "protocol": "UDP", "port": DNS_PORT, "targetPort": DNS_TARGET},
                 ],
             },
         }
 
-    return {"apiVersion": "v1", "kind": "List",
-            "items": [service("web", WEB_VIP), service("empty", EMPTY_VIP)]}
+    return {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [service("web", WEB_VIP), service("empty", EMPTY_VIP)],
+    }
 
 
 def lab_endpoint_slices(backend_indexes: list[int]) -> dict[str, object]:
     endpoints = [
-        {"addresses": [backend_ip(i)], "conditions": {"ready": True, "serving": True, "terminating": False},
-         "nodeName": NODE_NAME, "targetRef": {"kind": "Pod", "namespace": "default", "name": f"be{i}"}}
+        {
+            "addresses": [backend_ip(i)],
+            "conditions": {"ready": True, "serving": True, "terminating": False},
+            "nodeName": NODE_NAME,
+            "targetRef": {"kind": "Pod", "namespace": "default", "name": f"be{i}"},
+        }
         for i in backend_indexes
     ]
-    return {"apiVersion": "v1", "kind": "List", "items": [{
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": "web-lab", "namespace": "default",
-                     "labels": {"kubernetes.io/service-name": "web"}},
-        "addressType": "IPv4",
-        "endpoints": endpoints,
-        "ports": [{"name": "http", "protocol": "TCP", "port": HTTP_TARGET},
-                  {"name": "dns", "protocol": "UDP", "port": DNS_TARGET}],
-    }]}
+    return {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": "web-lab",
+                    "namespace": "default",
+                    "labels": {"kubernetes.io/service-name": "web"},
+                },
+                "addressType": "IPv4",
+                "endpoints": endpoints,
+                "ports": [
+                    {"name": "http", "protocol": "TCP", "port": HTTP_TARGET},
+                    {"name": "dns", "protocol": "UDP", "port": DNS_TARGET},
+                ],
+            }
+        ],
+    }

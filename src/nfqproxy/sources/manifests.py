@@ -27,10 +27,8 @@ MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 KINDS = {("v1", "Service"), ("discovery.k8s.io/v1", "EndpointSlice")}
 MAX_FILE_BYTES = 64 * 1024 * 1024
 
-try:  # libyaml's loader is 10x faster; PyYAML falls back to pure Python without it
-    SafeLoader: type[yaml.SafeLoader] = yaml.CSafeLoader
-except AttributeError:
-    SafeLoader = yaml.SafeLoader
+# libyaml's loader is 10x faster; PyYAML built without libyaml has only the Python one.
+SafeLoader: type[yaml.SafeLoader | yaml.CSafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class ManifestError(ValueError):
@@ -68,7 +66,9 @@ def _objects(path: Path, documents: Iterable[Any]) -> Iterable[tuple[str, Mappin
     for index, doc in enumerate(documents):
         where = f"document {index + 1}"
         if not isinstance(doc, Mapping):
-            raise ManifestError(path, where, f"expected a Kubernetes object, got {type(doc).__name__}")
+            raise ManifestError(
+                path, where, f"expected a Kubernetes object, got {type(doc).__name__}"
+            )
         kind = doc.get("kind")
         if isinstance(kind, str) and kind.endswith("List"):
             items = doc.get("items")
@@ -76,7 +76,9 @@ def _objects(path: Path, documents: Iterable[Any]) -> Iterable[tuple[str, Mappin
                 raise ManifestError(path, f"{where} ({kind})", "items: must be a list")
             for item_index, item in enumerate(items):
                 if not isinstance(item, Mapping):
-                    raise ManifestError(path, f"{where} items[{item_index}]", "expected a Kubernetes object")
+                    raise ManifestError(
+                        path, f"{where} items[{item_index}]", "expected a Kubernetes object"
+                    )
                 yield f"{where} items[{item_index}]", item
         else:
             yield where, doc
@@ -91,7 +93,8 @@ def load_manifest_file(path: Path, service_cidrs: Iterable[IPNetwork]) -> Manife
         kind_key = (obj.get("apiVersion"), obj.get("kind"))
         if kind_key not in KINDS:
             raise ManifestError(
-                path, ref,
+                path,
+                ref,
                 f"apiVersion/kind {kind_key[0]!r:.60}/{kind_key[1]!r:.60} is not one of "
                 "v1/Service, discovery.k8s.io/v1/EndpointSlice",
             )
@@ -123,7 +126,8 @@ class ManifestSource:
     def _files(self) -> list[Path]:
         if self.path.is_dir():
             return sorted(
-                p for p in self.path.iterdir()
+                p
+                for p in self.path.iterdir()
                 if p.suffix in MANIFEST_SUFFIXES and not p.name.startswith(".") and p.is_file()
             )
         if self.path.exists():
@@ -152,7 +156,11 @@ class ManifestSource:
                 self._good[path] = load_manifest_file(path, self.service_cidrs)
             except (ManifestError, OSError) as exc:
                 self.errors[path] = str(exc)
-                kept = "keeping its last good objects" if path in self._good else "nothing loaded from it"
+                kept = (
+                    "keeping its last good objects"
+                    if path in self._good
+                    else "nothing loaded from it"
+                )
                 log.error("manifest refused: %s (%s)", exc, kept)
                 continue
             self.errors.pop(path, None)
@@ -177,7 +185,9 @@ class ManifestSource:
             try:
                 changed = self.refresh()
             except OSError as exc:
-                log.error("cannot read manifests at %s: %s; keeping the last good state", self.path, exc)
+                log.error(
+                    "cannot read manifests at %s: %s; keeping the last good state", self.path, exc
+                )
                 continue
             if changed:
                 await on_change(self.objects())

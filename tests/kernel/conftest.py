@@ -1,0 +1,84 @@
+"""Fixtures for tests in real network namespaces, with real iptables and NFQUEUE.
+
+Every lab gets a unique name and is torn down in a finally, even when the test fails:
+its processes are stopped by pid and its namespaces deleted.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from nfqproxy.lab.netns import NetnsThread
+from nfqproxy.lab.proxy import start_proxy, wait_ready
+from nfqproxy.lab.topology import Lab
+
+if os.geteuid() != 0:
+    pytest.skip("kernel tests need root", allow_module_level=True)
+
+_lab_numbers = itertools.count()
+
+
+def new_lab(backends: int = 3) -> Lab:
+    return Lab(f"t{os.getpid() % 10000}n{next(_lab_numbers)}", backends)
+
+
+class RunningLab:
+    """A lab with nfqproxy running in its node namespace, and threads in its namespaces."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.proxy: subprocess.Popen[bytes] | None = None
+        self.client = NetnsThread(lab.client_ns)
+        self.node = NetnsThread(lab.node_ns)
+
+    def start_proxy(self, *extra: str) -> subprocess.Popen[bytes]:
+        self.proxy = start_proxy(self.lab, *extra)
+        wait_ready(self.lab, self.proxy)
+        return self.proxy
+
+    def close(self) -> None:
+        self.client.close()
+        self.node.close()
+        self.lab.down()
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    """A lab without a proxy."""
+    lab = new_lab()
+    try:
+        lab.up()
+        yield lab
+    finally:
+        lab.down()
+
+
+@pytest.fixture(scope="module")
+def running_lab() -> Iterator[RunningLab]:
+    """One lab and proxy shared by a module's tests; they must leave it as they found it."""
+    lab = new_lab()
+    running = RunningLab(lab)
+    try:
+        lab.up()
+        running.start_proxy()
+        yield running
+    finally:
+        running.close()
+
+
+@pytest.fixture
+def fresh_lab() -> Iterator[RunningLab]:
+    """A lab and proxy of the test's own, for tests that change or stop them."""
+    lab = new_lab()
+    running = RunningLab(lab)
+    try:
+        lab.up()
+        running.start_proxy()
+        yield running
+    finally:
+        running.close()

@@ -1,0 +1,86 @@
+"""Real TCP and UDP through the proxy, from the client namespace and the node itself."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from nfqproxy.lab.topology import DNS_PORT, EMPTY_VIP, HTTP_PORT, WEB_VIP
+from nfqproxy.lab.traffic import http_split, udp_query
+from tests.kernel.conftest import RunningLab
+
+pytestmark = pytest.mark.kernel
+
+
+def test_300_new_http_connections_are_all_answered_and_split_across_3_backends(
+    running_lab: RunningLab,
+) -> None:
+    answers = running_lab.client.call(http_split, WEB_VIP, HTTP_PORT, 300)
+    assert sum(answers.values()) == 300
+    assert set(answers) == {"be1", "be2", "be3"}, answers
+    for name, count in answers.items():
+        assert 0.20 <= count / 300 <= 0.47, f"{name} got {count} of 300"
+
+
+def test_a_connected_udp_socket_gets_every_answer_from_the_vip(running_lab: RunningLab) -> None:
+    answers = [running_lab.client.call(udp_query, WEB_VIP, DNS_PORT) for _ in range(50)]
+    assert set(answers) <= {"be1", "be2", "be3"}
+    assert len(answers) == 50
+
+
+def test_a_udp_datagram_larger_than_the_mtu_is_reassembled_proxied_and_answered(
+    running_lab: RunningLab,
+) -> None:
+    # 3000 bytes over a 1500-byte link: the client fragments, the node's conntrack
+    # reassembles before the queue, and the forward path fragments again.
+    answer = running_lab.client.call(udp_query, WEB_VIP, DNS_PORT, 2.0, b"x" * 3000)
+    assert answer in {"be1", "be2", "be3"}
+
+
+def test_the_node_itself_reaches_the_vip_over_tcp_and_udp(running_lab: RunningLab) -> None:
+    answers = running_lab.node.call(http_split, WEB_VIP, HTTP_PORT, 30)
+    assert sum(answers.values()) == 30 and set(answers) <= {"be1", "be2", "be3"}, answers
+    assert running_lab.node.call(udp_query, WEB_VIP, DNS_PORT) in {"be1", "be2", "be3"}
+
+
+def _connect_error(host: str, port: int) -> tuple[str, float]:
+    started = time.monotonic()
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+        return "connected", time.monotonic() - started
+    except OSError as exc:
+        return type(exc).__name__, time.monotonic() - started
+
+
+def _udp_error(host: str, port: int) -> str:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(3)
+        sock.connect((host, port))
+        sock.send(b"anyone?")
+        try:
+            sock.recv(100)
+            return "answered"
+        except OSError as exc:
+            return type(exc).__name__
+
+
+@pytest.mark.parametrize("where", ["client", "node"])
+def test_a_service_without_endpoints_refuses_tcp_at_once_and_udp_with_port_unreachable(
+    running_lab: RunningLab,
+    where: str,
+) -> None:
+    thread = running_lab.client if where == "client" else running_lab.node
+    outcome, seconds = thread.call(_connect_error, EMPTY_VIP, HTTP_PORT)
+    assert outcome == "ConnectionRefusedError" and seconds < 1.0, (outcome, seconds)
+    # ECONNREFUSED on a connected UDP socket is how Linux reports ICMP port unreachable.
+    assert thread.call(_udp_error, EMPTY_VIP, DNS_PORT) == "ConnectionRefusedError"
+
+
+def test_a_port_the_vip_does_not_serve_and_an_unallocated_vip_are_refused(
+    running_lab: RunningLab,
+) -> None:
+    for host, port in ((WEB_VIP, 443), ("10.96.7.7", 80)):
+        outcome, seconds = running_lab.client.call(_connect_error, host, port)
+        assert outcome == "ConnectionRefusedError" and seconds < 1.0, (host, port, outcome)
