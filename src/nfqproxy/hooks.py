@@ -8,6 +8,7 @@ the hook order are explained in docs/design.md; in short:
   mangle PREROUTING, OUTPUT  -> NFQPROXY-MARK: proxied mark on the packet -> connmark
   mangle INPUT, POSTROUTING  -> NFQPROXY-REPLIES: connmark + reply direction -> NFQUEUE
   filter INPUT, FORWARD, OUTPUT -> NFQPROXY-REJECT: reject mark -> TCP RST / ICMP unreachable
+  nat    POSTROUTING -> NFQPROXY-HAIRPIN: hairpin mark -> MASQUERADE (a pod reaching itself)
 
 nfqproxy owns the NFQPROXY-* chains and one jump rule in each built-in chain. It never
 flushes a chain it does not own. Every argument is built from validated numbers and
@@ -27,18 +28,21 @@ log = logging.getLogger(__name__)
 # Mark bits: clear of kube-proxy's 0x4000/0x8000 and Cilium's 0x0f00 ranges.
 MARK_PROXIED = 0x00100000
 MARK_REJECT = 0x00200000
+MARK_HAIRPIN = 0x00400000
 COMMENT = "nfqproxy"
 
 CHAIN_SERVICES = "NFQPROXY-SERVICES"
 CHAIN_MARK = "NFQPROXY-MARK"
 CHAIN_REPLIES = "NFQPROXY-REPLIES"
 CHAIN_REJECT = "NFQPROXY-REJECT"
+CHAIN_HAIRPIN = "NFQPROXY-HAIRPIN"
 
 # (table, built-in chain, our chain), in the order they are installed.
 JUMPS: tuple[tuple[str, str, str], ...] = (
     ("filter", "INPUT", CHAIN_REJECT),
     ("filter", "FORWARD", CHAIN_REJECT),
     ("filter", "OUTPUT", CHAIN_REJECT),
+    ("nat", "POSTROUTING", CHAIN_HAIRPIN),
     ("mangle", "PREROUTING", CHAIN_MARK),
     ("mangle", "OUTPUT", CHAIN_MARK),
     ("mangle", "INPUT", CHAIN_REPLIES),
@@ -71,6 +75,7 @@ def chain_rules(config: HookConfig) -> dict[tuple[str, str], list[list[str]]]:
     queue = ["-j", "NFQUEUE", "--queue-num", str(config.queue_num)]
     proxied = f"{MARK_PROXIED:#x}/{MARK_PROXIED:#x}"
     reject = f"{MARK_REJECT:#x}/{MARK_REJECT:#x}"
+    hairpin = f"{MARK_HAIRPIN:#x}/{MARK_HAIRPIN:#x}"
     return {
         ("raw", CHAIN_SERVICES): [
             ["-d", str(cidr), "-m", "comment", "--comment", "service range to nfqproxy", *queue]
@@ -81,6 +86,10 @@ def chain_rules(config: HookConfig) -> dict[tuple[str, str], list[list[str]]]:
         ],
         ("mangle", CHAIN_REPLIES): [
             ["-m", "connmark", "--mark", proxied, "-m", "conntrack", "--ctdir", "REPLY", *queue],
+        ],
+        ("nat", CHAIN_HAIRPIN): [
+            # The backend would drop a packet from its own address; make it the node's.
+            ["-m", "mark", "--mark", hairpin, "-j", "MASQUERADE"],
         ],
         ("filter", CHAIN_REJECT): [
             [

@@ -213,10 +213,11 @@ def parse_service(obj: Mapping[str, Any], service_cidrs: Iterable[IPNetwork]) ->
     for i, raw in enumerate(raw_ips):
         path = ip_path.format(i)
         vip = _ip(raw, path)
-        if skip_reason is None and not any(
-            vip in cidr for cidr in cidrs if cidr.version == vip.version
-        ):
-            ranges = ", ".join(str(c) for c in cidrs)
+        family_ranges = [cidr for cidr in cidrs if cidr.version == vip.version]
+        if not family_ranges:
+            continue  # e.g. the IPv6 half of a dual-stack service on an IPv4-only proxy
+        if skip_reason is None and not any(vip in cidr for cidr in family_ranges):
+            ranges = ", ".join(str(c) for c in family_ranges)
             raise ObjectError(path, f"{vip} is outside the service range ({ranges})")
         cluster_ips.append(vip)
 

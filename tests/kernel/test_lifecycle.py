@@ -54,7 +54,7 @@ def test_sigterm_removes_every_rule_and_kill_9_leftovers_go_with_cleanup(
     installed = nfqproxy_rules(lab.node_ns)
     config = HookConfig((IPv4Network(SERVICE_CIDR),), 100)
     expected = len(OWNED_CHAINS) + len(JUMPS) + sum(map(len, chain_rules(config).values()))
-    assert len(installed) == expected == 18, installed
+    assert len(installed) == expected == 21, installed
     proxy.send_signal(signal.SIGTERM)
     assert proxy.wait(10) == 0
     assert nfqproxy_rules(lab.node_ns) == []

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from nfqproxy.lab.netns import NetnsThread
 from nfqproxy.lab.topology import DNS_PORT, EMPTY_VIP, HTTP_PORT, WEB_VIP
 from nfqproxy.lab.traffic import http_split, udp_query
 from tests.kernel.conftest import RunningLab
@@ -84,3 +85,13 @@ def test_a_port_the_vip_does_not_serve_and_an_unallocated_vip_are_refused(
     for host, port in ((WEB_VIP, 443), ("10.96.7.7", 80)):
         outcome, seconds = running_lab.client.call(_connect_error, host, port)
         assert outcome == "ConnectionRefusedError" and seconds < 1.0, (host, port, outcome)
+
+
+def test_a_backend_reaching_its_own_service_is_answered_by_itself_too(
+    running_lab: RunningLab,
+) -> None:
+    # Hairpin: some of be1's flows land on be1, which must see the answer come from the VIP.
+    with NetnsThread(running_lab.lab.backend_ns(1)) as backend:
+        answers = backend.call(http_split, WEB_VIP, HTTP_PORT, 60)
+    assert sum(answers.values()) == 60 and "be1" in answers, answers
+    assert set(answers) <= {"be1", "be2", "be3"}, answers

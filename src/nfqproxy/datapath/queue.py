@@ -9,7 +9,7 @@ from typing import Any, Protocol
 from netfilterqueue import NetfilterQueue
 
 from nfqproxy.datapath.reference import Action, Verdict
-from nfqproxy.hooks import MARK_PROXIED, MARK_REJECT
+from nfqproxy.hooks import MARK_HAIRPIN, MARK_PROXIED, MARK_REJECT
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class QueueBinding:
             packet.set_mark(mark | MARK_REJECT)  # the filter-table REJECT rule answers it
         else:
             if verdict.proxied:
-                packet.set_mark(mark | MARK_PROXIED)
+                packet.set_mark(mark | MARK_PROXIED | (MARK_HAIRPIN if verdict.hairpin else 0))
             if verdict.payload is not None:
                 packet.set_payload(verdict.payload)
         packet.accept()

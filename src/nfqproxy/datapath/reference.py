@@ -50,6 +50,7 @@ class Verdict:
     reason: str
     payload: bytes | None = None  # the rewritten packet, for ACCEPT
     proxied: bool = False  # a request that was DNATed: its conntrack entry gets marked
+    hairpin: bool = False  # client and backend are one host: the kernel must masquerade
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +208,8 @@ class ReferenceDatapath:
         else:
             self.flows.observe(flow, True, packet.tcp_flags, now)
         payload = rewrite_destination(packet, flow.backend_ip, flow.backend_port)
-        return Verdict(Action.ACCEPT, reason, payload, proxied=True)
+        hairpin = flow.backend_ip == flow.client_ip
+        return Verdict(Action.ACCEPT, reason, payload, proxied=True, hairpin=hairpin)
 
     def _reply(self, packet: ParsedPacket) -> Verdict:
         ip, l4, now = packet.ip, packet.l4, self.clock()

@@ -1,0 +1,127 @@
+"""Loading and watching manifests: formats, errors that name file/object/field, last good state."""
+
+from __future__ import annotations
+
+import asyncio
+from ipaddress import IPv4Network
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nfqproxy.lab.topology import lab_endpoint_slices, lab_services
+from nfqproxy.sources.manifests import (
+    ManifestError,
+    ManifestObjects,
+    ManifestSource,
+    load_manifest_file,
+)
+
+CIDRS = [IPv4Network("10.96.0.0/12")]
+
+
+def write(path: Path, data: object) -> Path:
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+def test_a_kubectl_list_and_multi_document_yaml_load_alike(tmp_path: Path) -> None:
+    as_list = load_manifest_file(write(tmp_path / "list.yaml", lab_services()), CIDRS)
+    items = lab_services()["items"]
+    assert isinstance(items, list)
+    docs = "".join("---\n" + yaml.safe_dump(item) for item in items)
+    as_docs = load_manifest_file(write(tmp_path / "docs.yaml", docs), CIDRS)
+    assert as_list.services == as_docs.services and len(as_list.services) == 2
+
+
+def test_a_list_mixing_services_and_slices_is_split_by_kind(tmp_path: Path) -> None:
+    services, slices = lab_services(), lab_endpoint_slices([1, 2])
+    both = {"apiVersion": "v1", "kind": "List", "items": [*services["items"], *slices["items"]]}  # type: ignore[misc]
+    loaded = load_manifest_file(write(tmp_path / "all.yaml", both), CIDRS)
+    assert (len(loaded.services), len(loaded.endpoint_slices)) == (2, 1)
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "message"),
+    [
+        ("a: [1, 2\n", "line 2, column 1", "invalid YAML"),
+        ("- just\n- a list\n", "document 1", "expected a Kubernetes object"),
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n",
+            "document 1 (Pod default/p)",
+            "is not one of",
+        ),
+        ("apiVersion: v1\nkind: List\nitems: 5\n", "document 1 (List)", "items: must be a list"),
+        (
+            "apiVersion: v1\nkind: Service\nmetadata: {name: s}\n"
+            "spec: {clusterIP: 10.96.0.1, ports: [{port: 0}]}\n",
+            "document 1 (Service default/s)",
+            "spec.ports[0].port: 0 is out of range",
+        ),
+        ("\xff\xfe", "file", "not UTF-8"),
+    ],
+)
+def test_a_bad_file_is_refused_naming_file_object_and_field(
+    tmp_path: Path, text: str, where: str, message: str
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(ManifestError) as error:
+        load_manifest_file(path, CIDRS)
+    assert str(error.value).startswith(f"{path}: {where}")
+    assert message in str(error.value)
+
+
+def test_a_refused_file_keeps_its_last_good_objects_and_other_files_still_update(
+    tmp_path: Path,
+) -> None:
+    services = write(tmp_path / "services.yaml", lab_services())
+    slices = write(tmp_path / "slices.yaml", lab_endpoint_slices([1, 2, 3]))
+    source = ManifestSource(tmp_path, CIDRS)
+    assert source.refresh()
+    write(services, "kind: [\n")
+    write(slices, lab_endpoint_slices([1]))
+    assert source.refresh()
+    objects = source.objects()
+    assert len(objects.services) == 2 and len(objects.endpoint_slices[0]["endpoints"]) == 1
+    assert list(source.errors) == [services] and "invalid YAML" in source.errors[services]
+    write(services, lab_services())
+    source.refresh()
+    assert source.errors == {}
+
+
+def test_a_removed_file_withdraws_its_objects(tmp_path: Path) -> None:
+    write(tmp_path / "services.yaml", lab_services())
+    slices = write(tmp_path / "slices.yaml", lab_endpoint_slices([1]))
+    source = ManifestSource(tmp_path, CIDRS)
+    source.refresh()
+    slices.unlink()
+    assert source.refresh() and source.objects().endpoint_slices == []
+
+
+def test_a_missing_path_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does-not-exist"):
+        ManifestSource(tmp_path / "does-not-exist", CIDRS).refresh()
+
+
+def test_watch_delivers_the_initial_state_and_then_each_change(tmp_path: Path) -> None:
+    path = write(tmp_path / "services.yaml", lab_services())
+    seen: list[int] = []
+
+    async def scenario() -> None:
+        async def on_change(objects: ManifestObjects) -> None:
+            seen.append(len(objects.services))
+
+        task = asyncio.create_task(ManifestSource(path, CIDRS).watch(on_change, interval=0.01))
+        await asyncio.sleep(0.05)
+        services = lab_services()
+        services["items"] = services["items"][:1]  # type: ignore[index]
+        write(path, services)
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if len(seen) == 2:
+                break
+        task.cancel()
+
+    asyncio.run(scenario())
+    assert seen == [2, 1]

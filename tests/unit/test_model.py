@@ -1,0 +1,196 @@
+"""kube-proxy's ClusterIP rules: Kubernetes YAML in, the frontend table out."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Network, IPv6Network
+from typing import Any
+
+import pytest
+import yaml
+
+from nfqproxy.model import (
+    ObjectError,
+    build_snapshot,
+    object_ref,
+    parse_endpoint_slice,
+    parse_service,
+)
+
+CIDRS = [IPv4Network("10.96.0.0/12")]
+
+
+def table(manifest: str, node: str | None = "node-a") -> dict[str, list[str]]:
+    """'VIP:port/PROTO name' -> ['ip:port', ...] for every frontend the manifest gives."""
+    docs: list[dict[str, Any]] = list(yaml.safe_load_all(manifest))
+    services = [parse_service(d, CIDRS) for d in docs if d["kind"] == "Service"]
+    slices = [parse_endpoint_slice(d) for d in docs if d["kind"] == "EndpointSlice"]
+    snapshot = build_snapshot(services, slices, node)
+    return {
+        f"{p.vip}:{p.port}/{p.protocol} {p.name}": [b.name for b in p.backends]
+        for p in sorted(snapshot.ports.values(), key=lambda p: (str(p.vip), p.port))
+    }
+
+
+SERVICE = """
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: shop{labels}}}
+spec:
+  clusterIP: 10.96.0.10
+  {extra}
+  ports:
+  - {{name: http, port: 80, protocol: TCP, targetPort: 8080}}
+  - {{name: dns, port: 53, protocol: UDP}}
+"""
+
+
+def service(extra: str = "", labels: str = "") -> str:
+    return SERVICE.format(extra=extra, labels=labels)
+
+
+def endpoint_slice(name: str, endpoints: str, ports: str | None = None) -> str:
+    ports = (
+        ports or "[{name: http, port: 8080, protocol: TCP}, {name: dns, port: 5353, protocol: UDP}]"
+    )
+    return f"""
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}
+  namespace: shop
+  labels: {{kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: {ports}
+endpoints: {endpoints}
+"""
+
+
+def test_endpoints_of_all_slices_are_merged_and_ports_matched_by_name() -> None:
+    manifest = (
+        service()
+        + endpoint_slice("web-1", "[{addresses: [10.1.0.1]}, {addresses: [10.1.0.2]}]")
+        + endpoint_slice("web-2", "[{addresses: [10.1.0.3]}]", "[{name: http, port: 9090}]")
+    )
+    assert table(manifest) == {
+        "10.96.0.10:53/UDP shop/web:dns": ["10.1.0.1:5353", "10.1.0.2:5353"],
+        "10.96.0.10:80/TCP shop/web:http": ["10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.3:9090"],
+    }
+
+
+def test_ready_endpoints_win_else_serving_terminating_ones_are_used() -> None:
+    mixed = """[
+      {addresses: [10.1.0.1], conditions: {ready: true}},
+      {addresses: [10.1.0.2], conditions: {ready: false, serving: true, terminating: true}},
+      {addresses: [10.1.0.3], conditions: {ready: false, serving: false}}]"""
+    assert table(service() + endpoint_slice("a", mixed))["10.96.0.10:80/TCP shop/web:http"] == [
+        "10.1.0.1:8080"
+    ]
+    draining = """[
+      {addresses: [10.1.0.2], conditions: {ready: false, serving: true, terminating: true}},
+      {addresses: [10.1.0.3], conditions: {ready: false, serving: false, terminating: true}},
+      {addresses: [10.1.0.4], conditions: {ready: false, serving: true, terminating: false}}]"""
+    assert table(service() + endpoint_slice("a", draining))["10.96.0.10:80/TCP shop/web:http"] == [
+        "10.1.0.2:8080"
+    ]
+
+
+def test_a_missing_ready_condition_means_ready() -> None:
+    assert table(service() + endpoint_slice("a", "[{addresses: [10.1.0.9]}]"))[
+        "10.96.0.10:80/TCP shop/web:http"
+    ] == ["10.1.0.9:8080"]
+
+
+def test_internal_traffic_policy_local_keeps_only_this_nodes_endpoints() -> None:
+    endpoints = (
+        "[{addresses: [10.1.0.1], nodeName: node-a}, {addresses: [10.1.0.2], nodeName: node-b}]"
+    )
+    manifest = service("internalTrafficPolicy: Local") + endpoint_slice("a", endpoints)
+    assert table(manifest, "node-a")["10.96.0.10:80/TCP shop/web:http"] == ["10.1.0.1:8080"]
+    assert table(manifest, "node-c")["10.96.0.10:80/TCP shop/web:http"] == []
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        service(labels=", labels: {service.kubernetes.io/service-proxy-name: other}"),
+        service().replace("clusterIP: 10.96.0.10", "clusterIP: None"),
+        service("type: ExternalName\n  externalName: example.org").replace(
+            "clusterIP: 10.96.0.10", "clusterIP: ''"
+        ),
+    ],
+    ids=["service-proxy-name label", "headless", "ExternalName"],
+)
+def test_services_kube_proxy_skips_get_no_frontend(variant: str) -> None:
+    assert table(variant + endpoint_slice("a", "[{addresses: [10.1.0.1]}]")) == {}
+
+
+def test_a_service_without_slices_has_frontends_with_no_backends() -> None:
+    assert table(service()) == {
+        "10.96.0.10:53/UDP shop/web:dns": [],
+        "10.96.0.10:80/TCP shop/web:http": [],
+    }
+
+
+def test_the_ipv6_half_of_a_dual_stack_service_is_left_out_without_an_ipv6_range() -> None:
+    doc = yaml.safe_load(service())
+    doc["spec"]["clusterIPs"] = ["10.96.0.10", "fd00::10"]
+    assert [str(ip) for ip in parse_service(doc, CIDRS).cluster_ips] == ["10.96.0.10"]
+    both = parse_service(doc, [*CIDRS, IPv6Network("fd00::/108")])
+    assert [str(ip) for ip in both.cluster_ips] == ["10.96.0.10", "fd00::10"]
+
+
+BAD_FIELDS = [
+    ("spec.ports[0].port", lambda d: d["spec"]["ports"][0].update(port=70000), "out of range"),
+    ("spec.ports[1].protocol", lambda d: d["spec"]["ports"][1].update(protocol="ICMP"), "TCP, UDP"),
+    ("spec.clusterIP", lambda d: d["spec"].update(clusterIP="10.96.0.1.2"), "not a valid IP"),
+    ("spec.clusterIP", lambda d: d["spec"].update(clusterIP="172.16.0.1"), "outside the service"),
+    ("metadata.name", lambda d: d["metadata"].update(name="a$(reboot)"), "not a valid name"),
+    ("metadata.name", lambda d: d["metadata"].update(name="-j ACCEPT"), "not a valid name"),
+    ("metadata.namespace", lambda d: d["metadata"].update(namespace="x\ny"), "not a valid name"),
+    ("spec.ports[0].name", lambda d: d["spec"]["ports"][0].update(name="http;"), "not a valid"),
+    ("spec", lambda d: d.update(spec="nope"), "must be a mapping"),
+    ("spec.ports", lambda d: d["spec"].update(ports={"a": 1}), "must be a list"),
+    ("spec.ports[0].port", lambda d: d["spec"]["ports"][0].update(port="80"), "integer port"),
+    ("spec.ports[0].port", lambda d: d["spec"]["ports"][0].update(port=True), "integer port"),
+    (
+        "spec.ports[1].port",
+        lambda d: d["spec"]["ports"][1].update(port=80, protocol="TCP"),
+        "twice",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("field", "mutate", "message"), BAD_FIELDS, ids=[f"{f}-{m}" for f, _, m in BAD_FIELDS]
+)
+def test_a_bad_service_field_is_named_in_the_error(field: str, mutate: Any, message: str) -> None:
+    doc = yaml.safe_load(service())
+    mutate(doc)
+    with pytest.raises(ObjectError) as error:
+        parse_service(doc, CIDRS)
+    assert error.value.field_path == field and message in error.value.message
+
+
+@pytest.mark.parametrize(
+    ("field", "endpoints"),
+    [
+        ("endpoints[0].addresses[0]", "[{addresses: [10.1.0.300]}]"),
+        ("endpoints[0].addresses[0]", "[{addresses: ['fd00::1']}]"),
+        ("endpoints[0].addresses", "[{addresses: []}]"),
+        ("endpoints[0].conditions.ready", "[{addresses: [10.1.0.1], conditions: {ready: 'yes'}}]"),
+        ("endpoints[1]", "[{addresses: [10.1.0.1]}, 7]"),
+    ],
+)
+def test_a_bad_endpoint_slice_field_is_named_in_the_error(field: str, endpoints: str) -> None:
+    doc = yaml.safe_load(endpoint_slice("a", endpoints).lstrip("-\n"))
+    with pytest.raises(ObjectError) as error:
+        parse_endpoint_slice(doc)
+    assert error.value.field_path == field
+
+
+def test_object_references_escape_hostile_names() -> None:
+    ref = object_ref(
+        {"kind": "Service", "metadata": {"name": "a\nFAKE LOG LINE\x1b[31m", "namespace": "n"}}
+    )
+    assert "\n" not in ref and "\x1b" not in ref and ref.startswith("Service n/a\\n")
