@@ -19,11 +19,12 @@ $(STAMP): pyproject.toml setup.py scripts/install-system-deps.sh $(wildcard cext
 demo: install
 	$(BIN)/nfqproxy demo
 
-test: install
+test: lint
 	$(BIN)/python -m pytest
 
 lint: install
 	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
 # Removes any lab or rules that a killed run left behind.

@@ -1,12 +1,16 @@
 """Maglev quality: balance, minimal disruption and determinism."""
 
+import os
 import random
 from collections import Counter
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from nfqproxy.datapath import maglev
 from nfqproxy.datapath.hashing import flow_hash, hash64
-from nfqproxy.datapath.maglev import MaglevSelector, build_table, table_size_for
+from nfqproxy.datapath.maglev import TABLE_SIZES, MaglevSelector, build_table, table_size_for
 
 VIP = bytes([10, 96, 0, 10])
 
@@ -79,3 +83,28 @@ def test_a_size_that_is_not_prime_is_refused() -> None:
 
 def test_no_backends_selects_nothing() -> None:
     assert MaglevSelector([]).select(12345) == -1
+
+
+names_strategy = st.lists(
+    st.text(alphabet="0123456789abcdef.:[]", min_size=1, max_size=24),
+    min_size=0,
+    max_size=40,
+    unique=True,
+)
+
+
+@pytest.mark.skipif(maglev._COMPILED_BUILDER is None, reason="the Cython extension is not built")
+@given(names_strategy, st.sampled_from(TABLE_SIZES[:3]), st.integers(0, 2**64 - 1))
+@settings(max_examples=60, deadline=None)
+def test_the_compiled_builder_gives_the_reference_tables(
+    names: list[str], size: int, seed: int
+) -> None:
+    assert maglev.build_table(names, size, seed) == maglev.build_table_reference(names, size, seed)
+
+
+def test_the_extension_is_built_in_a_full_install() -> None:
+    # make install always builds it; only NFQPROXY_NO_EXTENSIONS=1 may turn it off.
+    if os.environ.get("NFQPROXY_NO_EXTENSIONS") == "1":
+        assert maglev._COMPILED_BUILDER is None
+    else:
+        assert maglev._COMPILED_BUILDER is not None

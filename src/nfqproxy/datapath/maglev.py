@@ -14,8 +14,9 @@ uint16 backend indexes: at 10k services that is 10k tables of 1021 slots, about 
 
 from __future__ import annotations
 
+import os
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from nfqproxy.datapath.hashing import SEED_OFFSET, SEED_SKIP, hash64
 
@@ -48,7 +49,7 @@ def table_size_for(backend_count: int) -> int:
     return next((size for size in TABLE_SIZES if size >= want), TABLE_SIZES[-1])
 
 
-def build_table(names: Sequence[str], size: int, seed: int = 0) -> array[int]:
+def build_table_reference(names: Sequence[str], size: int, seed: int = 0) -> array[int]:
     """The lookup table: slot -> index into sorted(names). Empty if there are no names.
 
     Raises ValueError for a size that is not prime or for more than MAX_BACKENDS names.
@@ -80,6 +81,31 @@ def build_table(names: Sequence[str], size: int, seed: int = 0) -> array[int]:
             filled += 1
             if filled == size:
                 return table
+
+
+def _compiled_builder() -> Callable[[list[str], int, int], array[int]] | None:
+    """cext/maglev.pyx's builder, unless absent or NFQPROXY_NO_EXTENSIONS=1 forbids it."""
+    if os.environ.get("NFQPROXY_NO_EXTENSIONS") == "1":
+        return None
+    try:
+        from nfqproxy._maglev import build_table as compiled
+    except ImportError:
+        return None
+    return compiled
+
+
+_COMPILED_BUILDER = _compiled_builder()
+
+
+def build_table(names: Sequence[str], size: int, seed: int = 0) -> array[int]:
+    """As build_table_reference, in C when the extension is built (same tables)."""
+    if _COMPILED_BUILDER is None:
+        return build_table_reference(names, size, seed)
+    if size < 2 or not _is_prime(size):
+        raise ValueError(f"Maglev table size must be a prime, got {size}")
+    if len(names) > MAX_BACKENDS:
+        raise ValueError(f"Maglev supports at most {MAX_BACKENDS} backends, got {len(names)}")
+    return _COMPILED_BUILDER(sorted(names), size, seed)
 
 
 class MaglevSelector:
