@@ -15,13 +15,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from nfqproxy.datapath.queue import QueueBinding
 from nfqproxy.datapath.reference import ReferenceDatapath
 from nfqproxy.hooks import HookConfig, HookManager
 from nfqproxy.model import (
+    EndpointSliceSpec,
     ObjectError,
+    ServiceSpec,
     build_snapshot,
     object_ref,
     parse_endpoint_slice,
@@ -30,6 +32,7 @@ from nfqproxy.model import (
 from nfqproxy.sources.manifests import ManifestObjects, ManifestSource, atomic_write
 
 log = logging.getLogger(__name__)
+SpecT = TypeVar("SpecT", ServiceSpec, EndpointSliceSpec)
 
 STATUS_INTERVAL = 0.5
 EXPIRY_INTERVAL = 1.0
@@ -77,10 +80,20 @@ class Proxy:
                 slices.append(parse_endpoint_slice(obj))
             except ObjectError as exc:
                 errors.append(f"{object_ref(obj)}: {exc}")
+        services = self._unique(services, errors)
+        slices = self._unique(slices, errors)
+        snapshot = build_snapshot(services, slices, self.config.node_name)
+        errors += snapshot.conflicts
         for error in errors:
             log.error("object skipped: %s", error)
         self.object_errors = errors
-        changed = self.datapath.apply(build_snapshot(services, slices, self.config.node_name))
+        try:
+            changed = self.datapath.apply(snapshot)
+        except Exception:
+            # Tables are swapped only once every frontend is built, so the old ones stand.
+            log.exception("sync failed; the data path keeps its last good tables")
+            self.write_status()
+            return
         self.syncs += 1
         self.last_sync = time.time()
         log.info(
@@ -93,6 +106,19 @@ class Proxy:
             self.hooks.install()
             self.ready = True
         self.write_status()
+
+    @staticmethod
+    def _unique(specs: list[SpecT], errors: list[str]) -> list[SpecT]:
+        """The first of each namespace/name; later copies (from another file) are errors."""
+        seen: dict[tuple[str, str], SpecT] = {}
+        for spec in specs:
+            key = (spec.namespace, spec.name)
+            if key in seen:
+                kind = type(spec).__name__.removesuffix("Spec")
+                errors.append(f"{kind} {key[0]}/{key[1]} is defined twice; the first wins")
+            else:
+                seen[key] = spec
+        return list(seen.values())
 
     def status(self) -> dict[str, Any]:
         return {

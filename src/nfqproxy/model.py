@@ -26,6 +26,8 @@ DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 DNS_1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$")
+MAX_ENDPOINTS_PER_SLICE = 1000  # the API server's maxItems for EndpointSlice.endpoints
+MAX_BACKENDS_PER_PORT = 65534  # Maglev slots hold uint16 backend indexes
 
 
 class ObjectError(ValueError):
@@ -270,8 +272,13 @@ def parse_endpoint_slice(obj: Mapping[str, Any]) -> EndpointSliceSpec:
             SlicePortSpec(port_name, protocol, _port(port_spec.get("port"), f"{base}.port"))
         )
 
+    raw_endpoints = _list(obj.get("endpoints"), "endpoints")
+    if len(raw_endpoints) > MAX_ENDPOINTS_PER_SLICE:
+        raise ObjectError(
+            "endpoints", f"{len(raw_endpoints)} endpoints exceed the API's limit of 1000 per slice"
+        )
     endpoints = []
-    for i, raw_endpoint in enumerate(_list(obj.get("endpoints"), "endpoints")):
+    for i, raw_endpoint in enumerate(raw_endpoints):
         base = f"endpoints[{i}]"
         endpoint = _mapping(raw_endpoint, base)
         addresses: list[IPAddress] = []
@@ -331,6 +338,8 @@ ServicePortKey = tuple[IPAddress, str, int]
 @dataclass(frozen=True)
 class Snapshot:
     ports: Mapping[ServicePortKey, ServicePort] = field(default_factory=dict)
+    # Frontends left out, and why: a VIP:port claimed twice, or too many backends.
+    conflicts: tuple[str, ...] = ()
 
     @property
     def vips(self) -> frozenset[IPAddress]:
@@ -365,6 +374,7 @@ def build_snapshot(
             slices_by_service.setdefault(key, []).append(endpoint_slice)
 
     ports: dict[ServicePortKey, ServicePort] = {}
+    conflicts: list[str] = []
     for service in services:
         if service.skip_reason is not None:
             continue
@@ -386,7 +396,18 @@ def build_snapshot(
                     {Backend(e.addresses[0], p) for e, p in matching if id(e) in chosen_ids}
                 )
                 name = f"{service.key}:{port.name}" if port.name else service.key
-                ports[(vip, port.protocol, port.port)] = ServicePort(
-                    name, vip, port.protocol, port.port, tuple(backends)
-                )
-    return Snapshot(ports)
+                frontend = (vip, port.protocol, port.port)
+                if frontend in ports:
+                    conflicts.append(
+                        f"{name}: {vip}:{port.port}/{port.protocol} is already served by "
+                        f"{ports[frontend].name}; this port is left out"
+                    )
+                    continue
+                if len(backends) > MAX_BACKENDS_PER_PORT:
+                    conflicts.append(
+                        f"{name}: {len(backends)} backends exceed the limit of "
+                        f"{MAX_BACKENDS_PER_PORT}; this port is left out"
+                    )
+                    continue
+                ports[frontend] = ServicePort(name, vip, port.protocol, port.port, tuple(backends))
+    return Snapshot(ports, tuple(conflicts))

@@ -186,3 +186,18 @@ def test_the_hook_rule_count_does_not_grow_with_services(fresh_lab: RunningLab) 
         time.sleep(0.1)
     assert read_status(lab)["service_ports"] == 504
     assert nfqproxy_rules(lab.node_ns) == before
+
+
+def test_an_object_defined_in_two_files_is_reported_and_the_first_copy_serves(
+    fresh_lab: RunningLab,
+) -> None:
+    lab = fresh_lab.lab
+    copy = (lab.manifests_dir / "services.yaml").read_text().replace("10.96.0.10", "10.96.0.11")
+    (lab.manifests_dir / "z-copy.yaml").write_text(copy)
+    deadline = time.monotonic() + 3
+    errors: list[str] = []
+    while time.monotonic() < deadline and not errors:
+        errors = read_status(lab).get("object_errors", [])
+        time.sleep(0.1)
+    assert any("Service default/web is defined twice" in e for e in errors), errors
+    assert sum(http_split_in(fresh_lab, 6).values()) == 6

@@ -125,3 +125,13 @@ def test_watch_delivers_the_initial_state_and_then_each_change(tmp_path: Path) -
 
     asyncio.run(scenario())
     assert seen == [2, 1]
+
+
+def test_the_same_object_in_two_files_is_loaded_from_both_for_the_controller_to_resolve(
+    tmp_path: Path,
+) -> None:
+    write(tmp_path / "a.yaml", lab_services())
+    write(tmp_path / "b.yaml", lab_services())
+    source = ManifestSource(tmp_path, CIDRS)
+    source.refresh()
+    assert len(source.objects().services) == 4

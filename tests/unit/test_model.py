@@ -194,3 +194,22 @@ def test_object_references_escape_hostile_names() -> None:
         {"kind": "Service", "metadata": {"name": "a\nFAKE LOG LINE\x1b[31m", "namespace": "n"}}
     )
     assert "\n" not in ref and "\x1b" not in ref and ref.startswith("Service n/a\\n")
+
+
+def test_a_vip_port_claimed_by_two_services_is_served_by_the_first_and_reported() -> None:
+    second = service().replace("name: web, namespace: shop", "name: web2, namespace: shop")
+    docs = [yaml.safe_load(service()), yaml.safe_load(second)]
+    snapshot = build_snapshot([parse_service(d, CIDRS) for d in docs], [])
+    assert {p.name for p in snapshot.ports.values()} == {"shop/web:http", "shop/web:dns"}
+    assert len(snapshot.conflicts) == 2 and "already served by shop/web" in snapshot.conflicts[0]
+
+
+def test_a_slice_over_the_apis_1000_endpoint_limit_is_refused() -> None:
+    many = (
+        "["
+        + ", ".join(f"{{addresses: [10.2.{i // 250}.{i % 250 + 1}]}}" for i in range(1001))
+        + "]"
+    )
+    doc = yaml.safe_load(endpoint_slice("big", many).lstrip("-\n"))
+    with pytest.raises(ObjectError, match="limit of 1000"):
+        parse_endpoint_slice(doc)

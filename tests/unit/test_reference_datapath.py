@@ -198,3 +198,23 @@ def test_a_fragment_is_dropped_and_ip_options_are_proxied(datapath: ReferenceDat
     verdict = datapath.process(with_options)
     assert verdict.action is Action.ACCEPT and checksums_verify(payload_of(verdict))
     assert datapath.counters["ip_options"] == 1
+
+
+def test_a_failed_apply_leaves_every_table_as_it_was(datapath: ReferenceDatapath) -> None:
+    before = datapath.process(tcp_packet(CLIENT, 40100, VIP, 80))
+    huge = tuple(Backend(ip_address(0x0A000000 + i), 80) for i in range(70_000))
+    vip = ip_address(VIP)
+    broken = Snapshot(
+        {
+            (vip, "TCP", 80): ServicePort("default/web:http", vip, "TCP", 80, huge),
+            (ip_address("10.96.0.30"), "TCP", 80): ServicePort(
+                "default/new:http", ip_address("10.96.0.30"), "TCP", 80, huge[:1]
+            ),
+        }
+    )
+    with pytest.raises(ValueError, match="at most"):
+        datapath.apply(broken)
+    assert datapath.process(tcp_packet(CLIENT, 1, "10.96.0.30", 80)).reason == "no_service"
+    again = datapath.process(tcp_packet(CLIENT, 40101, VIP, 80))
+    assert again.action is Action.ACCEPT and before.action is Action.ACCEPT
+    assert datapath.status()["service_ports"] == 3

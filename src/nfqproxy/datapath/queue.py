@@ -31,6 +31,14 @@ class QueueBinding:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def _on_packet(self, packet: Any) -> None:
+        try:
+            self._give_verdict(packet)
+        except Exception:
+            # A packet without a verdict would sit in the kernel's queue until it fills.
+            log.exception("no verdict for a packet; dropping it")
+            packet.drop()
+
+    def _give_verdict(self, packet: Any) -> None:
         verdict = self.datapath.process(packet.get_payload())
         if verdict.action is Action.DROP:
             packet.drop()

@@ -109,19 +109,22 @@ class ReferenceDatapath:
         Returns the names of the service ports added, changed or removed.
         """
         old_ports, new_ports = self._snapshot.ports, snapshot.ports
-        changed: list[str] = []
+        # Build every new frontend before touching the tables: if one fails, nothing changed.
+        built = {
+            table_key(model_key): Frontend.from_model(port, self.seed)
+            for model_key, port in new_ports.items()
+            if old_ports.get(model_key) != port
+        }
+        changed = [old_ports[k].name for k in old_ports.keys() - new_ports.keys()]
+        changed += [frontend.name for frontend in built.values()]
         for model_key in old_ports.keys() - new_ports.keys():
             self._unindex(table_key(model_key))
-            changed.append(old_ports[model_key].name)
-        for model_key, port in new_ports.items():
-            if old_ports.get(model_key) != port:
-                key = table_key(model_key)
-                self._unindex(key)
-                self._frontends[key] = Frontend.from_model(port, self.seed)
-                self._vips[key[0]] += 1
-                for address, port_number in self._frontends[key].backends:
-                    self._by_backend.setdefault((key[1], address, port_number), []).append(key)
-                changed.append(port.name)
+        for key, frontend in built.items():
+            self._unindex(key)
+            self._frontends[key] = frontend
+            self._vips[key[0]] += 1
+            for address, port_number in frontend.backends:
+                self._by_backend.setdefault((key[1], address, port_number), []).append(key)
         self._snapshot = snapshot
         if changed:
             self._forget_udp_flows_to_removed_backends()
