@@ -18,6 +18,7 @@ networks, and commands run without a shell.
 from __future__ import annotations
 
 import logging
+import shlex
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -72,49 +73,29 @@ class HookConfig:
 
 def chain_rules(config: HookConfig) -> dict[tuple[str, str], list[list[str]]]:
     """The rules of each owned chain, as iptables argument lists."""
-    queue = ["-j", "NFQUEUE", "--queue-num", str(config.queue_num)]
+    queue = f"-j NFQUEUE --queue-num {config.queue_num}"
     proxied = f"{MARK_PROXIED:#x}/{MARK_PROXIED:#x}"
     reject = f"{MARK_REJECT:#x}/{MARK_REJECT:#x}"
     hairpin = f"{MARK_HAIRPIN:#x}/{MARK_HAIRPIN:#x}"
-    return {
+    # shlex only splits these templates into arguments; nothing here reaches a shell.
+    rules = {
         ("raw", CHAIN_SERVICES): [
-            ["-d", str(cidr), "-m", "comment", "--comment", "service range to nfqproxy", *queue]
+            f"-d {cidr} -m comment --comment 'service range to nfqproxy' {queue}"
             for cidr in config.service_cidrs
         ],
-        ("mangle", CHAIN_MARK): [
-            ["-m", "mark", "--mark", proxied, "-j", "CONNMARK", "--set-xmark", proxied],
-        ],
+        ("mangle", CHAIN_MARK): [f"-m mark --mark {proxied} -j CONNMARK --set-xmark {proxied}"],
         ("mangle", CHAIN_REPLIES): [
-            ["-m", "connmark", "--mark", proxied, "-m", "conntrack", "--ctdir", "REPLY", *queue],
+            f"-m connmark --mark {proxied} -m conntrack --ctdir REPLY {queue}"
         ],
-        ("nat", CHAIN_HAIRPIN): [
-            # The backend would drop a packet from its own address; make it the node's.
-            ["-m", "mark", "--mark", hairpin, "-j", "MASQUERADE"],
-        ],
+        # The backend would drop a packet from its own address; make it the node's.
+        ("nat", CHAIN_HAIRPIN): [f"-m mark --mark {hairpin} -j MASQUERADE"],
         ("filter", CHAIN_REJECT): [
-            [
-                "-p",
-                "tcp",
-                "-m",
-                "mark",
-                "--mark",
-                reject,
-                "-j",
-                "REJECT",
-                "--reject-with",
-                "tcp-reset",
-            ],
-            [
-                "-m",
-                "mark",
-                "--mark",
-                reject,
-                "-j",
-                "REJECT",
-                "--reject-with",
-                "icmp-port-unreachable",
-            ],
+            f"-p tcp -m mark --mark {reject} -j REJECT --reject-with tcp-reset",
+            f"-m mark --mark {reject} -j REJECT --reject-with icmp-port-unreachable",
         ],
+    }
+    return {
+        chain: [shlex.split(rule) for rule in chain_rules] for chain, chain_rules in rules.items()
     }
 
 

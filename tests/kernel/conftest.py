@@ -10,6 +10,7 @@ import itertools
 import os
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -58,27 +59,26 @@ def lab() -> Iterator[Lab]:
         lab.down()
 
 
-@pytest.fixture(scope="module")
-def running_lab() -> Iterator[RunningLab]:
-    """One lab and proxy shared by a module's tests; they must leave it as they found it."""
-    lab = new_lab()
-    running = RunningLab(lab)
+@contextmanager
+def _lab_with_proxy() -> Iterator[RunningLab]:
+    running = RunningLab(new_lab())
     try:
-        lab.up()
+        running.lab.up()
         running.start_proxy()
         yield running
     finally:
         running.close()
+
+
+@pytest.fixture(scope="module")
+def running_lab() -> Iterator[RunningLab]:
+    """One lab and proxy shared by a module's tests; they must leave it as they found it."""
+    with _lab_with_proxy() as running:
+        yield running
 
 
 @pytest.fixture
 def fresh_lab() -> Iterator[RunningLab]:
     """A lab and proxy of the test's own, for tests that change or stop them."""
-    lab = new_lab()
-    running = RunningLab(lab)
-    try:
-        lab.up()
-        running.start_proxy()
+    with _lab_with_proxy() as running:
         yield running
-    finally:
-        running.close()

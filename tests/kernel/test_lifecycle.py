@@ -14,7 +14,7 @@ import pytest
 
 from nfqproxy.hooks import JUMPS, OWNED_CHAINS, HookConfig, chain_rules
 from nfqproxy.lab import netns
-from nfqproxy.lab.proxy import proxy_command, read_status
+from nfqproxy.lab.proxy import proxy_command, read_status, run_command
 from nfqproxy.lab.topology import HTTP_PORT, SERVICE_CIDR, WEB_VIP
 from nfqproxy.lab.traffic import KeepAlive, http_get, http_split
 from tests.kernel.conftest import RunningLab
@@ -88,16 +88,8 @@ def test_a_second_proxy_on_the_same_queue_fails_clearly_and_leaves_the_first_ser
 ) -> None:
     lab = fresh_lab.lab
     rules = nfqproxy_rules(lab.node_ns)
-    command = [
-        *proxy_command(),
-        "run",
-        "--manifests",
-        str(lab.manifests_dir),
-        "--service-cidr",
-        SERVICE_CIDR,
-    ]
     second = subprocess.run(
-        netns.exec_command(lab.node_ns, command),
+        run_command(lab),
         capture_output=True,
         text=True,
         timeout=30,

@@ -19,10 +19,8 @@ def proxy_command() -> list[str]:
     return [str(installed)] if installed.exists() else [shutil.which("nfqproxy") or "nfqproxy"]
 
 
-def start_proxy(lab: Lab, *extra: str, key: str = "proxy") -> subprocess.Popen[bytes]:
-    """Runs `nfqproxy run` on the lab's manifests inside the node namespace."""
-    if lab.status_file.exists():
-        lab.status_file.unlink()
+def run_command(lab: Lab, *extra: str) -> list[str]:
+    """The command that runs `nfqproxy run` on the lab's manifests in its node namespace."""
     command = [
         *proxy_command(),
         "run",
@@ -32,11 +30,16 @@ def start_proxy(lab: Lab, *extra: str, key: str = "proxy") -> subprocess.Popen[b
         SERVICE_CIDR,
         "--hostname-override",
         NODE_NAME,
-        "--status-file",
-        str(lab.status_file),
         *extra,
     ]
-    return lab.start_process(key, netns.exec_command(lab.node_ns, command))
+    return netns.exec_command(lab.node_ns, command)
+
+
+def start_proxy(lab: Lab, *extra: str, key: str = "proxy") -> subprocess.Popen[bytes]:
+    """Starts nfqproxy in the lab, writing its status file to lab.status_file."""
+    if lab.status_file.exists():
+        lab.status_file.unlink()
+    return lab.start_process(key, run_command(lab, "--status-file", str(lab.status_file), *extra))
 
 
 def read_status(lab: Lab) -> dict[str, Any]:
