@@ -108,8 +108,8 @@ def test_other_softwares_rules_survive_install_and_removal(fresh_lab: RunningLab
     fresh_lab.proxy.send_signal(signal.SIGTERM)
     fresh_lab.proxy.wait(10)
     fresh_lab.start_proxy()
-    fresh_lab.proxy.send_signal(signal.SIGTERM)
-    fresh_lab.proxy.wait(10)
+    fresh_lab.proxy.send_signal(signal.SIGINT)  # Ctrl-C cleans up as SIGTERM does
+    assert fresh_lab.proxy.wait(10) == 0
     dump = netns.run(in_node(lab.node_ns, ["iptables-save"]))
     assert dump.count("someone-else") == 3
     assert "NFQPROXY" not in dump

@@ -108,3 +108,11 @@ def test_the_extension_is_built_in_a_full_install() -> None:
         assert maglev._COMPILED_BUILDER is None
     else:
         assert maglev._COMPILED_BUILDER is not None
+
+
+def test_tables_for_10k_services_of_3_backends_fit_in_about_20_mb() -> None:
+    selectors = [
+        MaglevSelector([f"10.{i // 250}.{i % 250}.{b}:80" for b in range(3)]) for i in range(10_000)
+    ]
+    table_bytes = sum(s.table.itemsize * len(s.table) for s in selectors)
+    assert table_bytes == 10_000 * 1021 * 2
