@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     cleanup = commands.add_parser("cleanup", help="remove rules a killed proxy left behind")
     cleanup.add_argument(
-        "--iptables", default="iptables", choices=["iptables", "iptables-legacy", "iptables-nft"]
+        "--iptables",
+        choices=["iptables-legacy", "iptables-nft"],
+        help="only this back end (default: both, whichever the killed proxy used)",
     )
 
     lab = commands.add_parser("lab", help="build or remove the network-namespace lab")
@@ -129,8 +131,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "cleanup":
         from nfqproxy.hooks import HookConfig, HookManager
 
-        removed = HookManager(HookConfig((), 0, args.iptables)).remove()
-        print(f"removed {removed} nfqproxy jump rules and the NFQPROXY-* chains")
+        for command in [args.iptables] if args.iptables else ["iptables-nft", "iptables-legacy"]:
+            removed = HookManager(HookConfig((), 0, command)).remove()
+            print(f"{command}: removed {removed} nfqproxy jump rules and the NFQPROXY-* chains")
         return 0
     if args.command == "lab":
         from nfqproxy.lab.topology import Lab, all_labs
