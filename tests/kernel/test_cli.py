@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -115,7 +116,7 @@ def test_other_softwares_rules_survive_install_and_removal(fresh_lab: RunningLab
     assert "NFQPROXY" not in dump
 
 
-def test_the_legacy_iptables_backend_works_too(lab: Lab) -> None:
+def test_the_legacy_iptables_backend_works_and_cleanup_finds_its_leftovers(lab: Lab) -> None:
     running = RunningLab(lab)
     try:
         proxy = running.start_proxy("--iptables", "iptables-legacy")
@@ -123,8 +124,9 @@ def test_the_legacy_iptables_backend_works_too(lab: Lab) -> None:
         assert "NFQPROXY-SERVICES" in legacy
         answers = running.client.call(http_split, WEB_VIP, HTTP_PORT, 30)
         assert sum(answers.values()) == 30 and set(answers) == {"be1", "be2", "be3"}, answers
-        proxy.send_signal(signal.SIGTERM)
-        assert proxy.wait(10) == 0
+        os.kill(proxy.pid, signal.SIGKILL)
+        proxy.wait(10)
+        netns.run(netns.exec_command(lab.node_ns, [*proxy_command(), "cleanup"]))
         assert "NFQPROXY" not in netns.run(
             netns.exec_command(lab.node_ns, ["iptables-legacy-save"])
         )
