@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages nfqproxy needs. Idempotent: apt runs only when a package is missing.
 set -euo pipefail
-packages=(iptables conntrack ipset libnetfilter-queue-dev libnfnetlink-dev iproute2 kmod procps
+packages=(iptables conntrack ipset libnetfilter-queue-dev libnfnetlink-dev libmnl-dev iproute2 kmod procps
           iperf3 wrk gcc python3-dev python3-venv)
 missing=()
 for p in "${packages[@]}"; do

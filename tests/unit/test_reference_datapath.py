@@ -218,3 +218,11 @@ def test_a_failed_apply_leaves_every_table_as_it_was(datapath: ReferenceDatapath
     again = datapath.process(tcp_packet(CLIENT, 40101, VIP, 80))
     assert again.action is Action.ACCEPT and before.action is Action.ACCEPT
     assert datapath.status()["service_ports"] == 3
+
+
+def test_tcp_options_cut_short_by_the_total_length_count_as_a_truncated_header(
+    datapath: ReferenceDatapath,
+) -> None:
+    raw = bytearray(tcp_packet(CLIENT, 40200, VIP, 80))
+    raw[32] = 0xF0  # data offset 60 bytes, but the segment has 20
+    assert datapath.process(bytes(raw)).reason == "truncated_l4_header"

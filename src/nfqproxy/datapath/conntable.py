@@ -153,10 +153,11 @@ class ConnectionTable:
         while len(self._forward) >= self.capacity:
             self.remove(next(iter(self._forward.values())))
             self.evicted += 1
-        stale = self._reply.get(flow.reply_key)
-        if stale is not None:
-            # The backend side of an old flow is being reused: the new flow wins.
-            self.remove(stale)
+        # An old flow holding either key gives way to the new one, whole, so that neither
+        # index keeps a half-replaced flow.
+        for stale in (self._forward.get(flow.forward_key), self._reply.get(flow.reply_key)):
+            if stale is not None:
+                self.remove(stale)
         flow.expires = now + self.timeouts.for_state(flow.state)
         self._forward[flow.forward_key] = flow
         self._reply[flow.reply_key] = flow

@@ -70,8 +70,11 @@ def parse(raw: bytes) -> ParsedPacket | str:
     l4 = ip.data
     if not isinstance(l4, dpkt.tcp.TCP | dpkt.udp.UDP):
         return Reason.TRUNCATED_L4
-    if isinstance(l4, dpkt.udp.UDP) and not 8 <= l4.ulen <= len(raw) - ihl * 4:
+    l4_length = total_length - ihl * 4
+    if isinstance(l4, dpkt.udp.UDP) and not 8 <= l4.ulen <= l4_length:
         return Reason.TRUNCATED_L4
+    if isinstance(l4, dpkt.tcp.TCP) and (l4.off << 2) > l4_length:
+        return Reason.TRUNCATED_L4  # dpkt would accept options cut short; we do not
     return ParsedPacket(ip, l4, ihl > 5)
 
 
