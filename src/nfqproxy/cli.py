@@ -13,6 +13,7 @@ from pathlib import Path
 from types import FrameType
 
 from nfqproxy.controller import Proxy, ProxyConfig
+from nfqproxy.datapath.fast import fast_path_available
 
 log = logging.getLogger("nfqproxy")
 
@@ -53,7 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the ClusterIP range (repeatable; default 10.96.0.0/12)",
     )
     run.add_argument("--queue-num", type=_queue_num, default=100)
-    run.add_argument("--datapath", choices=["reference", "fast"], default="reference")
+    run.add_argument(
+        "--datapath",
+        choices=["reference", "fast"],
+        default="fast" if fast_path_available() else "reference",
+        help="fast (C, the default when built) or reference (Python); "
+        "NFQPROXY_NO_EXTENSIONS=1 makes reference the default",
+    )
     run.add_argument(
         "--hostname-override",
         default=os.environ.get("NODE_NAME"),
@@ -112,8 +119,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
-        if args.datapath == "fast":
-            log.error("the fast data path is not built yet; use --datapath reference")
+        if args.datapath == "fast" and not fast_path_available():
+            log.error(
+                "the fast data path is not built or NFQPROXY_NO_EXTENSIONS=1 is set; "
+                "use --datapath reference"
+            )
             return 2
         config = ProxyConfig(
             manifests=args.manifests,
@@ -121,6 +131,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             queue_num=args.queue_num,
             node_name=args.hostname_override,
             status_file=args.status_file,
+            datapath=args.datapath,
             iptables=args.iptables,
             flow_capacity=args.flow_capacity,
         )

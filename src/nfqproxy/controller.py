@@ -17,6 +17,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any, TypeVar
 
+from nfqproxy.datapath.fast import FastDatapath
 from nfqproxy.datapath.queue import QueueBinding
 from nfqproxy.datapath.reference import ReferenceDatapath
 from nfqproxy.hooks import HookConfig, HookManager
@@ -49,12 +50,14 @@ class ProxyConfig:
     flow_capacity: int = 262144
     seed: int = 0
     poll_interval: float = 0.2
+    datapath: str = "reference"  # or "fast"
 
 
 class Proxy:
     def __init__(self, config: ProxyConfig) -> None:
         self.config = config
-        self.datapath = ReferenceDatapath(
+        kind = FastDatapath if config.datapath == "fast" else ReferenceDatapath
+        self.datapath: ReferenceDatapath | FastDatapath = kind(
             config.service_cidrs, config.flow_capacity, seed=config.seed
         )
         self.hooks = HookManager(
@@ -123,6 +126,7 @@ class Proxy:
     def status(self) -> dict[str, Any]:
         return {
             "ready": self.ready,
+            "datapath": self.config.datapath,
             "syncs": self.syncs,
             "last_sync": self.last_sync,
             "manifest_errors": sorted(self.source.errors.values()),

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 import pytest
 
+from nfqproxy.datapath.fast import fast_path_available
 from nfqproxy.lab.netns import NetnsThread
 from nfqproxy.lab.proxy import start_proxy, wait_ready
 from nfqproxy.lab.topology import Lab
@@ -59,21 +60,25 @@ def lab() -> Iterator[Lab]:
         lab.down()
 
 
+# The scenario tests run against both data paths; a full install always builds the fast one.
+DATAPATHS = ["reference", "fast"] if fast_path_available() else ["reference"]
+
+
 @contextmanager
-def _lab_with_proxy() -> Iterator[RunningLab]:
+def _lab_with_proxy(*proxy_args: str) -> Iterator[RunningLab]:
     running = RunningLab(new_lab())
     try:
         running.lab.up()
-        running.start_proxy()
+        running.start_proxy(*proxy_args)
         yield running
     finally:
         running.close()
 
 
-@pytest.fixture(scope="module")
-def running_lab() -> Iterator[RunningLab]:
-    """One lab and proxy shared by a module's tests; they must leave it as they found it."""
-    with _lab_with_proxy() as running:
+@pytest.fixture(scope="module", params=DATAPATHS)
+def running_lab(request: pytest.FixtureRequest) -> Iterator[RunningLab]:
+    """One lab and proxy per data path, shared by a module's tests, which leave it as it was."""
+    with _lab_with_proxy("--datapath", request.param) as running:
         yield running
 
 

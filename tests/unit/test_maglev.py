@@ -116,3 +116,9 @@ def test_tables_for_10k_services_of_3_backends_fit_in_about_20_mb() -> None:
     ]
     table_bytes = sum(s.table.itemsize * len(s.table) for s in selectors)
     assert table_bytes == 10_000 * 1021 * 2
+
+
+def test_the_fast_path_is_built_in_a_full_install() -> None:
+    from nfqproxy.datapath.fast import fast_path_available
+
+    assert fast_path_available() == (os.environ.get("NFQPROXY_NO_EXTENSIONS") != "1")

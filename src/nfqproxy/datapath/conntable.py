@@ -183,17 +183,24 @@ class ConnectionTable:
 
     def summary(self) -> dict[str, object]:
         """Counts for status output: flows by protocol and state, and by backend."""
-        by_state: Counter[str] = Counter()
-        by_backend: Counter[str] = Counter()
-        for flow in self._forward.values():
-            proto = "tcp" if flow.proto == IPPROTO_TCP else "udp"
-            by_state[f"{proto}/{flow.state.value}"] += 1
-            by_backend[f"{flow.service} -> {flow.backend}"] += 1
-        return {
-            "flows": len(self._forward),
-            "capacity": self.capacity,
-            "evicted": self.evicted,
-            "expired": self.expired,
-            "by_state": dict(sorted(by_state.items())),
-            "by_backend": dict(sorted(by_backend.items())),
-        }
+        rows = [(f.proto, f.state.value, f.service, f.backend) for f in self._forward.values()]
+        return flow_summary(rows, self.capacity, self.evicted, self.expired)
+
+
+def flow_summary(
+    rows: list[tuple[int, str, str, str]], capacity: int, evicted: int, expired: int
+) -> dict[str, object]:
+    """The status summary of a connection table, from (protocol, state, service, backend)."""
+    by_state: Counter[str] = Counter()
+    by_backend: Counter[str] = Counter()
+    for proto, state, service, backend in rows:
+        by_state[f"{'tcp' if proto == IPPROTO_TCP else 'udp'}/{state}"] += 1
+        by_backend[f"{service} -> {backend}"] += 1
+    return {
+        "flows": len(rows),
+        "capacity": capacity,
+        "evicted": evicted,
+        "expired": expired,
+        "by_state": dict(sorted(by_state.items())),
+        "by_backend": dict(sorted(by_backend.items())),
+    }

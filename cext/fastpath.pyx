@@ -1,0 +1,708 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The fast data path's core in C: parse, look up, rewrite, verdict, with no Python per packet.
+
+It implements exactly the semantics of nfqproxy.datapath.reference; the differential tests
+feed both the same packets and require identical verdicts, bytes and counters. Python is
+only involved when tables change (set_frontend / rebuild_maps) and for status snapshots.
+
+Connection table: a fixed array of 40-byte Flow entries on a FIFO list (oldest first, for
+eviction), and two open-addressing indexes (client side and backend side) of uint32 slots
+at load factor <= 0.5: at most 40 + 2 * 2 * 4 = 56 bytes per flow, allocated once.
+"""
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free, malloc
+from libc.string cimport memcpy
+
+from nfqproxy.datapath.hashing import SEED_FLOW
+
+# --- verdicts, reasons and states: the values match the reference's names --------------
+
+cdef enum:
+    ACT_ACCEPT = 0
+    ACT_DROP = 1
+    ACT_REJECT = 2
+    ACT_COUNT = 3
+
+cdef enum:
+    R_REQUEST = 0
+    R_NEW_FLOW
+    R_REPLY
+    R_REPLY_RECOVERED
+    R_UNKNOWN_REPLY
+    R_NO_SERVICE
+    R_PORT_NOT_SERVED
+    R_NO_ENDPOINTS
+    R_TRUNCATED_IP
+    R_BAD_IHL
+    R_BAD_LENGTH
+    R_NOT_IPV4
+    R_FRAGMENT
+    R_TRUNCATED_L4
+    R_UNSUPPORTED
+    R_COUNT
+
+ACTION_NAMES = ("accept", "drop", "reject")
+REASON_NAMES = (
+    "request", "new_flow", "reply", "reply_recovered", "unknown_reply", "no_service",
+    "port_not_served", "no_endpoints", "truncated_ip_header", "bad_ihl", "bad_total_length",
+    "not_ipv4", "fragment", "truncated_l4_header", "unsupported_protocol",
+)
+
+cdef enum:
+    S_SYN_SENT = 0
+    S_ESTABLISHED
+    S_CLOSING
+    S_RESET
+    S_UDP_UNREPLIED
+    S_UDP_REPLIED
+    S_COUNT
+
+STATE_NAMES = ("syn_sent", "established", "closing", "reset", "unreplied", "replied")
+
+cdef enum:
+    TCP_FIN = 0x01
+    TCP_SYN = 0x02
+    TCP_RST = 0x04
+    TCP_ACK = 0x10
+
+cdef uint32_t NIL = 0xFFFFFFFF
+cdef uint64_t EMPTY_KEY = 0xFFFFFFFFFFFFFFFF
+cdef uint32_t AMBIGUOUS = 0xFFFFFFFE
+cdef int MAX_RANGES = 16
+
+
+cdef struct Flow:
+    uint32_t client_ip    # addresses as they sit in the packet (network order)
+    uint32_t vip
+    uint32_t backend_ip
+    uint16_t client_port  # ports in host order
+    uint16_t vport
+    uint16_t backend_port
+    uint8_t proto
+    uint8_t state
+    uint32_t older        # FIFO links: insertion order, for eviction when full
+    uint32_t newer
+    double expires
+
+
+cdef struct Frontend:
+    uint32_t vip
+    uint16_t port
+    uint8_t proto
+    uint8_t used
+    uint32_t backend_count
+    uint32_t *backend_ips
+    uint16_t *backend_ports
+    uint16_t *table
+    uint32_t table_size
+
+
+cdef struct Verdict:
+    int action
+    int reason
+    int proxied
+    int hairpin
+    uint32_t length       # bytes of the (rewritten) packet to hand back
+
+
+# --- hashing: the same functions as nfqproxy.datapath.hashing --------------------------
+
+cdef inline uint64_t mix64(uint64_t value) noexcept nogil:
+    value = (value ^ (value >> 30)) * 0xBF58476D1CE4E5B9ULL
+    value = (value ^ (value >> 27)) * 0x94D049BB133111EBULL
+    return value ^ (value >> 31)
+
+
+cdef inline uint64_t fnv_bytes(uint64_t value, const uint8_t *data, int length) noexcept nogil:
+    cdef int i
+    for i in range(length):
+        value = (value ^ data[i]) * 0x100000001B3ULL
+    return value
+
+
+cdef inline uint64_t flow_hash(uint8_t proto, uint32_t src, uint16_t sport, uint32_t dst,
+                               uint16_t dport, uint64_t seed) noexcept nogil:
+    cdef uint8_t buf[13]
+    memcpy(buf, &src, 4)
+    memcpy(buf + 4, &dst, 4)
+    buf[8] = sport >> 8
+    buf[9] = sport & 0xFF
+    buf[10] = dport >> 8
+    buf[11] = dport & 0xFF
+    buf[12] = proto
+    return mix64(fnv_bytes(0xCBF29CE484222325ULL ^ seed, buf, 13))
+
+
+cdef inline uint64_t index_hash(uint8_t proto, uint32_t a, uint16_t pa, uint32_t b, uint16_t pb) noexcept nogil:
+    # For the internal indexes only: any good mix will do.
+    return mix64(((<uint64_t> a) << 32 | b) ^ mix64((<uint64_t> pa) << 24 | (<uint64_t> pb) << 8 | proto))
+
+
+# --- packet helpers -----------------------------------------------------------------------
+
+cdef inline uint16_t rd16(const uint8_t *p) noexcept nogil:
+    return (p[0] << 8) | p[1]
+
+
+cdef inline void wr16(uint8_t *p, uint16_t v) noexcept nogil:
+    p[0] = v >> 8
+    p[1] = v & 0xFF
+
+
+cdef inline uint32_t rd32raw(const uint8_t *p) noexcept nogil:
+    cdef uint32_t v
+    memcpy(&v, p, 4)
+    return v
+
+
+cdef inline uint16_t checksum_replace(uint16_t check, const uint8_t *old, const uint8_t *new,
+                                      int length) noexcept nogil:
+    """RFC 1624 eqn. 3 over big-endian 16-bit words, as checksum.checksum_replace."""
+    cdef uint32_t total = (~check) & 0xFFFF
+    cdef int i
+    for i in range(0, length, 2):
+        total += ((~rd16(old + i)) & 0xFFFF) + rd16(new + i)
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return (~total) & 0xFFFF
+
+
+cdef inline void rewrite(uint8_t *pkt, uint32_t hl, uint8_t proto, uint32_t address, uint16_t port,
+                         int destination) noexcept nogil:
+    cdef int addr_at = 16 if destination else 12
+    cdef uint8_t *l4 = pkt + hl
+    cdef int port_at = 2 if destination else 0
+    cdef int sum_at = 16 if proto == 6 else 6
+    cdef uint8_t old_field[6]
+    cdef uint8_t new_field[6]
+    cdef uint16_t l4_sum
+    memcpy(old_field, pkt + addr_at, 4)
+    memcpy(new_field, &address, 4)
+    wr16(pkt + 10, checksum_replace(rd16(pkt + 10), old_field, new_field, 4))
+    l4_sum = rd16(l4 + sum_at)
+    if proto == 6 or l4_sum != 0:  # UDP checksum 0 means "none"
+        memcpy(old_field + 4, l4 + port_at, 2)
+        wr16(new_field + 4, port)
+        l4_sum = checksum_replace(l4_sum, old_field, new_field, 6)
+        if proto == 17 and l4_sum == 0:
+            l4_sum = 0xFFFF
+        wr16(l4 + sum_at, l4_sum)
+    memcpy(pkt + addr_at, &address, 4)
+    wr16(l4 + port_at, port)
+
+
+cdef inline int initial_state(uint8_t proto, uint8_t flags) noexcept nogil:
+    if proto != 6:
+        return S_UDP_UNREPLIED
+    if flags & TCP_RST:
+        return S_RESET
+    if flags & TCP_SYN and not flags & TCP_ACK:
+        return S_SYN_SENT
+    return S_ESTABLISHED
+
+
+cdef inline int next_state(int state, int from_client, uint8_t flags) noexcept nogil:
+    if state == S_UDP_UNREPLIED or state == S_UDP_REPLIED:
+        return state if from_client else S_UDP_REPLIED
+    if flags & TCP_RST:
+        return S_RESET
+    if flags & TCP_FIN or state == S_CLOSING:
+        return S_CLOSING
+    if state == S_SYN_SENT and from_client and flags & TCP_SYN:
+        return state
+    if state == S_RESET:
+        return S_SYN_SENT if flags & TCP_SYN else state
+    return S_ESTABLISHED
+
+
+# --- a small open-addressing map uint64 -> uint32, rebuilt whole on table changes -------
+
+cdef struct U64Map:
+    uint64_t *keys
+    uint32_t *values
+    uint64_t mask
+
+
+cdef int map_init(U64Map *m, uint64_t entries) except -1:
+    cdef uint64_t size = 16
+    cdef uint64_t i
+    while size < entries * 2:
+        size <<= 1
+    free(m.keys)
+    free(m.values)
+    m.keys = <uint64_t *> malloc(size * sizeof(uint64_t))
+    m.values = <uint32_t *> malloc(size * sizeof(uint32_t))
+    if m.keys == NULL or m.values == NULL:
+        raise MemoryError()
+    for i in range(size):
+        m.keys[i] = EMPTY_KEY
+    m.mask = size - 1
+    return 0
+
+
+cdef inline uint32_t *map_slot(U64Map *m, uint64_t key, bint insert) noexcept nogil:
+    cdef uint64_t i = mix64(key) & m.mask
+    while m.keys[i] != EMPTY_KEY:
+        if m.keys[i] == key:
+            return &m.values[i]
+        i = (i + 1) & m.mask
+    if insert:
+        m.keys[i] = key
+        return &m.values[i]
+    return NULL
+
+
+cdef inline uint64_t frontend_key(uint32_t vip, uint8_t proto, uint16_t port) noexcept nogil:
+    return (<uint64_t> vip) << 24 | (<uint64_t> proto) << 16 | port
+
+
+cdef inline uint64_t backend_key(uint8_t proto, uint32_t ip, uint16_t port) noexcept nogil:
+    return (<uint64_t> proto) << 48 | (<uint64_t> ip) << 16 | port
+
+
+cdef class FastCore:
+    cdef Flow *entries
+    cdef uint32_t capacity, count, free_head, oldest, newest
+    cdef uint32_t *forward_index
+    cdef uint32_t *reply_index
+    cdef uint64_t index_mask
+    cdef Frontend *frontends
+    cdef uint32_t frontend_slots
+    cdef U64Map frontend_map, vip_map, backend_map
+    cdef uint32_t range_net[16]
+    cdef uint32_t range_mask[16]
+    cdef int range_count
+    cdef uint64_t seed, flow_seed
+    cdef double timeouts[6]
+    cdef uint64_t verdicts[3][15]
+    cdef public uint64_t ip_options, evicted, expired, udp_resteered
+
+    def __cinit__(self, list ranges, uint32_t capacity, tuple timeouts, uint64_t seed):
+        cdef uint64_t size = 16
+        cdef uint32_t i
+        if capacity < 1:
+            raise ValueError(f"connection table capacity must be positive, got {capacity}")
+        if len(ranges) > MAX_RANGES:
+            raise ValueError(f"at most {MAX_RANGES} service ranges")
+        self.capacity = capacity
+        self.entries = <Flow *> malloc(capacity * sizeof(Flow))
+        while size < (<uint64_t> capacity) * 2:
+            size <<= 1
+        self.index_mask = size - 1
+        self.forward_index = <uint32_t *> malloc(size * sizeof(uint32_t))
+        self.reply_index = <uint32_t *> malloc(size * sizeof(uint32_t))
+        if self.entries == NULL or self.forward_index == NULL or self.reply_index == NULL:
+            raise MemoryError()
+        for i in range(<uint32_t> size):
+            self.forward_index[i] = NIL
+            self.reply_index[i] = NIL
+        for i in range(capacity):  # the free list threads through 'newer'
+            self.entries[i].newer = i + 1 if i + 1 < capacity else NIL
+        self.free_head = 0
+        self.count = 0
+        self.oldest = self.newest = NIL
+        for i, (network, mask) in enumerate(ranges):
+            self.range_net[i] = network
+            self.range_mask[i] = mask
+        self.range_count = len(ranges)
+        for i in range(S_COUNT):
+            self.timeouts[i] = timeouts[i]
+        self.seed = seed
+        self.flow_seed = seed ^ SEED_FLOW
+        self.frontend_slots = 0
+        self.frontends = NULL
+        map_init(&self.frontend_map, 1)
+        map_init(&self.vip_map, 1)
+        map_init(&self.backend_map, 1)
+
+    def __dealloc__(self):
+        cdef uint32_t i
+        for i in range(self.frontend_slots):
+            self._free_frontend(i)
+        free(self.frontends)
+        free(self.entries)
+        free(self.forward_index)
+        free(self.reply_index)
+        free(self.frontend_map.keys); free(self.frontend_map.values)
+        free(self.vip_map.keys); free(self.vip_map.values)
+        free(self.backend_map.keys); free(self.backend_map.values)
+
+    # --- frontends (slow path, with the GIL) ---------------------------------------------
+
+    cdef void _free_frontend(self, uint32_t slot):
+        cdef Frontend *f = &self.frontends[slot]
+        if f.used:
+            free(f.backend_ips); free(f.backend_ports); free(f.table)
+            f.used = 0
+
+    def set_frontend(self, uint32_t slot, uint32_t vip, uint8_t proto, uint16_t port,
+                     list backends, table):
+        """Installs a frontend in a slot: backends [(packed ip, port)], table array('H')."""
+        cdef uint32_t i, n = len(backends), size = len(table)
+        cdef Frontend *grown
+        cdef Frontend *f
+        cdef bytes packed
+        cdef const uint16_t[:] slots = table
+        if slot >= self.frontend_slots:
+            grown = <Frontend *> calloc(slot * 2 + 16, sizeof(Frontend))
+            if grown == NULL:
+                raise MemoryError()
+            if self.frontends != NULL:
+                memcpy(grown, self.frontends, self.frontend_slots * sizeof(Frontend))
+                free(self.frontends)
+            self.frontends = grown
+            self.frontend_slots = slot * 2 + 16
+        self._free_frontend(slot)
+        f = &self.frontends[slot]
+        f.backend_ips = <uint32_t *> malloc((n or 1) * sizeof(uint32_t))
+        f.backend_ports = <uint16_t *> malloc((n or 1) * sizeof(uint16_t))
+        f.table = <uint16_t *> malloc((size or 1) * sizeof(uint16_t))
+        if f.backend_ips == NULL or f.backend_ports == NULL or f.table == NULL:
+            raise MemoryError()
+        for i in range(n):
+            packed, backend_port = backends[i]
+            if len(packed) != 4:
+                raise ValueError("the fast path handles IPv4 backends only")
+            f.backend_ips[i] = rd32raw(<const uint8_t *> <const char *> packed)
+            f.backend_ports[i] = backend_port
+        for i in range(size):
+            f.table[i] = slots[i]
+        f.vip, f.proto, f.port = vip, proto, port
+        f.backend_count, f.table_size, f.used = n, size, 1
+
+    def remove_frontend(self, uint32_t slot):
+        if slot < self.frontend_slots:
+            self._free_frontend(slot)
+
+    def rebuild_maps(self):
+        """Rebuilds the frontend, VIP and backend maps from the frontends in use."""
+        cdef uint32_t i, j, used = 0, backends = 0
+        cdef uint32_t *value
+        cdef Frontend *f
+        for i in range(self.frontend_slots):
+            if self.frontends[i].used:
+                used += 1
+                backends += self.frontends[i].backend_count
+        map_init(&self.frontend_map, used)
+        map_init(&self.vip_map, used)
+        map_init(&self.backend_map, backends)
+        for i in range(self.frontend_slots):
+            f = &self.frontends[i]
+            if not f.used:
+                continue
+            map_slot(&self.frontend_map, frontend_key(f.vip, f.proto, f.port), True)[0] = i
+            map_slot(&self.vip_map, f.vip, True)[0] = 1
+            for j in range(f.backend_count):
+                value = map_slot(&self.backend_map, backend_key(f.proto, f.backend_ips[j], f.backend_ports[j]), False)
+                if value == NULL:
+                    map_slot(&self.backend_map, backend_key(f.proto, f.backend_ips[j], f.backend_ports[j]), True)[0] = i
+                elif value[0] != i:
+                    value[0] = AMBIGUOUS
+
+    def forget_udp_flows_to_removed_backends(self):
+        """As the reference: UDP flows whose backend left their frontend are dropped."""
+        cdef uint32_t index = self.oldest, next_index
+        cdef Flow *flow
+        cdef uint32_t *slot
+        cdef Frontend *f
+        cdef uint32_t j
+        cdef bint alive
+        while index != NIL:
+            flow = &self.entries[index]
+            next_index = flow.newer
+            if flow.proto != 6:
+                slot = map_slot(&self.frontend_map, frontend_key(flow.vip, flow.proto, flow.vport), False)
+                alive = False
+                if slot != NULL:
+                    f = &self.frontends[slot[0]]
+                    for j in range(f.backend_count):
+                        if f.backend_ips[j] == flow.backend_ip and f.backend_ports[j] == flow.backend_port:
+                            alive = True
+                            break
+                if not alive:
+                    self._remove(index)
+                    self.udp_resteered += 1
+            index = next_index
+
+    # --- the connection table (no GIL) ---------------------------------------------------
+
+    cdef inline uint64_t _forward_home(self, Flow *f) noexcept nogil:
+        return index_hash(f.proto, f.client_ip, f.client_port, f.vip, f.vport) & self.index_mask
+
+    cdef inline uint64_t _reply_home(self, Flow *f) noexcept nogil:
+        return index_hash(f.proto, f.backend_ip, f.backend_port, f.client_ip, f.client_port) & self.index_mask
+
+    cdef uint32_t _find(self, bint reply, uint8_t proto, uint32_t a, uint16_t pa, uint32_t b,
+                        uint16_t pb) noexcept nogil:
+        cdef uint32_t *index = self.reply_index if reply else self.forward_index
+        cdef uint64_t i = index_hash(proto, a, pa, b, pb) & self.index_mask
+        cdef Flow *f
+        while index[i] != NIL:
+            f = &self.entries[index[i]]
+            if f.proto == proto:
+                if reply:
+                    if f.backend_ip == a and f.backend_port == pa and f.client_ip == b and f.client_port == pb:
+                        return index[i]
+                elif f.client_ip == a and f.client_port == pa and f.vip == b and f.vport == pb:
+                    return index[i]
+            i = (i + 1) & self.index_mask
+        return NIL
+
+    cdef void _unindex(self, bint reply, uint32_t flow_index) noexcept nogil:
+        # Linear probing with backward-shift deletion: no tombstones, probes stay short.
+        cdef uint32_t *index = self.reply_index if reply else self.forward_index
+        cdef Flow *f = &self.entries[flow_index]
+        cdef uint64_t i = (self._reply_home(f) if reply else self._forward_home(f))
+        cdef uint64_t j, home
+        while index[i] != flow_index:
+            if index[i] == NIL:
+                return
+            i = (i + 1) & self.index_mask
+        j = i
+        while True:
+            j = (j + 1) & self.index_mask
+            if index[j] == NIL:
+                break
+            f = &self.entries[index[j]]
+            home = self._reply_home(f) if reply else self._forward_home(f)
+            if (i <= j and i < home <= j) or (i > j and (home > i or home <= j)):
+                continue
+            index[i] = index[j]
+            i = j
+        index[i] = NIL
+
+    cdef void _insert_index(self, bint reply, uint32_t flow_index) noexcept nogil:
+        cdef uint32_t *index = self.reply_index if reply else self.forward_index
+        cdef Flow *f = &self.entries[flow_index]
+        cdef uint64_t i = self._reply_home(f) if reply else self._forward_home(f)
+        while index[i] != NIL:
+            i = (i + 1) & self.index_mask
+        index[i] = flow_index
+
+    cdef void _remove(self, uint32_t flow_index) noexcept nogil:
+        cdef Flow *f = &self.entries[flow_index]
+        self._unindex(False, flow_index)
+        self._unindex(True, flow_index)
+        if f.older != NIL:
+            self.entries[f.older].newer = f.newer
+        else:
+            self.oldest = f.newer
+        if f.newer != NIL:
+            self.entries[f.newer].older = f.older
+        else:
+            self.newest = f.older
+        f.newer = self.free_head
+        self.free_head = flow_index
+        self.count -= 1
+
+    cdef uint32_t _expire_all(self, double now) noexcept nogil:
+        cdef uint32_t index = self.oldest, next_index, removed = 0
+        while index != NIL:
+            next_index = self.entries[index].newer
+            if self.entries[index].expires <= now:
+                self._remove(index)
+                removed += 1
+            index = next_index
+        self.expired += removed
+        return removed
+
+    cdef uint32_t _live(self, uint32_t index, double now) noexcept nogil:
+        if index != NIL and self.entries[index].expires <= now:
+            self._remove(index)
+            self.expired += 1
+            return NIL
+        return index
+
+    cdef uint32_t _add(self, Flow *new_flow, double now) noexcept nogil:
+        cdef uint32_t index
+        if self.count >= self.capacity:
+            self._expire_all(now)
+        while self.count >= self.capacity:
+            self._remove(self.oldest)
+            self.evicted += 1
+        index = self._find(False, new_flow.proto, new_flow.client_ip, new_flow.client_port,
+                           new_flow.vip, new_flow.vport)
+        if index != NIL:
+            self._remove(index)
+        index = self._find(True, new_flow.proto, new_flow.backend_ip, new_flow.backend_port,
+                           new_flow.client_ip, new_flow.client_port)
+        if index != NIL:
+            self._remove(index)
+        index = self.free_head
+        self.free_head = self.entries[index].newer
+        self.entries[index] = new_flow[0]
+        self.entries[index].expires = now + self.timeouts[new_flow.state]
+        self.entries[index].older = self.newest
+        self.entries[index].newer = NIL
+        if self.newest != NIL:
+            self.entries[self.newest].newer = index
+        else:
+            self.oldest = index
+        self.newest = index
+        self.count += 1
+        self._insert_index(False, index)
+        self._insert_index(True, index)
+        return index
+
+    cdef inline void _observe(self, uint32_t index, int from_client, uint8_t flags, double now) noexcept nogil:
+        cdef Flow *f = &self.entries[index]
+        f.state = next_state(f.state, from_client, flags)
+        f.expires = now + self.timeouts[f.state]
+
+    # --- one packet ------------------------------------------------------------------------
+
+    cdef Verdict process_packet(self, uint8_t *pkt, uint32_t length, double now) noexcept nogil:
+        """The verdict for one packet; rewrites it in place. The reference's process()."""
+        cdef Verdict v
+        v.action, v.reason, v.proxied, v.hairpin, v.length = ACT_DROP, R_TRUNCATED_IP, 0, 0, length
+        self._decide(pkt, length, now, &v)
+        self.verdicts[v.action][v.reason] += 1
+        return v
+
+    cdef void _decide(self, uint8_t *pkt, uint32_t length, double now, Verdict *v) noexcept nogil:
+        cdef uint32_t hl, total, l4_length, dst, src, index, value
+        cdef uint16_t sport, dport
+        cdef uint8_t proto, flags = 0
+        cdef int i
+        cdef bint request = False
+        cdef Flow flow
+        cdef uint32_t *slot
+        cdef Frontend *f
+        cdef uint64_t h
+        if length < 20:
+            v.reason = R_TRUNCATED_IP; return
+        if pkt[0] >> 4 != 4:
+            v.reason = R_NOT_IPV4; return
+        hl = (pkt[0] & 0x0F) * 4
+        if hl < 20:
+            v.reason = R_BAD_IHL; return
+        if hl > length:
+            v.reason = R_TRUNCATED_IP; return
+        total = rd16(pkt + 2)
+        if total < hl or total > length:
+            v.reason = R_BAD_LENGTH; return
+        v.length = total
+        if rd16(pkt + 6) & 0x3FFF:
+            v.reason = R_FRAGMENT; return
+        proto = pkt[9]
+        if proto != 6 and proto != 17:
+            v.reason = R_UNSUPPORTED; return
+        l4_length = total - hl
+        if proto == 6:
+            if l4_length < 20 or (pkt[hl + 12] >> 4) * 4 < 20 or (pkt[hl + 12] >> 4) * 4 > l4_length:
+                v.reason = R_TRUNCATED_L4; return
+            flags = pkt[hl + 13]
+        elif l4_length < 8 or not 8 <= rd16(pkt + hl + 4) <= l4_length:
+            v.reason = R_TRUNCATED_L4; return
+        if hl > 20:
+            self.ip_options += 1
+        src = rd32raw(pkt + 12)
+        dst = rd32raw(pkt + 16)
+        sport = rd16(pkt + hl)
+        dport = rd16(pkt + hl + 2)
+        for i in range(self.range_count):
+            if (_ntohl(dst) & self.range_mask[i]) == self.range_net[i]:
+                request = True
+                break
+        if request:
+            index = self._live(self._find(False, proto, src, sport, dst, dport), now)
+            v.reason = R_REQUEST
+            if index == NIL:
+                slot = map_slot(&self.frontend_map, frontend_key(dst, proto, dport), False)
+                if slot == NULL:
+                    v.action = ACT_REJECT
+                    v.reason = R_PORT_NOT_SERVED if map_slot(&self.vip_map, dst, False) != NULL else R_NO_SERVICE
+                    return
+                f = &self.frontends[slot[0]]
+                if f.backend_count == 0:
+                    v.action, v.reason = ACT_REJECT, R_NO_ENDPOINTS
+                    return
+                h = flow_hash(proto, src, sport, dst, dport, self.flow_seed)
+                value = f.table[h % f.table_size]
+                flow.proto, flow.client_ip, flow.client_port, flow.vip, flow.vport = proto, src, sport, dst, dport
+                flow.backend_ip, flow.backend_port = f.backend_ips[value], f.backend_ports[value]
+                flow.state = initial_state(proto, flags)
+                index = self._add(&flow, now)
+                v.reason = R_NEW_FLOW
+            else:
+                self._observe(index, True, flags, now)
+            rewrite(pkt, hl, proto, self.entries[index].backend_ip, self.entries[index].backend_port, True)
+            v.action, v.proxied = ACT_ACCEPT, 1
+            v.hairpin = self.entries[index].backend_ip == self.entries[index].client_ip
+            return
+        index = self._live(self._find(True, proto, src, sport, dst, dport), now)
+        v.reason = R_REPLY
+        if index == NIL:
+            slot = map_slot(&self.backend_map, backend_key(proto, src, sport), False)
+            if slot == NULL or slot[0] == AMBIGUOUS:
+                v.reason = R_UNKNOWN_REPLY
+                return
+            f = &self.frontends[slot[0]]
+            flow.proto, flow.client_ip, flow.client_port, flow.vip, flow.vport = proto, dst, dport, f.vip, f.port
+            flow.backend_ip, flow.backend_port = src, sport
+            flow.state = S_ESTABLISHED if proto == 6 else S_UDP_REPLIED
+            index = self._add(&flow, now)
+            v.reason = R_REPLY_RECOVERED
+        self._observe(index, False, flags, now)
+        rewrite(pkt, hl, proto, self.entries[index].vip, self.entries[index].vport, False)
+        v.action = ACT_ACCEPT
+
+    # --- Python entry points (slow path) -------------------------------------------------------
+
+    def process(self, const uint8_t[:] raw, double now):
+        """(action, reason, payload or None, proxied, hairpin) for one packet."""
+        cdef uint32_t length = raw.shape[0]
+        cdef bytearray buf = bytearray(raw)
+        cdef uint8_t *data = <uint8_t *> (<char *> buf) if length else NULL
+        cdef Verdict v
+        if length == 0:
+            v = self.process_packet(<uint8_t *> b"", 0, now)
+        else:
+            v = self.process_packet(data, length, now)
+        payload = bytes(buf[:v.length]) if v.action == ACT_ACCEPT else None
+        return ACTION_NAMES[v.action], REASON_NAMES[v.reason], payload, bool(v.proxied), bool(v.hairpin)
+
+    def expire(self, double now):
+        return self._expire_all(now)
+
+    def __len__(self):
+        return self.count
+
+    def counters(self):
+        """Non-zero counters, named as the reference names them."""
+        cdef int a, r
+        named = {}
+        for a in range(ACT_COUNT):
+            for r in range(R_COUNT):
+                if self.verdicts[a][r]:
+                    named[f"{ACTION_NAMES[a]}_{REASON_NAMES[r]}"] = self.verdicts[a][r]
+        if self.ip_options:
+            named["ip_options"] = self.ip_options
+        if self.udp_resteered:
+            named["udp_flow_resteered"] = self.udp_resteered
+        return named
+
+    def flows(self):
+        """Every flow, oldest first: (proto, client ip, client port, vip, vport, backend ip,
+        backend port, state name, expires), addresses packed."""
+        cdef uint32_t index = self.oldest
+        cdef Flow *f
+        out = []
+        while index != NIL:
+            f = &self.entries[index]
+            out.append((f.proto, (<char *> &f.client_ip)[:4], f.client_port, (<char *> &f.vip)[:4],
+                        f.vport, (<char *> &f.backend_ip)[:4], f.backend_port, STATE_NAMES[f.state],
+                        f.expires))
+            index = f.newer
+        return out
+
+    @staticmethod
+    def bytes_per_flow():
+        """What one tracked flow costs: its entry plus two index slots at load factor 0.5."""
+        return sizeof(Flow) + 2 * 2 * sizeof(uint32_t)
+
+
+cdef inline uint32_t _ntohl(uint32_t raw) noexcept nogil:
+    cdef const uint8_t *p = <const uint8_t *> &raw
+    return (<uint32_t> p[0] << 24) | (<uint32_t> p[1] << 16) | (<uint32_t> p[2] << 8) | p[3]

@@ -1,0 +1,36 @@
+# Stub for the compiled cext/fastpath.pyx.
+from array import array
+
+ACTION_NAMES: tuple[str, ...]
+REASON_NAMES: tuple[str, ...]
+STATE_NAMES: tuple[str, ...]
+
+FlowTuple = tuple[int, bytes, int, bytes, int, bytes, int, str, float]
+
+class FastCore:
+    ip_options: int
+    evicted: int
+    expired: int
+    udp_resteered: int
+    def __init__(
+        self, ranges: list[tuple[int, int]], capacity: int, timeouts: tuple[float, ...], seed: int
+    ) -> None: ...
+    def set_frontend(
+        self,
+        slot: int,
+        vip: int,
+        proto: int,
+        port: int,
+        backends: list[tuple[bytes, int]],
+        table: array[int],
+    ) -> None: ...
+    def remove_frontend(self, slot: int) -> None: ...
+    def rebuild_maps(self) -> None: ...
+    def forget_udp_flows_to_removed_backends(self) -> None: ...
+    def process(self, raw: bytes, now: float) -> tuple[str, str, bytes | None, bool, bool]: ...
+    def expire(self, now: float) -> int: ...
+    def __len__(self) -> int: ...
+    def counters(self) -> dict[str, int]: ...
+    def flows(self) -> list[FlowTuple]: ...
+    @staticmethod
+    def bytes_per_flow() -> int: ...

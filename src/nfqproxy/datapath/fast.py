@@ -1,0 +1,134 @@
+"""The fast data path: the reference semantics, with the per-packet work in C (cext/fastpath.pyx).
+
+FastDatapath has the reference's interface (apply, process, expire, status), so the
+controller, the queue binding and the differential tests treat both alike. Python only
+runs here when tables change and for status snapshots.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from ipaddress import IPv4Network, ip_address
+
+from nfqproxy.datapath.conntable import Timeouts, flow_summary
+from nfqproxy.datapath.reference import Action, Frontend, TableKey, Verdict, table_key
+from nfqproxy.model import Snapshot
+
+try:
+    from nfqproxy._fastpath import FastCore
+except ImportError:  # not built: NFQPROXY_NO_EXTENSIONS=1 at install, or a source checkout
+    FastCore = None  # type: ignore[assignment,misc]
+
+
+def fast_path_available() -> bool:
+    """Whether the fast path is built and not switched off by NFQPROXY_NO_EXTENSIONS=1."""
+    return FastCore is not None and os.environ.get("NFQPROXY_NO_EXTENSIONS") != "1"
+
+
+class FastDatapath:
+    def __init__(
+        self,
+        service_cidrs: Iterable[IPv4Network],
+        capacity: int = 262144,
+        timeouts: Timeouts | None = None,
+        seed: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not fast_path_available():
+            raise RuntimeError(
+                "the fast data path is not available: the extension is not built or "
+                "NFQPROXY_NO_EXTENSIONS=1 is set; use --datapath reference"
+            )
+        t = timeouts or Timeouts()
+        self.core = FastCore(
+            [(int(c.network_address), int(c.netmask)) for c in service_cidrs],
+            capacity,
+            (
+                t.tcp_syn_sent,
+                t.tcp_established,
+                t.tcp_closing,
+                t.tcp_reset,
+                t.udp_unreplied,
+                t.udp_replied,
+            ),
+            seed,
+        )
+        self.capacity = capacity
+        self.seed = seed
+        self.clock = clock
+        self._snapshot = Snapshot()
+        self._frontends: dict[TableKey, Frontend] = {}
+        self._slots: dict[TableKey, int] = {}
+        self._free_slots: list[int] = []
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return self.core.counters()
+
+    def apply(self, snapshot: Snapshot) -> list[str]:
+        """As ReferenceDatapath.apply: rebuilds only what changed, all or nothing."""
+        old_ports, new_ports = self._snapshot.ports, snapshot.ports
+        built = {
+            table_key(model_key): Frontend.from_model(port, self.seed)
+            for model_key, port in new_ports.items()
+            if old_ports.get(model_key) != port
+        }
+        changed = [old_ports[k].name for k in old_ports.keys() - new_ports.keys()]
+        changed += [frontend.name for frontend in built.values()]
+        for model_key in old_ports.keys() - new_ports.keys():
+            key = table_key(model_key)
+            slot = self._slots.pop(key)
+            self.core.remove_frontend(slot)
+            self._free_slots.append(slot)
+            del self._frontends[key]
+        for key, frontend in built.items():
+            if key not in self._slots:
+                self._slots[key] = self._free_slots.pop() if self._free_slots else len(self._slots)
+            slot = self._slots[key]
+            vip, proto, port = key
+            self.core.set_frontend(
+                slot,
+                int.from_bytes(vip, sys.byteorder),
+                proto,
+                port,
+                list(frontend.backends),
+                frontend.selector.table,
+            )
+            self._frontends[key] = frontend
+        self.core.rebuild_maps()
+        self._snapshot = snapshot
+        if changed:
+            self.core.forget_udp_flows_to_removed_backends()
+        return changed
+
+    def process(self, raw: bytes) -> Verdict:
+        action, reason, payload, proxied, hairpin = self.core.process(raw, self.clock())
+        return Verdict(Action(action), reason, payload, proxied, hairpin)
+
+    def expire(self) -> int:
+        return self.core.expire(self.clock())
+
+    def __len__(self) -> int:
+        return len(self.core)
+
+    def status(self) -> dict[str, object]:
+        rows = []
+        for proto, _, _, vip, vport, backend_ip, backend_port, state, _ in self.core.flows():
+            frontend = self._frontends.get((vip, proto, vport))
+            rows.append(
+                (
+                    proto,
+                    state,
+                    frontend.name if frontend else "?",
+                    f"{ip_address(backend_ip)}:{backend_port}",
+                )
+            )
+        table = flow_summary(rows, self.capacity, self.core.evicted, self.core.expired)
+        return {
+            "service_ports": len(self._frontends),
+            "connection_table": table,
+            "counters": dict(sorted(self.counters.items())),
+        }

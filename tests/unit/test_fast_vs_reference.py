@@ -1,0 +1,205 @@
+"""The fast path must agree with the reference packet for packet: verdicts, bytes, counters.
+
+Hypothesis generates sequences of valid flows in both directions, endpoint changes, clock
+ticks, and malformed packets (random bytes, mutations and truncations of valid ones), and
+feeds each sequence to both data paths.
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Network, ip_address
+from typing import Any
+
+import dpkt
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from nfqproxy.datapath.fast import FastDatapath, fast_path_available
+from nfqproxy.datapath.reference import ReferenceDatapath
+from nfqproxy.model import Backend, ServicePort, Snapshot
+from tests.packets import tcp_packet, udp_packet
+
+pytestmark = pytest.mark.skipif(not fast_path_available(), reason="the fast path is not built")
+
+CLIENTS = ["10.244.1.2", "10.244.1.3", "10.244.11.2"]  # the last is also a backend: hairpin
+BACKENDS = ["10.244.11.2", "10.244.12.2", "10.244.13.2", "10.244.14.2"]
+TARGETS = [
+    ("10.96.0.10", 80),
+    ("10.96.0.10", 53),
+    ("10.96.0.20", 80),
+    ("10.96.0.10", 443),
+    ("10.96.9.9", 80),
+    ("10.97.0.1", 80),
+]
+FLAGS = [
+    dpkt.tcp.TH_SYN,
+    dpkt.tcp.TH_ACK,
+    dpkt.tcp.TH_SYN | dpkt.tcp.TH_ACK,
+    dpkt.tcp.TH_FIN | dpkt.tcp.TH_ACK,
+    dpkt.tcp.TH_RST,
+    dpkt.tcp.TH_ACK | dpkt.tcp.TH_PUSH,
+]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 5000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def snapshot(backends: frozenset[int]) -> Snapshot:
+    chosen = [BACKENDS[i] for i in sorted(backends)]
+    vip, empty = ip_address("10.96.0.10"), ip_address("10.96.0.20")
+    return Snapshot(
+        {
+            (vip, "TCP", 80): ServicePort(
+                "d/web:http", vip, "TCP", 80, tuple(Backend(ip_address(b), 8080) for b in chosen)
+            ),
+            (vip, "UDP", 53): ServicePort(
+                "d/web:dns", vip, "UDP", 53, tuple(Backend(ip_address(b), 5353) for b in chosen)
+            ),
+            (empty, "TCP", 80): ServicePort("d/empty:http", empty, "TCP", 80, ()),
+        }
+    )
+
+
+def request(client: int, sport: int, target: int, proto: str, flags: int, payload: bytes) -> bytes:
+    host, port = TARGETS[target]
+    if proto == "udp":
+        return udp_packet(CLIENTS[client], sport, host, 53 if port == 80 else port, payload)
+    return tcp_packet(CLIENTS[client], sport, host, port, flags, payload)
+
+
+def reply(backend: int, client: int, sport: int, proto: str, flags: int) -> bytes:
+    if proto == "udp":
+        return udp_packet(BACKENDS[backend], 5353, CLIENTS[client], sport, b"r")
+    return tcp_packet(BACKENDS[backend], 8080, CLIENTS[client], sport, flags, b"r")
+
+
+protos = st.sampled_from(["tcp", "udp"])
+sports = st.integers(1000, 1019)
+valid_requests = st.builds(
+    request,
+    st.integers(0, 2),
+    sports,
+    st.integers(0, 5),
+    protos,
+    st.sampled_from(FLAGS),
+    st.binary(max_size=8),
+)
+valid_replies = st.builds(
+    reply, st.integers(0, 3), st.integers(0, 2), sports, protos, st.sampled_from(FLAGS)
+)
+valid = st.one_of(valid_requests, valid_replies)
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> bytes:
+    packet = bytearray(draw(valid))
+    for _ in range(draw(st.integers(1, 3))):
+        packet[draw(st.integers(0, len(packet) - 1))] = draw(st.integers(0, 255))
+    return bytes(packet)
+
+
+@st.composite
+def bad_headers(draw: st.DrawFn) -> bytes:
+    """A valid packet with its IHL, total length or TCP data offset set at random."""
+    packet = bytearray(draw(valid))
+    field = draw(st.sampled_from(["ihl", "total", "doff"]))
+    if field == "ihl":
+        packet[0] = 0x40 | draw(st.integers(0, 15))
+    elif field == "total":
+        packet[2:4] = draw(st.integers(0, len(packet) + 8)).to_bytes(2, "big")
+    elif packet[9] == 6:
+        packet[32] = draw(st.integers(0, 15)) << 4
+    return bytes(packet)
+
+
+@st.composite
+def truncated(draw: st.DrawFn) -> bytes:
+    packet = draw(valid)
+    return packet[: draw(st.integers(0, len(packet)))]
+
+
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("packet"), valid),
+        st.tuples(st.just("packet"), valid),
+        st.tuples(st.just("packet"), st.one_of(mutated(), truncated(), st.binary(max_size=64))),
+        st.tuples(st.just("packet"), bad_headers()),
+        st.tuples(st.just("apply"), st.frozensets(st.integers(0, 3))),
+        st.tuples(st.just("tick"), st.sampled_from([1.0, 29.0, 31.0, 121.0, 25000.0])),
+        st.tuples(st.just("expire"), st.none()),
+    ),
+    max_size=80,
+)
+
+
+def run(datapath: Any, clock: Clock, ops: list[tuple[str, Any]]) -> list[Any]:
+    trace: list[Any] = []
+    for op, arg in ops:
+        if op == "packet":
+            v = datapath.process(arg)
+            trace.append((v.action, v.reason, v.payload, v.proxied, v.hairpin))
+        elif op == "apply":
+            trace.append(sorted(datapath.apply(snapshot(arg))))
+        elif op == "tick":
+            clock.now += arg
+        else:
+            trace.append(datapath.expire())
+        trace.append(
+            (
+                len(datapath.flows) if hasattr(datapath, "flows") else len(datapath),
+                dict(datapath.counters),
+            )
+        )
+    return trace
+
+
+@given(operations, st.integers(1, 12))
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_fast_and_reference_paths_agree_on_every_packet(
+    ops: list[tuple[str, Any]], capacity: int
+) -> None:
+    traces = []
+    for kind in (ReferenceDatapath, FastDatapath):
+        clock = Clock()
+        datapath = kind([IPv4Network("10.96.0.0/12")], capacity=capacity, clock=clock)
+        datapath.apply(snapshot(frozenset({0, 1, 2})))
+        traces.append(run(datapath, clock, ops))
+    assert traces[0] == traces[1]
+
+
+def test_the_fast_tables_cost_at_most_64_bytes_per_flow() -> None:
+    from nfqproxy._fastpath import FastCore
+
+    assert FastCore.bytes_per_flow() <= 64
+
+
+def test_both_paths_evict_and_expire_the_same_flows() -> None:
+    scripted: list[tuple[str, Any]] = []
+    for sport in range(1000, 1030):
+        scripted.append(
+            (
+                "packet",
+                request(sport % 3, sport, 0, "tcp" if sport % 2 else "udp", dpkt.tcp.TH_SYN, b""),
+            )
+        )
+        scripted.append(("packet", reply(sport % 3, sport % 3, sport, "tcp", dpkt.tcp.TH_ACK)))
+    scripted += [("tick", 31.0), ("expire", None), ("apply", frozenset({1})), ("tick", 121.0)]
+    scripted += [("packet", request(0, 1001, 0, "tcp", dpkt.tcp.TH_ACK, b"")), ("expire", None)]
+    traces, stats = [], []
+    for kind in (ReferenceDatapath, FastDatapath):
+        clock = Clock()
+        datapath = kind([IPv4Network("10.96.0.0/12")], capacity=8, clock=clock)
+        datapath.apply(snapshot(frozenset({0, 1, 2})))
+        traces.append(run(datapath, clock, scripted))
+        table = datapath.status()["connection_table"]
+        assert isinstance(table, dict)
+        stats.append((table["evicted"], table["expired"], table["by_state"], table["by_backend"]))
+    assert traces[0] == traces[1]
+    assert stats[0] == stats[1]
+    assert stats[0][0] > 0 and stats[0][1] > 0, stats
