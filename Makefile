@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed.stamp
 install: $(STAMP)
 
 # Re-run the install whenever the package definition or the extension sources change.
-$(STAMP): pyproject.toml setup.py scripts/install-system-deps.sh $(wildcard cext/*.pyx cext/*.pxd)
+$(STAMP): pyproject.toml setup.py scripts/install-system-deps.sh $(wildcard cext/*.pyx cext/*.pxd cext/includes/*.pxd)
 	bash scripts/install-system-deps.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel

@@ -10,6 +10,10 @@ from pathlib import Path
 from setuptools import Extension, setup
 
 
+# C libraries each extension links against (Debian: libnetfilter-queue-dev, libmnl-dev).
+LIBRARIES = {"fastpath": ["netfilter_queue", "mnl"]}
+
+
 def cython_extensions() -> list[Extension]:
     if os.environ.get("NFQPROXY_NO_EXTENSIONS") == "1":
         return []
@@ -20,12 +24,14 @@ def cython_extensions() -> list[Extension]:
         Extension(
             f"nfqproxy._{pyx.stem}",
             [str(pyx)],
+            libraries=LIBRARIES.get(pyx.stem, []),
             extra_compile_args=["-O0", "-g"] if debug else ["-O3"],
         )
         for pyx in sorted(Path("cext").glob("*.pyx"))
     ]
     return cythonize(
         extensions,
+        include_path=["cext"],
         language_level=3,
         compiler_directives={"boundscheck": debug, "wraparound": False},
     )

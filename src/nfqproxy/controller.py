@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from nfqproxy.datapath.fast import FastDatapath
-from nfqproxy.datapath.queue import QueueBinding
+from nfqproxy.datapath.queue import FastQueueBinding, QueueBinding
 from nfqproxy.datapath.reference import ReferenceDatapath
 from nfqproxy.hooks import HookConfig, HookManager
 from nfqproxy.model import (
@@ -63,7 +63,11 @@ class Proxy:
         self.hooks = HookManager(
             HookConfig(config.service_cidrs, config.queue_num, config.iptables)
         )
-        self.queue = QueueBinding(config.queue_num, self.datapath)
+        self.queue: QueueBinding | FastQueueBinding
+        if isinstance(self.datapath, FastDatapath):
+            self.queue = FastQueueBinding(config.queue_num, self.datapath)
+        else:
+            self.queue = QueueBinding(config.queue_num, self.datapath)
         self.source = ManifestSource(config.manifests, config.service_cidrs)
         self.ready = False
         self.syncs = 0
@@ -131,6 +135,7 @@ class Proxy:
             "last_sync": self.last_sync,
             "manifest_errors": sorted(self.source.errors.values()),
             "object_errors": self.object_errors,
+            "queue": self.queue.stats(),
             **self.datapath.status(),
         }
 

@@ -44,9 +44,10 @@ class RunningLab:
         return self.proxy
 
     def close(self) -> None:
-        self.client.close()
-        self.node.close()
+        # Lab first: with its namespaces gone, traffic a failed test left running errors out.
         self.lab.down()
+        self.client.close(wait=False)
+        self.node.close(wait=False)
 
 
 @pytest.fixture

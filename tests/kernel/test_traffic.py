@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import time
 
 import pytest
 
 from nfqproxy.lab.netns import NetnsThread
+from nfqproxy.lab.servers import blob
 from nfqproxy.lab.topology import DNS_PORT, EMPTY_VIP, HTTP_PORT, WEB_VIP
-from nfqproxy.lab.traffic import http_split, udp_query
+from nfqproxy.lab.traffic import (
+    http_download_digest,
+    http_split,
+    http_upload_digest,
+    udp_query,
+)
 from tests.kernel.conftest import RunningLab
 
 pytestmark = pytest.mark.kernel
@@ -95,3 +102,14 @@ def test_a_backend_reaching_its_own_service_is_answered_by_itself_too(
         answers = backend.call(http_split, WEB_VIP, HTTP_PORT, 60)
     assert sum(answers.values()) == 60 and "be1" in answers, answers
     assert set(answers) <= {"be1", "be2", "be3"}, answers
+
+
+def test_20_mb_each_way_arrive_intact_through_the_vip(running_lab: RunningLab) -> None:
+    # Bulk TCP travels as 64 KB GSO packets with partial checksums: the fast path must
+    # complete every checksum, the reference path gets them segmented by the kernel.
+    size = 20 * 1024 * 1024
+    got = running_lab.client.call(http_download_digest, WEB_VIP, HTTP_PORT, size)
+    assert got == hashlib.sha256(blob(size)).hexdigest()
+    body = blob(size + 1)
+    answer = running_lab.client.call(http_upload_digest, WEB_VIP, HTTP_PORT, body)
+    assert answer == hashlib.sha256(body).hexdigest()

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from nfqproxy.datapath.fast import FastDatapath, fast_path_available
 from nfqproxy.datapath.reference import ReferenceDatapath
 from nfqproxy.model import Backend, ServicePort, Snapshot
-from tests.packets import tcp_packet, udp_packet
+from tests.packets import checksums_verify, tcp_packet, udp_packet
 
 pytestmark = pytest.mark.skipif(not fast_path_available(), reason="the fast path is not built")
 
@@ -203,3 +203,37 @@ def test_both_paths_evict_and_expire_the_same_flows() -> None:
     assert traces[0] == traces[1]
     assert stats[0] == stats[1]
     assert stats[0][0] > 0 and stats[0][1] > 0, stats
+
+
+def as_checksum_partial(packet: bytes) -> bytes:
+    """packet as the kernel queues it with CHECKSUM_PARTIAL: the L4 field holds the
+    uncomplemented pseudo-header sum only."""
+    ip = dpkt.ip.IP(packet)
+    length = len(ip.data)
+    words = ip.src + ip.dst + bytes([0, ip.p]) + length.to_bytes(2, "big")
+    total = sum(int.from_bytes(words[i : i + 2], "big") for i in range(0, 12, 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    at = 20 + (16 if ip.p == 6 else 6)
+    return packet[:at] + total.to_bytes(2, "big") + packet[at + 2 :]
+
+
+@given(st.lists(st.one_of(valid_requests, valid_replies), min_size=1, max_size=20))
+@settings(max_examples=200, deadline=None)
+def test_checksum_partial_packets_leave_with_complete_checksums(packets: list[bytes]) -> None:
+    reference = ReferenceDatapath([IPv4Network("10.96.0.0/12")], clock=Clock())
+    fast = FastDatapath([IPv4Network("10.96.0.0/12")], clock=Clock())
+    for datapath in (reference, fast):
+        datapath.apply(snapshot(frozenset({0, 1, 2})))
+    for packet in packets:
+        expected = reference.process(packet)
+        action, reason, payload, _, _ = fast.core.process(as_checksum_partial(packet), 5000.0, True)
+        assert (action, reason) == (expected.action.value, expected.reason)
+        if payload is None:
+            continue
+        assert expected.payload is not None and checksums_verify(payload)
+        at = 20 + (16 if payload[9] == 6 else 6)
+        # The same bytes, but for the checksum's representation of zero (0x0000 / 0xFFFF).
+        assert (
+            payload[:at] + payload[at + 2 :] == expected.payload[:at] + expected.payload[at + 2 :]
+        )

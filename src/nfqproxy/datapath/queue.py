@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 from netfilterqueue import NetfilterQueue
 
+from nfqproxy.datapath.fast import FastDatapath
 from nfqproxy.datapath.reference import Action, Verdict
 from nfqproxy.hooks import MARK_HAIRPIN, MARK_PROXIED, MARK_REJECT
 
@@ -54,6 +55,9 @@ class QueueBinding:
                 packet.set_payload(verdict.payload)
         packet.accept()
 
+    def stats(self) -> dict[str, int]:
+        return {}  # NetfilterQueue keeps no counters of its own
+
     def open(self, loop: asyncio.AbstractEventLoop) -> None:
         queue = NetfilterQueue()
         try:
@@ -78,3 +82,31 @@ class QueueBinding:
             self._loop.remove_reader(self._queue.get_fd())
         self._queue.unbind()
         self._queue = None
+
+
+class FastQueueBinding:
+    """The fast path's own queue loop (cext/fastpath.pyx FastQueue): F_GSO, batched reads
+    and verdicts, no Python per packet. Python runs once per wake-up of the event loop."""
+
+    def __init__(self, queue_num: int, datapath: FastDatapath) -> None:
+        from nfqproxy._fastpath import FastQueue
+
+        self.queue_num = queue_num
+        self._queue = FastQueue(
+            datapath.core, queue_num, QUEUE_MAX_LEN, MARK_PROXIED, MARK_REJECT, MARK_HAIRPIN
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def open(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._queue.open()
+        self._loop = loop
+        loop.add_reader(self._queue.fileno, self._queue.drain)
+
+    def stats(self) -> dict[str, int]:
+        return self._queue.stats()
+
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self._queue.fileno)
+            self._loop = None
+        self._queue.close()

@@ -77,8 +77,8 @@ class NetnsThread:
     def call(self, function: Callable[..., T], *args: object, timeout: float = 120.0) -> T:
         return self._executor.submit(function, *args).result(timeout)
 
-    def close(self) -> None:
-        self._executor.shutdown(wait=True)
+    def close(self, wait: bool = True) -> None:
+        self._executor.shutdown(wait=wait, cancel_futures=True)
 
     def __enter__(self) -> NetnsThread:
         return self

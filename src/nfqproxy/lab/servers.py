@@ -2,19 +2,46 @@
 
 from __future__ import annotations
 
+import hashlib
+import random
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+MAX_BLOB = 256 * 1024 * 1024
+
+
+def blob(size: int) -> bytes:
+    """size reproducible bytes: what /blob/<size> sends, so clients can check them."""
+    return random.Random(size).randbytes(size)
 
 
 class NameHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, so one connection can span many requests
 
     def do_GET(self) -> None:
-        body = f"{self.server.backend_name}\n".encode()  # type: ignore[attr-defined]
+        """/ answers the backend's name; /blob/N sends N bytes of blob(N), for bulk tests."""
+        if self.path.startswith("/blob/") and self.path[6:].isdigit():
+            self._reply(blob(min(int(self.path[6:]), MAX_BLOB)), "application/octet-stream")
+        else:
+            self._reply(f"{self.server.backend_name}\n".encode(), "text/plain")  # type: ignore[attr-defined]
+
+    def do_POST(self) -> None:
+        """Reads the body and answers its SHA-256, for upload tests."""
+        length = min(int(self.headers.get("Content-Length", "0")), MAX_BLOB)
+        digest = hashlib.sha256()
+        while length:
+            chunk = self.rfile.read(min(length, 1 << 16))
+            if not chunk:
+                break
+            digest.update(chunk)
+            length -= len(chunk)
+        self._reply(digest.hexdigest().encode(), "text/plain")
+
+    def _reply(self, body: bytes, content_type: str) -> None:
         self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)

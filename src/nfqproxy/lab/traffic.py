@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import socket
 from collections import Counter
@@ -51,3 +52,27 @@ def udp_query(host: str, port: int, timeout: float = 2.0, payload: bytes = b"who
         sock.connect((host, port))
         sock.send(payload)
         return sock.recv(2048).decode()
+
+
+def http_download_digest(host: str, port: int, size: int, timeout: float = 30.0) -> str:
+    """The SHA-256 of /blob/<size> as received through host:port."""
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request("GET", f"/blob/{size}")
+        response = connection.getresponse()
+        digest = hashlib.sha256()
+        while chunk := response.read(1 << 16):
+            digest.update(chunk)
+        return digest.hexdigest()
+    finally:
+        connection.close()
+
+
+def http_upload_digest(host: str, port: int, body: bytes, timeout: float = 30.0) -> str:
+    """The SHA-256 the backend computed of body, sent through host:port."""
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request("POST", "/", body=body)
+        return connection.getresponse().read().decode()
+    finally:
+        connection.close()
