@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed.stamp
 
-.PHONY: install demo test lint clean-lab
+.PHONY: install demo test lint clean-lab asan fuzz bench
 
 install: $(STAMP)
 
@@ -31,3 +31,25 @@ lint: install
 clean-lab: install
 	$(BIN)/nfqproxy lab down --all
 	$(BIN)/nfqproxy cleanup
+
+# The extensions built with AddressSanitizer (-O1 -g), and their tests run against that
+# build: a copy of the package in build/asan with the sanitized modules in place.
+ASAN_LIB = $(shell gcc -print-file-name=libasan.so)
+asan: install
+	rm -rf build/asan && mkdir -p build/asan
+	cp -r src/nfqproxy build/asan/nfqproxy && rm -f build/asan/nfqproxy/*.so
+	NFQPROXY_ASAN_BUILD=1 $(BIN)/python setup.py -q build_ext --build-lib build/asan --build-temp build/asan/tmp
+	PYTHONPATH=build/asan NFQPROXY_EXPECT_ASAN=1 LD_PRELOAD=$(ASAN_LIB) \
+	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+	  $(BIN)/python -m pytest -p no:cacheprovider tests/unit/test_fast_vs_reference.py \
+	  tests/unit/test_maglev.py tests/unit/test_asan_build.py
+	PYTHONPATH=build/asan LD_PRELOAD=$(ASAN_LIB) ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+	  $(BIN)/python -m bench.fuzz_datapath --inputs 200000
+
+# One million fuzzed packets through the fast path (about a minute and a half).
+fuzz: install
+	$(BIN)/python -m bench.fuzz_datapath --inputs 1000000
+
+# The data-path benchmark: JSON, Markdown and PNG under results/.
+bench: install
+	$(BIN)/python -m bench.datapath

@@ -1,7 +1,8 @@
 """Builds the Cython extensions in cext/ as modules of the nfqproxy package.
 
 Every cext/NAME.pyx becomes nfqproxy._NAME. Set NFQPROXY_NO_EXTENSIONS=1 to skip them:
-the pure-Python reference path then serves alone.
+the pure-Python reference path then serves alone. NFQPROXY_DEBUG_BUILD=1 builds with -O1 -g
+and bounds checks; NFQPROXY_ASAN_BUILD=1 adds AddressSanitizer (see `make asan`).
 """
 
 import os
@@ -19,13 +20,16 @@ def cython_extensions() -> list[Extension]:
         return []
     from Cython.Build import cythonize
 
-    debug = os.environ.get("NFQPROXY_DEBUG_BUILD") == "1"
+    asan = os.environ.get("NFQPROXY_ASAN_BUILD") == "1"
+    debug = asan or os.environ.get("NFQPROXY_DEBUG_BUILD") == "1"
+    sanitize = ["-fsanitize=address", "-fno-omit-frame-pointer"] if asan else []
     extensions = [
         Extension(
             f"nfqproxy._{pyx.stem}",
             [str(pyx)],
             libraries=LIBRARIES.get(pyx.stem, []),
-            extra_compile_args=["-O0", "-g"] if debug else ["-O3"],
+            extra_compile_args=(["-O1", "-g"] if debug else ["-O3"]) + sanitize,
+            extra_link_args=sanitize,
         )
         for pyx in sorted(Path("cext").glob("*.pyx"))
     ]

@@ -54,18 +54,23 @@ def build_table(list ordered_names, unsigned int size, unsigned long long seed):
             encoded = ordered_names[i].encode()
             offsets[i] = hash64(encoded, seed_offset) % size
             skips[i] = hash64(encoded, seed_skip) % (size - 1) + 1
-            next_step[i] = 0
         with nogil:
             for slot in range(size):
                 slots[slot] = EMPTY
+            # next_step[i] holds backend i's current position in its permutation,
+            # offset + j * skip (mod size), advanced by adding skip: no multiply or divide.
+            for i in range(count):
+                next_step[i] = offsets[i]
             while True:
                 for i in range(count):
-                    slot = <unsigned int> ((offsets[i] + next_step[i] * skips[i]) % size)
+                    slot = <unsigned int> next_step[i]
                     while slots[slot] != EMPTY:
-                        next_step[i] += 1
-                        slot = <unsigned int> ((offsets[i] + next_step[i] * skips[i]) % size)
+                        slot += <unsigned int> skips[i]
+                        if slot >= size:
+                            slot -= size
                     slots[slot] = <uint16_t> i
-                    next_step[i] += 1
+                    slot += <unsigned int> skips[i]
+                    next_step[i] = slot - size if slot >= size else slot
                     filled += 1
                     if filled == size:
                         break

@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="this node's name, for internalTrafficPolicy Local (default $NODE_NAME)",
     )
     run.add_argument("--status-file", type=Path, help="write status JSON here twice a second")
-    run.add_argument("--flow-capacity", type=int, default=262144)
+    run.add_argument(
+        "--flow-capacity", type=int, default=1 << 20, help="flows tracked (default 1M)"
+    )
     run.add_argument(
         "--iptables", default="iptables", choices=["iptables", "iptables-legacy", "iptables-nft"]
     )

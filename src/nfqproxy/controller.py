@@ -47,7 +47,7 @@ class ProxyConfig:
     node_name: str | None = None
     status_file: Path | None = None
     iptables: str = "iptables"
-    flow_capacity: int = 262144
+    flow_capacity: int = 1 << 20
     seed: int = 0
     poll_interval: float = 0.2
     datapath: str = "reference"  # or "fast"

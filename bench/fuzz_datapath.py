@@ -1,0 +1,137 @@
+"""Fuzzes the fast path's packet handling: any byte string, no crash, the reference's verdict.
+
+    python -m bench.fuzz_datapath [--inputs N] [--seed S] [--compare-every K]
+
+Inputs are mutations of valid packets in both directions (bit flips, byte sets, cuts,
+splices, header fields set to edge values) and plain random bytes, fed to FastCore with
+and without the partial-checksum flag. A crash in C ends the process, so the caller sees
+it. Every K-th input also goes to the reference path, and the two must agree.
+It prints one JSON line: inputs run, verdict counts, disagreements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections import Counter
+from ipaddress import IPv4Network, ip_address
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from nfqproxy.datapath.fast import FastDatapath
+from nfqproxy.datapath.reference import ReferenceDatapath
+from nfqproxy.model import Backend, ServicePort, Snapshot
+from tests.packets import tcp_packet, udp_packet
+
+VIP = "10.96.0.10"
+BACKENDS = ["10.244.11.2", "10.244.12.2"]
+
+
+def snapshot() -> Snapshot:
+    vip = ip_address(VIP)
+    return Snapshot(
+        {
+            (vip, "TCP", 80): ServicePort(
+                "f/web:http", vip, "TCP", 80, tuple(Backend(ip_address(b), 8080) for b in BACKENDS)
+            ),
+            (vip, "UDP", 53): ServicePort(
+                "f/web:dns", vip, "UDP", 53, tuple(Backend(ip_address(b), 5353) for b in BACKENDS)
+            ),
+        }
+    )
+
+
+def corpus() -> list[bytes]:
+    seeds = []
+    for sport in (1000, 40000):
+        for flags in (0x02, 0x10, 0x12, 0x11, 0x04):
+            seeds.append(tcp_packet("10.244.1.2", sport, VIP, 80, flags, b"payload"))
+            seeds.append(tcp_packet(BACKENDS[0], 8080, "10.244.1.2", sport, flags, b"answer"))
+        seeds.append(udp_packet("10.244.1.2", sport, VIP, 53, b"query"))
+        seeds.append(udp_packet(BACKENDS[1], 5353, "10.244.1.2", sport, b"reply"))
+    seeds.append(tcp_packet("10.244.1.2", 2000, VIP, 80, 0x02, b"", ip_options=b"\x01\x01\x01\x00"))
+    return seeds
+
+
+EDGE_BYTES = (0x00, 0x01, 0x05, 0x0F, 0x40, 0x45, 0x4F, 0x50, 0x7F, 0x80, 0xF0, 0xFF)
+
+
+def mutate(rng: random.Random, seeds: list[bytes]) -> bytes:
+    choice = rng.random()
+    if choice < 0.08:
+        return rng.randbytes(rng.randrange(0, 96))
+    data = bytearray(rng.choice(seeds))
+    for _ in range(rng.randrange(1, 4)):
+        kind = rng.randrange(6)
+        if kind == 0 and data:
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        elif kind == 1 and data:
+            data[rng.randrange(len(data))] = rng.choice(EDGE_BYTES)
+        elif kind == 2:
+            del data[rng.randrange(len(data) + 1) :]
+        elif kind == 3:
+            data += rng.randbytes(rng.randrange(1, 32))
+        elif kind == 4 and len(data) >= 4:  # total length, IHL or TCP data offset at edges
+            at = rng.choice((0, 2, 3, 32))
+            if at < len(data):
+                data[at] = rng.choice(EDGE_BYTES)
+        else:
+            other = rng.choice(seeds)
+            cut = rng.randrange(min(len(data), len(other)) + 1)
+            data = data[:cut] + other[cut:]
+    return bytes(data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--inputs", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--compare-every", type=int, default=10)
+    args = parser.parse_args(argv)
+
+    fast = FastDatapath([IPv4Network("10.96.0.0/12")], capacity=4096)
+    reference = ReferenceDatapath([IPv4Network("10.96.0.0/12")], capacity=4096)
+    fast.apply(snapshot())
+    reference.apply(snapshot())
+    rng = random.Random(args.seed)
+    seeds = corpus()
+    verdicts: Counter[str] = Counter()
+    disagreements: list[str] = []
+    started = time.monotonic()
+    for n in range(args.inputs):
+        data = mutate(rng, seeds)
+        action, reason, _, _, _ = fast.core.process(data, 1000.0, rng.random() < 0.2)
+        verdicts[f"{action}_{reason}"] += 1
+        if args.compare_every and n % args.compare_every == 0:
+            # Separate tables would drift apart on flow state, so compare stateless verdicts
+            # on a fresh pair: the parse and the first decision must match exactly.
+            pair: list[FastDatapath | ReferenceDatapath] = [
+                FastDatapath([IPv4Network("10.96.0.0/12")], capacity=8),
+                ReferenceDatapath([IPv4Network("10.96.0.0/12")], capacity=8),
+            ]
+            results = []
+            for datapath in pair:
+                datapath.apply(snapshot())
+                v = datapath.process(data)
+                results.append((v.action, v.reason, v.payload))
+            if results[0] != results[1] and len(disagreements) < 10:
+                disagreements.append(data.hex())
+    print(
+        json.dumps(
+            {
+                "inputs": args.inputs,
+                "seconds": round(time.monotonic() - started, 1),
+                "verdicts": dict(verdicts.most_common()),
+                "disagreements": disagreements,
+            }
+        )
+    )
+    return 1 if disagreements else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
