@@ -33,7 +33,9 @@ clean-lab: install
 	$(BIN)/nfqproxy cleanup
 
 # The extensions built with AddressSanitizer (-O1 -g), and their tests run against that
-# build: a copy of the package in build/asan with the sanitized modules in place.
+# build: a copy of the package in build/asan with the sanitized modules in place. The
+# kernel scenarios run the proxy itself (queue loop included) on the sanitized build,
+# since ip netns exec passes the environment on.
 ASAN_LIB = $(shell gcc -print-file-name=libasan.so)
 asan: install
 	rm -rf build/asan && mkdir -p build/asan
@@ -42,7 +44,8 @@ asan: install
 	PYTHONPATH=build/asan NFQPROXY_EXPECT_ASAN=1 LD_PRELOAD=$(ASAN_LIB) \
 	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
 	  $(BIN)/python -m pytest -p no:cacheprovider tests/unit/test_fast_vs_reference.py \
-	  tests/unit/test_maglev.py tests/unit/test_asan_build.py
+	  tests/unit/test_maglev.py tests/unit/test_asan_build.py \
+	  tests/kernel/test_traffic.py tests/kernel/test_malformed_packets.py
 	PYTHONPATH=build/asan LD_PRELOAD=$(ASAN_LIB) ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
 	  $(BIN)/python -m bench.fuzz_datapath --inputs 200000
 

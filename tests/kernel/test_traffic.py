@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
@@ -113,3 +115,11 @@ def test_20_mb_each_way_arrive_intact_through_the_vip(running_lab: RunningLab) -
     body = blob(size + 1)
     answer = running_lab.client.call(http_upload_digest, WEB_VIP, HTTP_PORT, body)
     assert answer == hashlib.sha256(body).hexdigest()
+
+
+def test_the_proxy_runs_the_sanitized_build_under_make_asan(running_lab: RunningLab) -> None:
+    if os.environ.get("NFQPROXY_EXPECT_ASAN") != "1":
+        pytest.skip("only under make asan")
+    assert running_lab.proxy is not None
+    maps = Path(f"/proc/{running_lab.proxy.pid}/maps").read_text()
+    assert "libasan" in maps and "build/asan/nfqproxy/_fastpath" in maps
