@@ -1,0 +1,45 @@
+"""The data-path benchmark runs end to end (--quick) and writes a complete report.
+
+This checks the report's structure, never its numbers: speed is the benchmark's business.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.datapath import MODES
+from nfqproxy.lab import netns
+
+pytestmark = pytest.mark.kernel
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_quick_benchmark_writes_json_markdown_and_a_plot_for_every_competitor(
+    tmp_path: Path,
+) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.datapath", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    (out,) = tmp_path.iterdir()
+    results = json.loads((out / "results.json").read_text())
+    for mode in MODES:
+        assert set(results["summary"][mode]) == {"tcp1", "tcp4", "udp_pps", "udp_loss"}, mode
+    assert (
+        results["bytes_per_flow"]["fast"] > 0
+        and results["maglev_build_ms"]["compiled"]["median"] > 0
+    )
+    report = (out / "report.md").read_text()
+    assert all(f"| {mode} |" in report for mode in MODES)
+    assert (out / "datapath.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [n for n in netns.names() if n.startswith("bench")]
