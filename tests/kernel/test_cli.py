@@ -62,7 +62,7 @@ def test_an_interrupted_demo_still_tears_everything_down() -> None:
     try:
         assert demo.stdout is not None
         for line in demo.stdout:
-            if "nfqproxy is running" in line:
+            if "is running in" in line:
                 break
         demo.send_signal(signal.SIGINT)
         assert demo.wait(60) == 130
