@@ -36,9 +36,10 @@ def run_demo(backends: int = 3, requests: int = 300) -> int:
     try:
         lab.up()
         proxy = start_proxy(lab)
-        wait_ready(lab, proxy)
+        datapath = wait_ready(lab, proxy).get("datapath", "?")
         print(
-            f"nfqproxy is running in {lab.node_ns} (pid {proxy.pid}), reading {lab.manifests_dir}"
+            f"nfqproxy ({datapath} data path) is running in {lab.node_ns} (pid {proxy.pid}), "
+            f"reading {lab.manifests_dir}"
         )
         with NetnsThread(lab.client_ns) as client:
             _print_split(
