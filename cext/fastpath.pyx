@@ -764,6 +764,17 @@ cdef class FastCore:
             index = f.newer
         return out
 
+    def state_counts(self):
+        """{"tcp/established": n, ...} over every flow, without a Python object per flow."""
+        cdef uint64_t counts[2][6]
+        cdef uint32_t index = self.oldest
+        memset(counts, 0, sizeof(counts))
+        while index != NIL:
+            counts[0 if self.entries[index].proto == 6 else 1][self.entries[index].state] += 1
+            index = self.entries[index].newer
+        return {f"{'tcp' if p == 0 else 'udp'}/{STATE_NAMES[st]}": counts[p][st]
+                for p in range(2) for st in range(S_COUNT) if counts[p][st]}
+
     @staticmethod
     def bytes_per_flow():
         """What one tracked flow costs: its entry plus two index slots at load factor 0.5."""

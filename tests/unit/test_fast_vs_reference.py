@@ -237,3 +237,21 @@ def test_checksum_partial_packets_leave_with_complete_checksums(packets: list[by
         assert (
             payload[:at] + payload[at + 2 :] == expected.payload[:at] + expected.payload[at + 2 :]
         )
+
+
+def test_a_large_table_reports_states_from_c_and_leaves_out_the_per_backend_breakdown() -> None:
+    from nfqproxy.datapath.conntable import SUMMARY_DETAIL_LIMIT
+
+    fast = FastDatapath(
+        [IPv4Network("10.96.0.0/12")], capacity=SUMMARY_DETAIL_LIMIT + 100, clock=Clock()
+    )
+    fast.apply(snapshot(frozenset({0, 1})))
+    template = bytearray(tcp_packet("10.0.0.1", 1, "10.96.0.10", 80))
+    for i in range(SUMMARY_DETAIL_LIMIT + 50):
+        template[12:16] = (0x0A000000 + (i >> 16)).to_bytes(4, "big")
+        template[20:22] = (i & 0xFFFF).to_bytes(2, "big")
+        fast.process(bytes(template))
+    table = fast.status()["connection_table"]
+    assert isinstance(table, dict)
+    assert table["by_state"] == {"tcp/syn_sent": SUMMARY_DETAIL_LIMIT + 50}
+    assert isinstance(table["by_backend"], str)

@@ -187,6 +187,11 @@ class ConnectionTable:
         return flow_summary(rows, self.capacity, self.evicted, self.expired)
 
 
+# Status is written twice a second; past this many flows it leaves out the per-backend
+# breakdown, which costs a Python object per flow.
+SUMMARY_DETAIL_LIMIT = 10_000
+
+
 def flow_summary(
     rows: list[tuple[int, str, str, str]], capacity: int, evicted: int, expired: int
 ) -> dict[str, object]:

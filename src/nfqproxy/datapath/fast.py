@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable, Iterable
 from ipaddress import IPv4Network, ip_address
 
-from nfqproxy.datapath.conntable import Timeouts, flow_summary
-from nfqproxy.datapath.reference import Action, Frontend, TableKey, Verdict, table_key
+from nfqproxy.datapath.conntable import SUMMARY_DETAIL_LIMIT, Timeouts, flow_summary
+from nfqproxy.datapath.reference import Action, Frontend, TableKey, Verdict, plan_changes
 from nfqproxy.model import Snapshot
 
 try:
@@ -70,21 +70,13 @@ class FastDatapath:
 
     def apply(self, snapshot: Snapshot) -> list[str]:
         """As ReferenceDatapath.apply: rebuilds only what changed, all or nothing."""
-        old_ports, new_ports = self._snapshot.ports, snapshot.ports
-        built = {
-            table_key(model_key): Frontend.from_model(port, self.seed)
-            for model_key, port in new_ports.items()
-            if old_ports.get(model_key) != port
-        }
-        changed = [old_ports[k].name for k in old_ports.keys() - new_ports.keys()]
-        changed += [frontend.name for frontend in built.values()]
-        for model_key in old_ports.keys() - new_ports.keys():
-            key = table_key(model_key)
+        changes = plan_changes(self._snapshot, snapshot, self.seed)
+        for key in changes.removed:
             slot = self._slots.pop(key)
             self.core.remove_frontend(slot)
             self._free_slots.append(slot)
             del self._frontends[key]
-        for key, frontend in built.items():
+        for key, frontend in changes.built.items():
             if key not in self._slots:
                 self._slots[key] = self._free_slots.pop() if self._free_slots else len(self._slots)
             slot = self._slots[key]
@@ -100,9 +92,9 @@ class FastDatapath:
             self._frontends[key] = frontend
         self.core.rebuild_maps()
         self._snapshot = snapshot
-        if changed:
+        if changes.names:
             self.core.forget_udp_flows_to_removed_backends()
-        return changed
+        return changes.names
 
     def process(self, raw: bytes) -> Verdict:
         action, reason, payload, proxied, hairpin = self.core.process(raw, self.clock())
@@ -115,18 +107,22 @@ class FastDatapath:
         return len(self.core)
 
     def status(self) -> dict[str, object]:
-        rows = []
-        for proto, _, _, vip, vport, backend_ip, backend_port, state, _ in self.core.flows():
-            frontend = self._frontends.get((vip, proto, vport))
-            rows.append(
-                (
-                    proto,
-                    state,
-                    frontend.name if frontend else "?",
-                    f"{ip_address(backend_ip)}:{backend_port}",
-                )
-            )
-        table = flow_summary(rows, self.capacity, self.core.evicted, self.core.expired)
+        if len(self.core) > SUMMARY_DETAIL_LIMIT:
+            table: dict[str, object] = {
+                "flows": len(self.core),
+                "capacity": self.capacity,
+                "evicted": self.core.evicted,
+                "expired": self.core.expired,
+                "by_state": self.core.state_counts(),
+                "by_backend": f"left out above {SUMMARY_DETAIL_LIMIT} flows",
+            }
+        else:
+            rows = []
+            for proto, _, _, vip, vport, backend_ip, backend_port, state, _ in self.core.flows():
+                frontend = self._frontends.get((vip, proto, vport))
+                name = frontend.name if frontend else "?"
+                rows.append((proto, state, name, f"{ip_address(backend_ip)}:{backend_port}"))
+            table = flow_summary(rows, self.capacity, self.core.evicted, self.core.expired)
         return {
             "service_ports": len(self._frontends),
             "connection_table": table,

@@ -79,6 +79,28 @@ def table_key(key: ServicePortKey) -> TableKey:
     return (vip.packed, PROTOCOLS[protocol], port)
 
 
+@dataclass(frozen=True)
+class TableChanges:
+    """What programming a new snapshot takes: frontends to drop, frontends (re)built."""
+
+    removed: list[TableKey]
+    built: dict[TableKey, Frontend]
+    names: list[str]  # the service ports added, changed or removed
+
+
+def plan_changes(old: Snapshot, new: Snapshot, seed: int) -> TableChanges:
+    """The changes from old to new. Every new frontend is built here, before any table is
+    touched, so that a failure (too many backends, say) leaves the data path as it was."""
+    built = {
+        table_key(model_key): Frontend.from_model(port, seed)
+        for model_key, port in new.ports.items()
+        if old.ports.get(model_key) != port
+    }
+    gone = old.ports.keys() - new.ports.keys()
+    names = [old.ports[k].name for k in gone] + [f.name for f in built.values()]
+    return TableChanges([table_key(k) for k in gone], built, names)
+
+
 class ReferenceDatapath:
     def __init__(
         self,
@@ -108,27 +130,19 @@ class ReferenceDatapath:
 
         Returns the names of the service ports added, changed or removed.
         """
-        old_ports, new_ports = self._snapshot.ports, snapshot.ports
-        # Build every new frontend before touching the tables: if one fails, nothing changed.
-        built = {
-            table_key(model_key): Frontend.from_model(port, self.seed)
-            for model_key, port in new_ports.items()
-            if old_ports.get(model_key) != port
-        }
-        changed = [old_ports[k].name for k in old_ports.keys() - new_ports.keys()]
-        changed += [frontend.name for frontend in built.values()]
-        for model_key in old_ports.keys() - new_ports.keys():
-            self._unindex(table_key(model_key))
-        for key, frontend in built.items():
+        changes = plan_changes(self._snapshot, snapshot, self.seed)
+        for key in changes.removed:
+            self._unindex(key)
+        for key, frontend in changes.built.items():
             self._unindex(key)
             self._frontends[key] = frontend
             self._vips[key[0]] += 1
             for address, port_number in frontend.backends:
                 self._by_backend.setdefault((key[1], address, port_number), []).append(key)
         self._snapshot = snapshot
-        if changed:
+        if changes.names:
             self._forget_udp_flows_to_removed_backends()
-        return changed
+        return changes.names
 
     def _unindex(self, key: TableKey) -> None:
         """Removes a frontend and its entries in the VIP and backend indexes."""
