@@ -14,6 +14,7 @@ from types import FrameType
 
 from nfqproxy.controller import Proxy, ProxyConfig
 from nfqproxy.datapath.fast import fast_path_available
+from nfqproxy.health import parse_bind_address
 
 log = logging.getLogger("nfqproxy")
 
@@ -67,6 +68,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="this node's name, for internalTrafficPolicy Local (default $NODE_NAME)",
     )
     run.add_argument("--status-file", type=Path, help="write status JSON here twice a second")
+    run.add_argument(
+        "--min-sync-period",
+        type=float,
+        default=1.0,
+        help="seconds between syncs at least; changes in between are coalesced",
+    )
+    run.add_argument(
+        "--sync-period",
+        type=float,
+        default=30.0,
+        help="seconds between syncs at most (a periodic resync)",
+    )
+    run.add_argument(
+        "--healthz-bind-address",
+        default="0.0.0.0:10256",
+        help="/healthz and /livez (JSON); empty to turn off",
+    )
+    run.add_argument(
+        "--metrics-bind-address",
+        default="127.0.0.1:10249",
+        help="/metrics (Prometheus); empty to turn off",
+    )
     run.add_argument(
         "--flow-capacity", type=int, default=1 << 20, help="flows tracked (default 1M)"
     )
@@ -134,6 +157,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             node_name=args.hostname_override,
             status_file=args.status_file,
             datapath=args.datapath,
+            min_sync_period=args.min_sync_period,
+            sync_period=args.sync_period,
+            healthz_bind=parse_bind_address(args.healthz_bind_address, "--healthz-bind-address"),
+            metrics_bind=parse_bind_address(args.metrics_bind_address, "--metrics-bind-address"),
             iptables=args.iptables,
             flow_capacity=args.flow_capacity,
         )

@@ -20,7 +20,9 @@ from typing import Any, TypeVar
 from nfqproxy.datapath.fast import FastDatapath
 from nfqproxy.datapath.queue import FastQueueBinding, QueueBinding
 from nfqproxy.datapath.reference import ReferenceDatapath
+from nfqproxy.health import HealthServer
 from nfqproxy.hooks import HookConfig, HookManager
+from nfqproxy.metrics import ProxyMetrics
 from nfqproxy.model import (
     EndpointSliceSpec,
     ObjectError,
@@ -31,6 +33,7 @@ from nfqproxy.model import (
     parse_service,
 )
 from nfqproxy.sources.manifests import ManifestObjects, ManifestSource, atomic_write
+from nfqproxy.sync_runner import BoundedFrequencyRunner
 
 log = logging.getLogger(__name__)
 SpecT = TypeVar("SpecT", ServiceSpec, EndpointSliceSpec)
@@ -51,6 +54,10 @@ class ProxyConfig:
     seed: int = 0
     poll_interval: float = 0.2
     datapath: str = "reference"  # or "fast"
+    min_sync_period: float = 1.0
+    sync_period: float = 30.0
+    healthz_bind: tuple[str, int] | None = ("0.0.0.0", 10256)
+    metrics_bind: tuple[str, int] | None = ("127.0.0.1", 10249)
 
 
 class Proxy:
@@ -71,10 +78,23 @@ class Proxy:
         self.source = ManifestSource(config.manifests, config.service_cidrs)
         self.ready = False
         self.syncs = 0
-        self.last_sync: float | None = None
+        self.last_sync: float | None = None  # wall clock, of the last successful sync
         self.object_errors: list[str] = []
+        self._objects = ManifestObjects()
+        self.runner = BoundedFrequencyRunner(self.sync, config.min_sync_period, config.sync_period)
+        self.metrics = ProxyMetrics(self.status, config.queue_num)
+        self.health = HealthServer(lambda: self.last_sync, config.sync_period, self.metrics)
 
-    async def sync(self, objects: ManifestObjects) -> None:
+    async def on_change(self, objects: ManifestObjects) -> None:
+        """A source saw a change: keep the objects, ask the runner for a sync."""
+        self._objects = objects
+        self.metrics.last_queued.set_to_current_time()
+        self.runner.request()
+
+    async def sync(self) -> None:
+        """Programs the data path from the latest objects. Raises if that failed, so the
+        runner retries; the last good tables stay in force meanwhile."""
+        objects = self._objects
         started = time.monotonic()
         services, slices, errors = [], [], []
         for obj in objects.services:
@@ -98,11 +118,13 @@ class Proxy:
             changed = self.datapath.apply(snapshot)
         except Exception:
             # Tables are swapped only once every frontend is built, so the old ones stand.
-            log.exception("sync failed; the data path keeps its last good tables")
+            log.error("sync failed; the data path keeps its last good tables")
             self.write_status()
-            return
+            raise
         self.syncs += 1
         self.last_sync = time.time()
+        self.metrics.sync_duration.observe(time.monotonic() - started)
+        self.metrics.last_sync.set(self.last_sync)
         log.info(
             "sync %d: %d service ports changed in %.1f ms",
             self.syncs,
@@ -157,11 +179,15 @@ class Proxy:
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        self.source.refresh()  # before the first sync: never program an empty table at start
+        self._objects = self.source.objects()
         self.queue.open(loop)
         tasks: list[asyncio.Task[None]] = []
         try:
+            await self.health.start(self.config.healthz_bind, self.config.metrics_bind)
             tasks = [
-                asyncio.create_task(self.source.watch(self.sync, self.config.poll_interval)),
+                asyncio.create_task(self.source.watch(self.on_change, self.config.poll_interval)),
+                asyncio.create_task(self.runner.run()),
                 asyncio.create_task(self._housekeeping()),
             ]
             stopper = asyncio.create_task(stop.wait())
@@ -173,6 +199,7 @@ class Proxy:
         finally:
             for task in tasks:
                 task.cancel()
+            await self.health.stop()
             self.hooks.remove()
             self.queue.close()
             self.ready = False

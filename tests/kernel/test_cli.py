@@ -10,7 +10,7 @@ import time
 import pytest
 
 from nfqproxy.lab import netns
-from nfqproxy.lab.proxy import proxy_command
+from nfqproxy.lab.proxy import proxy_command, read_status
 from nfqproxy.lab.topology import HTTP_PORT, WEB_VIP, Lab, all_labs
 from nfqproxy.lab.traffic import http_split
 from tests.kernel.conftest import RunningLab, new_lab
@@ -76,6 +76,10 @@ def test_an_interrupted_demo_still_tears_everything_down() -> None:
 
 def test_a_new_service_in_the_manifests_answers_within_1_s(fresh_lab: RunningLab) -> None:
     lab = fresh_lab.lab
+    # Syncs keep --min-sync-period (1 s) apart, as kube-proxy's do: start from a proxy
+    # whose last sync is at least that old, so the change alone is timed.
+    while time.time() - read_status(lab)["last_sync"] < 1.0:
+        time.sleep(0.05)
     extra = lab.manifests_dir / "extra.yaml"
     extra.write_text(
         (lab.manifests_dir / "services.yaml")
