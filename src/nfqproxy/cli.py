@@ -44,8 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--manifests",
         type=Path,
-        required=True,
-        help="a YAML file or folder of Service and EndpointSlice manifests",
+        help="a YAML file or folder of Service and EndpointSlice manifests "
+        "(without it: the Kubernetes API)",
+    )
+    run.add_argument(
+        "--api-server",
+        help="the API server's URL (it cannot be the kubernetes "
+        "Service's ClusterIP, which this proxy programs)",
+    )
+    run.add_argument("--kubeconfig", help="credentials; default: in-cluster")
+    run.add_argument(
+        "--service-proxy-name",
+        default=None,
+        help="serve only services labelled service.kubernetes.io/service-proxy-name=NAME",
     )
     run.add_argument(
         "--service-cidr",
@@ -152,6 +163,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 2
         config = ProxyConfig(
             manifests=args.manifests,
+            api_server=args.api_server,
+            kubeconfig=args.kubeconfig,
+            service_proxy_name=args.service_proxy_name,
             service_cidrs=tuple(args.service_cidrs or [IPv4Network("10.96.0.0/12")]),
             queue_num=args.queue_num,
             node_name=args.hostname_override,

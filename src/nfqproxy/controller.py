@@ -32,6 +32,7 @@ from nfqproxy.model import (
     parse_endpoint_slice,
     parse_service,
 )
+from nfqproxy.sources.kubernetes import KubernetesSource, api_client
 from nfqproxy.sources.manifests import ManifestObjects, ManifestSource, atomic_write
 from nfqproxy.sync_runner import BoundedFrequencyRunner
 
@@ -44,7 +45,7 @@ EXPIRY_INTERVAL = 1.0
 
 @dataclass(frozen=True)
 class ProxyConfig:
-    manifests: Path
+    manifests: Path | None = None  # None: the Kubernetes API
     service_cidrs: tuple[IPv4Network, ...] = (IPv4Network("10.96.0.0/12"),)
     queue_num: int = 100
     node_name: str | None = None
@@ -56,6 +57,10 @@ class ProxyConfig:
     datapath: str = "reference"  # or "fast"
     min_sync_period: float = 1.0
     sync_period: float = 30.0
+    api_server: str | None = None
+    kubeconfig: str | None = None
+    service_proxy_name: str | None = None
+    watch_timeout: tuple[int, int] = (240, 290)  # below the client's 300 s request limit
     healthz_bind: tuple[str, int] | None = ("0.0.0.0", 10256)
     metrics_bind: tuple[str, int] | None = ("127.0.0.1", 10249)
 
@@ -75,7 +80,10 @@ class Proxy:
             self.queue = FastQueueBinding(config.queue_num, self.datapath)
         else:
             self.queue = QueueBinding(config.queue_num, self.datapath)
-        self.source = ManifestSource(config.manifests, config.service_cidrs)
+        self.source = (
+            ManifestSource(config.manifests, config.service_cidrs) if config.manifests else None
+        )
+        self.kube: KubernetesSource | None = None
         self.ready = False
         self.syncs = 0
         self.last_sync: float | None = None  # wall clock, of the last successful sync
@@ -95,11 +103,15 @@ class Proxy:
         """Programs the data path from the latest objects. Raises if that failed, so the
         runner retries; the last good tables stay in force meanwhile."""
         objects = self._objects
+        if self.kube is not None:
+            objects = ManifestObjects(*self.kube.services_and_slices())
         started = time.monotonic()
         services, slices, errors = [], [], []
         for obj in objects.services:
             try:
-                services.append(parse_service(obj, self.config.service_cidrs))
+                services.append(
+                    parse_service(obj, self.config.service_cidrs, self.config.service_proxy_name)
+                )
             except ObjectError as exc:
                 errors.append(f"{object_ref(obj)}: {exc}")
         for obj in objects.endpoint_slices:
@@ -155,11 +167,37 @@ class Proxy:
             "datapath": self.config.datapath,
             "syncs": self.syncs,
             "last_sync": self.last_sync,
-            "manifest_errors": sorted(self.source.errors.values()),
+            "manifest_errors": sorted(self.source.errors.values()) if self.source else [],
+            "api": self._api_status(),
             "object_errors": self.object_errors,
             "queue": self.queue.stats(),
             **self.datapath.status(),
         }
+
+    def _api_status(self) -> dict[str, object]:
+        if self.kube is None:
+            return {}
+        informers = (self.kube.services, self.kube.endpoint_slices)
+        return {
+            i.name: {
+                "objects": len(i.cache),
+                "synced": i.synced.is_set(),
+                "lists": i.relists,
+                "errors": i.errors,
+                "resourceVersion": i.resource_version,
+            }
+            for i in informers
+        }
+
+    def _api_changed(self) -> None:
+        self.metrics.last_queued.set_to_current_time()
+        self.runner.request()
+
+    async def _run_after_sync(self) -> None:
+        assert self.kube is not None
+        await self.kube.wait_synced()  # program nothing until both caches are full
+        log.info("services and endpoint slices synced from the API")
+        await self.runner.run()
 
     def write_status(self) -> None:
         if self.config.status_file is not None:
@@ -179,15 +217,25 @@ class Proxy:
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        self.source.refresh()  # before the first sync: never program an empty table at start
-        self._objects = self.source.objects()
+        client = None
+        if self.source is not None:
+            self.source.refresh()  # before the first sync: never program an empty table
+            self._objects = self.source.objects()
+            feed = self.source.watch(self.on_change, self.config.poll_interval)
+            syncing = self.runner.run()
+        else:
+            client = await api_client(self.config.api_server, self.config.kubeconfig)
+            self.kube = KubernetesSource(
+                client, self._api_changed, self.config.service_proxy_name, self.config.watch_timeout
+            )
+            feed, syncing = self.kube.run(), self._run_after_sync()
         self.queue.open(loop)
         tasks: list[asyncio.Task[None]] = []
         try:
             await self.health.start(self.config.healthz_bind, self.config.metrics_bind)
             tasks = [
-                asyncio.create_task(self.source.watch(self.on_change, self.config.poll_interval)),
-                asyncio.create_task(self.runner.run()),
+                asyncio.create_task(feed),
+                asyncio.create_task(syncing),
                 asyncio.create_task(self._housekeeping()),
             ]
             stopper = asyncio.create_task(stop.wait())
@@ -202,6 +250,8 @@ class Proxy:
             await self.health.stop()
             self.hooks.remove()
             self.queue.close()
+            if client is not None:
+                await client.close()
             self.ready = False
             self.write_status()
 

@@ -178,7 +178,11 @@ class EndpointSliceSpec:
     ports: tuple[SlicePortSpec, ...]
 
 
-def parse_service(obj: Mapping[str, Any], service_cidrs: Iterable[IPNetwork]) -> ServiceSpec:
+def parse_service(
+    obj: Mapping[str, Any],
+    service_cidrs: Iterable[IPNetwork],
+    service_proxy_name: str | None = None,
+) -> ServiceSpec:
     """A Service as the model needs it. Raises ObjectError naming the bad field."""
     namespace, name = _metadata(obj, DNS_1035_LABEL)
     labels = _mapping(obj["metadata"].get("labels"), "metadata.labels", required=False)
@@ -188,8 +192,9 @@ def parse_service(obj: Mapping[str, Any], service_cidrs: Iterable[IPNetwork]) ->
         raise ObjectError("spec.type", f"{svc_type!r:.40} is not a known Service type")
 
     skip_reason = None
-    if LABEL_SERVICE_PROXY_NAME in labels:
-        skip_reason = f"labelled {LABEL_SERVICE_PROXY_NAME}"
+    if labels.get(LABEL_SERVICE_PROXY_NAME) != service_proxy_name:
+        # kube-proxy serves unlabelled services, or with --service-proxy-name only its own.
+        skip_reason = f"{LABEL_SERVICE_PROXY_NAME} is not {service_proxy_name or 'absent'}"
     elif svc_type == "ExternalName":
         skip_reason = "type ExternalName"
 

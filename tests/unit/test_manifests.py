@@ -36,7 +36,7 @@ def test_a_kubectl_list_and_multi_document_yaml_load_alike(tmp_path: Path) -> No
 
 def test_a_list_mixing_services_and_slices_is_split_by_kind(tmp_path: Path) -> None:
     services, slices = lab_services(), lab_endpoint_slices([1, 2])
-    both = {"apiVersion": "v1", "kind": "List", "items": [*services["items"], *slices["items"]]}  # type: ignore[misc]
+    both = {"apiVersion": "v1", "kind": "List", "items": [*services["items"], *slices["items"]]}
     loaded = load_manifest_file(write(tmp_path / "all.yaml", both), CIDRS)
     assert (len(loaded.services), len(loaded.endpoint_slices)) == (2, 1)
 
@@ -115,7 +115,7 @@ def test_watch_delivers_the_initial_state_and_then_each_change(tmp_path: Path) -
         task = asyncio.create_task(ManifestSource(path, CIDRS).watch(on_change, interval=0.01))
         await asyncio.sleep(0.05)
         services = lab_services()
-        services["items"] = services["items"][:1]  # type: ignore[index]
+        services["items"] = services["items"][:1]
         write(path, services)
         for _ in range(100):
             await asyncio.sleep(0.01)

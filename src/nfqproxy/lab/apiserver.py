@@ -24,12 +24,14 @@ import base64
 import copy
 import json
 import re
+import socket
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal
 
 from aiohttp import web
+from aiohttp.client_exceptions import ClientConnectionResetError
 
 Obj = dict[str, Any]
 
@@ -278,6 +280,15 @@ class FakeApiServer:
         self.url = f"http://{host}:{sockets[0].getsockname()[1]}"
         return self.url
 
+    async def start_on_socket(self, sock: socket.socket) -> str:
+        """Serves on a listening socket made elsewhere (inside a lab namespace, say)."""
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        await web.SockSite(self._runner, sock).start()
+        host, port = sock.getsockname()[:2]
+        self.url = f"http://{host}:{port}"
+        return self.url
+
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
@@ -446,6 +457,24 @@ class FakeApiServer:
             )
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
+        try:
+            return await self._stream(
+                request, response, resource, matches, since, timeout, bookmarks, expired
+            )
+        except (ConnectionResetError, ClientConnectionResetError):
+            return response  # the client went away: the watch is over
+
+    async def _stream(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        resource: Resource,
+        matches: Callable[[Obj | None], bool],
+        since: int,
+        timeout: float,
+        bookmarks: bool,
+        expired: bool,
+    ) -> web.StreamResponse:
 
         async def send(kind: str, obj: Obj) -> None:
             await response.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")

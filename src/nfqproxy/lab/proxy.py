@@ -19,13 +19,13 @@ def proxy_command() -> list[str]:
     return [str(installed)] if installed.exists() else [shutil.which("nfqproxy") or "nfqproxy"]
 
 
-def run_command(lab: Lab, *extra: str) -> list[str]:
-    """The command that runs `nfqproxy run` on the lab's manifests in its node namespace."""
+def run_command(lab: Lab, *extra: str, api_server: str | None = None) -> list[str]:
+    """`nfqproxy run` in the lab's node namespace, on its manifests or on an API server."""
+    source = ["--api-server", api_server] if api_server else ["--manifests", str(lab.manifests_dir)]
     command = [
         *proxy_command(),
         "run",
-        "--manifests",
-        str(lab.manifests_dir),
+        *source,
         "--service-cidr",
         SERVICE_CIDR,
         "--hostname-override",
@@ -35,11 +35,14 @@ def run_command(lab: Lab, *extra: str) -> list[str]:
     return netns.exec_command(lab.node_ns, command)
 
 
-def start_proxy(lab: Lab, *extra: str, key: str = "proxy") -> subprocess.Popen[bytes]:
+def start_proxy(
+    lab: Lab, *extra: str, key: str = "proxy", api_server: str | None = None
+) -> subprocess.Popen[bytes]:
     """Starts nfqproxy in the lab, writing its status file to lab.status_file."""
     if lab.status_file.exists():
         lab.status_file.unlink()
-    return lab.start_process(key, run_command(lab, "--status-file", str(lab.status_file), *extra))
+    status = ["--status-file", str(lab.status_file)]
+    return lab.start_process(key, run_command(lab, *status, *extra, api_server=api_server))
 
 
 def read_status(lab: Lab) -> dict[str, Any]:

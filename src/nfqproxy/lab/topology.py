@@ -23,6 +23,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -268,8 +269,8 @@ def all_labs() -> list[str]:
     return sorted(p.name for p in LABS_DIR.iterdir()) if LABS_DIR.is_dir() else []
 
 
-def lab_services() -> dict[str, object]:
-    def service(name: str, vip: str) -> dict[str, object]:
+def lab_services() -> dict[str, Any]:
+    def service(name: str, vip: str) -> dict[str, Any]:
         return {
             "apiVersion": "v1",
             "kind": "Service",
@@ -297,7 +298,7 @@ def lab_services() -> dict[str, object]:
     }
 
 
-def lab_endpoint_slices(backend_indexes: list[int]) -> dict[str, object]:
+def lab_endpoint_slices(backend_indexes: list[int]) -> dict[str, Any]:
     endpoints = [
         {
             "addresses": [backend_ip(i)],

@@ -1,0 +1,286 @@
+"""Services and EndpointSlices from the Kubernetes API: list, then watch, as client-go does.
+
+Each resource has an Informer:
+- list in pages (limit/continue), then diff against the cache, so that objects that
+  vanished while we were not watching become deletions;
+- watch from the list's resourceVersion, with bookmarks and a jittered timeout below the
+  client's 300 s request limit;
+- on 410 Expired, as an HTTP status or as an in-stream ERROR event, list again;
+- on any other error (500s, garbage, a cut stream) back off exponentially with jitter and
+  try again. The cache, and so the data plane, keeps its last good state throughout.
+
+Objects stay plain dicts: the client is called without_preload_content and the JSON is
+parsed with json.loads, about 10x cheaper than building models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+ObjectKey = tuple[str, str]
+# The kubernetes.aio call for one resource: keyword arguments as the client names them,
+# returning the raw aiohttp response.
+ListCall = Callable[..., Awaitable[Any]]
+
+LABEL_SERVICE_PROXY_NAME = "service.kubernetes.io/service-proxy-name"
+LABEL_HEADLESS = "service.kubernetes.io/headless"
+PAGE_SIZE = 500
+
+
+class Expired(Exception):
+    """410: the resourceVersion or continue token is too old; list again."""
+
+
+class ApiError(Exception):
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Backoff:
+    initial: float = 0.5
+    maximum: float = 30.0
+    failures: int = 0
+
+    def next_delay(self) -> float:
+        self.failures += 1
+        delay = min(self.initial * 2 ** (self.failures - 1), self.maximum)
+        return float(delay * random.uniform(0.8, 1.2))
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class Informer:
+    def __init__(
+        self,
+        name: str,
+        list_call: ListCall,
+        on_change: Callable[[], None],
+        label_selector: str = "",
+        field_selector: str = "",
+        watch_timeout: tuple[int, int] = (240, 290),
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.name = name
+        self.list_call = list_call
+        self.on_change = on_change
+        self.label_selector = label_selector
+        self.field_selector = field_selector
+        self.watch_timeout = watch_timeout
+        self.backoff = backoff or Backoff()
+        self.cache: dict[ObjectKey, Obj] = {}
+        self.synced = asyncio.Event()
+        self.resource_version = ""
+        self.relists = 0
+        self.errors = 0
+
+    def _selectors(self) -> dict[str, str]:
+        selectors = {}
+        if self.label_selector:
+            selectors["label_selector"] = self.label_selector
+        if self.field_selector:
+            selectors["field_selector"] = self.field_selector
+        return selectors
+
+    async def _request(self, **kwargs: Any) -> Any:
+        response = await self.list_call(**self._selectors(), **kwargs)
+        if response.status == 410:
+            response.release()
+            raise Expired(f"{self.name}: 410 from the API server")
+        if response.status != 200:
+            body = (await response.text())[:300]
+            code = response.status
+            response.release()
+            if code == 400 and self.field_selector and "field label not supported" in body:
+                log.warning(
+                    "%s: the API server refuses the field selector %r; filtering on our side",
+                    self.name,
+                    self.field_selector,
+                )
+                self.field_selector = ""  # headless services are skipped by the model anyway
+            raise ApiError(f"{self.name}: HTTP {code}: {body}", code)
+        return response
+
+    async def list(self) -> None:
+        """Lists everything, then replaces the cache, telling deletions apart."""
+        fresh: dict[ObjectKey, Obj] = {}
+        token = ""
+        while True:
+            response = await self._request(
+                limit=PAGE_SIZE, **({"_continue": token} if token else {})
+            )
+            try:
+                document = json.loads(await response.read())
+            except ValueError as exc:
+                raise ApiError(f"{self.name}: the list is not JSON: {exc}") from None
+            for item in document.get("items") or []:
+                meta = item.get("metadata") or {}
+                fresh[(str(meta.get("namespace", "")), str(meta.get("name", "")))] = item
+            token = (document.get("metadata") or {}).get("continue") or ""
+            if not token:
+                break
+        vanished = self.cache.keys() - fresh.keys()
+        changed = vanished or any(self.cache.get(k) != v for k, v in fresh.items())
+        self.cache = fresh
+        self.resource_version = str((document.get("metadata") or {}).get("resourceVersion", ""))
+        self.relists += 1
+        if vanished:
+            log.info(
+                "%s: %d objects vanished since the last list; deleting them",
+                self.name,
+                len(vanished),
+            )
+        if changed or not self.synced.is_set():
+            self.synced.set()
+            self.on_change()
+
+    async def watch(self) -> None:
+        """Watches from self.resource_version until the server closes the stream."""
+        timeout = random.randint(*self.watch_timeout)
+        response = await self._request(
+            watch=True,
+            resource_version=self.resource_version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=timeout,
+        )
+        try:
+            async for line in response.content:
+                if not line.strip():
+                    continue
+                try:
+                    event = json.loads(line)
+                    kind, obj = event["type"], event["object"]
+                    meta = obj.get("metadata") or {}
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    raise ApiError(
+                        f"{self.name}: a watch event that is not JSON: {line[:120]!r}"
+                    ) from None
+                if kind == "ERROR":
+                    if obj.get("code") == 410:
+                        raise Expired(
+                            f"{self.name}: {obj.get('message', '410 in the watch stream')}"
+                        )
+                    raise ApiError(
+                        f"{self.name}: watch error {obj.get('code')}: {obj.get('message')}"
+                    )
+                self.resource_version = str(meta.get("resourceVersion", self.resource_version))
+                if kind == "BOOKMARK":
+                    continue
+                key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+                if kind == "DELETED":
+                    self.cache.pop(key, None)
+                else:
+                    self.cache[key] = obj
+                self.backoff.reset()
+                self.on_change()
+        finally:
+            response.release()
+
+    async def run(self) -> None:
+        """List and watch until cancelled; never gives up and never drops the cache."""
+        need_list = True
+        while True:
+            try:
+                if need_list:
+                    await self.list()
+                    need_list = False
+                await self.watch()
+                self.backoff.reset()
+            except Expired as exc:
+                log.info("%s; listing again", exc)
+                need_list = True
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.errors += 1
+                delay = self.backoff.next_delay()
+                log.error(
+                    "%s: %s; retrying in %.1f s, keeping the last good state",
+                    self.name,
+                    exc if str(exc) else type(exc).__name__,
+                    delay,
+                )
+                need_list = need_list or (isinstance(exc, ApiError) and exc.code is None)
+                await asyncio.sleep(delay)
+
+
+def service_selector(service_proxy_name: str | None) -> str:
+    """kube-proxy's: services with no proxy name, or only ours when one is given."""
+    if service_proxy_name:
+        return f"{LABEL_SERVICE_PROXY_NAME}={service_proxy_name}"
+    return f"!{LABEL_SERVICE_PROXY_NAME}"
+
+
+async def api_client(api_server: str | None, kubeconfig: str | None) -> Any:
+    """A kubernetes.aio ApiClient: from a kubeconfig, or in-cluster credentials, and
+    --api-server overriding the address. A kube-proxy replacement cannot reach the API
+    through the kubernetes Service's ClusterIP, which it programs itself."""
+    from kubernetes.aio import client, config
+
+    configuration = client.Configuration()
+    if kubeconfig:
+        await config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, client_configuration=configuration
+        )
+    elif not api_server or api_server.startswith("https"):
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    if api_server:
+        configuration.host = api_server
+    return client.ApiClient(configuration)
+
+
+class KubernetesSource:
+    """Informers for Services and EndpointSlices, with kube-proxy's selectors."""
+
+    def __init__(
+        self,
+        client_api: Any,
+        on_change: Callable[[], None],
+        service_proxy_name: str | None = None,
+        watch_timeout: tuple[int, int] = (240, 290),
+    ) -> None:
+        from kubernetes.aio import client
+
+        core, discovery = client.CoreV1Api(client_api), client.DiscoveryV1Api(client_api)
+        self.services = Informer(
+            "services",
+            core.list_service_for_all_namespaces_without_preload_content,
+            on_change,
+            service_selector(service_proxy_name),
+            "spec.clusterIP!=None",
+            watch_timeout,
+        )
+        self.endpoint_slices = Informer(
+            "endpointslices",
+            discovery.list_endpoint_slice_for_all_namespaces_without_preload_content,
+            on_change,
+            f"!{LABEL_HEADLESS}",
+            "",
+            watch_timeout,
+        )
+
+    @property
+    def synced(self) -> bool:
+        return self.services.synced.is_set() and self.endpoint_slices.synced.is_set()
+
+    async def wait_synced(self) -> None:
+        """Program nothing before both caches hold a full list."""
+        await self.services.synced.wait()
+        await self.endpoint_slices.synced.wait()
+
+    def services_and_slices(self) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+        return list(self.services.cache.values()), list(self.endpoint_slices.cache.values())
+
+    async def run(self) -> None:
+        await asyncio.gather(self.services.run(), self.endpoint_slices.run())

@@ -1,0 +1,178 @@
+"""The proxy following the in-process API server, with real traffic in a namespace lab."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, TypeVar
+
+import pytest
+
+from nfqproxy.lab.apiserver import FakeApiServer
+from nfqproxy.lab.netns import NetnsThread
+from nfqproxy.lab.proxy import read_status, start_proxy, wait_ready
+from nfqproxy.lab.topology import HTTP_PORT, WEB_VIP, lab_endpoint_slices, lab_services
+from nfqproxy.lab.traffic import http_get, http_split
+from tests.kernel.conftest import RunningLab, new_lab
+
+pytestmark = pytest.mark.kernel
+T = TypeVar("T")
+
+
+def listener() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    return sock
+
+
+class ServedApi:
+    """A FakeApiServer on an event loop thread of its own, listening inside a namespace."""
+
+    def __init__(self, namespace: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        with NetnsThread(namespace) as inside:
+            sock = inside.call(listener)
+        self.server = FakeApiServer(bookmark_interval=0.5)
+        self.url = self.call(self.server.start_on_socket(sock))
+
+    def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(10)
+
+    def close(self) -> None:
+        self.call(self.server.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@pytest.fixture
+def api_lab() -> Iterator[tuple[RunningLab, ServedApi]]:
+    running = RunningLab(new_lab())
+    api: ServedApi | None = None
+    try:
+        running.lab.up()
+        api = ServedApi(running.lab.node_ns)
+        for item in lab_services()["items"]:
+            api.call(api.server.create("services", item))
+        for item in lab_endpoint_slices([1, 2, 3])["items"]:
+            api.call(api.server.create("endpointslices", item))
+        running.proxy = start_proxy(running.lab, api_server=api.url)
+        wait_ready(running.lab, running.proxy)
+        yield running, api
+    finally:
+        running.close()
+        if api is not None:
+            api.close()
+
+
+def eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return check()
+
+
+def backends_seen(running: RunningLab, count: int = 30) -> set[str]:
+    return set(running.client.call(http_split, WEB_VIP, HTTP_PORT, count, 1.0))
+
+
+def test_traffic_follows_services_and_slices_listed_from_the_api(
+    api_lab: tuple[RunningLab, ServedApi],
+) -> None:
+    running, api = api_lab
+    assert backends_seen(running) == {"be1", "be2", "be3"}
+    status = read_status(running.lab)
+    assert status["api"]["services"]["synced"] and status["api"]["endpointslices"]["objects"] == 1
+    assert any(
+        "fieldSelector=spec.clusterIP" in r and "limit=500" in r for r in api.server.requests
+    )
+    assert any("watch=true" in r and "allowWatchBookmarks=true" in r for r in api.server.requests)
+
+
+def test_an_endpoint_removed_through_a_watch_gets_no_new_connections(
+    api_lab: tuple[RunningLab, ServedApi],
+) -> None:
+    running, api = api_lab
+    api.call(api.server.update("endpointslices", lab_endpoint_slices([1, 2])["items"][0]))
+    assert eventually(lambda: backends_seen(running, 20) == {"be1", "be2"})
+
+
+def test_compaction_during_a_watch_forces_a_relist_and_a_service_deleted_meanwhile_stops(
+    api_lab: tuple[RunningLab, ServedApi],
+) -> None:
+    running, api = api_lab
+    lists_before = read_status(running.lab)["api"]["services"]["lists"]
+
+    async def delete_unseen() -> None:
+        # One step with no await in between: the open watch ends without delivering the
+        # deletion, and re-watching from the proxy's resourceVersion gets 410.
+        await api.server.delete("services", "default", "web")
+        await api.server.compact()
+
+    api.call(delete_unseen())
+
+    def refused() -> bool:
+        try:
+            running.client.call(http_get, WEB_VIP, HTTP_PORT, 1.0)
+            return False
+        except ConnectionRefusedError:
+            return True
+
+    assert eventually(refused, 8.0)
+    assert read_status(running.lab)["api"]["services"]["lists"] > lists_before
+
+
+def test_api_faults_keep_the_last_good_state_and_the_proxy_recovers(
+    api_lab: tuple[RunningLab, ServedApi],
+) -> None:
+    running, api = api_lab
+    api.server.faults.errors, api.server.faults.garbage = 3, 2
+    api.call(
+        api.server.restart_with_new_history()
+    )  # every informer must list again, through faults
+    for _ in range(3):
+        assert backends_seen(running, 9) <= {"be1", "be2", "be3"}
+        assert len(backends_seen(running, 9)) >= 2
+    api.call(api.server.update("endpointslices", lab_endpoint_slices([2])["items"][0]))
+    assert eventually(lambda: backends_seen(running, 10) == {"be2"}, 30.0)
+    assert read_status(running.lab)["api"]["services"]["errors"] >= 1
+
+
+def test_hostile_objects_are_skipped_and_the_rest_keep_working(
+    api_lab: tuple[RunningLab, ServedApi],
+) -> None:
+    running, api = api_lab
+    hostile: list[dict[str, Any]] = [
+        {
+            "metadata": {"name": "bad-ip", "namespace": "default"},
+            "spec": {"clusterIP": "10.96.0.999", "ports": [{"port": 80}]},
+        },
+        {
+            "metadata": {"name": "big-port", "namespace": "default"},
+            "spec": {"clusterIP": "10.96.0.31", "ports": [{"port": 70000}]},
+        },
+        {"metadata": {"name": "no-spec", "namespace": "default"}},
+        {
+            "metadata": {"name": "extra", "namespace": "default"},
+            "spec": {"clusterIP": "10.96.0.32", "ports": [{"port": 80}], "surprise": {"x": 1}},
+            "zzz": 1,
+        },
+    ]
+    for obj in hostile:
+        api.call(api.server.create("services", obj))
+    assert eventually(lambda: len(read_status(running.lab).get("object_errors", [])) >= 3)
+    errors = " ".join(read_status(running.lab)["object_errors"])
+    assert (
+        "bad-ip" in errors
+        and "big-port" in errors
+        and "no-spec" in errors
+        and "extra" not in errors
+    )
+    assert backends_seen(running) == {"be1", "be2", "be3"}
