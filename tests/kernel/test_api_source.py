@@ -167,8 +167,13 @@ def test_hostile_objects_are_skipped_and_the_rest_keep_working(
     ]
     for obj in hostile:
         api.call(api.server.create("services", obj))
-    assert eventually(lambda: len(read_status(running.lab).get("object_errors", [])) >= 3)
+    huge = lab_endpoint_slices([1])["items"][0]
+    huge["metadata"]["name"] = "web-huge"
+    huge["endpoints"] = [{"addresses": [f"10.245.{i // 250}.{i % 250 + 1}"]} for i in range(10_000)]
+    api.call(api.server.create("endpointslices", huge))
+    assert eventually(lambda: len(read_status(running.lab).get("object_errors", [])) >= 4)
     errors = " ".join(read_status(running.lab)["object_errors"])
+    assert "web-huge" in errors and "limit of 1000" in errors, errors
     assert (
         "bad-ip" in errors
         and "big-port" in errors
