@@ -54,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--kubeconfig", help="credentials; default: in-cluster")
     run.add_argument(
+        "--node-zone",
+        help="this node's zone, for topology hints (default: the Node's "
+        "topology.kubernetes.io/zone label, when following the API)",
+    )
+    run.add_argument(
         "--service-proxy-name",
         default=None,
         help="serve only services labelled service.kubernetes.io/service-proxy-name=NAME",
@@ -166,6 +171,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             api_server=args.api_server,
             kubeconfig=args.kubeconfig,
             service_proxy_name=args.service_proxy_name,
+            node_zone=args.node_zone,
             service_cidrs=tuple(args.service_cidrs or [IPv4Network("10.96.0.0/12")]),
             queue_num=args.queue_num,
             node_name=args.hostname_override,

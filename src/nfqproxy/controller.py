@@ -32,7 +32,7 @@ from nfqproxy.model import (
     parse_endpoint_slice,
     parse_service,
 )
-from nfqproxy.sources.kubernetes import KubernetesSource, api_client
+from nfqproxy.sources.kubernetes import KubernetesSource, api_client, node_zone
 from nfqproxy.sources.manifests import ManifestObjects, ManifestSource, atomic_write
 from nfqproxy.sync_runner import BoundedFrequencyRunner
 
@@ -60,6 +60,7 @@ class ProxyConfig:
     api_server: str | None = None
     kubeconfig: str | None = None
     service_proxy_name: str | None = None
+    node_zone: str | None = None  # for topology hints; from the Node's label if not given
     watch_timeout: tuple[int, int] = (240, 290)  # below the client's 300 s request limit
     healthz_bind: tuple[str, int] | None = ("0.0.0.0", 10256)
     metrics_bind: tuple[str, int] | None = ("127.0.0.1", 10249)
@@ -84,6 +85,7 @@ class Proxy:
             ManifestSource(config.manifests, config.service_cidrs) if config.manifests else None
         )
         self.kube: KubernetesSource | None = None
+        self.node_zone = config.node_zone
         self.ready = False
         self.syncs = 0
         self.last_sync: float | None = None  # wall clock, of the last successful sync
@@ -121,7 +123,7 @@ class Proxy:
                 errors.append(f"{object_ref(obj)}: {exc}")
         services = self._unique(services, errors)
         slices = self._unique(slices, errors)
-        snapshot = build_snapshot(services, slices, self.config.node_name)
+        snapshot = build_snapshot(services, slices, self.config.node_name, self.node_zone)
         errors += snapshot.conflicts
         for error in errors:
             log.error("object skipped: %s", error)
@@ -225,6 +227,8 @@ class Proxy:
             syncing = self.runner.run()
         else:
             client = await api_client(self.config.api_server, self.config.kubeconfig)
+            if self.node_zone is None and self.config.node_name:
+                self.node_zone = await node_zone(client, self.config.node_name)
             self.kube = KubernetesSource(
                 client, self._api_changed, self.config.service_proxy_name, self.config.watch_timeout
             )

@@ -159,6 +159,7 @@ class EndpointSpec:
     serving: bool
     terminating: bool
     node_name: str | None
+    zone_hints: frozenset[str] = frozenset()  # hints.forZones[].name
 
 
 @dataclass(frozen=True)
@@ -305,7 +306,14 @@ def parse_endpoint_slice(obj: Mapping[str, Any]) -> EndpointSliceSpec:
         node_name = endpoint.get("nodeName")
         if node_name is not None:
             _string(node_name, f"{base}.nodeName", DNS_1123_SUBDOMAIN)
-        endpoints.append(EndpointSpec(tuple(addresses), ready, serving, terminating, node_name))
+        hints = _mapping(endpoint.get("hints"), f"{base}.hints", required=False)
+        zones = []
+        for j, zone in enumerate(_list(hints.get("forZones"), f"{base}.hints.forZones")):
+            zone_spec = _mapping(zone, f"{base}.hints.forZones[{j}]")
+            zones.append(_string(zone_spec.get("name"), f"{base}.hints.forZones[{j}].name"))
+        endpoints.append(
+            EndpointSpec(tuple(addresses), ready, serving, terminating, node_name, frozenset(zones))
+        )
     return EndpointSliceSpec(
         namespace, name, service_name, str(address_type), tuple(endpoints), tuple(ports)
     )
@@ -352,24 +360,35 @@ class Snapshot:
 
 
 def select_endpoints(
-    endpoints: Iterable[EndpointSpec], node_name: str | None, local_only: bool
+    endpoints: Iterable[EndpointSpec],
+    node_name: str | None,
+    local_only: bool,
+    node_zone: str | None = None,
 ) -> list[EndpointSpec]:
     """kube-proxy's choice: ready endpoints, else serving-and-terminating ones.
 
     With internalTrafficPolicy Local only this node's endpoints count, and none is a valid
     answer: the traffic is then dropped rather than sent to another node.
+    Topology hints narrow the choice to the endpoints hinted for this node's zone, but only
+    when every chosen endpoint has hints and one of them names the zone: partial hints
+    mean the EndpointSlice controller is mid-change, and kube-proxy then ignores them all.
     """
     candidates = [e for e in endpoints if not local_only or e.node_name == node_name]
-    ready = [e for e in candidates if e.ready]
-    if ready:
-        return ready
-    return [e for e in candidates if e.serving and e.terminating]
+    chosen = [e for e in candidates if e.ready] or [
+        e for e in candidates if e.serving and e.terminating
+    ]
+    if node_zone and not local_only and chosen and all(e.zone_hints for e in chosen):
+        in_zone = [e for e in chosen if node_zone in e.zone_hints]
+        if in_zone:
+            return in_zone
+    return chosen
 
 
 def build_snapshot(
     services: Iterable[ServiceSpec],
     slices: Iterable[EndpointSliceSpec],
     node_name: str | None = None,
+    node_zone: str | None = None,
 ) -> Snapshot:
     """The frontends and their backends, from parsed services and endpoint slices."""
     slices_by_service: dict[tuple[str, str], list[EndpointSliceSpec]] = {}
@@ -394,7 +413,7 @@ def build_snapshot(
                         if slice_port.name == port.name and slice_port.protocol == port.protocol:
                             matching += [(e, slice_port.port) for e in endpoint_slice.endpoints]
                 chosen = select_endpoints(
-                    [e for e, _ in matching], node_name, service.internal_traffic_local
+                    [e for e, _ in matching], node_name, service.internal_traffic_local, node_zone
                 )
                 chosen_ids = {id(e) for e in chosen}
                 backends = sorted(

@@ -14,7 +14,7 @@ import pytest
 from nfqproxy.lab.apiserver import FakeApiServer
 from nfqproxy.lab.netns import NetnsThread
 from nfqproxy.lab.proxy import read_status, start_proxy, wait_ready
-from nfqproxy.lab.topology import HTTP_PORT, WEB_VIP, lab_endpoint_slices, lab_services
+from nfqproxy.lab.topology import HTTP_PORT, NODE_NAME, WEB_VIP, lab_endpoint_slices, lab_services
 from nfqproxy.lab.traffic import http_get, http_split
 from tests.kernel.conftest import RunningLab, new_lab
 
@@ -181,3 +181,22 @@ def test_hostile_objects_are_skipped_and_the_rest_keep_working(
         and "extra" not in errors
     )
     assert backends_seen(running) == {"be1", "be2", "be3"}
+
+
+def test_topology_hints_keep_new_flows_in_the_nodes_zone(
+    api_lab: tuple[RunningLab, ServedApi],
+) -> None:
+    running, api = api_lab
+    api.server.nodes[NODE_NAME] = {
+        "metadata": {"name": NODE_NAME, "labels": {"topology.kubernetes.io/zone": "zone-a"}}
+    }
+    hinted = lab_endpoint_slices([1, 2, 3])["items"][0]
+    for index, endpoint in enumerate(hinted["endpoints"]):
+        endpoint["hints"] = {"forZones": [{"name": "zone-a" if index == 0 else "zone-b"}]}
+    api.call(api.server.update("endpointslices", hinted))
+    assert running.proxy is not None
+    running.proxy.terminate()
+    running.proxy.wait(10)
+    running.proxy = start_proxy(running.lab, api_server=api.url)
+    wait_ready(running.lab, running.proxy)
+    assert backends_seen(running, 20) == {"be1"}

@@ -213,3 +213,39 @@ def test_a_slice_over_the_apis_1000_endpoint_limit_is_refused() -> None:
     doc = yaml.safe_load(endpoint_slice("big", many).lstrip("-\n"))
     with pytest.raises(ObjectError, match="limit of 1000"):
         parse_endpoint_slice(doc)
+
+
+HINTED = """[
+  {addresses: [10.1.0.1], zone: a, hints: {forZones: [{name: a}]}},
+  {addresses: [10.1.0.2], zone: b, hints: {forZones: [{name: b}]}},
+  {addresses: [10.1.0.3], zone: b, hints: {forZones: [{name: b}, {name: c}]}}]"""
+
+
+def table_in_zone(manifest: str, zone: str | None) -> list[str]:
+    docs: list[dict[str, Any]] = list(yaml.safe_load_all(manifest))
+    services = [parse_service(d, CIDRS) for d in docs if d["kind"] == "Service"]
+    slices = [parse_endpoint_slice(d) for d in docs if d["kind"] == "EndpointSlice"]
+    snapshot = build_snapshot(services, slices, "node-a", zone)
+    port = next(p for p in snapshot.ports.values() if p.port == 80)
+    return [b.name for b in port.backends]
+
+
+def test_topology_hints_keep_traffic_in_the_nodes_zone_when_every_endpoint_has_them() -> None:
+    manifest = service() + endpoint_slice("a", HINTED)
+    assert table_in_zone(manifest, "a") == ["10.1.0.1:8080"]
+    assert table_in_zone(manifest, "c") == ["10.1.0.3:8080"]
+    assert table_in_zone(manifest, None) == ["10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.3:8080"]
+
+
+def test_topology_hints_are_ignored_if_one_endpoint_lacks_them_or_none_names_the_zone() -> None:
+    partial = HINTED.replace(", hints: {forZones: [{name: b}]}", "")
+    assert len(table_in_zone(service() + endpoint_slice("a", partial), "a")) == 3
+    assert len(table_in_zone(service() + endpoint_slice("a", HINTED), "z")) == 3
+
+
+def test_a_malformed_hint_is_named_in_the_error() -> None:
+    bad = "[{addresses: [10.1.0.1], hints: {forZones: [{nom: a}]}}]"
+    doc = yaml.safe_load(endpoint_slice("a", bad).lstrip("-\n"))
+    with pytest.raises(ObjectError) as error:
+        parse_endpoint_slice(doc)
+    assert error.value.field_path == "endpoints[0].hints.forZones[0].name"

@@ -197,6 +197,7 @@ class FakeApiServer:
     history: list[Event] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
     generation: int = 0
+    nodes: dict[str, Obj] = field(default_factory=dict)  # read-only, for the node's zone
 
     def __post_init__(self) -> None:
         self._changed = asyncio.Condition()
@@ -268,8 +269,15 @@ class FakeApiServer:
                     partial(self._one, resource),
                 ),
             ]
+        routes.append(web.get("/api/v1/nodes/{name}", self._node))
         app.add_routes(routes)
         return app
+
+    async def _node(self, request: web.Request) -> web.Response:
+        node = self.nodes.get(request.match_info["name"])
+        if node is None:
+            return web.json_response(status(404, "NotFound", "node not found"), status=404)
+        return web.json_response({"kind": "Node", "apiVersion": "v1", **node})
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         self._runner = web.AppRunner(self.app(), access_log=None)

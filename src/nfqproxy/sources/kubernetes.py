@@ -240,6 +240,26 @@ async def api_client(api_server: str | None, kubeconfig: str | None) -> Any:
     return client.ApiClient(configuration)
 
 
+ZONE_LABEL = "topology.kubernetes.io/zone"
+
+
+async def node_zone(client_api: Any, node_name: str) -> str | None:
+    """This node's zone, for topology hints; None (hints unused) if it cannot be read."""
+    from kubernetes.aio import client
+
+    try:
+        response = await client.CoreV1Api(client_api).read_node_without_preload_content(node_name)
+        if response.status != 200:
+            raise ApiError(f"HTTP {response.status}")
+        labels = (json.loads(await response.read()).get("metadata") or {}).get("labels") or {}
+    except Exception as exc:
+        log.warning("cannot read node %s for its zone (%s); topology hints are off", node_name, exc)
+        return None
+    zone = labels.get(ZONE_LABEL)
+    log.info("node %s is in zone %s", node_name, zone or "(none: topology hints are off)")
+    return str(zone) if zone else None
+
+
 class KubernetesSource:
     """Informers for Services and EndpointSlices, with kube-proxy's selectors."""
 
