@@ -13,6 +13,7 @@ import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 SpecT = TypeVar("SpecT", ServiceSpec, EndpointSliceSpec)
 
 STATUS_INTERVAL = 0.5
+TRIGGER_TIME_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
 EXPIRY_INTERVAL = 1.0
 
 
@@ -85,6 +87,7 @@ class Proxy:
             ManifestSource(config.manifests, config.service_cidrs) if config.manifests else None
         )
         self.kube: KubernetesSource | None = None
+        self._trigger_times: dict[tuple[str, str], str] = {}
         self.node_zone = config.node_zone
         self.ready = False
         self.syncs = 0
@@ -137,6 +140,7 @@ class Proxy:
             raise
         self.syncs += 1
         self.last_sync = time.time()
+        self._observe_programming_latency(objects.endpoint_slices, self.last_sync)
         self.metrics.sync_duration.observe(time.monotonic() - started)
         self.metrics.last_sync.set(self.last_sync)
         log.info(
@@ -149,6 +153,30 @@ class Proxy:
             self.hooks.install()
             self.ready = True
         self.write_status()
+
+    def _observe_programming_latency(
+        self, slices: list[Mapping[str, Any]], programmed_at: float
+    ) -> None:
+        """kube-proxy's network programming latency: each new trigger time, once."""
+        seen: dict[tuple[str, str], str] = {}
+        for obj in slices:
+            meta = obj.get("metadata")
+            annotations = meta.get("annotations") if isinstance(meta, Mapping) else None
+            if not isinstance(meta, Mapping) or not isinstance(annotations, Mapping):
+                continue
+            trigger = annotations.get(TRIGGER_TIME_ANNOTATION)
+            if not isinstance(trigger, str):
+                continue
+            key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+            seen[key] = trigger
+            if self._trigger_times.get(key) == trigger:
+                continue
+            try:
+                changed_at = datetime.fromisoformat(trigger.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                continue  # a malformed annotation is not worth refusing the slice for
+            self.metrics.network_programming.observe(max(0.0, programmed_at - changed_at))
+        self._trigger_times = seen
 
     @staticmethod
     def _unique(specs: list[SpecT], errors: list[str]) -> list[SpecT]:

@@ -103,4 +103,10 @@ class ProxyMetrics:
             "When a change last asked for a sync",
             registry=self.registry,
         )
+        self.network_programming = Histogram(
+            "kubeproxy_network_programming_duration_seconds",
+            "From an EndpointSlice change (its last-change-trigger-time) to the data plane",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+            registry=self.registry,
+        )
         self.registry.register(DatapathCollector(status, queue_num))

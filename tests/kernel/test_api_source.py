@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import pytest
@@ -15,7 +16,7 @@ from nfqproxy.lab.apiserver import FakeApiServer
 from nfqproxy.lab.netns import NetnsThread
 from nfqproxy.lab.proxy import read_status, start_proxy, wait_ready
 from nfqproxy.lab.topology import HTTP_PORT, NODE_NAME, WEB_VIP, lab_endpoint_slices, lab_services
-from nfqproxy.lab.traffic import http_get, http_split
+from nfqproxy.lab.traffic import fetch_url, http_get, http_split
 from tests.kernel.conftest import RunningLab, new_lab
 
 pytestmark = pytest.mark.kernel
@@ -100,8 +101,18 @@ def test_an_endpoint_removed_through_a_watch_gets_no_new_connections(
     api_lab: tuple[RunningLab, ServedApi],
 ) -> None:
     running, api = api_lab
-    api.call(api.server.update("endpointslices", lab_endpoint_slices([1, 2])["items"][0]))
+    changed = lab_endpoint_slices([1, 2])["items"][0]
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    changed["metadata"]["annotations"] = {"endpoints.kubernetes.io/last-change-trigger-time": stamp}
+    api.call(api.server.update("endpointslices", changed))
     assert eventually(lambda: backends_seen(running, 20) == {"be1", "be2"})
+    _, metrics = running.node.call(fetch_url, "http://127.0.0.1:10249/metrics")
+    count = next(
+        x
+        for x in metrics.splitlines()
+        if x.startswith("kubeproxy_network_programming_duration_seconds_count")
+    )
+    assert float(count.split()[-1]) == 1.0
 
 
 def test_compaction_during_a_watch_forces_a_relist_and_a_service_deleted_meanwhile_stops(

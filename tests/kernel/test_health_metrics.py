@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 
 import pytest
 
 from nfqproxy.lab.topology import HTTP_PORT, WEB_VIP
+from nfqproxy.lab.traffic import fetch_url as fetch
 from nfqproxy.lab.traffic import http_split
 from tests.kernel.conftest import RunningLab
 
 pytestmark = pytest.mark.kernel
-
-
-def fetch(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
 
 
 def test_healthz_and_livez_answer_json_while_syncs_are_fresh(running_lab: RunningLab) -> None:

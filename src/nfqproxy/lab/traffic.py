@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import http.client
 import socket
+import urllib.error
+import urllib.request
 from collections import Counter
 
 
@@ -76,3 +78,12 @@ def http_upload_digest(host: str, port: int, body: bytes, timeout: float = 30.0)
         return connection.getresponse().read().decode()
     finally:
         connection.close()
+
+
+def fetch_url(url: str, timeout: float = 5.0) -> tuple[int, str]:
+    """(HTTP status, body) of a GET, for the proxy's own endpoints."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as error:
+        return int(error.code), error.read().decode()
