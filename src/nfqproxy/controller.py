@@ -27,8 +27,9 @@ from nfqproxy.metrics import ProxyMetrics
 from nfqproxy.model import (
     EndpointSliceSpec,
     ObjectError,
+    ParseCache,
     ServiceSpec,
-    build_snapshot,
+    SnapshotBuilder,
     object_ref,
     parse_endpoint_slice,
     parse_service,
@@ -88,6 +89,8 @@ class Proxy:
         )
         self.kube: KubernetesSource | None = None
         self._trigger_times: dict[tuple[str, str], str] = {}
+        self._parsed = ParseCache()
+        self._builder = SnapshotBuilder(config.node_name, config.node_zone)
         self.node_zone = config.node_zone
         self.ready = False
         self.syncs = 0
@@ -112,21 +115,30 @@ class Proxy:
             objects = ManifestObjects(*self.kube.services_and_slices())
         started = time.monotonic()
         services, slices, errors = [], [], []
+        cidrs, proxy_name = self.config.service_cidrs, self.config.service_proxy_name
         for obj in objects.services:
             try:
                 services.append(
-                    parse_service(obj, self.config.service_cidrs, self.config.service_proxy_name)
+                    self._parsed.parse(
+                        obj, "Service", lambda o: parse_service(o, cidrs, proxy_name)
+                    )
                 )
             except ObjectError as exc:
                 errors.append(f"{object_ref(obj)}: {exc}")
         for obj in objects.endpoint_slices:
             try:
-                slices.append(parse_endpoint_slice(obj))
+                slices.append(self._parsed.parse(obj, "EndpointSlice", parse_endpoint_slice))
             except ObjectError as exc:
                 errors.append(f"{object_ref(obj)}: {exc}")
+        self._parsed.end_sync()
         services = self._unique(services, errors)
         slices = self._unique(slices, errors)
-        snapshot = build_snapshot(services, slices, self.config.node_name, self.node_zone)
+        if (self._builder.node_name, self._builder.node_zone) != (
+            self.config.node_name,
+            self.node_zone,
+        ):
+            self._builder = SnapshotBuilder(self.config.node_name, self.node_zone)
+        snapshot = self._builder.build(services, slices)
         errors += snapshot.conflicts
         for error in errors:
             log.error("object skipped: %s", error)

@@ -384,6 +384,91 @@ def select_endpoints(
     return chosen
 
 
+def service_ports(
+    service: ServiceSpec,
+    slices: Iterable[EndpointSliceSpec],
+    node_name: str | None,
+    node_zone: str | None,
+) -> list[ServicePort]:
+    """The frontends of one service, each with the backends kube-proxy would choose."""
+    if service.skip_reason is not None:
+        return []
+    slices = list(slices)
+    result = []
+    for vip in service.cluster_ips:
+        family = "IPv4" if vip.version == 4 else "IPv6"
+        for port in service.ports:
+            matching: list[tuple[EndpointSpec, int]] = []
+            for endpoint_slice in slices:
+                if endpoint_slice.address_type != family:
+                    continue
+                for slice_port in endpoint_slice.ports:
+                    if slice_port.name == port.name and slice_port.protocol == port.protocol:
+                        matching += [(e, slice_port.port) for e in endpoint_slice.endpoints]
+            chosen = select_endpoints(
+                [e for e, _ in matching], node_name, service.internal_traffic_local, node_zone
+            )
+            chosen_ids = {id(e) for e in chosen}
+            backends = sorted(
+                {Backend(e.addresses[0], p) for e, p in matching if id(e) in chosen_ids}
+            )
+            name = f"{service.key}:{port.name}" if port.name else service.key
+            result.append(ServicePort(name, vip, port.protocol, port.port, tuple(backends)))
+    return result
+
+
+class SnapshotBuilder:
+    """Builds snapshots, recomputing only services whose spec or slices changed.
+
+    Specs come from a ParseCache, which hands back the very same objects for unchanged
+    API objects, so a service is unchanged when its spec and its slices' specs are the
+    same objects as last time. Memo entries hold those objects, so ids are not reused.
+    """
+
+    def __init__(self, node_name: str | None = None, node_zone: str | None = None) -> None:
+        self.node_name = node_name
+        self.node_zone = node_zone
+        self._memo: dict[tuple[int, ...], tuple[object, list[ServicePort]]] = {}
+
+    def build(
+        self, services: Iterable[ServiceSpec], slices: Iterable[EndpointSliceSpec]
+    ) -> Snapshot:
+        slices_by_service: dict[tuple[str, str], list[EndpointSliceSpec]] = {}
+        for endpoint_slice in slices:
+            if endpoint_slice.service_name is not None:
+                key = (endpoint_slice.namespace, endpoint_slice.service_name)
+                slices_by_service.setdefault(key, []).append(endpoint_slice)
+        ports: dict[ServicePortKey, ServicePort] = {}
+        conflicts: list[str] = []
+        memo: dict[tuple[int, ...], tuple[object, list[ServicePort]]] = {}
+        for service in services:
+            own_slices = slices_by_service.get((service.namespace, service.name), [])
+            identity = (id(service), *(id(s) for s in own_slices))
+            cached = self._memo.get(identity)
+            computed = (
+                cached[1]
+                if cached is not None
+                else service_ports(service, own_slices, self.node_name, self.node_zone)
+            )
+            memo[identity] = ((service, own_slices), computed)
+            for port in computed:
+                frontend = (port.vip, port.protocol, port.port)
+                if frontend in ports:
+                    conflicts.append(
+                        f"{port.name}: {port.vip}:{port.port}/{port.protocol} is already served "
+                        f"by {ports[frontend].name}; this port is left out"
+                    )
+                elif len(port.backends) > MAX_BACKENDS_PER_PORT:
+                    conflicts.append(
+                        f"{port.name}: {len(port.backends)} backends exceed the limit of "
+                        f"{MAX_BACKENDS_PER_PORT}; this port is left out"
+                    )
+                else:
+                    ports[frontend] = port
+        self._memo = memo
+        return Snapshot(ports, tuple(conflicts))
+
+
 def build_snapshot(
     services: Iterable[ServiceSpec],
     slices: Iterable[EndpointSliceSpec],
@@ -391,47 +476,44 @@ def build_snapshot(
     node_zone: str | None = None,
 ) -> Snapshot:
     """The frontends and their backends, from parsed services and endpoint slices."""
-    slices_by_service: dict[tuple[str, str], list[EndpointSliceSpec]] = {}
-    for endpoint_slice in slices:
-        if endpoint_slice.service_name is not None:
-            key = (endpoint_slice.namespace, endpoint_slice.service_name)
-            slices_by_service.setdefault(key, []).append(endpoint_slice)
+    return SnapshotBuilder(node_name, node_zone).build(services, slices)
 
-    ports: dict[ServicePortKey, ServicePort] = {}
-    conflicts: list[str] = []
-    for service in services:
-        if service.skip_reason is not None:
-            continue
-        for vip in service.cluster_ips:
-            family = "IPv4" if vip.version == 4 else "IPv6"
-            for port in service.ports:
-                matching: list[tuple[EndpointSpec, int]] = []
-                for endpoint_slice in slices_by_service.get((service.namespace, service.name), []):
-                    if endpoint_slice.address_type != family:
-                        continue
-                    for slice_port in endpoint_slice.ports:
-                        if slice_port.name == port.name and slice_port.protocol == port.protocol:
-                            matching += [(e, slice_port.port) for e in endpoint_slice.endpoints]
-                chosen = select_endpoints(
-                    [e for e, _ in matching], node_name, service.internal_traffic_local, node_zone
-                )
-                chosen_ids = {id(e) for e in chosen}
-                backends = sorted(
-                    {Backend(e.addresses[0], p) for e, p in matching if id(e) in chosen_ids}
-                )
-                name = f"{service.key}:{port.name}" if port.name else service.key
-                frontend = (vip, port.protocol, port.port)
-                if frontend in ports:
-                    conflicts.append(
-                        f"{name}: {vip}:{port.port}/{port.protocol} is already served by "
-                        f"{ports[frontend].name}; this port is left out"
-                    )
-                    continue
-                if len(backends) > MAX_BACKENDS_PER_PORT:
-                    conflicts.append(
-                        f"{name}: {len(backends)} backends exceed the limit of "
-                        f"{MAX_BACKENDS_PER_PORT}; this port is left out"
-                    )
-                    continue
-                ports[frontend] = ServicePort(name, vip, port.protocol, port.port, tuple(backends))
-    return Snapshot(ports, tuple(conflicts))
+
+class ParseCache:
+    """Parsed objects, so that a sync re-parses only what changed.
+
+    API objects are keyed by namespace/name/resourceVersion (a new version is a new key).
+    Manifest objects have no resourceVersion; they are the very same dicts until their
+    file changes, so they are keyed by identity, holding a reference so that ids are not
+    reused. Entries not seen in a sync are dropped.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[object, ...], tuple[object, object]] = {}
+        self._seen: set[tuple[object, ...]] = set()
+
+    def parse(self, obj: Mapping[str, Any], kind: str, parse: Any) -> Any:
+        meta = obj.get("metadata")
+        version = meta.get("resourceVersion") if isinstance(meta, Mapping) else None
+        if isinstance(version, str) and version:
+            key: tuple[object, ...] = (kind, meta.get("namespace"), meta.get("name"), version)  # type: ignore[union-attr]
+        else:
+            key = (kind, id(obj))
+        self._seen.add(key)
+        cached = self._entries.get(key)
+        if cached is not None and (len(key) == 4 or cached[0] is obj):
+            if isinstance(cached[1], ObjectError):
+                raise cached[1]
+            return cached[1]
+        try:
+            result = parse(obj)
+        except ObjectError as exc:
+            self._entries[key] = (obj, exc)  # a bad object stays bad until it changes
+            raise
+        self._entries[key] = (obj, result)
+        return result
+
+    def end_sync(self) -> None:
+        for key in self._entries.keys() - self._seen:
+            del self._entries[key]
+        self._seen.clear()
