@@ -150,12 +150,6 @@ class HookManager:
                 self._iptables(table, "-X", chain, check=False)
         return removed
 
-    def installed(self) -> bool:
-        return all(
-            self._iptables(table, "-C", *_jump(builtin, chain), check=False)
-            for table, builtin, chain in JUMPS
-        )
-
 
 def _quote(rule: Sequence[str]) -> list[str]:
     # iptables-restore splits on spaces and honours double quotes; only comments need them.

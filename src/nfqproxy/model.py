@@ -354,10 +354,6 @@ class Snapshot:
     # Frontends left out, and why: a VIP:port claimed twice, or too many backends.
     conflicts: tuple[str, ...] = ()
 
-    @property
-    def vips(self) -> frozenset[IPAddress]:
-        return frozenset(key[0] for key in self.ports)
-
 
 def select_endpoints(
     endpoints: Iterable[EndpointSpec],

@@ -290,10 +290,6 @@ class KubernetesSource:
             watch_timeout,
         )
 
-    @property
-    def synced(self) -> bool:
-        return self.services.synced.is_set() and self.endpoint_slices.synced.is_set()
-
     async def wait_synced(self) -> None:
         """Program nothing before both caches hold a full list."""
         await self.services.synced.wait()
