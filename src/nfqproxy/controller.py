@@ -65,6 +65,7 @@ class ProxyConfig:
     service_proxy_name: str | None = None
     node_zone: str | None = None  # for topology hints; from the Node's label if not given
     watch_timeout: tuple[int, int] = (240, 290)  # below the client's 300 s request limit
+    install_hooks: bool = True  # False: program the tables only (the controller benchmark)
     healthz_bind: tuple[str, int] | None = ("0.0.0.0", 10256)
     metrics_bind: tuple[str, int] | None = ("127.0.0.1", 10249)
 
@@ -162,7 +163,8 @@ class Proxy:
             (time.monotonic() - started) * 1000,
         )
         if not self.ready:
-            self.hooks.install()
+            if self.config.install_hooks:
+                self.hooks.install()
             self.ready = True
         self.write_status()
 

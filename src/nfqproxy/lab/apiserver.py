@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import copy
 import json
 import re
@@ -501,7 +502,9 @@ class FakeApiServer:
         loop = asyncio.get_running_loop()
         deadline, generation, position = loop.time() + timeout, self.generation, since
         while True:
-            pending = [e for e in self.history if e.rv > position and e.resource == resource.plural]
+            # history is in resourceVersion order: find the new events without a scan
+            start = bisect.bisect_right(self.history, position, key=lambda e: e.rv)
+            pending = [e for e in self.history[start:] if e.resource == resource.plural]
             if not pending:
                 position = self.rv  # everything up to now is delivered (or not ours)
                 remaining = deadline - loop.time()
