@@ -137,3 +137,15 @@ def test_the_legacy_iptables_backend_works_and_cleanup_finds_its_leftovers(lab: 
     finally:
         running.client.close()
         running.node.close()
+
+
+def test_lab_down_stops_every_process_the_lab_started_whatever_it_runs() -> None:
+    lab = new_lab(1)
+    try:
+        lab.up()
+        sleeper = lab.start_process(
+            "sleeper", netns.exec_command(lab.backend_ns(1), ["sleep", "300"])
+        )
+    finally:
+        lab.down()
+    assert sleeper.wait(5) is not None  # not an nfqproxy command line, stopped all the same

@@ -54,6 +54,9 @@ class LabState:
     backends: int
     namespaces: list[str] = field(default_factory=list)
     pids: dict[str, int] = field(default_factory=dict)
+    # Each process's start time (clock ticks since boot): proves a pid is still the
+    # process we started, whatever program it runs, however pids are reused.
+    started: dict[str, int] = field(default_factory=dict)
 
 
 class Lab:
@@ -198,6 +201,7 @@ class Lab:
                 start_new_session=True,
             )
         self.state.pids[key] = process.pid
+        self.state.started[key] = _start_time(process.pid) or 0
         self._save()
         return process
 
@@ -229,7 +233,7 @@ class Lab:
     def down(self) -> None:
         """Stops the lab's processes and deletes its namespaces. Safe to repeat."""
         for key, pid in self.state.pids.items():
-            _stop(pid, key)
+            _stop(pid, self.state.started.get(key, 0), key)
         for name in reversed(self.state.namespaces or self._all_names()):
             netns.delete(name)
         if self.dir.exists():
@@ -238,25 +242,45 @@ class Lab:
             self.dir.rmdir()
 
 
-def _is_ours(pid: int) -> bool:
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time) from /proc/PID/stat, or None if the process is gone.
+
+    The start time (field 22, clock ticks since boot) tells a process from a later one
+    that reused its pid."""
     try:
-        return b"nfqproxy" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return False
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its end.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return fields[0], int(fields[19])
 
 
-def _stop(pid: int, key: str, grace: float = 3.0) -> None:
-    """Ends a process the lab started, by pid, after checking the pid is still ours."""
-    if not _is_ours(pid):
+def _start_time(pid: int) -> int | None:
+    stat = _proc_stat(pid)
+    return None if stat is None else stat[1]
+
+
+def _is_ours(pid: int, started: int) -> bool:
+    """Whether pid is still the live process the lab started (not a zombie, not reused)."""
+    stat = _proc_stat(pid)
+    return stat is not None and stat[1] == started and stat[0] != "Z"
+
+
+def _stop(pid: int, started: int, key: str, grace: float = 3.0) -> None:
+    """Ends a process the lab started, by pid, after checking the pid is still that one."""
+    if not _is_ours(pid, started):
+        _reap(pid)
         return
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while _is_ours(pid) and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
         _reap(pid)
+        if not _is_ours(pid, started):
+            return
         time.sleep(0.05)
-    if _is_ours(pid):
-        log.warning("%s (pid %d) ignored SIGTERM; killing it", key, pid)
-        os.kill(pid, signal.SIGKILL)
+    log.warning("%s (pid %d) ignored SIGTERM; killing it", key, pid)
+    os.kill(pid, signal.SIGKILL)
     _reap(pid)
 
 
