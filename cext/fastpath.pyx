@@ -883,7 +883,9 @@ cdef class FastQueue:
         cdef ssize_t got
         cdef nlmsgerr *error
         while True:
-            select.select([self.fd], [], [], 5.0)
+            readable, _, _ = select.select([self.fd], [], [], 5.0)
+            if not readable:
+                raise OSError(110, "no acknowledgement from the kernel within 5 s")  # ETIMEDOUT
             got = recv(self.fd, answer, sizeof(answer), MSG_DONTWAIT)
             if got < 0:
                 if errno == EINTR or errno == EAGAIN:

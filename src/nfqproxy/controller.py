@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from nfqproxy.datapath.fast import FastDatapath
 from nfqproxy.datapath.queue import FastQueueBinding, QueueBinding
 from nfqproxy.datapath.reference import ReferenceDatapath
+from nfqproxy.files import atomic_write
 from nfqproxy.health import HealthServer
 from nfqproxy.hooks import HookConfig, HookManager
 from nfqproxy.metrics import ProxyMetrics
@@ -35,7 +36,7 @@ from nfqproxy.model import (
     parse_service,
 )
 from nfqproxy.sources.kubernetes import KubernetesSource, api_client, node_zone
-from nfqproxy.sources.manifests import ManifestObjects, ManifestSource, atomic_write
+from nfqproxy.sources.manifests import ManifestObjects, ManifestSource
 from nfqproxy.sync_runner import BoundedFrequencyRunner
 
 log = logging.getLogger(__name__)

@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from nfqproxy.files import atomic_write
 from nfqproxy.lab import netns
 
 log = logging.getLogger(__name__)
@@ -216,11 +217,11 @@ class Lab:
 
     def write_manifests(self, backend_indexes: list[int]) -> None:
         """Writes the lab's Services and its EndpointSlice with the given backends."""
-        (self.manifests_dir / "services.yaml").write_text(yaml.safe_dump(lab_services()))
-        slice_file = self.manifests_dir / "endpointslices.yaml"
-        tmp = slice_file.with_name(".endpointslices.yaml.tmp")
-        tmp.write_text(yaml.safe_dump(lab_endpoint_slices(backend_indexes)))
-        os.replace(tmp, slice_file)
+        atomic_write(self.manifests_dir / "services.yaml", yaml.safe_dump(lab_services()))
+        atomic_write(
+            self.manifests_dir / "endpointslices.yaml",
+            yaml.safe_dump(lab_endpoint_slices(backend_indexes)),
+        )
 
     @classmethod
     def load(cls, name: str) -> Lab:

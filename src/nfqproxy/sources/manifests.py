@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,10 +190,3 @@ class ManifestSource:
                 continue
             if changed:
                 await on_change(self.objects())
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Writes text so that a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
