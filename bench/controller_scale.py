@@ -27,7 +27,7 @@ from typing import Any
 from nfqproxy.controller import Proxy, ProxyConfig
 from nfqproxy.datapath.reference import table_key
 from nfqproxy.lab.apiserver import FakeApiServer
-from nfqproxy.sources.kubernetes import KubernetesSource, api_client
+from nfqproxy.sources.kubernetes import api_client
 
 
 def rss_bytes() -> int:
@@ -77,9 +77,9 @@ async def run(services: int, endpoints: int, changes: int) -> dict[str, Any]:
         )
     )
     client = await api_client(server.url, None)
-    proxy.kube = KubernetesSource(client, proxy._api_changed)
+    source = proxy.kubernetes_source(client)
     started = time.perf_counter()
-    tasks = [asyncio.create_task(proxy.kube.run()), asyncio.create_task(proxy._run_after_sync())]
+    tasks = [asyncio.create_task(source.run()), asyncio.create_task(proxy._run_after_sync())]
     while proxy.syncs == 0:
         await asyncio.sleep(0.001)
     cold = time.perf_counter() - started
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--services", type=int, default=10_000)
     parser.add_argument("--endpoints", type=int, default=3)
-    parser.add_argument("--changes", type=int, default=50)
+    parser.add_argument("--changes", type=int, default=200)
     parser.add_argument("--out", type=Path, default=Path("results"))
     args = parser.parse_args(argv)
     results = asyncio.run(run(args.services, args.endpoints, args.changes))

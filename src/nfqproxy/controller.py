@@ -7,6 +7,7 @@ hooks, so that no packet meets an unbound queue or an empty table. Stop order re
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import signal
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from nfqproxy.datapath.fast import FastDatapath
 from nfqproxy.datapath.queue import FastQueueBinding, QueueBinding
@@ -25,25 +26,15 @@ from nfqproxy.files import atomic_write
 from nfqproxy.health import HealthServer
 from nfqproxy.hooks import HookConfig, HookManager
 from nfqproxy.metrics import ProxyMetrics
-from nfqproxy.model import (
-    EndpointSliceSpec,
-    ObjectError,
-    ParseCache,
-    ServiceSpec,
-    SnapshotBuilder,
-    object_ref,
-    parse_endpoint_slice,
-    parse_service,
-)
 from nfqproxy.sources.kubernetes import KubernetesSource, api_client, node_zone
 from nfqproxy.sources.manifests import ManifestObjects, ManifestSource
 from nfqproxy.sync_runner import BoundedFrequencyRunner
+from nfqproxy.tracker import ChangeTracker, ObjectKey
 
 log = logging.getLogger(__name__)
-SpecT = TypeVar("SpecT", ServiceSpec, EndpointSliceSpec)
 
 STATUS_INTERVAL = 0.5
-TRIGGER_TIME_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
+GC_FREEZE_AFTER = 1000  # service ports changed in one sync
 EXPIRY_INTERVAL = 1.0
 
 
@@ -90,121 +81,100 @@ class Proxy:
             ManifestSource(config.manifests, config.service_cidrs) if config.manifests else None
         )
         self.kube: KubernetesSource | None = None
-        self._trigger_times: dict[tuple[str, str], str] = {}
-        self._parsed = ParseCache()
-        self._builder = SnapshotBuilder(config.node_name, config.node_zone)
+        self.tracker = ChangeTracker(
+            config.service_cidrs, config.service_proxy_name, config.node_name, config.node_zone
+        )
+        self._reprogram_all = False
         self.node_zone = config.node_zone
         self.ready = False
         self.syncs = 0
         self.last_sync: float | None = None  # wall clock, of the last successful sync
         self.object_errors: list[str] = []
-        self._objects = ManifestObjects()
         self.runner = BoundedFrequencyRunner(self.sync, config.min_sync_period, config.sync_period)
         self.metrics = ProxyMetrics(self.status, config.queue_num)
         self.health = HealthServer(lambda: self.last_sync, config.sync_period, self.metrics)
 
     async def on_change(self, objects: ManifestObjects) -> None:
-        """A source saw a change: keep the objects, ask the runner for a sync."""
-        self._objects = objects
+        """The manifests changed: hand the objects to the tracker, ask for a sync."""
+        self.tracker.replace_all(objects.services, objects.endpoint_slices)
+        self._queue_sync()
+
+    def _service_event(self, key: ObjectKey, obj: Mapping[str, Any] | None) -> None:
+        self.tracker.service_changed(key, obj)
+        self._queue_sync()
+
+    def _slice_event(self, key: ObjectKey, obj: Mapping[str, Any] | None) -> None:
+        self.tracker.slice_changed(key, obj)
+        self._queue_sync()
+
+    def _queue_sync(self) -> None:
         self.metrics.last_queued.set_to_current_time()
         self.runner.request()
 
+    def kubernetes_source(self, client: Any) -> KubernetesSource:
+        """Informers that report each changed object to the tracker."""
+        self.kube = KubernetesSource(
+            client,
+            self._service_event,
+            self._slice_event,
+            self.config.service_proxy_name,
+            self.config.watch_timeout,
+        )
+        return self.kube
+
     async def sync(self) -> None:
-        """Programs the data path from the latest objects. Raises if that failed, so the
-        runner retries; the last good tables stay in force meanwhile."""
-        objects = self._objects
-        if self.kube is not None:
-            objects = ManifestObjects(*self.kube.services_and_slices())
+        """Programs the data path with what changed since the last sync. Raises if that
+        failed, so the runner retries; the last good tables stay in force meanwhile."""
         started = time.monotonic()
-        services, slices, errors = [], [], []
-        cidrs, proxy_name = self.config.service_cidrs, self.config.service_proxy_name
-        for obj in objects.services:
-            try:
-                services.append(
-                    self._parsed.parse(
-                        obj, "Service", lambda o: parse_service(o, cidrs, proxy_name)
-                    )
-                )
-            except ObjectError as exc:
-                errors.append(f"{object_ref(obj)}: {exc}")
-        for obj in objects.endpoint_slices:
-            try:
-                slices.append(self._parsed.parse(obj, "EndpointSlice", parse_endpoint_slice))
-            except ObjectError as exc:
-                errors.append(f"{object_ref(obj)}: {exc}")
-        self._parsed.end_sync()
-        services = self._unique(services, errors)
-        slices = self._unique(slices, errors)
-        if (self._builder.node_name, self._builder.node_zone) != (
-            self.config.node_name,
-            self.node_zone,
-        ):
-            self._builder = SnapshotBuilder(self.config.node_name, self.node_zone)
-        snapshot = self._builder.build(services, slices)
-        errors += snapshot.conflicts
-        for error in errors:
+        self.tracker.set_node(self.config.node_name, self.node_zone)
+        changes = self.tracker.flush()
+        for error in changes.errors:
             log.error("object skipped: %s", error)
-        self.object_errors = errors
+        self.object_errors = self.tracker.errors()
         try:
-            changed = self.datapath.apply(snapshot)
+            if self._reprogram_all:
+                # A failed sync left the tables behind the tracker: program the difference.
+                changed = self.datapath.apply(self.tracker.snapshot())
+            else:
+                changed = self.datapath.apply_changes(changes.ports)
         except Exception:
             # Tables are swapped only once every frontend is built, so the old ones stand.
+            self._reprogram_all = True
             log.error("sync failed; the data path keeps its last good tables")
             self.write_status()
             raise
+        self._reprogram_all = False
         self.syncs += 1
         self.last_sync = time.time()
-        self._observe_programming_latency(objects.endpoint_slices, self.last_sync)
+        self._observe_programming_latency(changes.trigger_times, self.last_sync)
         self.metrics.sync_duration.observe(time.monotonic() - started)
         self.metrics.last_sync.set(self.last_sync)
-        log.info(
+        log.log(
+            logging.INFO if changed else logging.DEBUG,
             "sync %d: %d service ports changed in %.1f ms",
             self.syncs,
             len(changed),
             (time.monotonic() - started) * 1000,
         )
+        if len(changed) >= GC_FREEZE_AFTER:
+            # Tens of thousands of long-lived objects just arrived (a cold start or a
+            # re-list). Full collections would walk them all, pausing syncs for 100s of ms;
+            # freezing exempts them. They are acyclic, so reference counting still frees them.
+            gc.freeze()
         if not self.ready:
             if self.config.install_hooks:
                 self.hooks.install()
             self.ready = True
         self.write_status()
 
-    def _observe_programming_latency(
-        self, slices: list[Mapping[str, Any]], programmed_at: float
-    ) -> None:
+    def _observe_programming_latency(self, trigger_times: list[str], programmed_at: float) -> None:
         """kube-proxy's network programming latency: each new trigger time, once."""
-        seen: dict[tuple[str, str], str] = {}
-        for obj in slices:
-            meta = obj.get("metadata")
-            annotations = meta.get("annotations") if isinstance(meta, Mapping) else None
-            if not isinstance(meta, Mapping) or not isinstance(annotations, Mapping):
-                continue
-            trigger = annotations.get(TRIGGER_TIME_ANNOTATION)
-            if not isinstance(trigger, str):
-                continue
-            key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
-            seen[key] = trigger
-            if self._trigger_times.get(key) == trigger:
-                continue
+        for trigger in trigger_times:
             try:
                 changed_at = datetime.fromisoformat(trigger.replace("Z", "+00:00")).timestamp()
             except ValueError:
                 continue  # a malformed annotation is not worth refusing the slice for
             self.metrics.network_programming.observe(max(0.0, programmed_at - changed_at))
-        self._trigger_times = seen
-
-    @staticmethod
-    def _unique(specs: list[SpecT], errors: list[str]) -> list[SpecT]:
-        """The first of each namespace/name; later copies (from another file) are errors."""
-        seen: dict[tuple[str, str], SpecT] = {}
-        for spec in specs:
-            key = (spec.namespace, spec.name)
-            if key in seen:
-                kind = type(spec).__name__.removesuffix("Spec")
-                errors.append(f"{kind} {key[0]}/{key[1]} is defined twice; the first wins")
-            else:
-                seen[key] = spec
-        return list(seen.values())
 
     def status(self) -> dict[str, Any]:
         return {
@@ -234,10 +204,6 @@ class Proxy:
             for i in informers
         }
 
-    def _api_changed(self) -> None:
-        self.metrics.last_queued.set_to_current_time()
-        self.runner.request()
-
     async def _run_after_sync(self) -> None:
         assert self.kube is not None
         await self.kube.wait_synced()  # program nothing until both caches are full
@@ -265,17 +231,15 @@ class Proxy:
         client = None
         if self.source is not None:
             self.source.refresh()  # before the first sync: never program an empty table
-            self._objects = self.source.objects()
+            objects = self.source.objects()
+            self.tracker.replace_all(objects.services, objects.endpoint_slices)
             feed = self.source.watch(self.on_change, self.config.poll_interval)
             syncing = self.runner.run()
         else:
             client = await api_client(self.config.api_server, self.config.kubeconfig)
             if self.node_zone is None and self.config.node_name:
                 self.node_zone = await node_zone(client, self.config.node_name)
-            self.kube = KubernetesSource(
-                client, self._api_changed, self.config.service_proxy_name, self.config.watch_timeout
-            )
-            feed, syncing = self.kube.run(), self._run_after_sync()
+            feed, syncing = self.kubernetes_source(client).run(), self._run_after_sync()
         self.queue.open(loop)
         tasks: list[asyncio.Task[None]] = []
         try:

@@ -10,11 +10,11 @@ import yaml
 
 from nfqproxy.model import (
     ObjectError,
-    build_snapshot,
     object_ref,
     parse_endpoint_slice,
     parse_service,
 )
+from nfqproxy.tracker import build_snapshot
 
 CIDRS = [IPv4Network("10.96.0.0/12")]
 
@@ -249,68 +249,3 @@ def test_a_malformed_hint_is_named_in_the_error() -> None:
     with pytest.raises(ObjectError) as error:
         parse_endpoint_slice(doc)
     assert error.value.field_path == "endpoints[0].hints.forZones[0].name"
-
-
-def test_the_parse_cache_parses_each_object_version_once() -> None:
-    from nfqproxy.model import ParseCache
-
-    calls: list[str] = []
-
-    def counting(obj: dict[str, Any]) -> Any:
-        calls.append(obj["metadata"]["name"])
-        return parse_service(obj, CIDRS)
-
-    cache = ParseCache()
-    api_object = yaml.safe_load(service())
-    api_object["metadata"]["resourceVersion"] = "7"
-    manifest_object = yaml.safe_load(service().replace("name: web,", "name: web2,"))
-    for _ in range(3):
-        cache.parse(api_object, "Service", counting)
-        cache.parse(manifest_object, "Service", counting)
-        cache.end_sync()
-    assert calls == ["web", "web2"]
-    api_object = {**api_object, "metadata": {**api_object["metadata"], "resourceVersion": "8"}}
-    cache.parse(api_object, "Service", counting)
-    cache.parse(yaml.safe_load(service().replace("name: web,", "name: web2,")), "Service", counting)
-    assert calls == ["web", "web2", "web", "web2"]  # a new version; an equal but new dict
-
-
-def test_the_parse_cache_remembers_a_bad_object_until_it_changes() -> None:
-    from nfqproxy.model import ParseCache
-
-    cache, bad = ParseCache(), yaml.safe_load(service().replace("port: 80", "port: 70000"))
-    calls = 0
-
-    def counting(obj: dict[str, Any]) -> Any:
-        nonlocal calls
-        calls += 1
-        return parse_service(obj, CIDRS)
-
-    for _ in range(2):
-        with pytest.raises(ObjectError, match="70000"):
-            cache.parse(bad, "Service", counting)
-    assert calls == 1
-
-
-def test_the_snapshot_builder_recomputes_only_services_whose_spec_or_slices_changed() -> None:
-    from nfqproxy.model import SnapshotBuilder
-
-    docs = [
-        yaml.safe_load(service()),
-        yaml.safe_load(
-            service().replace("name: web,", "name: api,").replace("10.96.0.10", "10.96.0.11")
-        ),
-    ]
-    specs = [parse_service(d, CIDRS) for d in docs]
-    slice_doc = yaml.safe_load(endpoint_slice("a", "[{addresses: [10.1.0.1]}]").lstrip("-\n"))
-    builder = SnapshotBuilder()
-    first = builder.build(specs, [parse_endpoint_slice(slice_doc)])
-    slice_doc["endpoints"].append({"addresses": ["10.1.0.2"]})
-    second = builder.build(specs, [parse_endpoint_slice(slice_doc)])
-    by_name = {p.name: p for p in first.ports.values()}
-    for port in second.ports.values():
-        if port.name.startswith("shop/api"):
-            assert port is by_name[port.name]  # untouched: the same object, not recomputed
-        elif port.protocol == "TCP":
-            assert [b.name for b in port.backends] == ["10.1.0.1:8080", "10.1.0.2:8080"]
-    assert second == build_snapshot(specs, [parse_endpoint_slice(slice_doc)])

@@ -14,8 +14,17 @@ from collections.abc import Callable, Iterable
 from ipaddress import IPv4Network, ip_address
 
 from nfqproxy.datapath.conntable import SUMMARY_DETAIL_LIMIT, Timeouts, flow_summary
-from nfqproxy.datapath.reference import Action, Frontend, TableKey, Verdict, plan_changes
-from nfqproxy.model import Snapshot
+from nfqproxy.datapath.reference import (
+    Action,
+    Frontend,
+    PortChanges,
+    TableKey,
+    Verdict,
+    plan_changes,
+    snapshot_changes,
+    update_ports,
+)
+from nfqproxy.model import ServicePort, ServicePortKey, Snapshot
 
 try:
     from nfqproxy._fastpath import FastCore
@@ -59,7 +68,7 @@ class FastDatapath:
         self.capacity = capacity
         self.seed = seed
         self.clock = clock
-        self._snapshot = Snapshot()
+        self._ports: dict[ServicePortKey, ServicePort] = {}  # as programmed
         self._frontends: dict[TableKey, Frontend] = {}
         self._slots: dict[TableKey, int] = {}
         self._free_slots: list[int] = []
@@ -69,14 +78,18 @@ class FastDatapath:
         return self.core.counters()
 
     def apply(self, snapshot: Snapshot) -> list[str]:
-        """As ReferenceDatapath.apply: rebuilds only what changed, all or nothing."""
-        changes = plan_changes(self._snapshot, snapshot, self.seed)
-        for key in changes.removed:
+        """Programs the tables to hold exactly the snapshot; see apply_changes."""
+        return self.apply_changes(snapshot_changes(self._ports, snapshot))
+
+    def apply_changes(self, changes: PortChanges) -> list[str]:
+        """As ReferenceDatapath.apply_changes: all or nothing."""
+        plan = plan_changes(self._ports, changes, self.seed)
+        for key in plan.removed:
             slot = self._slots.pop(key)
             self.core.remove_frontend(slot)
             self._free_slots.append(slot)
             del self._frontends[key]
-        for key, frontend in changes.built.items():
+        for key, frontend in plan.built.items():
             if key not in self._slots:
                 self._slots[key] = self._free_slots.pop() if self._free_slots else len(self._slots)
             slot = self._slots[key]
@@ -90,11 +103,12 @@ class FastDatapath:
                 frontend.selector.table,
             )
             self._frontends[key] = frontend
-        self.core.rebuild_maps()
-        self._snapshot = snapshot
-        if changes.names:
+        if plan.names:
+            self.core.rebuild_maps()  # in C: well under a millisecond at 10k frontends
+        update_ports(self._ports, changes)
+        if plan.backends_lost:
             self.core.forget_udp_flows_to_removed_backends()
-        return changes.names
+        return plan.names
 
     def process(self, raw: bytes) -> Verdict:
         action, reason, payload, proxied, hairpin = self.core.process(raw, self.clock())

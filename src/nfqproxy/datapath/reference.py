@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from ipaddress import IPv4Network
@@ -79,26 +79,56 @@ def table_key(key: ServicePortKey) -> TableKey:
     return (vip.packed, PROTOCOLS[protocol], port)
 
 
+PortChanges = Mapping[ServicePortKey, ServicePort | None]
+
+
 @dataclass(frozen=True)
 class TableChanges:
-    """What programming a new snapshot takes: frontends to drop, frontends (re)built."""
+    """What programming a set of changes takes: frontends to drop, frontends (re)built."""
 
     removed: list[TableKey]
     built: dict[TableKey, Frontend]
     names: list[str]  # the service ports added, changed or removed
+    backends_lost: bool  # a frontend went, or lost a backend: UDP flows may need re-steering
 
 
-def plan_changes(old: Snapshot, new: Snapshot, seed: int) -> TableChanges:
-    """The changes from old to new. Every new frontend is built here, before any table is
-    touched, so that a failure (too many backends, say) leaves the data path as it was."""
-    built = {
-        table_key(model_key): Frontend.from_model(port, seed)
-        for model_key, port in new.ports.items()
-        if old.ports.get(model_key) != port
+def snapshot_changes(
+    old: Mapping[ServicePortKey, ServicePort], new: Snapshot
+) -> dict[ServicePortKey, ServicePort | None]:
+    """The changes that turn the frontends old into the snapshot new."""
+    changes: dict[ServicePortKey, ServicePort | None] = {
+        key: port for key, port in new.ports.items() if old.get(key) != port
     }
-    gone = old.ports.keys() - new.ports.keys()
-    names = [old.ports[k].name for k in gone] + [f.name for f in built.values()]
-    return TableChanges([table_key(k) for k in gone], built, names)
+    changes.update(dict.fromkeys(old.keys() - new.ports.keys()))
+    return changes
+
+
+def plan_changes(
+    current: Mapping[ServicePortKey, ServicePort], changes: PortChanges, seed: int
+) -> TableChanges:
+    """Every new frontend is built here, before any table is touched, so that a failure
+    (too many backends, say) leaves the data path as it was."""
+    built, removed, names, lost = {}, [], [], False
+    for model_key, port in changes.items():
+        old = current.get(model_key)
+        if port is None:
+            if old is not None:
+                removed.append(table_key(model_key))
+                names.append(old.name)
+                lost = True
+        elif port != old:
+            built[table_key(model_key)] = Frontend.from_model(port, seed)
+            names.append(port.name)
+            lost = lost or (old is not None and not set(old.backends) <= set(port.backends))
+    return TableChanges(removed, built, names, lost)
+
+
+def update_ports(ports: dict[ServicePortKey, ServicePort], changes: PortChanges) -> None:
+    for key, port in changes.items():
+        if port is None:
+            ports.pop(key, None)
+        else:
+            ports[key] = port
 
 
 class ReferenceDatapath:
@@ -117,7 +147,7 @@ class ReferenceDatapath:
         self.seed = seed
         self.clock = clock
         self.counters: Counter[str] = Counter()
-        self._snapshot = Snapshot()
+        self._ports: dict[ServicePortKey, ServicePort] = {}  # as programmed
         self._frontends: dict[TableKey, Frontend] = {}
         self._vips: Counter[bytes] = Counter()  # VIP -> service ports it serves
         # (protocol, backend address, backend port) -> frontends using it, for reply recovery
@@ -126,23 +156,27 @@ class ReferenceDatapath:
     # --- programming ------------------------------------------------------------------
 
     def apply(self, snapshot: Snapshot) -> list[str]:
-        """Programs the tables from a snapshot; rebuilds only the service ports that changed.
+        """Programs the tables to hold exactly the snapshot; see apply_changes."""
+        return self.apply_changes(snapshot_changes(self._ports, snapshot))
+
+    def apply_changes(self, changes: PortChanges) -> list[str]:
+        """Adds, replaces (a ServicePort) or removes (None) frontends, all or nothing.
 
         Returns the names of the service ports added, changed or removed.
         """
-        changes = plan_changes(self._snapshot, snapshot, self.seed)
-        for key in changes.removed:
+        plan = plan_changes(self._ports, changes, self.seed)
+        for key in plan.removed:
             self._unindex(key)
-        for key, frontend in changes.built.items():
+        for key, frontend in plan.built.items():
             self._unindex(key)
             self._frontends[key] = frontend
             self._vips[key[0]] += 1
             for address, port_number in frontend.backends:
                 self._by_backend.setdefault((key[1], address, port_number), []).append(key)
-        self._snapshot = snapshot
-        if changes.names:
+        update_ports(self._ports, changes)
+        if plan.backends_lost:
             self._forget_udp_flows_to_removed_backends()
-        return changes.names
+        return plan.names
 
     def _unindex(self, key: TableKey) -> None:
         """Removes a frontend and its entries in the VIP and backend indexes."""

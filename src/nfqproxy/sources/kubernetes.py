@@ -19,7 +19,7 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,8 @@ ObjectKey = tuple[str, str]
 # The kubernetes.aio call for one resource: keyword arguments as the client names them,
 # returning the raw aiohttp response.
 ListCall = Callable[..., Awaitable[Any]]
+# Told of each object that was added or changed (the object) or deleted (None).
+ChangeHandler = Callable[[ObjectKey, Obj | None], None]
 
 LABEL_SERVICE_PROXY_NAME = "service.kubernetes.io/service-proxy-name"
 LABEL_HEADLESS = "service.kubernetes.io/headless"
@@ -66,7 +68,7 @@ class Informer:
         self,
         name: str,
         list_call: ListCall,
-        on_change: Callable[[], None],
+        on_change: ChangeHandler,
         label_selector: str = "",
         field_selector: str = "",
         watch_timeout: tuple[int, int] = (240, 290),
@@ -131,7 +133,7 @@ class Informer:
             if not token:
                 break
         vanished = self.cache.keys() - fresh.keys()
-        changed = vanished or any(self.cache.get(k) != v for k, v in fresh.items())
+        changed = [(k, v) for k, v in fresh.items() if self.cache.get(k) != v]
         self.cache = fresh
         self.resource_version = str((document.get("metadata") or {}).get("resourceVersion", ""))
         self.relists += 1
@@ -141,9 +143,11 @@ class Informer:
                 self.name,
                 len(vanished),
             )
-        if changed or not self.synced.is_set():
-            self.synced.set()
-            self.on_change()
+        self.synced.set()
+        for key in vanished:
+            self.on_change(key, None)
+        for key, obj in changed:
+            self.on_change(key, obj)
 
     async def watch(self) -> None:
         """Watches from self.resource_version until the server closes the stream."""
@@ -180,10 +184,11 @@ class Informer:
                 key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
                 if kind == "DELETED":
                     self.cache.pop(key, None)
+                    self.on_change(key, None)
                 else:
                     self.cache[key] = obj
+                    self.on_change(key, obj)
                 self.backoff.reset()
-                self.on_change()
         finally:
             response.release()
 
@@ -266,7 +271,8 @@ class KubernetesSource:
     def __init__(
         self,
         client_api: Any,
-        on_change: Callable[[], None],
+        on_service: ChangeHandler,
+        on_slice: ChangeHandler,
         service_proxy_name: str | None = None,
         watch_timeout: tuple[int, int] = (240, 290),
     ) -> None:
@@ -276,7 +282,7 @@ class KubernetesSource:
         self.services = Informer(
             "services",
             core.list_service_for_all_namespaces_without_preload_content,
-            on_change,
+            on_service,
             service_selector(service_proxy_name),
             "spec.clusterIP!=None",
             watch_timeout,
@@ -284,7 +290,7 @@ class KubernetesSource:
         self.endpoint_slices = Informer(
             "endpointslices",
             discovery.list_endpoint_slice_for_all_namespaces_without_preload_content,
-            on_change,
+            on_slice,
             f"!{LABEL_HEADLESS}",
             "",
             watch_timeout,
@@ -294,9 +300,6 @@ class KubernetesSource:
         """Program nothing before both caches hold a full list."""
         await self.services.synced.wait()
         await self.endpoint_slices.synced.wait()
-
-    def services_and_slices(self) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
-        return list(self.services.cache.values()), list(self.endpoint_slices.cache.values())
 
     async def run(self) -> None:
         await asyncio.gather(self.services.run(), self.endpoint_slices.run())

@@ -1,0 +1,292 @@
+"""The model kept current one object at a time, as kube-proxy's change trackers do.
+
+Sources report each Service or EndpointSlice that changed (or vanished). flush() parses
+only those, recomputes only the services they touch, and returns only the frontends
+whose backends changed, so one endpoint change costs the same at 10 services or 10,000.
+
+Frontend conflicts (one VIP:port claimed by two services) go to the older claim: a new
+service cannot take a frontend that already carries traffic. The loser is reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from nfqproxy.model import (
+    MAX_BACKENDS_PER_PORT,
+    EndpointSliceSpec,
+    IPNetwork,
+    ObjectError,
+    ServicePort,
+    ServicePortKey,
+    ServiceSpec,
+    Snapshot,
+    object_ref,
+    parse_endpoint_slice,
+    parse_service,
+    service_ports,
+)
+
+ObjectKey = tuple[str, str]  # namespace, name
+TRIGGER_TIME_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
+
+
+@dataclass
+class Changes:
+    """What one flush found."""
+
+    # Frontends whose programming changed: the new ServicePort, or None to remove it.
+    ports: dict[ServicePortKey, ServicePort | None] = field(default_factory=dict)
+    # Errors that arose from the objects handled in this flush, each reported once.
+    errors: list[str] = field(default_factory=list)
+    # New last-change-trigger-time annotations of the slices handled, for the latency metric.
+    trigger_times: list[str] = field(default_factory=list)
+
+
+def object_key(obj: Mapping[str, Any]) -> ObjectKey:
+    meta = obj.get("metadata")
+    if not isinstance(meta, Mapping):
+        return ("", "")
+    return (str(meta.get("namespace", "default")), str(meta.get("name", "")))
+
+
+class ChangeTracker:
+    def __init__(
+        self,
+        service_cidrs: Iterable[IPNetwork],
+        service_proxy_name: str | None = None,
+        node_name: str | None = None,
+        node_zone: str | None = None,
+    ) -> None:
+        self.service_cidrs = list(service_cidrs)
+        self.service_proxy_name = service_proxy_name
+        self.node_name = node_name
+        self.node_zone = node_zone
+        # Raw objects reported since the last flush (None: deleted); only the latest counts.
+        self._pending_services: dict[ObjectKey, Mapping[str, Any] | None] = {}
+        self._pending_slices: dict[ObjectKey, Mapping[str, Any] | None] = {}
+        # Services to recompute, in the order they were reported (a dict keeps it).
+        self._dirty: dict[ObjectKey, None] = {}
+        self._services: dict[ObjectKey, ServiceSpec] = {}
+        self._slices: dict[ObjectKey, EndpointSliceSpec] = {}
+        self._slices_of: dict[ObjectKey, dict[ObjectKey, EndpointSliceSpec]] = {}
+        self._object_errors: dict[tuple[str, ObjectKey], str] = {}
+        self._trigger_times: dict[ObjectKey, str] = {}
+        # What each service asks for, and who claims each frontend (oldest claim first).
+        self._ports_of: dict[ObjectKey, dict[ServicePortKey, ServicePort]] = {}
+        self._port_errors: dict[ObjectKey, list[str]] = {}
+        self._claims: dict[ServicePortKey, dict[ObjectKey, ServicePort]] = {}
+        self._conflicts: dict[ServicePortKey, list[str]] = {}
+        self.ports: dict[ServicePortKey, ServicePort] = {}  # what the data path holds
+        # For sources that hand over everything at once (manifests): what they gave last.
+        self._last_services: dict[ObjectKey, Mapping[str, Any]] = {}
+        self._last_slices: dict[ObjectKey, Mapping[str, Any]] = {}
+        self._duplicates: list[str] = []
+
+    # --- reports from sources -----------------------------------------------------------
+
+    def service_changed(self, key: ObjectKey, obj: Mapping[str, Any] | None) -> None:
+        self._pending_services[key] = obj
+
+    def slice_changed(self, key: ObjectKey, obj: Mapping[str, Any] | None) -> None:
+        self._pending_slices[key] = obj
+
+    def replace_all(
+        self, services: Iterable[Mapping[str, Any]], slices: Iterable[Mapping[str, Any]]
+    ) -> None:
+        """For sources that hand over every object each time: reports the ones that are new,
+        gone or not the very same dict as last time. The first of two same-named objects
+        (from two files) wins; the second is an error."""
+        duplicates: list[str] = []
+        for kind, objects, last, report in (
+            ("Service", services, self._last_services, self.service_changed),
+            ("EndpointSlice", slices, self._last_slices, self.slice_changed),
+        ):
+            current: dict[ObjectKey, Mapping[str, Any]] = {}
+            for obj in objects:
+                key = object_key(obj)
+                if key in current:
+                    duplicates.append(f"{kind} {key[0]}/{key[1]} is defined twice; the first wins")
+                    continue
+                current[key] = obj
+                if last.get(key) is not obj:
+                    report(key, obj)
+            for key in last.keys() - current.keys():
+                report(key, None)
+            last.clear()
+            last.update(current)
+        self._duplicates = duplicates
+
+    def set_node(self, node_name: str | None, node_zone: str | None) -> None:
+        """The node's name or zone changed: every service's choice may change."""
+        if (node_name, node_zone) != (self.node_name, self.node_zone):
+            self.node_name, self.node_zone = node_name, node_zone
+            self._dirty.update(dict.fromkeys(self._services))
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._pending_services or self._pending_slices or self._dirty)
+
+    # --- the current state ---------------------------------------------------------------
+
+    def errors(self) -> list[str]:
+        """Every object currently skipped, and why."""
+        result = list(self._duplicates)
+        result += self._object_errors.values()
+        for messages in self._port_errors.values():
+            result += messages
+        for messages in self._conflicts.values():
+            result += messages
+        return result
+
+    def snapshot(self) -> Snapshot:
+        conflicts = [m for ms in self._port_errors.values() for m in ms]
+        conflicts += [m for ms in self._conflicts.values() for m in ms]
+        return Snapshot(dict(self.ports), tuple(conflicts))
+
+    # --- flush ---------------------------------------------------------------------------
+
+    def flush(self) -> Changes:
+        changes = Changes(errors=list(self._duplicates))
+        for key, obj in self._pending_services.items():
+            self._update_service(key, obj, changes)
+        for key, obj in self._pending_slices.items():
+            self._update_slice(key, obj, changes)
+        self._pending_services.clear()
+        self._pending_slices.clear()
+        touched: set[ServicePortKey] = set()
+        for key in self._dirty:
+            self._recompute(key, touched, changes)
+        self._dirty.clear()
+        for frontend in touched:
+            self._resolve(frontend, changes)
+        return changes
+
+    def _update_service(
+        self, key: ObjectKey, obj: Mapping[str, Any] | None, changes: Changes
+    ) -> None:
+        self._object_errors.pop(("Service", key), None)
+        spec = None
+        if obj is not None:
+            try:
+                spec = parse_service(obj, self.service_cidrs, self.service_proxy_name)
+            except ObjectError as exc:
+                self._object_errors[("Service", key)] = message = f"{object_ref(obj)}: {exc}"
+                changes.errors.append(message)
+        self._put_service(key, spec)
+
+    def _put_service(self, key: ObjectKey, spec: ServiceSpec | None) -> None:
+        self._dirty[key] = None
+        if spec is None:
+            self._services.pop(key, None)
+        else:
+            self._services[key] = spec
+
+    def _update_slice(
+        self, key: ObjectKey, obj: Mapping[str, Any] | None, changes: Changes
+    ) -> None:
+        self._object_errors.pop(("EndpointSlice", key), None)
+        spec = None
+        if obj is None:
+            self._trigger_times.pop(key, None)
+        else:
+            try:
+                spec = parse_endpoint_slice(obj)
+            except ObjectError as exc:
+                self._object_errors[("EndpointSlice", key)] = message = f"{object_ref(obj)}: {exc}"
+                changes.errors.append(message)
+            else:
+                annotations = obj["metadata"].get("annotations")
+                trigger = annotations.get(TRIGGER_TIME_ANNOTATION) if annotations else None
+                if isinstance(trigger, str) and self._trigger_times.get(key) != trigger:
+                    self._trigger_times[key] = trigger
+                    changes.trigger_times.append(trigger)
+        self._put_slice(key, spec)
+
+    def _put_slice(self, key: ObjectKey, spec: EndpointSliceSpec | None) -> None:
+        """Files the slice under its service; both the old and the new owner are dirty."""
+        old = self._slices.pop(key, None)
+        if old is not None and old.service_name is not None:
+            owner = (old.namespace, old.service_name)
+            self._dirty[owner] = None
+            siblings = self._slices_of.get(owner, {})
+            siblings.pop(key, None)
+            if not siblings:
+                self._slices_of.pop(owner, None)
+        if spec is None:
+            return
+        self._slices[key] = spec
+        if spec.service_name is not None:
+            owner = (spec.namespace, spec.service_name)
+            self._slices_of.setdefault(owner, {})[key] = spec
+            self._dirty[owner] = None
+
+    def _recompute(self, key: ObjectKey, touched: set[ServicePortKey], changes: Changes) -> None:
+        """A service's frontends from its spec and slices; claims updated in place, so that
+        a service keeps its place in the queue for a frontend while it changes."""
+        service = self._services.get(key)
+        wanted: dict[ServicePortKey, ServicePort] = {}
+        errors: list[str] = []
+        if service is not None:
+            slices = self._slices_of.get(key, {}).values()
+            for port in service_ports(service, slices, self.node_name, self.node_zone):
+                if len(port.backends) > MAX_BACKENDS_PER_PORT:
+                    errors.append(
+                        f"{port.name}: {len(port.backends)} backends exceed the limit of "
+                        f"{MAX_BACKENDS_PER_PORT}; this port is left out"
+                    )
+                else:
+                    wanted[(port.vip, port.protocol, port.port)] = port
+        if errors:
+            self._port_errors[key] = errors
+            changes.errors += errors
+        else:
+            self._port_errors.pop(key, None)
+        for frontend in self._ports_of.pop(key, {}).keys() - wanted.keys():
+            claimants = self._claims[frontend]
+            del claimants[key]
+            if not claimants:
+                del self._claims[frontend]
+            touched.add(frontend)
+        for frontend, port in wanted.items():
+            self._claims.setdefault(frontend, {})[key] = port
+            touched.add(frontend)
+        if wanted:
+            self._ports_of[key] = wanted
+
+    def _resolve(self, frontend: ServicePortKey, changes: Changes) -> None:
+        claimants = list(self._claims.get(frontend, {}).values())
+        winner = claimants[0] if claimants else None
+        if len(claimants) > 1:
+            vip, protocol, port = frontend
+            self._conflicts[frontend] = messages = [
+                f"{loser.name}: {vip}:{port}/{protocol} is already served by {claimants[0].name}; "
+                "this port is left out"
+                for loser in claimants[1:]
+            ]
+            changes.errors += messages
+        else:
+            self._conflicts.pop(frontend, None)
+        if winner is None:
+            if self.ports.pop(frontend, None) is not None:
+                changes.ports[frontend] = None
+        elif self.ports.get(frontend) != winner:
+            self.ports[frontend] = changes.ports[frontend] = winner
+
+
+def build_snapshot(
+    services: Iterable[ServiceSpec],
+    slices: Iterable[EndpointSliceSpec],
+    node_name: str | None = None,
+    node_zone: str | None = None,
+) -> Snapshot:
+    """The frontends and their backends, from already parsed services and slices."""
+    tracker = ChangeTracker([], None, node_name, node_zone)
+    for service in services:
+        tracker._put_service((service.namespace, service.name), service)
+    for endpoint_slice in slices:
+        tracker._put_slice((endpoint_slice.namespace, endpoint_slice.name), endpoint_slice)
+    tracker.flush()
+    return tracker.snapshot()

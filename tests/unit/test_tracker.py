@@ -1,0 +1,193 @@
+"""The change tracker: per-object reports in, only the frontends that changed out."""
+
+from __future__ import annotations
+
+import copy
+from ipaddress import IPv4Network, ip_address
+from typing import Any
+
+import pytest
+
+from nfqproxy.model import Backend, parse_endpoint_slice
+from nfqproxy.tracker import TRIGGER_TIME_ANNOTATION, ChangeTracker
+
+CIDRS = [IPv4Network("10.96.0.0/12")]
+
+
+def service(name: str, vip: str, port: int = 80, namespace: str = "shop") -> dict[str, Any]:
+    return {
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"clusterIP": vip, "ports": [{"name": "http", "port": port}]},
+    }
+
+
+def endpoint_slice(
+    name: str, service_name: str, *addresses: str, namespace: str = "shop"
+) -> dict[str, Any]:
+    return {
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"kubernetes.io/service-name": service_name},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080}],
+        "endpoints": [{"addresses": [a]} for a in addresses],
+    }
+
+
+def frontend(vip: str, port: int = 80) -> tuple[Any, str, int]:
+    return (ip_address(vip), "TCP", port)
+
+
+def backends(tracker: ChangeTracker, vip: str) -> list[str]:
+    return [b.name for b in tracker.ports[frontend(vip)].backends]
+
+
+def report(tracker: ChangeTracker, *objects: dict[str, Any]) -> None:
+    for obj in objects:
+        key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+        if obj["kind"] == "Service":
+            tracker.service_changed(key, obj)
+        else:
+            tracker.slice_changed(key, obj)
+
+
+def test_one_endpoint_change_among_many_services_parses_and_returns_only_that_service(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tracker = ChangeTracker(CIDRS)
+    for i in range(500):
+        vip = f"10.96.{i // 250}.{i % 250 + 1}"
+        report(tracker, service(f"s{i}", vip), endpoint_slice(f"s{i}-a", f"s{i}", "10.1.0.1"))
+    assert len(tracker.flush().ports) == 500
+
+    parsed: list[str] = []
+
+    def counting(obj: Any) -> Any:
+        parsed.append(obj["metadata"]["name"])
+        return parse_endpoint_slice(obj)
+
+    monkeypatch.setattr("nfqproxy.tracker.parse_endpoint_slice", counting)
+    report(tracker, endpoint_slice("s7-a", "s7", "10.1.0.1", "10.1.0.2"))
+    changes = tracker.flush()
+    assert parsed == ["s7-a"]
+    assert list(changes.ports) == [frontend("10.96.0.8")]
+    assert backends(tracker, "10.96.0.8") == ["10.1.0.1:8080", "10.1.0.2:8080"]
+    assert tracker.flush().ports == {}  # nothing reported, nothing to do
+
+
+def test_only_the_latest_report_of_an_object_counts() -> None:
+    tracker = ChangeTracker(CIDRS)
+    report(tracker, service("web", "10.96.0.10"))
+    for address in ("10.1.0.1", "10.1.0.2", "10.1.0.3"):
+        report(tracker, endpoint_slice("web-a", "web", address))
+    tracker.flush()
+    assert backends(tracker, "10.96.0.10") == ["10.1.0.3:8080"]
+
+
+def test_deletions_empty_a_frontend_or_remove_it() -> None:
+    tracker = ChangeTracker(CIDRS)
+    report(tracker, service("web", "10.96.0.10"), endpoint_slice("web-a", "web", "10.1.0.1"))
+    tracker.flush()
+    tracker.slice_changed(("shop", "web-a"), None)
+    changes = tracker.flush()
+    port = changes.ports[frontend("10.96.0.10")]
+    assert port is not None and port.backends == ()  # still served: new flows are refused
+    tracker.service_changed(("shop", "web"), None)
+    assert tracker.flush().ports == {frontend("10.96.0.10"): None}
+    assert tracker.ports == {}
+
+
+def test_a_slice_moving_to_another_service_updates_both() -> None:
+    tracker = ChangeTracker(CIDRS)
+    report(
+        tracker,
+        service("a", "10.96.0.10"),
+        service("b", "10.96.0.11"),
+        endpoint_slice("shared", "a", "10.1.0.1"),
+    )
+    tracker.flush()
+    report(tracker, endpoint_slice("shared", "b", "10.1.0.1"))
+    changes = tracker.flush()
+    assert set(changes.ports) == {frontend("10.96.0.10"), frontend("10.96.0.11")}
+    assert backends(tracker, "10.96.0.10") == []
+    assert backends(tracker, "10.96.0.11") == ["10.1.0.1:8080"]
+
+
+def test_the_older_claim_to_a_frontend_keeps_it_while_it_changes() -> None:
+    tracker = ChangeTracker(CIDRS)
+    report(tracker, service("first", "10.96.0.10"), endpoint_slice("f", "first", "10.1.0.1"))
+    tracker.flush()
+    report(tracker, service("second", "10.96.0.10"), endpoint_slice("s", "second", "10.1.0.9"))
+    changes = tracker.flush()
+    assert changes.ports == {}
+    assert any("already served by shop/first" in e for e in changes.errors)
+    report(tracker, endpoint_slice("f", "first", "10.1.0.1", "10.1.0.2"))
+    tracker.flush()
+    assert backends(tracker, "10.96.0.10") == ["10.1.0.1:8080", "10.1.0.2:8080"]
+    tracker.service_changed(("shop", "first"), None)
+    tracker.flush()
+    assert backends(tracker, "10.96.0.10") == ["10.1.0.9:8080"]
+    assert tracker.errors() == []
+
+
+def test_a_bad_object_is_reported_once_skipped_and_forgotten_when_fixed() -> None:
+    tracker = ChangeTracker(CIDRS)
+    report(tracker, service("web", "10.96.0.10"), service("ok", "10.96.0.11"))
+    tracker.flush()
+    bad = service("web", "10.96.0.10", port=70000)
+    report(tracker, bad)
+    changes = tracker.flush()
+    assert len(changes.errors) == 1 and "spec.ports[0].port: 70000" in changes.errors[0]
+    assert changes.ports == {frontend("10.96.0.10"): None}  # as if deleted: skipped
+    assert frontend("10.96.0.11") in tracker.ports  # the rest is untouched
+    assert tracker.flush().errors == []  # reported once, still listed
+    assert len(tracker.errors()) == 1
+    report(tracker, service("web", "10.96.0.10"))
+    tracker.flush()
+    assert tracker.errors() == [] and frontend("10.96.0.10") in tracker.ports
+
+
+def test_replace_all_reports_new_changed_and_vanished_objects_by_identity() -> None:
+    tracker = ChangeTracker(CIDRS)
+    web, api = service("web", "10.96.0.10"), service("api", "10.96.0.11")
+    tracker.replace_all([web, api, copy.deepcopy(web)], [])
+    changes = tracker.flush()
+    assert len(changes.ports) == 2
+    assert changes.errors == ["Service shop/web is defined twice; the first wins"]
+    tracker.replace_all([web, api], [])
+    assert tracker.flush().ports == {} and tracker.errors() == []
+    tracker.replace_all([web], [endpoint_slice("web-a", "web", "10.1.0.1")])
+    changes = tracker.flush()
+    assert changes.ports.keys() == {frontend("10.96.0.10"), frontend("10.96.0.11")}
+    assert changes.ports[frontend("10.96.0.11")] is None
+
+
+def test_node_and_zone_changes_recompute_every_service() -> None:
+    tracker = ChangeTracker(CIDRS, node_name="node-a")
+    local = service("web", "10.96.0.10")
+    local["spec"]["internalTrafficPolicy"] = "Local"
+    slice_doc = endpoint_slice("web-a", "web", "10.1.0.1", "10.1.0.2")
+    slice_doc["endpoints"][0]["nodeName"] = "node-a"
+    slice_doc["endpoints"][1]["nodeName"] = "node-b"
+    report(tracker, local, slice_doc)
+    tracker.flush()
+    assert backends(tracker, "10.96.0.10") == ["10.1.0.1:8080"]
+    tracker.set_node("node-b", None)
+    tracker.flush()
+    assert tracker.ports[frontend("10.96.0.10")].backends == (
+        Backend(ip_address("10.1.0.2"), 8080),
+    )
+
+
+def test_each_new_trigger_time_is_reported_once() -> None:
+    tracker = ChangeTracker(CIDRS)
+    stamped = endpoint_slice("web-a", "web", "10.1.0.1")
+    stamped["metadata"]["annotations"] = {TRIGGER_TIME_ANNOTATION: "2026-01-01T00:00:00Z"}
+    report(tracker, stamped)
+    assert tracker.flush().trigger_times == ["2026-01-01T00:00:00Z"]
+    report(tracker, copy.deepcopy(stamped))
+    assert tracker.flush().trigger_times == []
