@@ -39,7 +39,12 @@ def snapshot() -> Snapshot:
                 "f/web:http", vip, "TCP", 80, tuple(Backend(ip_address(b), 8080) for b in BACKENDS)
             ),
             (vip, "UDP", 53): ServicePort(
-                "f/web:dns", vip, "UDP", 53, tuple(Backend(ip_address(b), 5353) for b in BACKENDS)
+                "f/web:dns",
+                vip,
+                "UDP",
+                53,
+                tuple(Backend(ip_address(b), 5353) for b in BACKENDS),
+                affinity_seconds=60,  # so that the affinity table is fuzzed too
             ),
         }
     )

@@ -16,6 +16,7 @@ from libc.string cimport memcpy, memset, strerror
 
 from includes.netlink cimport *
 
+from nfqproxy.datapath.conntable import affinity_capacity
 from nfqproxy.datapath.hashing import SEED_FLOW
 
 # --- verdicts, reasons and states: the values match the reference's names --------------
@@ -98,6 +99,18 @@ cdef struct Frontend:
     uint16_t *backend_ports
     uint16_t *table
     uint32_t table_size
+    double affinity_timeout  # sessionAffinity ClientIP seconds; 0: none
+
+
+cdef struct Affinity:         # one client's sticky backend for one service port
+    uint32_t client_ip
+    uint32_t vip
+    uint32_t backend_ip
+    uint16_t vport
+    uint16_t backend_port
+    uint8_t proto
+    uint8_t used
+    double expires
 
 
 cdef struct Verdict:
@@ -337,6 +350,10 @@ cdef class FastCore:
     cdef double timeouts[6]
     cdef uint64_t verdicts[3][15]
     cdef public uint64_t ip_options, evicted, expired, udp_resteered
+    cdef Affinity *affinity   # open addressing, backward-shift deletion; allocated on first use
+    cdef uint64_t affinity_mask
+    cdef uint32_t affinity_max, affinity_count
+    cdef public uint64_t affinity_hits, affinity_full
 
     def __cinit__(self, list ranges, uint32_t capacity, tuple timeouts, uint64_t seed):
         cdef uint64_t size = 16
@@ -375,6 +392,9 @@ cdef class FastCore:
         map_init(&self.frontend_map, 1)
         map_init(&self.vip_map, 1)
         map_init(&self.backend_map, 1)
+        self.affinity = NULL
+        self.affinity_max = affinity_capacity(capacity)
+        self.affinity_count = 0
 
     def __dealloc__(self):
         cdef uint32_t i
@@ -384,6 +404,7 @@ cdef class FastCore:
         free(self.entries)
         free(self.forward_index)
         free(self.reply_index)
+        free(self.affinity)
         free(self.frontend_map.keys); free(self.frontend_map.values)
         free(self.vip_map.keys); free(self.vip_map.values)
         free(self.backend_map.keys); free(self.backend_map.values)
@@ -397,9 +418,10 @@ cdef class FastCore:
             f.used = 0
 
     def set_frontend(self, uint32_t slot, uint32_t vip, uint8_t proto, uint16_t port,
-                     list backends, table):
+                     list backends, table, double affinity_timeout=0):
         """Installs a frontend in a slot: backends [(packed ip, port)], table array('H')."""
         cdef uint32_t i, n = len(backends), size = len(table)
+        cdef uint64_t affinity_size = 16
         cdef Frontend *grown
         cdef Frontend *f
         cdef bytes packed
@@ -430,6 +452,15 @@ cdef class FastCore:
             f.table[i] = slots[i]
         f.vip, f.proto, f.port = vip, proto, port
         f.backend_count, f.table_size, f.used = n, size, 1
+        f.affinity_timeout = affinity_timeout
+        if affinity_timeout > 0 and self.affinity == NULL:
+            while affinity_size < (<uint64_t> self.affinity_max) * 2:
+                affinity_size <<= 1
+            # calloc: untouched pages cost no memory until clients are remembered.
+            self.affinity = <Affinity *> calloc(affinity_size, sizeof(Affinity))
+            if self.affinity == NULL:
+                raise MemoryError()
+            self.affinity_mask = affinity_size - 1
 
     def remove_frontend(self, uint32_t slot):
         if slot < self.frontend_slots:
@@ -610,6 +641,87 @@ cdef class FastCore:
         f.state = next_state(f.state, from_client, flags)
         f.expires = now + self.timeouts[f.state]
 
+    # --- session affinity (no GIL): the reference's AffinityTable -----------------------------
+
+    cdef inline uint64_t _affinity_home(self, Affinity *a) noexcept nogil:
+        return index_hash(a.proto, a.client_ip, 0, a.vip, a.vport) & self.affinity_mask
+
+    cdef Affinity *_affinity_find(self, uint8_t proto, uint32_t client, uint32_t vip,
+                                  uint16_t vport) noexcept nogil:
+        cdef uint64_t i = index_hash(proto, client, 0, vip, vport) & self.affinity_mask
+        cdef Affinity *a
+        while self.affinity[i].used:
+            a = &self.affinity[i]
+            if a.client_ip == client and a.vip == vip and a.vport == vport and a.proto == proto:
+                return a
+            i = (i + 1) & self.affinity_mask
+        return NULL
+
+    cdef void _affinity_remove(self, uint64_t i) noexcept nogil:
+        # Backward shift: pull later entries of the probe run into the hole.
+        cdef uint64_t j = i, home
+        self.affinity[i].used = 0
+        self.affinity_count -= 1
+        while True:
+            j = (j + 1) & self.affinity_mask
+            if not self.affinity[j].used:
+                return
+            home = self._affinity_home(&self.affinity[j])
+            if ((j - home) & self.affinity_mask) >= ((j - i) & self.affinity_mask):
+                self.affinity[i] = self.affinity[j]
+                self.affinity[j].used = 0
+                i = j
+
+    cdef uint32_t _affinity_expire(self, double now) noexcept nogil:
+        cdef uint64_t i = 0
+        cdef uint32_t removed = 0
+        if self.affinity == NULL or self.affinity_count == 0:
+            return 0
+        while i <= self.affinity_mask:
+            if self.affinity[i].used and self.affinity[i].expires <= now:
+                self._affinity_remove(i)  # an entry may have moved into i: look again
+                removed += 1
+            else:
+                i += 1
+        return removed
+
+    cdef void _choose(self, Frontend *f, Flow *flow, double now) noexcept nogil:
+        """The backend for a new flow: the client's sticky one, else Maglev's."""
+        cdef Affinity *sticky = NULL
+        cdef uint64_t i
+        cdef uint32_t j, value
+        if f.affinity_timeout > 0:
+            sticky = self._affinity_find(flow.proto, flow.client_ip, flow.vip, flow.vport)
+            if sticky != NULL and sticky.expires <= now:
+                self._affinity_remove(sticky - self.affinity)
+                sticky = NULL
+            if sticky != NULL:
+                for j in range(f.backend_count):
+                    if f.backend_ips[j] == sticky.backend_ip and f.backend_ports[j] == sticky.backend_port:
+                        sticky.expires = now + f.affinity_timeout
+                        flow.backend_ip, flow.backend_port = sticky.backend_ip, sticky.backend_port
+                        self.affinity_hits += 1
+                        return
+        value = f.table[flow_hash(flow.proto, flow.client_ip, flow.client_port, flow.vip,
+                                  flow.vport, self.flow_seed) % f.table_size]
+        flow.backend_ip, flow.backend_port = f.backend_ips[value], f.backend_ports[value]
+        if f.affinity_timeout <= 0:
+            return
+        if sticky == NULL:
+            if self.affinity_count >= self.affinity_max:
+                self.affinity_full += 1
+                return
+            i = index_hash(flow.proto, flow.client_ip, 0, flow.vip, flow.vport) & self.affinity_mask
+            while self.affinity[i].used:
+                i = (i + 1) & self.affinity_mask
+            sticky = &self.affinity[i]
+            sticky.client_ip, sticky.vip, sticky.vport = flow.client_ip, flow.vip, flow.vport
+            sticky.proto, sticky.used = flow.proto, 1
+            self.affinity_count += 1
+        # New, or its backend left the service: the client moves on.
+        sticky.backend_ip, sticky.backend_port = flow.backend_ip, flow.backend_port
+        sticky.expires = now + f.affinity_timeout
+
     # --- one packet ------------------------------------------------------------------------
 
     cdef Verdict process_packet(self, uint8_t *pkt, uint32_t length, double now,
@@ -623,7 +735,7 @@ cdef class FastCore:
 
     cdef void _decide(self, uint8_t *pkt, uint32_t length, double now, bint partial,
                       Verdict *v) noexcept nogil:
-        cdef uint32_t hl, total, l4_length, dst, src, index, value
+        cdef uint32_t hl, total, l4_length, dst, src, index
         cdef uint16_t sport, dport
         cdef uint8_t proto, flags = 0
         cdef int i
@@ -631,7 +743,6 @@ cdef class FastCore:
         cdef Flow flow
         cdef uint32_t *slot
         cdef Frontend *f
-        cdef uint64_t h
         if length < 20:
             v.reason = R_TRUNCATED_IP; return
         if pkt[0] >> 4 != 4:
@@ -680,10 +791,8 @@ cdef class FastCore:
                 if f.backend_count == 0:
                     v.action, v.reason = ACT_REJECT, R_NO_ENDPOINTS
                     return
-                h = flow_hash(proto, src, sport, dst, dport, self.flow_seed)
-                value = f.table[h % f.table_size]
                 flow.proto, flow.client_ip, flow.client_port, flow.vip, flow.vport = proto, src, sport, dst, dport
-                flow.backend_ip, flow.backend_port = f.backend_ips[value], f.backend_ports[value]
+                self._choose(f, &flow, now)
                 flow.state = initial_state(proto, flags)
                 index = self._add(&flow, now)
                 v.reason = R_NEW_FLOW
@@ -731,7 +840,17 @@ cdef class FastCore:
         return ACTION_NAMES[v.action], REASON_NAMES[v.reason], payload, bool(v.proxied), bool(v.hairpin)
 
     def expire(self, double now):
+        """Drops expired flows (returned: how many) and expired client affinities."""
+        self._affinity_expire(now)
         return self._expire_all(now)
+
+    @property
+    def affinity_clients(self):
+        return self.affinity_count
+
+    @property
+    def affinity_limit(self):
+        return self.affinity_max
 
     def __len__(self):
         return self.count
@@ -748,6 +867,10 @@ cdef class FastCore:
             named["ip_options"] = self.ip_options
         if self.udp_resteered:
             named["udp_flow_resteered"] = self.udp_resteered
+        if self.affinity_hits:
+            named["affinity_hit"] = self.affinity_hits
+        if self.affinity_full:
+            named["affinity_table_full"] = self.affinity_full
         return named
 
     def flows(self):

@@ -12,6 +12,12 @@ class FastCore:
     evicted: int
     expired: int
     udp_resteered: int
+    affinity_hits: int
+    affinity_full: int
+    @property
+    def affinity_clients(self) -> int: ...
+    @property
+    def affinity_limit(self) -> int: ...
     def __init__(
         self, ranges: list[tuple[int, int]], capacity: int, timeouts: tuple[float, ...], seed: int
     ) -> None: ...
@@ -23,6 +29,7 @@ class FastCore:
         port: int,
         backends: list[tuple[bytes, int]],
         table: array[int],
+        affinity_timeout: float = 0,
     ) -> None: ...
     def remove_frontend(self, slot: int) -> None: ...
     def rebuild_maps(self) -> None: ...

@@ -28,6 +28,8 @@ DNS_1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$")
 MAX_ENDPOINTS_PER_SLICE = 1000  # the API server's maxItems for EndpointSlice.endpoints
 MAX_BACKENDS_PER_PORT = 65534  # Maglev slots hold uint16 backend indexes
+DEFAULT_AFFINITY_SECONDS = 10800  # the API's default for sessionAffinity ClientIP
+MAX_AFFINITY_SECONDS = 86400  # the API's limit
 
 
 class ObjectError(ValueError):
@@ -146,6 +148,7 @@ class ServiceSpec:
     ports: tuple[ServicePortSpec, ...]
     internal_traffic_local: bool
     skip_reason: str | None = None  # why kube-proxy would not program it
+    affinity_seconds: int = 0  # sessionAffinity ClientIP: how long a client sticks; 0: off
 
     @property
     def key(self) -> str:
@@ -251,8 +254,34 @@ def parse_service(
             "spec.internalTrafficPolicy", f"{traffic_policy!r:.40} is not Cluster or Local"
         )
     return ServiceSpec(
-        namespace, name, tuple(cluster_ips), tuple(ports), traffic_policy == "Local", skip_reason
+        namespace,
+        name,
+        tuple(cluster_ips),
+        tuple(ports),
+        traffic_policy == "Local",
+        skip_reason,
+        _affinity_seconds(spec),
     )
+
+
+def _affinity_seconds(spec: Mapping[str, Any]) -> int:
+    """sessionAffinity: 0 for None, else ClientIP's timeoutSeconds (default 10800)."""
+    affinity = spec.get("sessionAffinity", "None")
+    if affinity not in ("None", "ClientIP"):
+        raise ObjectError("spec.sessionAffinity", f"{affinity!r:.40} is not None or ClientIP")
+    if affinity == "None":
+        return 0
+    config = _mapping(spec.get("sessionAffinityConfig"), "spec.sessionAffinityConfig", False)
+    client_ip = _mapping(
+        config.get("clientIP"), "spec.sessionAffinityConfig.clientIP", required=False
+    )
+    path = "spec.sessionAffinityConfig.clientIP.timeoutSeconds"
+    seconds = client_ip.get("timeoutSeconds", DEFAULT_AFFINITY_SECONDS)
+    if isinstance(seconds, bool) or not isinstance(seconds, int):
+        raise ObjectError(path, f"must be an integer, got {seconds!r:.40}")
+    if not 0 < seconds <= MAX_AFFINITY_SECONDS:
+        raise ObjectError(path, f"{seconds} is out of range 1-{MAX_AFFINITY_SECONDS}")
+    return seconds
 
 
 def parse_endpoint_slice(obj: Mapping[str, Any]) -> EndpointSliceSpec:
@@ -343,6 +372,7 @@ class ServicePort:
     protocol: str
     port: int
     backends: tuple[Backend, ...]
+    affinity_seconds: int = 0  # sessionAffinity ClientIP timeout; 0: none
 
 
 ServicePortKey = tuple[IPAddress, str, int]
@@ -409,5 +439,9 @@ def service_ports(
                 {Backend(e.addresses[0], p) for e, p in matching if id(e) in chosen_ids}
             )
             name = f"{service.key}:{port.name}" if port.name else service.key
-            result.append(ServicePort(name, vip, port.protocol, port.port, tuple(backends)))
+            result.append(
+                ServicePort(
+                    name, vip, port.protocol, port.port, tuple(backends), service.affinity_seconds
+                )
+            )
     return result

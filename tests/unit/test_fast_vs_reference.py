@@ -50,16 +50,27 @@ class Clock:
         return self.now
 
 
-def snapshot(backends: frozenset[int]) -> Snapshot:
+def snapshot(backends: frozenset[int], affinity: int = 0) -> Snapshot:
+    """web:http and web:dns on the chosen backends, with sessionAffinity seconds (0: none)."""
     chosen = [BACKENDS[i] for i in sorted(backends)]
     vip, empty = ip_address("10.96.0.10"), ip_address("10.96.0.20")
     return Snapshot(
         {
             (vip, "TCP", 80): ServicePort(
-                "d/web:http", vip, "TCP", 80, tuple(Backend(ip_address(b), 8080) for b in chosen)
+                "d/web:http",
+                vip,
+                "TCP",
+                80,
+                tuple(Backend(ip_address(b), 8080) for b in chosen),
+                affinity,
             ),
             (vip, "UDP", 53): ServicePort(
-                "d/web:dns", vip, "UDP", 53, tuple(Backend(ip_address(b), 5353) for b in chosen)
+                "d/web:dns",
+                vip,
+                "UDP",
+                53,
+                tuple(Backend(ip_address(b), 5353) for b in chosen),
+                affinity,
             ),
             (empty, "TCP", 80): ServicePort("d/empty:http", empty, "TCP", 80, ()),
         }
@@ -130,8 +141,23 @@ operations = st.lists(
         st.tuples(st.just("packet"), valid),
         st.tuples(st.just("packet"), st.one_of(mutated(), truncated(), st.binary(max_size=64))),
         st.tuples(st.just("packet"), bad_headers()),
-        st.tuples(st.just("apply"), st.frozensets(st.integers(0, 3))),
-        st.tuples(st.just("tick"), st.sampled_from([1.0, 29.0, 31.0, 121.0, 25000.0])),
+        # Several new flows from one client to web: what session affinity acts on.
+        st.tuples(
+            st.just("packets"),
+            st.builds(
+                lambda client, proto, sports: [
+                    request(client, sport, 0, proto, dpkt.tcp.TH_SYN, b"") for sport in sports
+                ],
+                st.integers(0, 2),
+                protos,
+                st.lists(st.integers(2000, 2100), min_size=1, max_size=6),
+            ),
+        ),
+        st.tuples(
+            st.just("apply"),
+            st.tuples(st.frozensets(st.integers(0, 3)), st.sampled_from([0, 30, 100])),
+        ),
+        st.tuples(st.just("tick"), st.sampled_from([1.0, 20.0, 29.0, 31.0, 121.0, 25000.0])),
         st.tuples(st.just("expire"), st.none()),
     ),
     max_size=80,
@@ -141,11 +167,12 @@ operations = st.lists(
 def run(datapath: Any, clock: Clock, ops: list[tuple[str, Any]]) -> list[Any]:
     trace: list[Any] = []
     for op, arg in ops:
-        if op == "packet":
-            v = datapath.process(arg)
-            trace.append((v.action, v.reason, v.payload, v.proxied, v.hairpin))
+        if op in ("packet", "packets"):
+            for packet in [arg] if op == "packet" else arg:
+                v = datapath.process(packet)
+                trace.append((v.action, v.reason, v.payload, v.proxied, v.hairpin))
         elif op == "apply":
-            trace.append(sorted(datapath.apply(snapshot(arg))))
+            trace.append(sorted(datapath.apply(snapshot(*arg))))
         elif op == "tick":
             clock.now += arg
         else:
@@ -154,21 +181,22 @@ def run(datapath: Any, clock: Clock, ops: list[tuple[str, Any]]) -> list[Any]:
             (
                 len(datapath.flows) if hasattr(datapath, "flows") else len(datapath),
                 dict(datapath.counters),
+                datapath.status()["session_affinity"],
             )
         )
     return trace
 
 
-@given(operations, st.integers(1, 12))
+@given(operations, st.integers(1, 12), st.sampled_from([0, 30, 100]))
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_fast_and_reference_paths_agree_on_every_packet(
-    ops: list[tuple[str, Any]], capacity: int
+    ops: list[tuple[str, Any]], capacity: int, affinity: int
 ) -> None:
     traces = []
     for kind in (ReferenceDatapath, FastDatapath):
         clock = Clock()
         datapath = kind([IPv4Network("10.96.0.0/12")], capacity=capacity, clock=clock)
-        datapath.apply(snapshot(frozenset({0, 1, 2})))
+        datapath.apply(snapshot(frozenset({0, 1, 2}), affinity))
         traces.append(run(datapath, clock, ops))
     assert traces[0] == traces[1]
 
@@ -189,7 +217,7 @@ def test_both_paths_evict_and_expire_the_same_flows() -> None:
             )
         )
         scripted.append(("packet", reply(sport % 3, sport % 3, sport, "tcp", dpkt.tcp.TH_ACK)))
-    scripted += [("tick", 31.0), ("expire", None), ("apply", frozenset({1})), ("tick", 121.0)]
+    scripted += [("tick", 31.0), ("expire", None), ("apply", (frozenset({1}), 0)), ("tick", 121.0)]
     scripted += [("packet", request(0, 1001, 0, "tcp", dpkt.tcp.TH_ACK, b"")), ("expire", None)]
     traces, stats = [], []
     for kind in (ReferenceDatapath, FastDatapath):

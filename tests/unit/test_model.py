@@ -249,3 +249,63 @@ def test_a_malformed_hint_is_named_in_the_error() -> None:
     with pytest.raises(ObjectError) as error:
         parse_endpoint_slice(doc)
     assert error.value.field_path == "endpoints[0].hints.forZones[0].name"
+
+
+@pytest.mark.parametrize(
+    ("extra", "seconds"),
+    [
+        ("", 0),
+        ("sessionAffinity: None", 0),
+        ("sessionAffinity: ClientIP", 10800),
+        (
+            "sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}",
+            60,
+        ),
+    ],
+)
+def test_session_affinity_reaches_every_port_of_the_service(extra: str, seconds: int) -> None:
+    snapshot = build_snapshot([parse_service(yaml.safe_load(service(extra)), CIDRS)], [])
+    assert {p.affinity_seconds for p in snapshot.ports.values()} == {seconds}
+
+
+@pytest.mark.parametrize(
+    ("spec", "path", "message"),
+    [
+        ({"sessionAffinity": "Sticky"}, "spec.sessionAffinity", "not None or ClientIP"),
+        (
+            {
+                "sessionAffinity": "ClientIP",
+                "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 0}},
+            },
+            "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+            "out of range 1-86400",
+        ),
+        (
+            {
+                "sessionAffinity": "ClientIP",
+                "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 86401}},
+            },
+            "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+            "out of range",
+        ),
+        (
+            {
+                "sessionAffinity": "ClientIP",
+                "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": "1h"}},
+            },
+            "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+            "must be an integer",
+        ),
+        (
+            {"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": []}},
+            "spec.sessionAffinityConfig.clientIP",
+            "must be a mapping",
+        ),
+    ],
+)
+def test_bad_session_affinity_is_named(spec: dict[str, Any], path: str, message: str) -> None:
+    doc = yaml.safe_load(service())
+    doc["spec"].update(spec)
+    with pytest.raises(ObjectError) as error:
+        parse_service(doc, CIDRS)
+    assert error.value.field_path == path and message in error.value.message

@@ -209,3 +209,56 @@ def flow_summary(
         "by_state": dict(sorted(by_state.items())),
         "by_backend": dict(sorted(by_backend.items())),
     }
+
+
+# (protocol, client address, VIP, service port)
+AffinityKey = tuple[int, bytes, bytes, int]
+
+
+def affinity_capacity(flow_capacity: int) -> int:
+    """Clients remembered for sessionAffinity: a quarter of the flow table."""
+    return max(1, flow_capacity // 4)
+
+
+@dataclass(slots=True)
+class Affinity:
+    backend_ip: bytes
+    backend_port: int
+    expires: float
+
+
+class AffinityTable:
+    """sessionAffinity ClientIP: the backend each client last got, per service port.
+
+    As kube-proxy's `recent` match: a new flow that finds a live entry goes to its backend
+    (if that backend still serves) and renews the entry for the timeout. When the table is
+    full a new client is not remembered and gets the ordinary Maglev choice: clients that
+    already stick keep sticking, whatever a flood of new sources does.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._entries: dict[AffinityKey, Affinity] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, key: AffinityKey, now: float) -> Affinity | None:
+        entry = self._entries.get(key)
+        if entry is not None and entry.expires <= now:
+            del self._entries[key]
+            return None
+        return entry
+
+    def add(self, key: AffinityKey, entry: Affinity) -> bool:
+        """Remembers a client; False if the table is full."""
+        if len(self._entries) >= self.capacity:
+            return False
+        self._entries[key] = entry
+        return True
+
+    def expire(self, now: float) -> int:
+        gone = [key for key, entry in self._entries.items() if entry.expires <= now]
+        for key in gone:
+            del self._entries[key]
+        return len(gone)

@@ -101,6 +101,7 @@ class FastDatapath:
                 port,
                 list(frontend.backends),
                 frontend.selector.table,
+                frontend.affinity_seconds,
             )
             self._frontends[key] = frontend
         if plan.names:
@@ -140,5 +141,9 @@ class FastDatapath:
         return {
             "service_ports": len(self._frontends),
             "connection_table": table,
+            "session_affinity": {
+                "clients": self.core.affinity_clients,
+                "capacity": self.core.affinity_limit,
+            },
             "counters": dict(sorted(self.counters.items())),
         }

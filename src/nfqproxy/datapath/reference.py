@@ -26,10 +26,13 @@ from ipaddress import IPv4Network
 
 from nfqproxy.datapath.conntable import (
     IPPROTO_TCP,
+    Affinity,
+    AffinityTable,
     ConnectionTable,
     Flow,
     FlowState,
     Timeouts,
+    affinity_capacity,
     initial_state,
 )
 from nfqproxy.datapath.hashing import flow_hash
@@ -60,6 +63,7 @@ class Frontend:
     name: str
     backends: tuple[tuple[bytes, int], ...]  # in Maglev order (sorted by name)
     selector: MaglevSelector
+    affinity_seconds: int = 0  # sessionAffinity ClientIP; 0: none
 
     @classmethod
     def from_model(cls, port: ServicePort, seed: int) -> Frontend:
@@ -68,6 +72,7 @@ class Frontend:
             port.name,
             tuple(packed for _, packed in by_name),
             MaglevSelector([name for name, _ in by_name], seed=seed),
+            port.affinity_seconds,
         )
 
 
@@ -144,6 +149,7 @@ class ReferenceDatapath:
             (int(cidr.network_address), int(cidr.netmask)) for cidr in service_cidrs
         ]
         self.flows = ConnectionTable(capacity, timeouts)
+        self.affinity = AffinityTable(affinity_capacity(capacity))
         self.seed = seed
         self.clock = clock
         self.counters: Counter[str] = Counter()
@@ -237,12 +243,9 @@ class ReferenceDatapath:
             if frontend is None:
                 unknown = "no_service" if ip.dst not in self._vips else "port_not_served"
                 return Verdict(Action.REJECT, unknown)
-            index = frontend.selector.select(
-                flow_hash(packet.proto, ip.src, l4.sport, ip.dst, l4.dport, self.seed)
-            )
-            if index < 0:
+            if not frontend.backends:
                 return Verdict(Action.REJECT, "no_endpoints")
-            backend_ip, backend_port = frontend.backends[index]
+            backend_ip, backend_port = self._choose(frontend, packet, now)
             flow = Flow(
                 packet.proto,
                 ip.src,
@@ -261,6 +264,29 @@ class ReferenceDatapath:
         payload = rewrite_destination(packet, flow.backend_ip, flow.backend_port)
         hairpin = flow.backend_ip == flow.client_ip
         return Verdict(Action.ACCEPT, reason, payload, proxied=True, hairpin=hairpin)
+
+    def _choose(self, frontend: Frontend, packet: ParsedPacket, now: float) -> tuple[bytes, int]:
+        """The backend for a new flow: the client's sticky one, else Maglev's."""
+        ip, l4 = packet.ip, packet.l4
+        sticky = None
+        if frontend.affinity_seconds:
+            key = (packet.proto, ip.src, ip.dst, l4.dport)
+            sticky = self.affinity.lookup(key, now)
+            if sticky is not None and (sticky.backend_ip, sticky.backend_port) in frontend.backends:
+                sticky.expires = now + frontend.affinity_seconds
+                self.counters["affinity_hit"] += 1
+                return sticky.backend_ip, sticky.backend_port
+        index = frontend.selector.select(
+            flow_hash(packet.proto, ip.src, l4.sport, ip.dst, l4.dport, self.seed)
+        )
+        backend = frontend.backends[index]
+        if frontend.affinity_seconds:
+            expires = now + frontend.affinity_seconds
+            if sticky is not None:  # its backend left the service: the client moves on
+                sticky.backend_ip, sticky.backend_port, sticky.expires = *backend, expires
+            elif not self.affinity.add(key, Affinity(*backend, expires)):
+                self.counters["affinity_table_full"] += 1
+        return backend
 
     def _reply(self, packet: ParsedPacket) -> Verdict:
         ip, l4, now = packet.ip, packet.l4, self.clock()
@@ -296,11 +322,15 @@ class ReferenceDatapath:
         )
 
     def expire(self) -> int:
-        return self.flows.expire(self.clock())
+        """Drops expired flows (returned: how many) and expired client affinities."""
+        now = self.clock()
+        self.affinity.expire(now)
+        return self.flows.expire(now)
 
     def status(self) -> dict[str, object]:
         return {
             "service_ports": len(self._frontends),
             "connection_table": self.flows.summary(),
+            "session_affinity": {"clients": len(self.affinity), "capacity": self.affinity.capacity},
             "counters": dict(sorted(self.counters.items())),
         }
