@@ -1,0 +1,63 @@
+"""The controller's sync: changes only, and a full catch-up after a failed sync."""
+
+from __future__ import annotations
+
+import asyncio
+from ipaddress import ip_address
+from typing import Any
+
+import pytest
+
+from nfqproxy.controller import Proxy, ProxyConfig
+from nfqproxy.datapath.reference import ReferenceDatapath, table_key
+from tests.unit.test_tracker import endpoint_slice, report, service
+
+
+def proxy() -> Proxy:
+    return Proxy(
+        ProxyConfig(datapath="reference", install_hooks=False, healthz_bind=None, metrics_bind=None)
+    )
+
+
+def backends(datapath: Any, vip: str) -> list[tuple[bytes, int]]:
+    return list(datapath._frontends[table_key((ip_address(vip), "TCP", 80))].backends)
+
+
+def test_a_sync_programs_only_what_changed_since_the_last(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    controller = proxy()
+    report(controller.tracker, service("a", "10.96.0.10"), service("b", "10.96.0.11"))
+    asyncio.run(controller.sync())
+    applied: list[list[Any]] = []
+    real_apply = ReferenceDatapath.apply_changes
+
+    def recording(self: ReferenceDatapath, changes: Any) -> list[str]:
+        applied.append(list(changes))
+        return real_apply(self, changes)
+
+    monkeypatch.setattr(ReferenceDatapath, "apply_changes", recording)
+    report(controller.tracker, endpoint_slice("a-1", "a", "10.1.0.1"))
+    asyncio.run(controller.sync())
+    assert applied == [[(ip_address("10.96.0.10"), "TCP", 80)]]
+    assert controller.syncs == 2
+
+
+def test_after_a_failed_sync_the_next_one_catches_up_on_everything(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    controller = proxy()
+    report(controller.tracker, service("a", "10.96.0.10"), endpoint_slice("a-1", "a", "10.1.0.1"))
+    asyncio.run(controller.sync())
+
+    def failing(self: ReferenceDatapath, changes: Any) -> list[str]:
+        raise MemoryError("no room for the tables")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ReferenceDatapath, "apply_changes", failing)
+        report(controller.tracker, endpoint_slice("a-1", "a", "10.1.0.1", "10.1.0.2"))
+        with pytest.raises(MemoryError):
+            asyncio.run(controller.sync())
+    assert len(backends(controller.datapath, "10.96.0.10")) == 1  # the last good table
+    asyncio.run(controller.sync())  # nothing new was reported, yet the change lands
+    assert len(backends(controller.datapath, "10.96.0.10")) == 2
