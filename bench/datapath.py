@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.kube_proxy_layout import KubeService, nat_restore
+from bench.kube_proxy_layout import KubeService, restore_all
 from nfqproxy.lab import netns
 from nfqproxy.lab.proxy import start_proxy, wait_ready
 from nfqproxy.lab.topology import NODE_NAME, Lab, all_labs, backend_ip
@@ -115,7 +115,7 @@ def competitor(mode: str, ceiling: Path, name: str) -> Iterator[Lab]:
             return netns.exec_command(lab.node_ns, command)
 
         if mode in ("kernel", "ceiling", "ceiling-copy"):
-            netns.run(in_node(["iptables-restore", "--noflush"]), stdin=nat_restore(services))
+            netns.run(in_node(["iptables-restore", "--noflush"]), stdin=restore_all(services))
         if mode in ("ceiling", "ceiling-copy"):
             queue = ["-j", "NFQUEUE", "--queue-num", str(QUEUE)]
             netns.run(in_node(["iptables", "-t", "raw", "-A", "PREROUTING", "-d", VIP, *queue]))
@@ -161,8 +161,10 @@ def _wait_for_line(
     raise TimeoutError(f"{path.name} did not say {text!r}")
 
 
-def iperf(lab: Lab, seconds: float, *extra: str) -> dict[str, Any]:
-    command = ["iperf3", "-c", VIP, "-p", str(PORT), "-t", str(seconds), "-J", *extra]
+def iperf(
+    lab: Lab, seconds: float, *extra: str, vip: str = VIP, port: int = PORT
+) -> dict[str, Any]:
+    command = ["iperf3", "-c", vip, "-p", str(port), "-t", str(seconds), "-J", *extra]
     result = subprocess.run(
         netns.exec_command(lab.client_ns, command),
         capture_output=True,
@@ -178,13 +180,13 @@ def iperf(lab: Lab, seconds: float, *extra: str) -> dict[str, Any]:
     return report
 
 
-def tcp_gbits(lab: Lab, seconds: float, streams: int) -> float:
-    report = iperf(lab, seconds, "-P", str(streams))
+def tcp_gbits(lab: Lab, seconds: float, streams: int, vip: str = VIP, port: int = PORT) -> float:
+    report = iperf(lab, seconds, "-P", str(streams), vip=vip, port=port)
     return float(report["end"]["sum_received"]["bits_per_second"]) / 1e9
 
 
-def udp_small(lab: Lab, seconds: float) -> dict[str, float]:
-    report = iperf(lab, seconds, "-u", "-l", "64", "-b", "0")
+def udp_small(lab: Lab, seconds: float, vip: str = VIP, port: int = PORT) -> dict[str, float]:
+    report = iperf(lab, seconds, "-u", "-l", "64", "-b", "0", vip=vip, port=port)
     total = report["end"]["sum"]
     packets, lost = float(total.get("packets", 0)), float(total.get("lost_packets", 0))
     return {

@@ -1,16 +1,41 @@
 """kube-proxy's iptables-mode rules, as pkg/proxy/iptables writes them, for benchmarks.
 
-Chain names are KUBE-SVC- / KUBE-SEP- and the first 16 characters of
-base32(sha256(servicePortName + protocol [+ endpoint])). Endpoints after the first are
-picked with `-m statistic --mode random --probability 1/(n-i)`, at 10 decimals, and the
-last has no match.
+- Chain names are KUBE-SVC- / KUBE-SEP- and the first 16 characters of
+  base32(sha256(servicePortName + protocol [+ endpoint])).
+- KUBE-SERVICES jumps to one KUBE-SVC chain per service port. Endpoints after the first
+  are picked with `-m statistic --mode random --probability 1/(n-i)`, at 10 decimals, and
+  the last has no match. Each KUBE-SEP chain marks hairpin traffic for masquerade and
+  DNATs.
+- A service port without endpoints gets a REJECT in the filter table's KUBE-SERVICES.
+- One endpoint change is written as kube-proxy's partial sync (MinimizeIPTablesRestore)
+  writes it: KUBE-SERVICES in full, the changed service's chains, and the deletion of
+  endpoint chains no longer used, loaded with --noflush.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+NAT_CHAINS = ("KUBE-SERVICES", "KUBE-MARK-MASQ", "KUBE-POSTROUTING", "KUBE-NODEPORTS")
+NAT_JUMPS = (
+    '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+    '-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+    '-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING',
+)
+NAT_FIXED = (
+    "-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000",
+    "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN",
+    "-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000",
+    "-A KUBE-POSTROUTING -j MASQUERADE --random-fully",
+)
+FILTER_JUMPS = tuple(
+    f"-A {hook} -m conntrack --ctstate NEW -m comment --comment "
+    f'"kubernetes service portals" -j KUBE-SERVICES'
+    for hook in ("INPUT", "FORWARD", "OUTPUT")
+)
 
 
 def chain_hash(text: str) -> str:
@@ -25,41 +50,99 @@ class KubeService:
     protocol: str  # "tcp" or "udp"
     endpoints: tuple[tuple[str, int], ...]
 
+    @property
+    def chain(self) -> str:
+        return "KUBE-SVC-" + chain_hash(self.name + self.protocol)
 
-def nat_restore(services: list[KubeService]) -> str:
-    """iptables-restore input for the nat table (and the jumps into it)."""
-    chains = [":KUBE-SERVICES - [0:0]", ":KUBE-MARK-MASQ - [0:0]", ":KUBE-POSTROUTING - [0:0]"]
-    rules = [
-        '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
-        '-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
-        '-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING',
-        "-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000",
-        "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN",
-        "-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000",
-        "-A KUBE-POSTROUTING -j MASQUERADE --random-fully",
-    ]
-    for svc in services:
-        proto_name = svc.protocol.upper()
-        svc_chain = "KUBE-SVC-" + chain_hash(svc.name + proto_name.lower())
-        chains.append(f":{svc_chain} - [0:0]")
-        rules.append(
-            f"-A KUBE-SERVICES -d {svc.vip}/32 -p {svc.protocol} -m comment --comment "
-            f'"{svc.name} cluster IP" -m {svc.protocol} --dport {svc.port} -j {svc_chain}'
+    def endpoint_chain(self, ip: str, port: int) -> str:
+        return "KUBE-SEP-" + chain_hash(f"{self.name}{self.protocol}{ip}:{port}")
+
+    def endpoint_chains(self) -> list[str]:
+        return [self.endpoint_chain(ip, port) for ip, port in self.endpoints]
+
+    def portal_rule(self) -> str:
+        return (
+            f'-A KUBE-SERVICES -m comment --comment "{self.name} cluster IP" '
+            f"-m {self.protocol} -p {self.protocol} -d {self.vip}/32 --dport {self.port} "
+            f"-j {self.chain}"
         )
-        count = len(svc.endpoints)
-        for i, (ip, port) in enumerate(svc.endpoints):
-            endpoint = f"{ip}:{port}"
-            sep_chain = "KUBE-SEP-" + chain_hash(svc.name + proto_name.lower() + endpoint)
-            chains.append(f":{sep_chain} - [0:0]")
+
+    def reject_rule(self) -> str:
+        return (
+            f'-A KUBE-SERVICES -m comment --comment "{self.name} has no endpoints" '
+            f"-m {self.protocol} -p {self.protocol} -d {self.vip}/32 --dport {self.port} "
+            "-j REJECT"
+        )
+
+    def chain_rules(self) -> list[str]:
+        """The KUBE-SVC chain's balancing rules and each KUBE-SEP chain's rules."""
+        rules = []
+        count = len(self.endpoints)
+        for i, (ip, port) in enumerate(self.endpoints):
+            sep = self.endpoint_chain(ip, port)
             pick = (
                 f"-m statistic --mode random --probability {1 / (count - i):.10f} "
                 if i < count - 1
                 else ""
             )
             rules.append(
-                f'-A {svc_chain} -m comment --comment "{svc.name} -> {endpoint}" {pick}-j {sep_chain}'
+                f'-A {self.chain} -m comment --comment "{self.name} -> {ip}:{port}" {pick}-j {sep}'
             )
-            rules.append(f"-A {sep_chain} -s {ip}/32 -j KUBE-MARK-MASQ")
-            match = f"-p {svc.protocol} -m {svc.protocol}"
-            rules.append(f"-A {sep_chain} {match} -j DNAT --to-destination {endpoint}")
+            rules.append(
+                f'-A {sep} -m comment --comment "{self.name}" -s {ip}/32 -j KUBE-MARK-MASQ'
+            )
+            rules.append(
+                f'-A {sep} -m comment --comment "{self.name}" -m {self.protocol} '
+                f"-p {self.protocol} -j DNAT --to-destination {ip}:{port}"
+            )
+        return rules
+
+
+def _declare(chains: Iterable[str]) -> list[str]:
+    return [f":{chain} - [0:0]" for chain in chains]  # declaring a chain also flushes it
+
+
+def _portals(services: list[KubeService]) -> list[str]:
+    rules = [svc.portal_rule() for svc in services if svc.endpoints]
+    rules.append(
+        '-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this '
+        'must be the last rule in this chain" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS'
+    )
+    return rules
+
+
+def restore_all(services: list[KubeService]) -> str:
+    """iptables-restore input for the whole layout: the filter and nat tables."""
+    filter_rules = [*FILTER_JUMPS, *(svc.reject_rule() for svc in services if not svc.endpoints)]
+    nat_chains = _declare(NAT_CHAINS)
+    nat_rules = [*NAT_JUMPS, *NAT_FIXED, *_portals(services)]
+    for svc in services:
+        if svc.endpoints:
+            nat_chains += _declare([svc.chain, *svc.endpoint_chains()])
+            nat_rules += svc.chain_rules()
+    return "\n".join(
+        [
+            "*filter",
+            *_declare(["KUBE-SERVICES"]),
+            *filter_rules,
+            "COMMIT",
+            "*nat",
+            *nat_chains,
+            *nat_rules,
+            "COMMIT",
+            "",
+        ]
+    )
+
+
+def restore_change(services: list[KubeService], old: KubeService, new: KubeService) -> str:
+    """iptables-restore --noflush input for one service's endpoints changing old -> new
+    (services already holds new): kube-proxy's partial sync."""
+    gone = [c for c in old.endpoint_chains() if c not in new.endpoint_chains()]
+    chains = _declare(["KUBE-SERVICES", new.chain, *new.endpoint_chains(), *gone])
+    rules = [*_portals(services), *new.chain_rules(), *(f"-X {chain}" for chain in gone)]
     return "\n".join(["*nat", *chains, *rules, "COMMIT", ""])
+
+
+# Loading an empty table without --noflush flushes it and deletes its chains.
+RESTORE_EMPTY = "*filter\nCOMMIT\n*nat\nCOMMIT\n"

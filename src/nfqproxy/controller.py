@@ -89,6 +89,7 @@ class Proxy:
         self.ready = False
         self.syncs = 0
         self.last_sync: float | None = None  # wall clock, of the last successful sync
+        self.last_sync_seconds: float | None = None  # how long it took
         self.object_errors: list[str] = []
         self.runner = BoundedFrequencyRunner(self.sync, config.min_sync_period, config.sync_period)
         self.metrics = ProxyMetrics(self.status, config.queue_num)
@@ -147,7 +148,8 @@ class Proxy:
         self.syncs += 1
         self.last_sync = time.time()
         self._observe_programming_latency(changes.trigger_times, self.last_sync)
-        self.metrics.sync_duration.observe(time.monotonic() - started)
+        self.last_sync_seconds = time.monotonic() - started
+        self.metrics.sync_duration.observe(self.last_sync_seconds)
         self.metrics.last_sync.set(self.last_sync)
         log.log(
             logging.INFO if changed else logging.DEBUG,
@@ -182,6 +184,7 @@ class Proxy:
             "datapath": self.config.datapath,
             "syncs": self.syncs,
             "last_sync": self.last_sync,
+            "last_sync_seconds": self.last_sync_seconds,
             "manifest_errors": sorted(self.source.errors.values()) if self.source else [],
             "api": self._api_status(),
             "object_errors": self.object_errors,

@@ -2,53 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
-import socket
-import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
-from nfqproxy.lab.apiserver import FakeApiServer
-from nfqproxy.lab.netns import NetnsThread
 from nfqproxy.lab.proxy import read_status, start_proxy, wait_ready
+from nfqproxy.lab.served_api import ServedApi
 from nfqproxy.lab.topology import HTTP_PORT, NODE_NAME, WEB_VIP, lab_endpoint_slices, lab_services
 from nfqproxy.lab.traffic import fetch_url, http_get, http_split
 from tests.kernel.conftest import RunningLab, new_lab
 
 pytestmark = pytest.mark.kernel
-T = TypeVar("T")
-
-
-def listener() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    return sock
-
-
-class ServedApi:
-    """A FakeApiServer on an event loop thread of its own, listening inside a namespace."""
-
-    def __init__(self, namespace: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        with NetnsThread(namespace) as inside:
-            sock = inside.call(listener)
-        self.server = FakeApiServer(bookmark_interval=0.5)
-        self.url = self.call(self.server.start_on_socket(sock))
-
-    def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(10)
-
-    def close(self) -> None:
-        self.call(self.server.stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
 
 
 @pytest.fixture

@@ -299,6 +299,9 @@ class FakeApiServer:
         return self.url
 
     async def stop(self) -> None:
+        self.generation += 1  # ends every open watch, so that cleanup need not wait on them
+        async with self._changed:
+            self._changed.notify_all()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -1,0 +1,141 @@
+/*
+ * tcpbench: the TCP endpoints of the scale benchmark (bench/scale.py), in C so that the
+ * measuring tools cost little next to what they measure.
+ *
+ *   tcpbench serve PORT [PORT...]
+ *       accept and close at once, on every port, until killed
+ *   tcpbench latency HOST PORT COUNT
+ *       COUNT connections one after another; prints the connect() times in microseconds,
+ *       one per line (failures as -1)
+ *   tcpbench rate HOST PORT SECONDS THREADS
+ *       THREADS loops of connect and close for SECONDS; prints the connections completed
+ *       and failed, as "ok failed"
+ *
+ * Connections are closed with SO_LINGER 0 (an RST), so the client leaves no TIME_WAIT
+ * behind and never runs out of ports however many it opens.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_PORTS 256
+
+static struct sockaddr_in target;
+static double deadline;
+static atomic_long completed, failed;
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void close_with_reset(int fd) {
+    struct linger linger = {1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, sizeof(linger));
+    close(fd);
+}
+
+/* One connection; returns its connect() time in seconds, or -1. */
+static double connect_once(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+        return -1;
+    struct timeval timeout = {1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
+    double started = now();
+    int ok = connect(fd, (struct sockaddr *)&target, sizeof(target)) == 0;
+    double took = now() - started;
+    close_with_reset(fd);
+    return ok ? took : -1;
+}
+
+static int serve(int count, char **ports) {
+    struct pollfd fds[MAX_PORTS];
+    if (count > MAX_PORTS)
+        count = MAX_PORTS;
+    for (int i = 0; i < count; i++) {
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        int one = 1;
+        struct sockaddr_in address = {.sin_family = AF_INET, .sin_port = htons(atoi(ports[i]))};
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (fd < 0 || bind(fd, (struct sockaddr *)&address, sizeof(address)) < 0 ||
+            listen(fd, 4096) < 0) {
+            fprintf(stderr, "tcpbench: cannot listen on port %s: %s\n", ports[i], strerror(errno));
+            return 1;
+        }
+        fds[i].fd = fd;
+        fds[i].events = POLLIN;
+    }
+    for (;;) {
+        if (poll(fds, count, -1) < 0 && errno != EINTR)
+            return 1;
+        for (int i = 0; i < count; i++) {
+            if (!(fds[i].revents & POLLIN))
+                continue;
+            int client;
+            while ((client = accept4(fds[i].fd, NULL, NULL, 0)) >= 0)
+                close_with_reset(client);
+        }
+    }
+}
+
+static void *rate_loop(void *unused) {
+    (void)unused;
+    while (now() < deadline) {
+        if (connect_once() >= 0)
+            atomic_fetch_add(&completed, 1);
+        else
+            atomic_fetch_add(&failed, 1);
+    }
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    if (argc >= 3 && strcmp(argv[1], "serve") == 0)
+        return serve(argc - 2, argv + 2);
+    if (argc < 5) {
+        fprintf(stderr, "usage: tcpbench serve PORT... | latency HOST PORT COUNT | "
+                        "rate HOST PORT SECONDS THREADS\n");
+        return 2;
+    }
+    target.sin_family = AF_INET;
+    target.sin_port = htons(atoi(argv[3]));
+    if (inet_pton(AF_INET, argv[2], &target.sin_addr) != 1) {
+        fprintf(stderr, "tcpbench: %s is not an IPv4 address\n", argv[2]);
+        return 2;
+    }
+    if (strcmp(argv[1], "latency") == 0) {
+        int count = atoi(argv[4]);
+        for (int i = 0; i < count; i++) {
+            double took = connect_once();
+            printf("%.1f\n", took < 0 ? -1.0 : took * 1e6);
+        }
+        return 0;
+    }
+    if (strcmp(argv[1], "rate") == 0 && argc >= 6) {
+        int threads = atoi(argv[5]);
+        pthread_t workers[64];
+        if (threads < 1 || threads > 64)
+            threads = 1;
+        deadline = now() + atof(argv[4]);
+        for (int i = 0; i < threads; i++)
+            pthread_create(&workers[i], NULL, rate_loop, NULL);
+        for (int i = 0; i < threads; i++)
+            pthread_join(workers[i], NULL);
+        printf("%ld %ld\n", atomic_load(&completed), atomic_load(&failed));
+        return 0;
+    }
+    fprintf(stderr, "tcpbench: unknown command %s\n", argv[1]);
+    return 2;
+}
