@@ -146,3 +146,120 @@ def restore_change(services: list[KubeService], old: KubeService, new: KubeServi
 
 # Loading an empty table without --noflush flushes it and deletes its chains.
 RESTORE_EMPTY = "*filter\nCOMMIT\n*nat\nCOMMIT\n"
+
+
+# --- kube-proxy's nftables mode ----------------------------------------------------------
+#
+# One table; a verdict map from VIP . protocol . port to each service's chain, which picks
+# an endpoint chain with `numgen random mod n vmap`; a second map sends services without
+# endpoints to a reject chain. Names follow kube-proxy's: service-<hash>-ns/name/proto/port
+# and endpoint-<hash>-ns/name/proto/port__ip/port. Lookups cost the same at any N.
+
+NFT_TABLE = "ip kube-proxy"
+_NFT_MAP_TYPE = "type ipv4_addr . inet_proto . inet_service : verdict"
+
+
+def _nft_base(svc: KubeService) -> str:
+    namespace, rest = svc.name.split("/", 1)
+    name, port_name = rest.rsplit(":", 1)
+    return f"{namespace}/{name}/{svc.protocol}/{port_name}"
+
+
+def nft_service_chain(svc: KubeService) -> str:
+    return f"service-{chain_hash(svc.name + svc.protocol)[:8]}-{_nft_base(svc)}"
+
+
+def nft_endpoint_chain(svc: KubeService, ip: str, port: int) -> str:
+    endpoint = f"{ip}:{port}"
+    digest = chain_hash(svc.name + svc.protocol + endpoint)[:8]
+    return f"endpoint-{digest}-{_nft_base(svc)}__{ip}/{port}"
+
+
+def _nft_service(svc: KubeService) -> tuple[list[str], list[str]]:
+    """(chains to add, rules to add) for one service port with endpoints."""
+    chains = [nft_service_chain(svc)]
+    rules = []
+    picks = []
+    for i, (ip, port) in enumerate(svc.endpoints):
+        chain = nft_endpoint_chain(svc, ip, port)
+        chains.append(chain)
+        picks.append(f"{i} : goto {chain}")
+        rules.append(f"add rule {NFT_TABLE} {chain} ip saddr {ip} jump mark-for-masquerade")
+        rules.append(
+            f"add rule {NFT_TABLE} {chain} meta l4proto {svc.protocol} dnat to {ip}:{port}"
+        )
+    rules.append(
+        f"add rule {NFT_TABLE} {chains[0]} numgen random mod {len(picks)} vmap {{ {', '.join(picks)} }}"
+    )
+    return chains, rules
+
+
+def nft_restore_all(services: list[KubeService]) -> str:
+    """`nft -f` input for the whole layout, in one transaction."""
+    hooks = [
+        (
+            "nat-prerouting",
+            "type nat hook prerouting priority dstnat; policy accept;",
+            "jump services",
+        ),
+        ("nat-output", "type nat hook output priority -100; policy accept;", "jump services"),
+        ("masquerading", "type nat hook postrouting priority srcnat; policy accept;", None),
+        *(
+            (
+                f"filter-{hook}",
+                f"type filter hook {hook} priority -110; policy accept;",
+                "ct state new jump service-endpoints-check",
+            )
+            for hook in ("input", "forward", "output")
+        ),
+    ]
+    lines = [f"add table {NFT_TABLE}"]
+    for name, spec, _ in hooks:
+        lines.append(f"add chain {NFT_TABLE} {name} {{ {spec} }}")
+    for name in ("mark-for-masquerade", "services", "service-endpoints-check", "reject-chain"):
+        lines.append(f"add chain {NFT_TABLE} {name}")
+    rules = [
+        f"add rule {NFT_TABLE} mark-for-masquerade mark set mark or 0x4000",
+        f"add rule {NFT_TABLE} masquerading mark and 0x4000 == 0 return",
+        f"add rule {NFT_TABLE} masquerading mark set mark xor 0x4000",
+        f"add rule {NFT_TABLE} masquerading masquerade fully-random",
+        f"add rule {NFT_TABLE} services ip daddr . meta l4proto . th dport vmap @service-ips",
+        f"add rule {NFT_TABLE} service-endpoints-check ip daddr . meta l4proto . th dport "
+        "vmap @no-endpoint-services",
+        f"add rule {NFT_TABLE} reject-chain reject",
+    ]
+    rules += [f"add rule {NFT_TABLE} {name} {rule}" for name, _, rule in hooks if rule]
+    elements, rejects = [], []
+    for svc in services:
+        key = f"{svc.vip} . {svc.protocol} . {svc.port}"
+        if not svc.endpoints:
+            rejects.append(f"{key} : goto reject-chain")
+            continue
+        chains, service_rules = _nft_service(svc)
+        lines += [f"add chain {NFT_TABLE} {chain}" for chain in chains]
+        rules += service_rules
+        elements.append(f"{key} : goto {chains[0]}")
+    lines.append(f"add map {NFT_TABLE} service-ips {{ {_NFT_MAP_TYPE}; }}")
+    lines.append(f"add map {NFT_TABLE} no-endpoint-services {{ {_NFT_MAP_TYPE}; }}")
+    lines += rules
+    for name, items in (("service-ips", elements), ("no-endpoint-services", rejects)):
+        for start in range(0, len(items), 1000):  # nft parses huge element lists slowly
+            lines.append(
+                f"add element {NFT_TABLE} {name} {{ {', '.join(items[start : start + 1000])} }}"
+            )
+    return "\n".join([*lines, ""])
+
+
+def nft_restore_change(old: KubeService, new: KubeService) -> str:
+    """One service's endpoints changing old -> new, as one nft transaction: new endpoint
+    chains, the service chain rewritten, endpoint chains no longer used deleted."""
+    chains, rules = _nft_service(new)
+    old_chains = {nft_endpoint_chain(old, ip, port) for ip, port in old.endpoints}
+    lines = [f"add chain {NFT_TABLE} {chain}" for chain in chains]
+    lines += [f"flush chain {NFT_TABLE} {chain}" for chain in chains]
+    lines += rules
+    lines += [f"delete chain {NFT_TABLE} {chain}" for chain in sorted(old_chains - set(chains))]
+    return "\n".join([*lines, ""])
+
+
+NFT_DELETE = f"delete table {NFT_TABLE}\n"

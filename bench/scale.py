@@ -18,7 +18,8 @@ Measures, for each mode and N (all traffic inside the lab: client -> node -> bac
 - at N = 1000, TCP throughput (iperf3, 1 stream) and 64-byte UDP delivered rate;
 - programming: a full load of the N services; and one endpoint change, measured by
   traffic: from the change (the API update, or iptables-restore's start) to the first
-  connection accepted by the new endpoint, while a client keeps connecting;
+  connection accepted by the new endpoint, while a client keeps connecting (about
+  4,000 connections a second, well below what any mode carries);
 - memory: the proxy's RSS, or for iptables the kernel's Slab + VmallocUsed growth.
 
 Results go to results/<time>-scale/: results.json, report.md, and PNG plots.
@@ -27,6 +28,7 @@ Results go to results/<time>-scale/: results.json, report.md, and PNG plots.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import select
@@ -39,16 +41,24 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
 from bench.datapath import tcp_gbits, udp_small
-from bench.kube_proxy_layout import RESTORE_EMPTY, KubeService, restore_all, restore_change
+from bench.kube_proxy_layout import (
+    NFT_DELETE,
+    RESTORE_EMPTY,
+    KubeService,
+    nft_restore_all,
+    nft_restore_change,
+    restore_all,
+    restore_change,
+)
 from nfqproxy.lab import netns
 from nfqproxy.lab.netns import NetnsThread
 from nfqproxy.lab.proxy import start_proxy, wait_ready
@@ -59,10 +69,13 @@ SIZES = (100, 1000, 10000)
 FULL_SIZES = (*SIZES, 30000)
 QUICK_SIZES = (100, 1000)
 ENDPOINTS = 3
-MODES = ("iptables-legacy", "iptables-nft", "fast", "reference")
+MODES = ("iptables-legacy", "iptables-nft", "nftables", "fast", "reference")
 REFERENCE_MAX = 1000  # the reference path is the readable specification, not a contender
 THROUGHPUT_SIZE = 1000
 SERVICE_PORT, SERVE_PORT, CHANGE_PORT = 80, 9000, 9100
+# The client that finds the new endpoint: one connection per ~250 µs, so a third of them
+# reach it about 1 ms after it is programmed, without saturating either competitor.
+CHANGE_TRAFFIC_PAUSE_US = 200
 IPERF_VIP, EMPTY_VIP, IPERF_PORT = "10.99.0.1", "10.99.0.2", 5201
 NAMESPACE = "scale"
 LAB_PREFIX = "scale"
@@ -209,20 +222,32 @@ def kernel_memory_bytes() -> int:
     return fields.get("Slab", 0) + fields.get("VmallocUsed", 0)
 
 
-class KubeProxyIptables:
-    def __init__(self, lab: Lab, cluster: Cluster, backend: str) -> None:
+class KubeProxyRules:
+    """kube-proxy's rules in the kernel: loaded whole, then changed by partial
+    transactions, as kube-proxy does. Subclasses name the tool and the rule texts."""
+
+    command: tuple[str, ...]
+    change_flags: tuple[str, ...] = ()
+    remove_all: str
+
+    def __init__(self, lab: Lab, cluster: Cluster) -> None:
         self.lab, self.cluster = lab, cluster
-        self.restore = f"iptables-{backend}-restore"
         self._memory = 0.0
 
-    def _run(self, rules: str, *flags: str) -> None:
-        netns.run(netns.exec_command(self.lab.node_ns, [self.restore, *flags]), stdin=rules)
+    def render_all(self, services: list[KubeService]) -> str:
+        raise NotImplementedError
+
+    def render_change(self, services: list[KubeService], old: KubeService, new: KubeService) -> str:
+        raise NotImplementedError
+
+    def _run(self, text: str, *flags: str) -> None:
+        netns.run(netns.exec_command(self.lab.node_ns, [*self.command, *flags]), stdin=text)
 
     def load(self) -> dict[str, float]:
-        rules = restore_all(self.cluster.kube_services())
+        text = self.render_all(self.cluster.kube_services())
         before = kernel_memory_bytes()
         started = time.monotonic()
-        self._run(rules)
+        self._run(text)
         seconds = time.monotonic() - started
         self._memory = (kernel_memory_bytes() - before) / 2**20
         return {"load_seconds": seconds, "ready_seconds": seconds}
@@ -231,14 +256,63 @@ class KubeProxyIptables:
         old = self.cluster.kube_services()[-1]
         self.cluster.change = number
         services = self.cluster.kube_services()
-        self._run(restore_change(services, old, services[-1]), "--noflush")
+        self._run(self.render_change(services, old, services[-1]), *self.change_flags)
 
     def memory_mb(self) -> float:
         return self._memory
 
     def unload(self) -> None:
-        self._run(RESTORE_EMPTY)
+        self._run(self.remove_all)
         self.cluster.change = None
+
+
+class KubeProxyIptables(KubeProxyRules):
+    """The iptables layout through iptables-restore; changes with --noflush."""
+
+    change_flags = ("--noflush",)
+    remove_all = RESTORE_EMPTY
+
+    def __init__(self, lab: Lab, cluster: Cluster, backend: str) -> None:
+        super().__init__(lab, cluster)
+        self.command = (f"iptables-{backend}-restore",)
+
+    def render_all(self, services: list[KubeService]) -> str:
+        return restore_all(services)
+
+    def render_change(self, services: list[KubeService], old: KubeService, new: KubeService) -> str:
+        return restore_change(services, old, new)
+
+
+class KubeProxyNftables(KubeProxyRules):
+    """kube-proxy's nftables mode layout, loaded and changed with `nft -f` transactions."""
+
+    command = ("nft", "-f", "-")
+    remove_all = NFT_DELETE
+
+    def render_all(self, services: list[KubeService]) -> str:
+        return nft_restore_all(services)
+
+    def render_change(self, services: list[KubeService], old: KubeService, new: KubeService) -> str:
+        return nft_restore_change(old, new)
+
+
+def nftables_supported(lab: Lab) -> bool:
+    """Whether nft is installed and this kernel takes kube-proxy's constructs (a
+    concatenated verdict map and numgen), checked in the lab's node namespace."""
+    if shutil.which("nft") is None:
+        return False
+    probe = (
+        "add table ip nfqproxy-probe\n"
+        "add chain ip nfqproxy-probe c\n"
+        "add map ip nfqproxy-probe m { type ipv4_addr . inet_proto . inet_service : verdict; }\n"
+        "add rule ip nfqproxy-probe c ip daddr . meta l4proto . th dport vmap @m\n"
+        "add rule ip nfqproxy-probe c numgen random mod 2 vmap { 0 : accept, 1 : accept }\n"
+    )
+    try:
+        netns.run(netns.exec_command(lab.node_ns, ["nft", "-c", "-f", "-"]), stdin=probe)
+    except (netns.CommandError, OSError):
+        return False
+    return True
 
 
 class Nfqproxy:
@@ -293,16 +367,25 @@ def tcpbench(lab: Lab, namespace: str, *args: str, timeout: float = 120) -> str:
     return result.stdout
 
 
-def connect_latency_us(lab: Lab, vip: str, count: int) -> dict[str, float]:
-    tcpbench(lab, lab.client_ns, "latency", vip, str(SERVICE_PORT), "20")  # warm up
-    samples = [
-        float(x)
-        for x in tcpbench(lab, lab.client_ns, "latency", vip, str(SERVICE_PORT), str(count)).split()
-    ]
-    good = [s for s in samples if s >= 0]
-    if not good:
-        raise RuntimeError(f"no connection to {vip} succeeded")
-    return {**percentiles(good), "failed": float(len(samples) - len(good))}
+def connect_latencies_us(lab: Lab, vips: list[str], count: int) -> list[dict[str, float]]:
+    """connect() percentiles for each VIP, measured in alternating chunks so that any
+    drift (a proxy settling after its start, say) touches every VIP alike."""
+    port = str(SERVICE_PORT)
+    for vip in vips:
+        tcpbench(lab, lab.client_ns, "latency", vip, port, "20")  # ARP, caches: warm up
+    samples: list[list[float]] = [[] for _ in vips]
+    chunks = 3
+    for _ in range(chunks):
+        for vip, taken in zip(vips, samples, strict=True):
+            out = tcpbench(lab, lab.client_ns, "latency", vip, port, str(count // chunks))
+            taken += [float(x) for x in out.split()]
+    results = []
+    for vip, taken in zip(vips, samples, strict=True):
+        good = [s for s in taken if s >= 0]
+        if not good:
+            raise RuntimeError(f"no connection to {vip} succeeded")
+        results.append({**percentiles(good), "failed": float(len(taken) - len(good))})
+    return results
 
 
 def connections_per_second(lab: Lab, vip: str, seconds: float) -> float:
@@ -385,7 +468,8 @@ def endpoint_changes_ms(
                 service_vip(cluster.last),
                 str(SERVICE_PORT),
                 "600",
-                "2",
+                "1",
+                str(CHANGE_TRAFFIC_PAUSE_US),
             ],
         ),
     )
@@ -417,29 +501,57 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 def measure(
     lab: Lab, cluster: Cluster, competitor: Competitor, size: int, settings: argparse.Namespace
 ) -> dict[str, Any]:
+    """Every measure of one mode at one N. A measure that fails is retried once, then
+    recorded under "errors" and the run goes on: one bad minute should not cost the rest."""
     result: dict[str, Any] = dict(competitor.load())
+    errors: dict[str, str] = {}
+
+    def attempt(name: str, take: Callable[[], Any]) -> None:
+        for tries_left in (1, 0):
+            try:
+                value = take()
+                if value is not None:
+                    result[name] = value
+                return
+            except (RuntimeError, subprocess.SubprocessError, OSError, ValueError) as exc:
+                if not tries_left:
+                    errors[name] = str(exc)[:300]
+                    print(f"  {name} failed: {errors[name]}", file=sys.stderr, flush=True)
+                time.sleep(1)
+
+    def changes() -> None:
+        changed, applied = endpoint_changes_ms(lab, cluster, competitor, settings.changes)
+        result["change_call_ms"] = {**percentiles(applied), "samples": applied}
+        result["change_ms"] = {**percentiles(changed), "samples": changed}
+
+    def latencies() -> None:
+        vips = [service_vip(0), service_vip(cluster.last)]
+        first, last = connect_latencies_us(lab, vips, settings.connects)
+        result["connect_first_us"], result["connect_last_us"] = first, last
+
+    def iperf_udp() -> float:
+        pps = udp_small(lab, settings.seconds, vip=IPERF_VIP, port=IPERF_PORT)["delivered_pps"]
+        return pps / 1000
+
     try:
-        result["memory_mb"] = competitor.memory_mb()
-        result["connect_first_us"] = connect_latency_us(lab, service_vip(0), settings.connects)
-        result["connect_last_us"] = connect_latency_us(
-            lab, service_vip(cluster.last), settings.connects
-        )
-        result["connections_per_second"] = connections_per_second(
-            lab, service_vip(0), settings.seconds
+        attempt("memory_mb", competitor.memory_mb)
+        attempt("connect", latencies)
+        attempt(
+            "connections_per_second",
+            lambda: connections_per_second(lab, service_vip(0), settings.seconds),
         )
         if size == THROUGHPUT_SIZE:
-            result["tcp_gbits"] = tcp_gbits(
-                lab, settings.seconds, 1, vip=IPERF_VIP, port=IPERF_PORT
+            attempt(
+                "tcp_gbits",
+                lambda: tcp_gbits(lab, settings.seconds, 1, vip=IPERF_VIP, port=IPERF_PORT),
             )
-            result["udp_kpps"] = (
-                udp_small(lab, settings.seconds, vip=IPERF_VIP, port=IPERF_PORT)["delivered_pps"]
-                / 1000
-            )
-        changes, applied = endpoint_changes_ms(lab, cluster, competitor, settings.changes)
-        result["change_ms"] = {**percentiles(changes), "samples": changes}
-        result["change_call_ms"] = {**percentiles(applied), "samples": applied}
+            time.sleep(0.5)  # iperf3's server ends one test before it takes the next
+            attempt("udp_kpps", iperf_udp)
+        attempt("changes", changes)
     finally:
         competitor.unload()
+    if errors:
+        result["errors"] = errors
     return result
 
 
@@ -450,8 +562,27 @@ def build_tcpbench(out: Path) -> None:
     netns.run(["gcc", "-O2", "-Wall", "-pthread", "-o", str(out), str(BENCH_DIR / "tcpbench.c")])
 
 
+LOCK_FILE = Path("/run/nfqproxy/scale-bench.lock")
+
+
+def take_lock() -> TextIO:
+    """One run at a time: a second would take the first's labs for leftovers. The lock
+    goes with the process, however it ends."""
+    LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
+    handle = LOCK_FILE.open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RuntimeError(f"another scale benchmark is running (it holds {LOCK_FILE})") from None
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
 def clean_leftovers() -> list[str]:
-    """Labs and namespaces a killed run of this benchmark left behind, removed."""
+    """Labs and namespaces a killed run of this benchmark left behind, removed. Only
+    called with the lock held, so no live run owns them."""
     found = []
     for name in all_labs():
         if name.startswith(LAB_PREFIX):
@@ -491,11 +622,19 @@ def scale_lab(size: int, name: str) -> Iterator[tuple[Lab, ServedApi, Cluster]]:
             api.close()
 
 
-def competitors(size: int) -> list[str]:
-    return [m for m in MODES if m != "reference" or size <= REFERENCE_MAX]
+def competitors(size: int, lab: Lab) -> list[str]:
+    modes = [m for m in MODES if m != "reference" or size <= REFERENCE_MAX]
+    if not nftables_supported(lab):
+        print(
+            "nftables mode left out: nft is missing or this kernel refuses its layout", flush=True
+        )
+        modes.remove("nftables")
+    return modes
 
 
 def make_competitor(mode: str, lab: Lab, api: ServedApi, cluster: Cluster) -> Competitor:
+    if mode == "nftables":
+        return KubeProxyNftables(lab, cluster)
     if mode.startswith("iptables-"):
         return KubeProxyIptables(lab, cluster, mode.removeprefix("iptables-"))
     return Nfqproxy(lab, cluster, api, mode)
@@ -517,7 +656,7 @@ MEASURES: dict[str, tuple[str, str]] = {
     # key: (title, how it was measured)
     "connect_first_us.p50": (
         "connect p50 to the first service (µs)",
-        "tcpbench latency: sequential TCP connect() times from the client namespace, after 20 warm-up connects",
+        "tcpbench latency: sequential TCP connect() times from the client namespace, after 20 warm-up connects, in 3 chunks alternating between the first and the last service",
     ),
     "connect_last_us.p50": (
         "connect p50 to the last service (µs)",
@@ -539,7 +678,7 @@ MEASURES: dict[str, tuple[str, str]] = {
     ),
     "change_ms.p50": (
         "one endpoint change, p50 (ms)",
-        "from the change (the API update, or the start of iptables-restore --noflush of kube-proxy's partial sync) to the first connection the new endpoint accepts, while a client keeps connecting",
+        "from the change (the API update, or the start of iptables-restore --noflush of kube-proxy's partial sync) to the first connection the new endpoint accepts, while a client keeps connecting (one thread, a 200 µs pause between connections)",
     ),
     "change_call_ms.p50": (
         "one endpoint change, the change call alone, p50 (ms)",
@@ -685,6 +824,13 @@ def report_markdown(results: dict[str, Any]) -> str:
         for mode in MODES:
             row = cells.get(mode, {})
             lines.append(f"| {mode} | " + " | ".join(_cell(row.get(s)) for s in sizes) + " |")
+    failures = [
+        f"- round {r['round'] + 1}, N = {r['size']}, {r['mode']}: {name}: {message}"
+        for r in results["runs"]
+        for name, message in r.get("errors", {}).items()
+    ]
+    if failures:
+        lines += ["", "## Measures that failed (after one retry)", "", *failures]
     lines += ["", "Plots: latency.png, programming.png, throughput.png.", ""]
     return "\n".join(lines)
 
@@ -761,6 +907,30 @@ def _interrupted(signum: int, frame: object) -> None:
     raise Interrupted(f"signal {signum}")
 
 
+def run_all(args: argparse.Namespace, sizes: list[int]) -> list[dict[str, Any]]:
+    """Every N, each in a fresh lab, with the modes interleaved; what was measured
+    before an interruption is kept."""
+    runs: list[dict[str, Any]] = []
+    try:
+        for round_number in range(args.rounds):
+            for size in sizes:
+                name = f"{LAB_PREFIX}{round_number % 10}{sizes.index(size)}"
+                with scale_lab(size, name) as (lab, api, cluster):
+                    modes = [m for m in competitors(size, lab) if m in (args.modes or MODES)]
+                    shift = round_number % len(modes)  # each round starts with another mode
+                    for mode in modes[shift:] + modes[:shift]:
+                        print(
+                            f"round {round_number + 1}/{args.rounds}, N = {size}: {mode}",
+                            flush=True,
+                        )
+                        competitor = make_competitor(mode, lab, api, cluster)
+                        run = measure(lab, cluster, competitor, size, args)
+                        runs.append({"round": round_number, "size": size, "mode": mode, **run})
+    except (KeyboardInterrupt, Interrupted):
+        print("interrupted: the labs are down; writing what was measured", file=sys.stderr)
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -785,39 +955,29 @@ def main(argv: list[str] | None = None) -> int:
     args.changes = args.changes or (5 if args.quick else 20)
     args.connects = 100 if args.quick else 300
     args.seconds = 1.0 if args.quick else 2.0
-    for leftover in clean_leftovers():
-        print(f"removed a leftover of an interrupted run: {leftover}", flush=True)
-    signal.signal(signal.SIGTERM, _interrupted)
-    command = "python -m bench" + (" --quick" if args.quick else " --full" if args.full else "")
-    started = datetime.now(UTC)
-    runs: list[dict[str, Any]] = []
     try:
-        for round_number in range(args.rounds):
-            for size in sizes:
-                name = f"{LAB_PREFIX}{round_number % 10}{sizes.index(size)}"
-                with scale_lab(size, name) as (lab, api, cluster):
-                    modes = [m for m in competitors(size) if m in (args.modes or MODES)]
-                    shift = round_number % len(modes)  # each round starts with another mode
-                    for mode in modes[shift:] + modes[:shift]:
-                        print(
-                            f"round {round_number + 1}/{args.rounds}, N = {size}: {mode}",
-                            flush=True,
-                        )
-                        run = measure(
-                            lab, cluster, make_competitor(mode, lab, api, cluster), size, args
-                        )
-                        runs.append({"round": round_number, "size": size, "mode": mode, **run})
-    except (KeyboardInterrupt, Interrupted):
-        print("interrupted: the labs are down; writing what was measured", file=sys.stderr)
+        lock = take_lock()
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _interrupted)
+    started = datetime.now(UTC)
+    try:
+        for leftover in clean_leftovers():
+            print(f"removed a leftover of an interrupted run: {leftover}", flush=True)
+        runs = run_all(args, sizes)
+    finally:
+        lock.close()
     if not runs:
         return 1
     summary = summarise(runs)
+    command = "python -m bench" + (" --quick" if args.quick else " --full" if args.full else "")
     results = {
         "command": command,
         "started": started.isoformat(timespec="seconds"),
         "machine": os.uname().release,
         "sizes": sorted({r["size"] for r in runs}),
-        "modes": list(MODES),
+        "modes": [m for m in MODES if any(r["mode"] == m for r in runs)],
         "rounds": args.rounds,
         "changes": args.changes,
         "measures": {k: {"title": t, "how": h} for k, (t, h) in MEASURES.items()},

@@ -7,9 +7,9 @@
  *   tcpbench latency HOST PORT COUNT
  *       COUNT connections one after another; prints the connect() times in microseconds,
  *       one per line (failures as -1)
- *   tcpbench rate HOST PORT SECONDS THREADS
- *       THREADS loops of connect and close for SECONDS; prints the connections completed
- *       and failed, as "ok failed"
+ *   tcpbench rate HOST PORT SECONDS THREADS [PAUSE_US]
+ *       THREADS loops of connect and close for SECONDS, each pausing PAUSE_US between
+ *       connections (default 0); prints the connections completed and failed, "ok failed"
  *
  * Connections are closed with SO_LINGER 0 (an RST), so the client leaves no TIME_WAIT
  * behind and never runs out of ports however many it opens.
@@ -32,6 +32,7 @@
 
 static struct sockaddr_in target;
 static double deadline;
+static useconds_t pause_us;
 static atomic_long completed, failed;
 
 static double now(void) {
@@ -97,6 +98,8 @@ static void *rate_loop(void *unused) {
             atomic_fetch_add(&completed, 1);
         else
             atomic_fetch_add(&failed, 1);
+        if (pause_us)
+            usleep(pause_us);
     }
     return NULL;
 }
@@ -106,7 +109,7 @@ int main(int argc, char **argv) {
         return serve(argc - 2, argv + 2);
     if (argc < 5) {
         fprintf(stderr, "usage: tcpbench serve PORT... | latency HOST PORT COUNT | "
-                        "rate HOST PORT SECONDS THREADS\n");
+                        "rate HOST PORT SECONDS THREADS [PAUSE_US]\n");
         return 2;
     }
     target.sin_family = AF_INET;
@@ -129,6 +132,7 @@ int main(int argc, char **argv) {
         if (threads < 1 || threads > 64)
             threads = 1;
         deadline = now() + atof(argv[4]);
+        pause_us = argc >= 7 ? (useconds_t)atoi(argv[6]) : 0;
         for (int i = 0; i < threads; i++)
             pthread_create(&workers[i], NULL, rate_loop, NULL);
         for (int i = 0; i < threads; i++)

@@ -9,6 +9,7 @@ the field at fault.
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
@@ -105,6 +106,14 @@ def _protocol(value: object, path: str) -> str:
 def _ip(value: object, path: str) -> IPAddress:
     if not isinstance(value, str):
         raise ObjectError(path, f"must be an IP address string, got {type(value).__name__}")
+    try:
+        # The common case in C: a canonical dotted quad, which is exactly what
+        # ipaddress accepts for IPv4. Anything else takes ipaddress's own parser.
+        packed = socket.inet_pton(socket.AF_INET, value)
+        if socket.inet_ntop(socket.AF_INET, packed) == value:
+            return IPv4Address(packed)
+    except (OSError, ValueError):  # not IPv4, or not even text inet_pton takes (a NUL)
+        pass
     try:
         return ip_address(value)
     except ValueError:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import itertools
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +90,22 @@ def fresh_lab() -> Iterator[RunningLab]:
     """A lab and proxy of the test's own, for tests that change or stop them."""
     with _lab_with_proxy() as running:
         yield running
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_benchmark(module: str, out: Path, *args: str, timeout: float = 600) -> Path:
+    """Runs `python -m module --out out *args` from the repository; returns the one
+    results folder it wrote. Fails with the benchmark's output if it fails."""
+    run = subprocess.run(
+        [sys.executable, "-m", module, *args, "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    (results,) = out.iterdir()
+    return results

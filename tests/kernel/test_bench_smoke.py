@@ -6,32 +6,21 @@ This checks the report's structure, never its numbers: speed is the benchmark's 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bench.datapath import MODES
 from nfqproxy.lab import netns
+from tests.kernel.conftest import run_benchmark
 
 pytestmark = pytest.mark.kernel
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_quick_benchmark_writes_json_markdown_and_a_plot_for_every_competitor(
     tmp_path: Path,
 ) -> None:
-    run = subprocess.run(
-        [sys.executable, "-m", "bench.datapath", "--quick", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    (out,) = tmp_path.iterdir()
+    out = run_benchmark("bench.datapath", tmp_path, "--quick")
     results = json.loads((out / "results.json").read_text())
     for mode in MODES:
         assert set(results["summary"][mode]) == {"tcp1", "tcp4", "udp_pps", "udp_loss"}, mode
