@@ -73,6 +73,7 @@ MODES = ("iptables-legacy", "iptables-nft", "nftables", "fast", "reference")
 REFERENCE_MAX = 1000  # the reference path is the readable specification, not a contender
 THROUGHPUT_SIZE = 1000
 SERVICE_PORT, SERVE_PORT, CHANGE_PORT = 80, 9000, 9100
+MAX_CHANGES = 100  # per series; series take successive port ranges from CHANGE_PORT
 # The client that finds the new endpoint: one connection per ~250 µs, so a third of them
 # reach it about 1 ms after it is programmed, without saturating either competitor.
 CHANGE_TRAFFIC_PAUSE_US = 200
@@ -101,7 +102,11 @@ class Cluster:
     that changes."""
 
     size: int
-    change: int | None = None  # the change applied last: endpoint 3 on CHANGE_PORT + change
+    change: int | None = None  # the change applied last: endpoint 3 on port_base + change
+    # Each series of changes gets ports of its own. A connection reset by the server keeps
+    # its conntrack entry, NAT binding included, and a client port reused later follows
+    # it: ports shared between series would be reached before their change.
+    port_base: int = CHANGE_PORT
 
     @property
     def last(self) -> int:
@@ -118,7 +123,7 @@ class Cluster:
         return [(unused_endpoint(index, e), SERVE_PORT) for e in range(ENDPOINTS)]
 
     def port(self) -> int:
-        return CHANGE_PORT + (self.change or 0)
+        return self.port_base + (self.change or 0)
 
     def kube_services(self) -> list[KubeService]:
         """In iptables order: the iperf3 and empty services first, then svc-0 .. svc-N-1."""
@@ -413,8 +418,8 @@ RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close with an RST, no TIME
 class FirstAccept:
     """Listeners on backend 3 for the changed endpoint's ports: when each first accepts."""
 
-    def __init__(self, lab: Lab, count: int) -> None:
-        self.ports = [CHANGE_PORT + k for k in range(count)]
+    def __init__(self, lab: Lab, ports: list[int]) -> None:
+        self.ports = ports
         with NetnsThread(lab.backend_ns(3)) as inside:
             self.listeners = inside.call(_listen, self.ports)
         self.first: dict[int, float] = {}
@@ -457,7 +462,8 @@ def endpoint_changes_ms(
 ) -> tuple[list[float], list[float]]:
     """One endpoint change at a time, each timed from its start to the first connection
     the new endpoint accepts, while a client keeps connecting to the service."""
-    probe = FirstAccept(lab, count)
+    cluster.port_base += MAX_CHANGES
+    probe = FirstAccept(lab, [cluster.port_base + k for k in range(count)])
     traffic = lab.start_process(
         "change-traffic",
         netns.exec_command(
@@ -479,9 +485,11 @@ def endpoint_changes_ms(
             started = time.monotonic()
             competitor.change(number)
             applied.append((time.monotonic() - started) * 1000)
-            accepted = probe.wait(CHANGE_PORT + number, timeout=60)
+            accepted = probe.wait(cluster.port_base + number, timeout=60)
             if accepted is None:
                 raise RuntimeError(f"change {number}: the new endpoint got no connection in 60 s")
+            if accepted < started:  # a measuring error, never a result
+                raise RuntimeError(f"change {number}: the new endpoint was reached before it")
             samples.append((accepted - started) * 1000)
     finally:
         traffic.terminate()
@@ -503,6 +511,8 @@ def measure(
 ) -> dict[str, Any]:
     """Every measure of one mode at one N. A measure that fails is retried once, then
     recorded under "errors" and the run goes on: one bad minute should not cost the rest."""
+    # A clean conntrack table: no mode inherits the NAT bindings of the one before.
+    netns.run(netns.exec_command(lab.node_ns, ["conntrack", "-F"]), check=False)
     result: dict[str, Any] = dict(competitor.load())
     errors: dict[str, str] = {}
 
@@ -952,7 +962,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sizes = args.sizes or list(QUICK_SIZES if args.quick else FULL_SIZES if args.full else SIZES)
     args.rounds = args.rounds or (1 if args.quick else 2)
-    args.changes = args.changes or (5 if args.quick else 20)
+    args.changes = min(args.changes or (5 if args.quick else 20), MAX_CHANGES)
     args.connects = 100 if args.quick else 300
     args.seconds = 1.0 if args.quick else 2.0
     try:
