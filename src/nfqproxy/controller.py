@@ -12,7 +12,8 @@ import json
 import logging
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from ipaddress import IPv4Network
@@ -60,6 +61,20 @@ class ProxyConfig:
     install_hooks: bool = True  # False: program the tables only (the controller benchmark)
     healthz_bind: tuple[str, int] | None = ("0.0.0.0", 10256)
     metrics_bind: tuple[str, int] | None = ("127.0.0.1", 10249)
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No garbage collection inside: a cold sync allocates ~500k objects, and the full
+    collections that triggers cost a third of its time. Reference counting frees all but
+    cycles, and collection resumes afterwards."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class Proxy:
@@ -128,16 +143,17 @@ class Proxy:
         failed, so the runner retries; the last good tables stay in force meanwhile."""
         started = time.monotonic()
         self.tracker.set_node(self.config.node_name, self.node_zone)
-        changes = self.tracker.flush()
-        for error in changes.errors:
-            log.error("object skipped: %s", error)
-        self.object_errors = self.tracker.errors()
         try:
-            if self._reprogram_all:
-                # A failed sync left the tables behind the tracker: program the difference.
-                changed = self.datapath.apply(self.tracker.snapshot())
-            else:
-                changed = self.datapath.apply_changes(changes.ports)
+            with gc_paused():
+                changes = self.tracker.flush()
+                for error in changes.errors:
+                    log.error("object skipped: %s", error)
+                self.object_errors = self.tracker.errors()
+                if self._reprogram_all:
+                    # A failed sync left the tables behind the tracker: program the difference.
+                    changed = self.datapath.apply(self.tracker.snapshot())
+                else:
+                    changed = self.datapath.apply_changes(changes.ports)
         except Exception:
             # Tables are swapped only once every frontend is built, so the old ones stand.
             self._reprogram_all = True
