@@ -25,7 +25,7 @@ from nfqproxy.datapath.queue import FastQueueBinding, QueueBinding
 from nfqproxy.datapath.reference import ReferenceDatapath
 from nfqproxy.files import atomic_write
 from nfqproxy.health import HealthServer
-from nfqproxy.hooks import HookConfig, HookManager
+from nfqproxy.hooks import HookConfig, HookError, HookManager
 from nfqproxy.metrics import ProxyMetrics
 from nfqproxy.sources.kubernetes import KubernetesSource, api_client, node_zone
 from nfqproxy.sources.manifests import ManifestObjects, ManifestSource
@@ -242,6 +242,25 @@ class Proxy:
                 last_expiry = time.monotonic()
             self.write_status()
 
+    async def _watch_hooks(self) -> None:
+        """Restores the hook rules within one sync period of someone flushing them."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.config.sync_period / 2)
+            if not self.ready or not self.config.install_hooks:
+                continue
+            try:
+                missing = await loop.run_in_executor(None, self.hooks.missing)
+                if missing:
+                    log.warning(
+                        "hook rules missing (%s): flushed by someone else; restoring them",
+                        "; ".join(missing),
+                    )
+                    await loop.run_in_executor(None, self.hooks.install)
+                    self.metrics.hook_restores.inc()
+            except HookError as exc:
+                log.error("cannot check or restore the hook rules: %s; trying again", exc)
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -267,6 +286,7 @@ class Proxy:
                 asyncio.create_task(feed),
                 asyncio.create_task(syncing),
                 asyncio.create_task(self._housekeeping()),
+                asyncio.create_task(self._watch_hooks()),
             ]
             stopper = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)

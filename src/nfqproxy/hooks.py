@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import shlex
 import subprocess
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network
@@ -106,6 +107,10 @@ def _jump(builtin: str, chain: str) -> list[str]:
 class HookManager:
     def __init__(self, config: HookConfig) -> None:
         self.config = config
+        # install() may run on a worker thread (the watchdog); remove() must not race it,
+        # and nothing may be installed once remove() has run.
+        self._lock = threading.Lock()
+        self._removed = False
 
     def _run(self, command: Sequence[str], stdin: str | None = None, check: bool = True) -> bool:
         result = subprocess.run(command, input=stdin, capture_output=True, text=True, check=False)
@@ -118,6 +123,11 @@ class HookManager:
 
     def install(self) -> None:
         """Creates or refreshes the owned chains, then adds missing jumps. Idempotent."""
+        with self._lock:
+            if not self._removed:
+                self._install()
+
+    def _install(self) -> None:
         restore = self.config.iptables + "-restore"
         lines: list[str] = []
         rules = chain_rules(self.config)
@@ -139,8 +149,41 @@ class HookManager:
             ", ".join(map(str, self.config.service_cidrs)),
         )
 
+    def missing(self) -> list[str]:
+        """What of our rule set is not in place, from one iptables-save: like kube-proxy's
+        canary chains, this notices a flush by someone else. Empty when all is well."""
+        result = subprocess.run(
+            [self.config.iptables + "-save"], capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            raise HookError(f"{self.config.iptables}-save failed: {result.stderr.strip()}")
+        rules: dict[str, list[str]] = {}
+        table = ""
+        for line in result.stdout.splitlines():
+            if line.startswith("*"):
+                table = line[1:]
+            elif line.startswith("-A "):
+                rules.setdefault(table, []).append(line)
+        gone = []
+        for table, builtin, chain in JUMPS:
+            if not any(
+                r.startswith(f"-A {builtin} ") and r.endswith(f"-j {chain}") and COMMENT in r
+                for r in rules.get(table, [])
+            ):
+                gone.append(f"{table} {builtin} -> {chain}")
+        for (table, chain), wanted in chain_rules(self.config).items():
+            present = sum(r.startswith(f"-A {chain} ") for r in rules.get(table, []))
+            if present != len(wanted):
+                gone.append(f"{table} {chain}: {present} of {len(wanted)} rules")
+        return gone
+
     def remove(self) -> int:
         """Deletes our jumps and chains wherever they are. Returns how many rules went."""
+        with self._lock:
+            self._removed = True
+            return self._remove()
+
+    def _remove(self) -> int:
         removed = 0
         for table, builtin, chain in JUMPS:
             while self._iptables(table, "-D", *_jump(builtin, chain), check=False):

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -107,6 +107,11 @@ class ProxyMetrics:
             "kubeproxy_network_programming_duration_seconds",
             "From an EndpointSlice change (its last-change-trigger-time) to the data plane",
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+            registry=self.registry,
+        )
+        self.hook_restores = Counter(
+            "nfqproxy_hook_restores",
+            "Times the hook rules were found missing (flushed by someone else) and restored",
             registry=self.registry,
         )
         self.registry.register(DatapathCollector(status, queue_num))

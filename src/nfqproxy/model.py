@@ -98,7 +98,7 @@ def _port(value: object, path: str) -> int:
 
 def _protocol(value: object, path: str) -> str:
     protocol = "TCP" if value is None else value
-    if protocol not in PROTOCOLS:
+    if not isinstance(protocol, str) or protocol not in PROTOCOLS:  # a list is unhashable
         raise ObjectError(path, f"{protocol!r:.40} is not one of TCP, UDP, SCTP")
     return str(protocol)
 

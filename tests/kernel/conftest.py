@@ -68,7 +68,7 @@ DATAPATHS = ["reference", "fast"] if fast_path_available() else ["reference"]
 
 
 @contextmanager
-def _lab_with_proxy(*proxy_args: str) -> Iterator[RunningLab]:
+def lab_with_proxy(*proxy_args: str) -> Iterator[RunningLab]:
     running = RunningLab(new_lab())
     try:
         running.lab.up()
@@ -81,14 +81,14 @@ def _lab_with_proxy(*proxy_args: str) -> Iterator[RunningLab]:
 @pytest.fixture(scope="module", params=DATAPATHS)
 def running_lab(request: pytest.FixtureRequest) -> Iterator[RunningLab]:
     """One lab and proxy per data path, shared by a module's tests, which leave it as it was."""
-    with _lab_with_proxy("--datapath", request.param) as running:
+    with lab_with_proxy("--datapath", request.param) as running:
         yield running
 
 
 @pytest.fixture
 def fresh_lab() -> Iterator[RunningLab]:
     """A lab and proxy of the test's own, for tests that change or stop them."""
-    with _lab_with_proxy() as running:
+    with lab_with_proxy() as running:
         yield running
 
 
