@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--iptables", default="iptables", choices=["iptables", "iptables-legacy", "iptables-nft"]
     )
+    run.add_argument(
+        "--keep-hooks-on-exit",
+        action="store_true",
+        help="leave the hook rules in place on SIGTERM/SIGINT, so that the next process (a "
+        "restart, an upgrade) takes over open connections; `nfqproxy cleanup` removes them",
+    )
 
     cleanup = commands.add_parser("cleanup", help="remove rules a killed proxy left behind")
     cleanup.add_argument(
@@ -183,6 +189,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             metrics_bind=parse_bind_address(args.metrics_bind_address, "--metrics-bind-address"),
             iptables=args.iptables,
             flow_capacity=args.flow_capacity,
+            keep_hooks_on_exit=args.keep_hooks_on_exit,
         )
         import uvloop
 

@@ -59,6 +59,7 @@ class ProxyConfig:
     node_zone: str | None = None  # for topology hints; from the Node's label if not given
     watch_timeout: tuple[int, int] = (240, 290)  # below the client's 300 s request limit
     install_hooks: bool = True  # False: program the tables only (the controller benchmark)
+    keep_hooks_on_exit: bool = False  # True: a restart or an upgrade takes over open flows
     healthz_bind: tuple[str, int] | None = ("0.0.0.0", 10256)
     metrics_bind: tuple[str, int] | None = ("127.0.0.1", 10249)
 
@@ -298,7 +299,12 @@ class Proxy:
             for task in tasks:
                 task.cancel()
             await self.health.stop()
-            self.hooks.remove()
+            if self.config.keep_hooks_on_exit:
+                # Meanwhile service packets wait in vain at the queue and are retransmitted;
+                # the next process recovers their flows (docs/design.md, "Restarts").
+                log.info("leaving the hook rules for the next process (--keep-hooks-on-exit)")
+            else:
+                self.hooks.remove()
             self.queue.close()
             if client is not None:
                 await client.close()

@@ -5,9 +5,12 @@ from __future__ import annotations
 import hashlib
 import http.client
 import socket
+import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 
 def http_get(host: str, port: int, timeout: float = 3.0) -> str:
@@ -87,3 +90,39 @@ def fetch_url(url: str, timeout: float = 5.0) -> tuple[int, str]:
             return int(response.status), response.read().decode()
     except urllib.error.HTTPError as error:
         return int(error.code), error.read().decode()
+
+
+def http_slow_download_digest(
+    host: str, port: int, size: int, chunk: int = 32768, pause: float = 0.02, timeout: float = 30.0
+) -> str:
+    """As http_download_digest, reading chunk bytes every pause seconds: a transfer that
+    lasts, for tests that disturb the proxy in the middle of it. A small receive buffer
+    keeps the server sending all along, rather than the kernel taking it all at once."""
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.connect()
+        assert connection.sock is not None
+        connection.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, chunk)
+        connection.request("GET", f"/blob/{size}")
+        response = connection.getresponse()
+        digest = hashlib.sha256()
+        while data := response.read(chunk):
+            digest.update(data)
+            time.sleep(pause)
+        return digest.hexdigest()
+    finally:
+        connection.close()
+
+
+def parallel(function: Callable[..., str], count: int, *args: object) -> list[str]:
+    """count calls of function(*args) at once, in threads that inherit the caller's network
+    namespace; each result, or the exception's text for a call that failed."""
+
+    def one(_: int) -> str:
+        try:
+            return function(*args)
+        except Exception as exc:  # reported, not raised: the test counts failures
+            return f"error: {type(exc).__name__}: {exc}"
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(one, range(count)))
