@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,14 @@ def proxy_command() -> list[str]:
     return [str(installed)] if installed.exists() else [shutil.which("nfqproxy") or "nfqproxy"]
 
 
-def run_command(lab: Lab, *extra: str, api_server: str | None = None) -> list[str]:
-    """`nfqproxy run` in the lab's node namespace, on its manifests or on an API server."""
+def run_command(
+    lab: Lab, *extra: str, api_server: str | None = None, wrapper: Sequence[str] = ()
+) -> list[str]:
+    """`nfqproxy run` in the lab's node namespace, on its manifests or on an API server;
+    wrapper runs it (setpriv with fewer capabilities, say)."""
     source = ["--api-server", api_server] if api_server else ["--manifests", str(lab.manifests_dir)]
     command = [
+        *wrapper,
         *proxy_command(),
         "run",
         *source,
@@ -36,13 +41,18 @@ def run_command(lab: Lab, *extra: str, api_server: str | None = None) -> list[st
 
 
 def start_proxy(
-    lab: Lab, *extra: str, key: str = "proxy", api_server: str | None = None
+    lab: Lab,
+    *extra: str,
+    key: str = "proxy",
+    api_server: str | None = None,
+    wrapper: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
     """Starts nfqproxy in the lab, writing its status file to lab.status_file."""
     if lab.status_file.exists():
         lab.status_file.unlink()
     status = ["--status-file", str(lab.status_file)]
-    return lab.start_process(key, run_command(lab, *status, *extra, api_server=api_server))
+    command = run_command(lab, *status, *extra, api_server=api_server, wrapper=wrapper)
+    return lab.start_process(key, command)
 
 
 def read_status(lab: Lab) -> dict[str, Any]:
