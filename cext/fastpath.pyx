@@ -933,6 +933,7 @@ cdef class FastQueue:
     cdef int fd
     cdef uint32_t queue_num, max_len
     cdef uint32_t mark_proxied, mark_reject, mark_hairpin
+    cdef bint fail_open
     cdef FastCore core
     cdef char *rx
     cdef char *tx
@@ -942,8 +943,10 @@ cdef class FastQueue:
     cdef uint64_t counts[9]
 
     def __cinit__(self, FastCore core, uint32_t queue_num, uint32_t max_len,
-                  uint32_t mark_proxied, uint32_t mark_reject, uint32_t mark_hairpin):
+                  uint32_t mark_proxied, uint32_t mark_reject, uint32_t mark_hairpin,
+                  bint fail_open=False):
         self.fd = -1
+        self.fail_open = fail_open
         self.core = core
         self.queue_num, self.max_len = queue_num, max_len
         self.mark_proxied, self.mark_reject, self.mark_hairpin = mark_proxied, mark_reject, mark_hairpin
@@ -970,6 +973,9 @@ cdef class FastQueue:
         cdef int size = SOCKET_BUFFER
         cdef char buf[512]
         cdef nlmsghdr *nlh
+        # FAIL_OPEN: a full queue accepts packets unseen instead of dropping them
+        # (docs/design.md weighs this; off unless asked for).
+        cdef uint32_t flags = NFQA_CFG_F_GSO | (NFQA_CFG_F_FAIL_OPEN if self.fail_open else 0)
         memset(&address, 0, sizeof(address))
         address.nl_family = AF_NETLINK
         self.fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, NETLINK_NETFILTER)
@@ -987,8 +993,8 @@ cdef class FastQueue:
             nfq_nlmsg_cfg_put_qmaxlen(nlh, self.max_len)
             # F_GSO: the kernel hands over GSO packets whole instead of segmenting them
             # first; the single biggest cost of NFQUEUE (about 10x here).
-            mnl_attr_put_u32(nlh, NFQA_CFG_FLAGS, htonl(NFQA_CFG_F_GSO))
-            mnl_attr_put_u32(nlh, NFQA_CFG_MASK, htonl(NFQA_CFG_F_GSO))
+            mnl_attr_put_u32(nlh, NFQA_CFG_FLAGS, htonl(flags))
+            mnl_attr_put_u32(nlh, NFQA_CFG_MASK, htonl(NFQA_CFG_F_GSO | NFQA_CFG_F_FAIL_OPEN))
             self._blocking_request(nlh)
         except OSError as exc:
             close(self.fd)

@@ -54,6 +54,7 @@ class FastQueue:
         mark_proxied: int,
         mark_reject: int,
         mark_hairpin: int,
+        fail_open: bool = False,
     ) -> None: ...
     @property
     def fileno(self) -> int: ...

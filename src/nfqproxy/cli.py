@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--iptables", default="iptables", choices=["iptables", "iptables-legacy", "iptables-nft"]
     )
     run.add_argument(
+        "--fail-open",
+        action="store_true",
+        help="when the queue is full, let packets through unproxied instead of dropping them "
+        "(fast path only; see docs/design.md for why this is off by default)",
+    )
+    run.add_argument(
         "--keep-hooks-on-exit",
         action="store_true",
         help="leave the hook rules in place on SIGTERM/SIGINT, so that the next process (a "
@@ -172,6 +178,9 @@ def _dispatch(args: argparse.Namespace) -> int:
                 "use --datapath reference"
             )
             return 2
+        if args.fail_open and args.datapath != "fast":
+            log.error("--fail-open needs the fast data path (--datapath fast)")
+            return 2
         config = ProxyConfig(
             manifests=args.manifests,
             api_server=args.api_server,
@@ -190,6 +199,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             iptables=args.iptables,
             flow_capacity=args.flow_capacity,
             keep_hooks_on_exit=args.keep_hooks_on_exit,
+            fail_open=args.fail_open,
         )
         import uvloop
 

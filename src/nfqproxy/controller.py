@@ -60,6 +60,7 @@ class ProxyConfig:
     watch_timeout: tuple[int, int] = (240, 290)  # below the client's 300 s request limit
     install_hooks: bool = True  # False: program the tables only (the controller benchmark)
     keep_hooks_on_exit: bool = False  # True: a restart or an upgrade takes over open flows
+    fail_open: bool = False  # a full queue passes packets unproxied (fast path only)
     healthz_bind: tuple[str, int] | None = ("0.0.0.0", 10256)
     metrics_bind: tuple[str, int] | None = ("127.0.0.1", 10249)
 
@@ -90,8 +91,10 @@ class Proxy:
         )
         self.queue: QueueBinding | FastQueueBinding
         if isinstance(self.datapath, FastDatapath):
-            self.queue = FastQueueBinding(config.queue_num, self.datapath)
+            self.queue = FastQueueBinding(config.queue_num, self.datapath, config.fail_open)
         else:
+            if config.fail_open:
+                raise ValueError("--fail-open needs the fast data path (--datapath fast)")
             self.queue = QueueBinding(config.queue_num, self.datapath)
         self.source = (
             ManifestSource(config.manifests, config.service_cidrs) if config.manifests else None

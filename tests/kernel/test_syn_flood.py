@@ -54,9 +54,12 @@ def rss_bytes(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-@pytest.mark.parametrize("datapath", ["fast"])
-def test_a_syn_flood_from_100k_sources_leaves_memory_bounded_and_service_up(datapath: str) -> None:
-    with lab_with_proxy("--datapath", datapath, "--flow-capacity", str(CAPACITY)) as running:
+@pytest.mark.parametrize("fail_open", [False, True], ids=["fail-closed", "fail-open"])
+def test_a_syn_flood_from_100k_sources_leaves_memory_bounded_and_service_up(
+    fail_open: bool,
+) -> None:
+    options = ["--datapath", "fast", "--flow-capacity", str(CAPACITY)]
+    with lab_with_proxy(*options, *(["--fail-open"] if fail_open else [])) as running:
         assert running.proxy is not None
         keep = running.client.call(KeepAlive, WEB_VIP, HTTP_PORT)
         pinned = running.client.call(keep.get)
@@ -104,3 +107,5 @@ def test_a_syn_flood_from_100k_sources_leaves_memory_bounded_and_service_up(data
         if line.startswith('nfqproxy_kernel_queue_drops_total{reason="queue_full"}')
     ]
     assert exported and float(exported[0].split()[-1]) >= full
+    if fail_open:  # a full queue accepts packets unseen: the kernel drops none
+        assert full == 0

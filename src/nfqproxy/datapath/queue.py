@@ -88,12 +88,18 @@ class FastQueueBinding:
     """The fast path's own queue loop (cext/fastpath.pyx FastQueue): F_GSO, batched reads
     and verdicts, no Python per packet. Python runs once per wake-up of the event loop."""
 
-    def __init__(self, queue_num: int, datapath: FastDatapath) -> None:
+    def __init__(self, queue_num: int, datapath: FastDatapath, fail_open: bool = False) -> None:
         from nfqproxy._fastpath import FastQueue
 
         self.queue_num = queue_num
         self._queue = FastQueue(
-            datapath.core, queue_num, QUEUE_MAX_LEN, MARK_PROXIED, MARK_REJECT, MARK_HAIRPIN
+            datapath.core,
+            queue_num,
+            QUEUE_MAX_LEN,
+            MARK_PROXIED,
+            MARK_REJECT,
+            MARK_HAIRPIN,
+            fail_open,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
 
