@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import dpkt
@@ -47,6 +48,14 @@ def flood(count: int, rate: int) -> float:
     return count / (time.monotonic() - started)
 
 
+def attempt(call: Callable[[], str | None]) -> str:
+    """call's answer, or the error it raised, as text: failures are counted, not raised."""
+    try:
+        return str(call())
+    except Exception as exc:
+        return f"error: {type(exc).__name__}: {exc}"
+
+
 def rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -70,13 +79,10 @@ def test_a_syn_flood_from_100k_sources_leaves_memory_bounded_and_service_up(
             target=lambda: achieved.append(attacker_ns.call(flood, SOURCES, RATE))
         )
         attacker.start()
-        outcomes = []
+        outcomes, kept = [], []
         while attacker.is_alive():
-            try:
-                outcomes.append(running.client.call(http_get, WEB_VIP, HTTP_PORT, 3.0))
-            except OSError as exc:
-                outcomes.append(f"error: {exc}")
-            assert running.client.call(keep.get) == pinned
+            outcomes.append(running.client.call(attempt, lambda: http_get(WEB_VIP, HTTP_PORT, 3.0)))
+            kept.append(running.client.call(attempt, keep.get))
         attacker.join()
         attacker_ns.close()
         rss_after = rss_bytes(running.proxy.pid)
@@ -87,16 +93,26 @@ def test_a_syn_flood_from_100k_sources_leaves_memory_bounded_and_service_up(
             netns.exec_command(running.lab.node_ns, ["cat", "/proc/net/netfilter/nfnetlink_queue"])
         ).split()
         _, metrics = running.node.call(fetch_url, "http://127.0.0.1:10249/metrics")
-        running.client.call(keep.close)
+        after = running.client.call(attempt, lambda: http_get(WEB_VIP, HTTP_PORT, 3.0))
+        running.client.call(attempt, keep.close)
     served = [o for o in outcomes if o in ("be1", "be2", "be3")]
     print(
         f"flood {achieved[0]:.0f} pps; legitimate connections {len(served)}/{len(outcomes)}; "
+        f"established answered {kept.count(pinned)}/{len(kept)}; "
         f"RSS +{(rss_after - rss_before) / 2**20:.1f} MB; table {table['flows']} of "
         f"{table['capacity']}, {table['evicted']} evicted; queue {status['queue']}; "
         f"kernel queue drops (full, undeliverable) {kernel_queue[5:7]}"
     )
-    assert len(outcomes) >= 30 and len(served) >= 0.99 * len(outcomes), outcomes[:5]
-    assert table["flows"] <= CAPACITY and table["evicted"] > 0
+    assert after in ("be1", "be2", "be3"), after  # the proxy serves once the flood is over
+    assert table["flows"] <= CAPACITY
+    if fail_open:
+        # A full queue accepts packets unseen: the kernel drops none, and the flows whose
+        # packets slipped past may break (docs/design.md); that is the trade-off.
+        assert int(kernel_queue[5]) == 0
+    else:
+        assert len(outcomes) >= 30 and len(served) >= 0.99 * len(outcomes), outcomes[:5]
+        assert kept.count(pinned) == len(kept), kept[:5]
+        assert table["evicted"] > 0
     # The table is allocated up front: a flood touches its pages, nothing more.
     assert rss_after - rss_before < CAPACITY * 64 + 16 * 2**20
     # Queue overflow, if the flood caused any, is exported as the kernel counts it.
@@ -107,5 +123,3 @@ def test_a_syn_flood_from_100k_sources_leaves_memory_bounded_and_service_up(
         if line.startswith('nfqproxy_kernel_queue_drops_total{reason="queue_full"}')
     ]
     assert exported and float(exported[0].split()[-1]) >= full
-    if fail_open:  # a full queue accepts packets unseen: the kernel drops none
-        assert full == 0
