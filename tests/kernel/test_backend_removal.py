@@ -1,0 +1,74 @@
+"""Removing a backend: UDP flows move on with their next datagram, and the kernel's
+conntrack holds no stale entry that keeps sending them to the removed backend (the
+long-standing kube-proxy bug where a UDP client keeps its source port and is
+black-holed until the entry expires)."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from nfqproxy.lab import netns
+from nfqproxy.lab.proxy import read_status
+from nfqproxy.lab.topology import CLIENT_IP, DNS_PORT, WEB_VIP, backend_ip
+from tests.kernel.conftest import DATAPATHS, RunningLab, lab_with_proxy
+
+pytestmark = pytest.mark.kernel
+CLIENT_PORT = 40053
+
+
+class FixedPortClient:
+    """One UDP socket on a fixed source port, as a resolver or a game client keeps."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("0.0.0.0", CLIENT_PORT))
+        self.sock.connect((WEB_VIP, DNS_PORT))
+        self.sock.settimeout(1.0)
+
+    def ask(self) -> str:
+        self.sock.send(b"who?")
+        try:
+            return self.sock.recv(2048).decode()
+        except TimeoutError:
+            return "timeout"
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("datapath", DATAPATHS)
+def test_a_udp_client_on_a_fixed_port_moves_off_a_removed_backend_at_once(datapath: str) -> None:
+    with lab_with_proxy("--datapath", datapath) as running:
+        moved_through(running)
+
+
+def moved_through(running: RunningLab) -> None:
+    lab, client = running.lab, running.client
+    udp = client.call(FixedPortClient)
+    first = client.call(udp.ask)
+    assert first in ("be1", "be2", "be3")
+    assert all(client.call(udp.ask) == first for _ in range(5))  # one flow, one backend
+    removed = int(first[2:])
+    syncs = read_status(lab)["syncs"]
+    lab.write_manifests([i for i in (1, 2, 3) if i != removed])
+    deadline = time.monotonic() + 3
+    while read_status(lab).get("syncs", 0) <= syncs:
+        assert time.monotonic() < deadline, "the removal was not synced"
+        time.sleep(0.02)
+    answers = [client.call(udp.ask) for _ in range(10)]
+    client.call(udp.close)
+    assert all(a in ("be1", "be2", "be3") and a != first for a in answers), answers
+    assert len(set(answers)) == 1, answers  # re-steered once, then pinned again
+    # The kernel tracks the flow to its new backend; nothing sends it to the old one.
+    entries = netns.run(
+        netns.exec_command(
+            lab.node_ns,
+            ["conntrack", "-L", "-p", "udp", "--orig-src", CLIENT_IP, "--sport", str(CLIENT_PORT)],
+        ),
+        check=False,
+    )
+    moved_to = backend_ip(int(answers[0][2:]))
+    assert f"dst={moved_to}" in entries, entries
