@@ -43,13 +43,14 @@ cdef enum:
     R_FRAGMENT
     R_TRUNCATED_L4
     R_UNSUPPORTED
+    R_BACKEND_REMOVED
     R_COUNT
 
 ACTION_NAMES = ("accept", "drop", "reject")
 REASON_NAMES = (
     "request", "new_flow", "reply", "reply_recovered", "unknown_reply", "no_service",
     "port_not_served", "no_endpoints", "truncated_ip_header", "bad_ihl", "bad_total_length",
-    "not_ipv4", "fragment", "truncated_l4_header", "unsupported_protocol",
+    "not_ipv4", "fragment", "truncated_l4_header", "unsupported_protocol", "backend_removed",
 )
 
 cdef enum:
@@ -59,9 +60,11 @@ cdef enum:
     S_RESET
     S_UDP_UNREPLIED
     S_UDP_REPLIED
+    S_BACKEND_GONE   # its backend left the service: the next request gets a reset
     S_COUNT
 
-STATE_NAMES = ("syn_sent", "established", "closing", "reset", "unreplied", "replied")
+STATE_NAMES = ("syn_sent", "established", "closing", "reset", "unreplied", "replied",
+               "backend_gone")
 
 cdef enum:
     TCP_FIN = 0x01
@@ -94,7 +97,8 @@ cdef struct Frontend:
     uint16_t port
     uint8_t proto
     uint8_t used
-    uint32_t backend_count
+    uint32_t backend_count   # chosen: in the Maglev table
+    uint32_t present_count   # chosen, then draining ones: still part of the service
     uint32_t *backend_ips
     uint16_t *backend_ports
     uint16_t *table
@@ -276,6 +280,8 @@ cdef inline int initial_state(uint8_t proto, uint8_t flags) noexcept nogil:
 
 
 cdef inline int next_state(int state, int from_client, uint8_t flags) noexcept nogil:
+    if state == S_BACKEND_GONE:
+        return state
     if state == S_UDP_UNREPLIED or state == S_UDP_REPLIED:
         return state if from_client else S_UDP_REPLIED
     if flags & TCP_RST:
@@ -347,9 +353,9 @@ cdef class FastCore:
     cdef uint32_t range_mask[16]
     cdef int range_count
     cdef uint64_t seed, flow_seed
-    cdef double timeouts[6]
-    cdef uint64_t verdicts[3][15]
-    cdef public uint64_t ip_options, evicted, expired, udp_resteered
+    cdef double timeouts[S_COUNT]
+    cdef uint64_t verdicts[ACT_COUNT][R_COUNT]
+    cdef public uint64_t ip_options, evicted, expired, udp_resteered, tcp_retired
     cdef Affinity *affinity   # open addressing, backward-shift deletion; allocated on first use
     cdef uint64_t affinity_mask
     cdef uint32_t affinity_max, affinity_count
@@ -418,9 +424,11 @@ cdef class FastCore:
             f.used = 0
 
     def set_frontend(self, uint32_t slot, uint32_t vip, uint8_t proto, uint16_t port,
-                     list backends, table, double affinity_timeout=0):
-        """Installs a frontend in a slot: backends [(packed ip, port)], table array('H')."""
-        cdef uint32_t i, n = len(backends), size = len(table)
+                     list backends, table, double affinity_timeout=0, list draining=None):
+        """Installs a frontend in a slot: backends [(packed ip, port)], table array('H'),
+        and the draining backends, which keep their open flows but get no new ones."""
+        cdef list present = backends + (draining or [])
+        cdef uint32_t i, n = len(backends), total = len(present), size = len(table)
         cdef uint64_t affinity_size = 16
         cdef Frontend *grown
         cdef Frontend *f
@@ -437,13 +445,13 @@ cdef class FastCore:
             self.frontend_slots = slot * 2 + 16
         self._free_frontend(slot)
         f = &self.frontends[slot]
-        f.backend_ips = <uint32_t *> malloc((n or 1) * sizeof(uint32_t))
-        f.backend_ports = <uint16_t *> malloc((n or 1) * sizeof(uint16_t))
+        f.backend_ips = <uint32_t *> malloc((total or 1) * sizeof(uint32_t))
+        f.backend_ports = <uint16_t *> malloc((total or 1) * sizeof(uint16_t))
         f.table = <uint16_t *> malloc((size or 1) * sizeof(uint16_t))
         if f.backend_ips == NULL or f.backend_ports == NULL or f.table == NULL:
             raise MemoryError()
-        for i in range(n):
-            packed, backend_port = backends[i]
+        for i in range(total):
+            packed, backend_port = present[i]
             if len(packed) != 4:
                 raise ValueError("the fast path handles IPv4 backends only")
             f.backend_ips[i] = rd32raw(<const uint8_t *> <const char *> packed)
@@ -451,7 +459,7 @@ cdef class FastCore:
         for i in range(size):
             f.table[i] = slots[i]
         f.vip, f.proto, f.port = vip, proto, port
-        f.backend_count, f.table_size, f.used = n, size, 1
+        f.backend_count, f.present_count, f.table_size, f.used = n, total, size, 1
         f.affinity_timeout = affinity_timeout
         if affinity_timeout > 0 and self.affinity == NULL:
             while affinity_size < (<uint64_t> self.affinity_max) * 2:
@@ -491,27 +499,37 @@ cdef class FastCore:
                 elif value[0] != i:
                     value[0] = AMBIGUOUS
 
-    def forget_udp_flows_to_removed_backends(self):
-        """As the reference: UDP flows whose backend left their frontend are dropped."""
+    def retire_flows_to_removed_backends(self, double now):
+        """As the reference: UDP flows whose backend is no longer chosen are dropped (the
+        next datagram picks anew); TCP flows whose backend left the service altogether are
+        marked, so that the client's next packet gets a reset."""
         cdef uint32_t index = self.oldest, next_index
         cdef Flow *flow
         cdef uint32_t *slot
         cdef Frontend *f
-        cdef uint32_t j
+        cdef uint32_t j, limit
         cdef bint alive
         while index != NIL:
             flow = &self.entries[index]
             next_index = flow.newer
-            if flow.proto != 6:
-                slot = map_slot(&self.frontend_map, frontend_key(flow.vip, flow.proto, flow.vport), False)
-                alive = False
-                if slot != NULL:
-                    f = &self.frontends[slot[0]]
-                    for j in range(f.backend_count):
-                        if f.backend_ips[j] == flow.backend_ip and f.backend_ports[j] == flow.backend_port:
-                            alive = True
-                            break
-                if not alive:
+            if flow.proto == 6 and flow.state == S_BACKEND_GONE:
+                index = next_index
+                continue
+            slot = map_slot(&self.frontend_map, frontend_key(flow.vip, flow.proto, flow.vport), False)
+            alive = False
+            if slot != NULL:
+                f = &self.frontends[slot[0]]
+                limit = f.present_count if flow.proto == 6 else f.backend_count
+                for j in range(limit):
+                    if f.backend_ips[j] == flow.backend_ip and f.backend_ports[j] == flow.backend_port:
+                        alive = True
+                        break
+            if not alive:
+                if flow.proto == 6:
+                    flow.state = S_BACKEND_GONE
+                    flow.expires = now + self.timeouts[S_BACKEND_GONE]
+                    self.tcp_retired += 1
+                else:
                     self._remove(index)
                     self.udp_resteered += 1
             index = next_index
@@ -781,6 +799,10 @@ cdef class FastCore:
         if request:
             index = self._live(self._find(False, proto, src, sport, dst, dport), now)
             v.reason = R_REQUEST
+            if index != NIL and self.entries[index].state == S_BACKEND_GONE:
+                self._remove(index)
+                v.action, v.reason = ACT_REJECT, R_BACKEND_REMOVED
+                return
             if index == NIL:
                 slot = map_slot(&self.frontend_map, frontend_key(dst, proto, dport), False)
                 if slot == NULL:
@@ -867,6 +889,8 @@ cdef class FastCore:
             named["ip_options"] = self.ip_options
         if self.udp_resteered:
             named["udp_flow_resteered"] = self.udp_resteered
+        if self.tcp_retired:
+            named["tcp_flow_retired"] = self.tcp_retired
         if self.affinity_hits:
             named["affinity_hit"] = self.affinity_hits
         if self.affinity_full:
@@ -889,7 +913,7 @@ cdef class FastCore:
 
     def state_counts(self):
         """{"tcp/established": n, ...} over every flow, without a Python object per flow."""
-        cdef uint64_t counts[2][6]
+        cdef uint64_t counts[2][S_COUNT]
         cdef uint32_t index = self.oldest
         memset(counts, 0, sizeof(counts))
         while index != NIL:

@@ -12,6 +12,7 @@ class FastCore:
     evicted: int
     expired: int
     udp_resteered: int
+    tcp_retired: int
     affinity_hits: int
     affinity_full: int
     @property
@@ -30,10 +31,11 @@ class FastCore:
         backends: list[tuple[bytes, int]],
         table: array[int],
         affinity_timeout: float = 0,
+        draining: list[tuple[bytes, int]] | None = None,
     ) -> None: ...
     def remove_frontend(self, slot: int) -> None: ...
     def rebuild_maps(self) -> None: ...
-    def forget_udp_flows_to_removed_backends(self) -> None: ...
+    def retire_flows_to_removed_backends(self, now: float) -> None: ...
     def process(
         self, raw: bytes, now: float, partial: bool = False
     ) -> tuple[str, str, bytes | None, bool, bool]: ...

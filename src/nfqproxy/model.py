@@ -382,6 +382,9 @@ class ServicePort:
     port: int
     backends: tuple[Backend, ...]
     affinity_seconds: int = 0  # sessionAffinity ClientIP timeout; 0: none
+    # Endpoints still in the service's slices but not chosen (terminating, not ready):
+    # they get no new flows, and their open flows are left alone to finish.
+    draining: tuple[Backend, ...] = ()
 
 
 ServicePortKey = tuple[IPAddress, str, int]
@@ -447,10 +450,18 @@ def service_ports(
             backends = sorted(
                 {Backend(e.addresses[0], p) for e, p in matching if id(e) in chosen_ids}
             )
+            present = {Backend(e.addresses[0], p) for e, p in matching if e.addresses}
+            draining = tuple(sorted(present - set(backends)))
             name = f"{service.key}:{port.name}" if port.name else service.key
             result.append(
                 ServicePort(
-                    name, vip, port.protocol, port.port, tuple(backends), service.affinity_seconds
+                    name,
+                    vip,
+                    port.protocol,
+                    port.port,
+                    tuple(backends),
+                    service.affinity_seconds,
+                    draining,
                 )
             )
     return result

@@ -1,10 +1,12 @@
-"""Removing a backend: UDP flows move on with their next datagram, and the kernel's
+"""Removing a backend: its TCP flows are reset at the client's next packet while every
+other connection carries on; UDP flows move on with their next datagram, and the kernel's
 conntrack holds no stale entry that keeps sending them to the removed backend (the
 long-standing kube-proxy bug where a UDP client keeps its source port and is
 black-holed until the entry expires)."""
 
 from __future__ import annotations
 
+import http.client
 import socket
 import time
 
@@ -12,7 +14,8 @@ import pytest
 
 from nfqproxy.lab import netns
 from nfqproxy.lab.proxy import read_status
-from nfqproxy.lab.topology import CLIENT_IP, DNS_PORT, WEB_VIP, backend_ip
+from nfqproxy.lab.topology import CLIENT_IP, DNS_PORT, HTTP_PORT, WEB_VIP, backend_ip
+from nfqproxy.lab.traffic import KeepAlive
 from tests.kernel.conftest import DATAPATHS, RunningLab, lab_with_proxy
 
 pytestmark = pytest.mark.kernel
@@ -72,3 +75,47 @@ def moved_through(running: RunningLab) -> None:
     )
     moved_to = backend_ip(int(answers[0][2:]))
     assert f"dst={moved_to}" in entries, entries
+
+
+def open_connections(count: int) -> list[KeepAlive]:
+    return [KeepAlive(WEB_VIP, HTTP_PORT) for _ in range(count)]
+
+
+def ask_each(connections: list[KeepAlive]) -> list[tuple[str, float]]:
+    """Each connection's next answer (or error) and how long it took."""
+    answers = []
+    for connection in connections:
+        started = time.monotonic()
+        try:
+            answer = connection.get()
+        except (OSError, http.client.HTTPException) as exc:
+            answer = f"error: {type(exc).__name__}"
+        answers.append((answer, time.monotonic() - started))
+        connection.close()
+    return answers
+
+
+@pytest.mark.parametrize("datapath", DATAPATHS)
+def test_removing_a_backend_resets_its_tcp_flows_at_once_and_spares_the_rest(
+    datapath: str,
+) -> None:
+    with lab_with_proxy("--datapath", datapath) as running:
+        lab, client = running.lab, running.client
+        connections = client.call(open_connections, 100)
+        pinned = [client.call(c.get) for c in connections]
+        removed = "be2"
+        syncs = read_status(lab)["syncs"]
+        lab.write_manifests([1, 3])
+        deadline = time.monotonic() + 3
+        while read_status(lab).get("syncs", 0) <= syncs:
+            assert time.monotonic() < deadline, "the removal was not synced"
+            time.sleep(0.02)
+        answers = client.call(ask_each, connections)
+    on_removed = [a for a, p in zip(answers, pinned, strict=True) if p == removed]
+    survivors = [(a, p) for a, p in zip(answers, pinned, strict=True) if p != removed]
+    assert on_removed and survivors
+    broken = [(a, p) for (a, _), p in survivors if a != p]
+    assert broken == [], broken  # 0 of the surviving connections broken
+    assert all(a == "error: ConnectionResetError" and took < 0.5 for a, took in on_removed), (
+        on_removed
+    )

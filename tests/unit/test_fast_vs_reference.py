@@ -173,6 +173,8 @@ def run(datapath: Any, clock: Clock, ops: list[tuple[str, Any]]) -> list[Any]:
                 trace.append((v.action, v.reason, v.payload, v.proxied, v.hairpin))
         elif op == "apply":
             trace.append(sorted(datapath.apply(snapshot(*arg))))
+        elif op == "apply_snapshot":
+            trace.append(sorted(datapath.apply(arg)))
         elif op == "tick":
             clock.now += arg
         else:
@@ -283,3 +285,39 @@ def test_a_large_table_reports_states_from_c_and_leaves_out_the_per_backend_brea
     assert isinstance(table, dict)
     assert table["by_state"] == {"tcp/syn_sent": SUMMARY_DETAIL_LIMIT + 50}
     assert isinstance(table["by_backend"], str)
+
+
+def test_both_paths_reset_flows_to_a_removed_backend_and_spare_a_draining_one() -> None:
+    flows = [
+        request(c, p, 0, "tcp", dpkt.tcp.TH_SYN, b"") for c in range(2) for p in range(1000, 1012)
+    ]
+    acks = [
+        request(c, p, 0, "tcp", dpkt.tcp.TH_ACK, b"x") for c in range(2) for p in range(1000, 1012)
+    ]
+    removed = snapshot(frozenset({0, 2}))
+    vip = ip_address("10.96.0.10")
+    web = removed.ports[(vip, "TCP", 80)]
+    draining = Snapshot(
+        {
+            **removed.ports,
+            (vip, "TCP", 80): ServicePort(
+                web.name, vip, "TCP", 80, web.backends, 0, (Backend(ip_address(BACKENDS[1]), 8080),)
+            ),
+        }
+    )
+    traces = []
+    for kind in (ReferenceDatapath, FastDatapath):
+        clock = Clock()
+        datapath = kind([IPv4Network("10.96.0.0/12")], capacity=64, clock=clock)
+        datapath.apply(snapshot(frozenset({0, 1, 2})))
+        trace = run(
+            datapath, clock, [("packets", flows), ("apply_snapshot", draining), ("packets", acks)]
+        )
+        trace += run(
+            datapath, clock, [("apply_snapshot", removed), ("packets", acks), ("packets", acks)]
+        )
+        traces.append(trace)
+        counters = datapath.counters
+        # be2 drained first (flows kept), then left: its flows were reset, once each.
+        assert counters["tcp_flow_retired"] == counters["reject_backend_removed"] > 0
+    assert traces[0] == traces[1]

@@ -1,5 +1,6 @@
 """The reference data path, packet in, verdict and packet out, with no kernel involved."""
 
+from dataclasses import replace
 from ipaddress import IPv4Network, ip_address
 
 import dpkt
@@ -119,10 +120,16 @@ def test_an_unknown_reply_is_recovered_when_one_service_port_uses_that_backend(
     assert (stray.action, stray.reason) == (Action.DROP, "unknown_reply")
 
 
-def test_removing_an_endpoint_keeps_tcp_flows_pinned_and_resteers_udp_flows(
+def test_removing_an_endpoint_resets_its_tcp_flows_and_resteers_udp_flows(
     datapath: ReferenceDatapath,
 ) -> None:
     tcp_backend = dpkt.ip.IP(datapath.process(tcp_packet(CLIENT, 40003, VIP, 80)).payload).dst
+    survivor_port = next(
+        port
+        for port in range(41000, 41100)
+        if dpkt.ip.IP(datapath.process(tcp_packet(CLIENT, port, VIP, 80)).payload).dst
+        != tcp_backend
+    )
     udp_flows = {}
     for port in range(6000, 6030):
         udp_flows[port] = dpkt.ip.IP(
@@ -130,13 +137,36 @@ def test_removing_an_endpoint_keeps_tcp_flows_pinned_and_resteers_udp_flows(
         ).dst
     gone = ".".join(map(str, tcp_backend))
     datapath.apply(snapshot([b for b in BACKENDS if b != gone]))
-    still = datapath.process(tcp_packet(CLIENT, 40003, VIP, 80, flags=dpkt.tcp.TH_ACK))
-    assert dpkt.ip.IP(still.payload).dst == tcp_backend
+    ack = dpkt.tcp.TH_ACK
+    reset = datapath.process(tcp_packet(CLIENT, 40003, VIP, 80, flags=ack))
+    assert (reset.action, reset.reason) == (Action.REJECT, "backend_removed")  # the kernel RSTs
+    assert datapath.process(tcp_packet(CLIENT, survivor_port, VIP, 80, flags=ack)).reason == (
+        "request"
+    )
+    assert datapath.counters["tcp_flow_retired"] >= 1
     for port, old in udp_flows.items():
         new = dpkt.ip.IP(datapath.process(udp_packet(CLIENT, port, VIP, 53)).payload).dst
         assert new != addr(gone)
         if old != addr(gone):
             assert new == old
+
+
+def test_a_draining_endpoint_keeps_its_open_tcp_flows_but_gets_no_new_ones(
+    datapath: ReferenceDatapath,
+) -> None:
+    packet = datapath.process(tcp_packet(CLIENT, 40005, VIP, 80))
+    pinned = ".".join(map(str, dpkt.ip.IP(packet.payload).dst))
+    draining = snapshot([b for b in BACKENDS if b != pinned])
+    port_key = (ip_address(VIP), "TCP", 80)
+    web = draining.ports[port_key]
+    ports = dict(draining.ports)
+    ports[port_key] = replace(web, draining=(Backend(ip_address(pinned), 8080),))
+    datapath.apply(Snapshot(ports))
+    still = datapath.process(tcp_packet(CLIENT, 40005, VIP, 80, flags=dpkt.tcp.TH_ACK))
+    assert ".".join(map(str, dpkt.ip.IP(still.payload).dst)) == pinned
+    for port in range(42000, 42030):
+        new = datapath.process(tcp_packet(CLIENT, port, VIP, 80))
+        assert ".".join(map(str, dpkt.ip.IP(new.payload).dst)) != pinned
 
 
 def test_flows_expire_by_state(datapath: ReferenceDatapath, clock: FakeClock) -> None:

@@ -32,6 +32,8 @@ class FlowState(Enum):
     TCP_RESET = "reset"
     UDP_UNREPLIED = "unreplied"
     UDP_REPLIED = "replied"
+    # Its backend left the service: the client's next packet is answered with a reset.
+    TCP_BACKEND_GONE = "backend_gone"
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class Timeouts:
     tcp_reset: float = 10.0
     udp_unreplied: float = 30.0
     udp_replied: float = 120.0
+    tcp_backend_gone: float = 10.0
 
     def for_state(self, state: FlowState) -> float:
         return {
@@ -53,6 +56,7 @@ class Timeouts:
             FlowState.TCP_RESET: self.tcp_reset,
             FlowState.UDP_UNREPLIED: self.udp_unreplied,
             FlowState.UDP_REPLIED: self.udp_replied,
+            FlowState.TCP_BACKEND_GONE: self.tcp_backend_gone,
         }[state]
 
 
@@ -99,6 +103,8 @@ def initial_state(proto: int, tcp_flags: int) -> FlowState:
 
 def next_state(state: FlowState, from_client: bool, tcp_flags: int) -> FlowState:
     """The state after one more packet of the flow."""
+    if state is FlowState.TCP_BACKEND_GONE:
+        return state  # nothing the backend still sends brings the flow back
     if state in (FlowState.UDP_UNREPLIED, FlowState.UDP_REPLIED):
         return state if from_client else FlowState.UDP_REPLIED
     if tcp_flags & TCP_RST:
@@ -165,6 +171,11 @@ class ConnectionTable:
     def observe(self, flow: Flow, from_client: bool, tcp_flags: int, now: float) -> None:
         """Advances the flow's state by one packet and pushes back its expiry."""
         flow.state = next_state(flow.state, from_client, tcp_flags)
+        flow.expires = now + self.timeouts.for_state(flow.state)
+
+    def retire(self, flow: Flow, now: float) -> None:
+        """Marks a TCP flow whose backend left its service."""
+        flow.state = FlowState.TCP_BACKEND_GONE
         flow.expires = now + self.timeouts.for_state(flow.state)
 
     def remove(self, flow: Flow) -> None:

@@ -62,6 +62,7 @@ class FastDatapath:
                 t.tcp_reset,
                 t.udp_unreplied,
                 t.udp_replied,
+                t.tcp_backend_gone,
             ),
             seed,
         )
@@ -102,13 +103,14 @@ class FastDatapath:
                 list(frontend.backends),
                 frontend.selector.table,
                 frontend.affinity_seconds,
+                list(frontend.draining),
             )
             self._frontends[key] = frontend
         if plan.names:
             self.core.rebuild_maps()  # in C: well under a millisecond at 10k frontends
         update_ports(self._ports, changes)
         if plan.backends_lost:
-            self.core.forget_udp_flows_to_removed_backends()
+            self.core.retire_flows_to_removed_backends(self.clock())
         return plan.names
 
     def process(self, raw: bytes) -> Verdict:

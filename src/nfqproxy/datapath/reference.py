@@ -64,6 +64,11 @@ class Frontend:
     backends: tuple[tuple[bytes, int], ...]  # in Maglev order (sorted by name)
     selector: MaglevSelector
     affinity_seconds: int = 0  # sessionAffinity ClientIP; 0: none
+    draining: tuple[tuple[bytes, int], ...] = ()  # present, not chosen: open flows stay
+
+    def serves(self, backend: tuple[bytes, int]) -> bool:
+        """Whether the backend is still part of the service, chosen or draining."""
+        return backend in self.backends or backend in self.draining
 
     @classmethod
     def from_model(cls, port: ServicePort, seed: int) -> Frontend:
@@ -73,6 +78,7 @@ class Frontend:
             tuple(packed for _, packed in by_name),
             MaglevSelector([name for name, _ in by_name], seed=seed),
             port.affinity_seconds,
+            tuple((b.ip.packed, b.port) for b in port.draining),
         )
 
 
@@ -124,7 +130,13 @@ def plan_changes(
         elif port != old:
             built[table_key(model_key)] = Frontend.from_model(port, seed)
             names.append(port.name)
-            lost = lost or (old is not None and not set(old.backends) <= set(port.backends))
+            lost = lost or (
+                old is not None
+                and not (
+                    set(old.backends) <= set(port.backends)
+                    and set(old.draining) <= {*port.backends, *port.draining}
+                )
+            )
     return TableChanges(removed, built, names, lost)
 
 
@@ -181,7 +193,7 @@ class ReferenceDatapath:
                 self._by_backend.setdefault((key[1], address, port_number), []).append(key)
         update_ports(self._ports, changes)
         if plan.backends_lost:
-            self._forget_udp_flows_to_removed_backends()
+            self._retire_flows_to_removed_backends()
         return plan.names
 
     def _unindex(self, key: TableKey) -> None:
@@ -198,16 +210,24 @@ class ReferenceDatapath:
             if not users:
                 del self._by_backend[(key[1], address, port_number)]
 
-    def _forget_udp_flows_to_removed_backends(self) -> None:
-        # As kube-proxy clears conntrack for removed UDP endpoints: the next datagram of
-        # such a flow picks a live backend instead of vanishing. TCP flows stay pinned.
+    def _retire_flows_to_removed_backends(self) -> None:
+        """UDP flows whose backend is no longer chosen move on with their next datagram,
+        as kube-proxy clears conntrack for them. TCP flows whose backend left the service
+        altogether are marked, and the client's next packet gets a reset; TCP flows to a
+        draining (terminating) backend are left to finish."""
+        now = self.clock()
         for flow in self.flows.flows():
-            if flow.proto == IPPROTO_TCP:
-                continue
             frontend = self._frontends.get((flow.vip, flow.proto, flow.vport))
-            if frontend is None or (flow.backend_ip, flow.backend_port) not in frontend.backends:
-                self.flows.remove(flow)
-                self.counters["udp_flow_resteered"] += 1
+            backend = (flow.backend_ip, flow.backend_port)
+            if flow.proto != IPPROTO_TCP:
+                if frontend is None or backend not in frontend.backends:
+                    self.flows.remove(flow)
+                    self.counters["udp_flow_resteered"] += 1
+            elif flow.state is not FlowState.TCP_BACKEND_GONE and (
+                frontend is None or not frontend.serves(backend)
+            ):
+                self.flows.retire(flow, now)
+                self.counters["tcp_flow_retired"] += 1
 
     # --- packets ----------------------------------------------------------------------
 
@@ -259,6 +279,9 @@ class ReferenceDatapath:
             )
             self.flows.add(flow, now)
             reason = "new_flow"
+        elif flow.state is FlowState.TCP_BACKEND_GONE:
+            self.flows.remove(flow)
+            return Verdict(Action.REJECT, "backend_removed")
         else:
             self.flows.observe(flow, True, packet.tcp_flags, now)
         payload = rewrite_destination(packet, flow.backend_ip, flow.backend_port)
