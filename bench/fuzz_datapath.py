@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nfqproxy.datapath.fast import FastDatapath
 from nfqproxy.datapath.reference import ReferenceDatapath
 from nfqproxy.model import Backend, ServicePort, Snapshot
-from tests.packets import tcp_packet, udp_packet
+from tests.packets import icmp_error, tcp_packet, udp_packet
 
 VIP = "10.96.0.10"
 BACKENDS = ["10.244.11.2", "10.244.12.2"]
@@ -58,6 +58,12 @@ def corpus() -> list[bytes]:
             seeds.append(tcp_packet(BACKENDS[0], 8080, "10.244.1.2", sport, flags, b"answer"))
         seeds.append(udp_packet("10.244.1.2", sport, VIP, 53, b"query"))
         seeds.append(udp_packet(BACKENDS[1], 5353, "10.244.1.2", sport, b"reply"))
+        # ICMP errors about flows to each backend, from the backend and from the node.
+        for backend in BACKENDS:
+            quoted = udp_packet("10.244.1.2", sport, backend, 5353, b"query")
+            seeds.append(icmp_error(backend, "10.244.1.2", quoted, 3, 3))
+            quoted = tcp_packet("10.244.1.2", sport, backend, 8080, 0x10, b"payload" * 8)
+            seeds.append(icmp_error("10.244.0.1", "10.244.1.2", quoted, 3, 4, 68))
     seeds.append(tcp_packet("10.244.1.2", 2000, VIP, 80, 0x02, b"", ip_options=b"\x01\x01\x01\x00"))
     return seeds
 

@@ -44,6 +44,9 @@ cdef enum:
     R_TRUNCATED_L4
     R_UNSUPPORTED
     R_BACKEND_REMOVED
+    R_ICMP_ERROR
+    R_ICMP_UNKNOWN_FLOW
+    R_ICMP_BAD_INNER
     R_COUNT
 
 ACTION_NAMES = ("accept", "drop", "reject")
@@ -51,6 +54,7 @@ REASON_NAMES = (
     "request", "new_flow", "reply", "reply_recovered", "unknown_reply", "no_service",
     "port_not_served", "no_endpoints", "truncated_ip_header", "bad_ihl", "bad_total_length",
     "not_ipv4", "fragment", "truncated_l4_header", "unsupported_protocol", "backend_removed",
+    "icmp_error", "icmp_unknown_flow", "icmp_bad_inner_header",
 )
 
 cdef enum:
@@ -777,6 +781,9 @@ cdef class FastCore:
         if rd16(pkt + 6) & 0x3FFF:
             v.reason = R_FRAGMENT; return
         proto = pkt[9]
+        if proto == 1:
+            self._icmp_error(pkt, hl, total, now, v)
+            return
         if proto != 6 and proto != 17:
             v.reason = R_UNSUPPORTED; return
         l4_length = total - hl
@@ -841,6 +848,69 @@ cdef class FastCore:
         self._observe(index, False, flags, now)
         rewrite(pkt, hl, proto, self.entries[index].vip, self.entries[index].vport, False, partial)
         v.action = ACT_ACCEPT
+
+    cdef void _icmp_error(self, uint8_t *pkt, uint32_t hl, uint32_t total, double now,
+                          Verdict *v) noexcept nogil:
+        """As the reference's _icmp_error and translate_icmp_error."""
+        cdef uint32_t inner = hl + 8, l4, sum_at, index, dst
+        cdef uint8_t inner_proto, icmp_type
+        cdef int i
+        cdef uint16_t old_sum, new_sum
+        cdef uint8_t old_field[6]
+        cdef uint8_t new_field[6]
+        cdef Flow *f
+        if total - hl < 8:
+            v.reason = R_TRUNCATED_L4; return
+        icmp_type = pkt[hl]
+        if icmp_type != 3 and icmp_type != 11 and icmp_type != 12:
+            v.reason = R_UNSUPPORTED; return
+        if total - inner < 20 or pkt[inner] >> 4 != 4 or (pkt[inner] & 0x0F) < 5:
+            v.reason = R_ICMP_BAD_INNER; return
+        l4 = inner + (pkt[inner] & 0x0F) * 4
+        inner_proto = pkt[inner + 9]
+        if l4 + 8 > total or rd16(pkt + inner + 6) & 0x1FFF or (inner_proto != 6 and inner_proto != 17):
+            v.reason = R_ICMP_BAD_INNER; return
+        dst = rd32raw(pkt + 16)
+        for i in range(self.range_count):
+            if (_ntohl(dst) & self.range_mask[i]) == self.range_net[i]:
+                v.reason = R_ICMP_UNKNOWN_FLOW; return
+        index = self._live(self._find(True, inner_proto, rd32raw(pkt + inner + 16), rd16(pkt + l4 + 2),
+                                      rd32raw(pkt + inner + 12), rd16(pkt + l4)), now)
+        if index == NIL:
+            v.reason = R_ICMP_UNKNOWN_FLOW; return
+        f = &self.entries[index]
+        memcpy(old_field, pkt + inner + 16, 4)
+        memcpy(old_field + 4, pkt + l4 + 2, 2)
+        memcpy(new_field, &f.vip, 4)
+        wr16(new_field + 4, f.vport)
+        sum_at = l4 + (16 if inner_proto == 6 else 6)
+        if sum_at + 2 <= total:
+            old_sum = rd16(pkt + sum_at)
+            if inner_proto == 6 or old_sum != 0:
+                new_sum = checksum_replace(old_sum, old_field, new_field, 6)
+                if inner_proto == 17 and new_sum == 0:
+                    new_sum = 0xFFFF
+                self._icmp_patch16(pkt, hl, sum_at, new_sum)
+        self._icmp_patch16(pkt, hl, inner + 10,
+                           checksum_replace(rd16(pkt + inner + 10), old_field, new_field, 4))
+        self._icmp_patch16(pkt, hl, inner + 16, rd16(new_field))
+        self._icmp_patch16(pkt, hl, inner + 18, rd16(new_field + 2))
+        self._icmp_patch16(pkt, hl, l4 + 2, f.vport)
+        if rd32raw(pkt + 12) == f.backend_ip:
+            memcpy(old_field, pkt + 12, 4)
+            wr16(pkt + 10, checksum_replace(rd16(pkt + 10), old_field, new_field, 4))
+            memcpy(pkt + 12, &f.vip, 4)
+        v.action, v.reason = ACT_ACCEPT, R_ICMP_ERROR
+
+    cdef inline void _icmp_patch16(self, uint8_t *pkt, uint32_t hl, uint32_t at,
+                                   uint16_t value) noexcept nogil:
+        """Writes a 16-bit field inside an ICMP message, keeping the ICMP checksum right."""
+        cdef uint8_t old[2]
+        cdef uint8_t new[2]
+        memcpy(old, pkt + at, 2)
+        wr16(new, value)
+        wr16(pkt + hl + 2, checksum_replace(rd16(pkt + hl + 2), old, new, 2))
+        memcpy(pkt + at, new, 2)
 
     # --- Python entry points (slow path) -------------------------------------------------------
 

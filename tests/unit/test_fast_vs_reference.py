@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from nfqproxy.datapath.fast import FastDatapath, fast_path_available
 from nfqproxy.datapath.reference import ReferenceDatapath
 from nfqproxy.model import Backend, ServicePort, Snapshot
-from tests.packets import checksums_verify, tcp_packet, udp_packet
+from tests.packets import checksums_verify, icmp_error, tcp_packet, udp_packet
 
 pytestmark = pytest.mark.skipif(not fast_path_available(), reason="the fast path is not built")
 
@@ -104,7 +104,37 @@ valid_requests = st.builds(
 valid_replies = st.builds(
     reply, st.integers(0, 3), st.integers(0, 2), sports, protos, st.sampled_from(FLAGS)
 )
-valid = st.one_of(valid_requests, valid_replies)
+
+
+def icmp_about(
+    client: int,
+    sport: int,
+    backend: int,
+    proto: str,
+    quote: int,
+    icmp_type: int,
+    from_backend: bool,
+) -> bytes:
+    """An ICMP error about a packet client -> backend, as the backend or the node sends it."""
+    if proto == "udp":
+        quoted = udp_packet(CLIENTS[client], sport, BACKENDS[backend], 5353, b"q" * 40)
+    else:
+        quoted = tcp_packet(CLIENTS[client], sport, BACKENDS[backend], 8080, payload=b"x" * 40)
+    source = BACKENDS[backend] if from_backend else "10.244.0.1"
+    return icmp_error(source, CLIENTS[client], quoted, icmp_type, 4 if icmp_type == 3 else 0, quote)
+
+
+icmp_errors = st.builds(
+    icmp_about,
+    st.integers(0, 2),
+    sports,
+    st.integers(0, 3),
+    protos,
+    st.sampled_from([28, 36, 48, 68]),
+    st.sampled_from([3, 3, 11, 12, 0, 8]),
+    st.booleans(),
+)
+valid = st.one_of(valid_requests, valid_replies, icmp_errors)
 
 
 @st.composite
@@ -321,3 +351,31 @@ def test_both_paths_reset_flows_to_a_removed_backend_and_spare_a_draining_one() 
         # be2 drained first (flows kept), then left: its flows were reset, once each.
         assert counters["tcp_flow_retired"] == counters["reject_backend_removed"] > 0
     assert traces[0] == traces[1]
+
+
+@pytest.mark.parametrize("quote", [28, 36, 48, 68])
+def test_both_paths_translate_icmp_errors_about_their_flows_byte_for_byte(quote: int) -> None:
+    outputs = []
+    for kind in (ReferenceDatapath, FastDatapath):
+        clock = Clock()
+        datapath = kind([IPv4Network("10.96.0.0/12")], capacity=64, clock=clock)
+        datapath.apply(snapshot(frozenset({0, 1, 2})))
+        out = []
+        for client in range(3):
+            for sport in range(1000, 1006):
+                for proto in ("tcp", "udp"):
+                    sent = datapath.process(
+                        request(client, sport, 0, proto, dpkt.tcp.TH_SYN, b"x" * 40)
+                    )
+                    left = sent.payload
+                    assert left is not None
+                    backend = ".".join(map(str, left[16:20]))
+                    for source in (backend, "10.244.0.1"):
+                        for icmp_type in (3, 11):
+                            v = datapath.process(
+                                icmp_error(source, CLIENTS[client], left, icmp_type, 4, quote)
+                            )
+                            out.append((v.action, v.reason, v.payload))
+        outputs.append((out, dict(datapath.counters)))
+    assert outputs[0] == outputs[1]
+    assert outputs[0][1]["accept_icmp_error"] == 3 * 6 * 2 * 2 * 2

@@ -8,7 +8,14 @@ import pytest
 
 from nfqproxy.datapath.reference import Action, ReferenceDatapath, Verdict
 from nfqproxy.model import Backend, ServicePort, Snapshot
-from tests.packets import addr, checksums_verify, tcp_packet, udp_packet
+from tests.packets import (
+    addr,
+    checksums_verify,
+    icmp_checksums_verify,
+    icmp_error,
+    tcp_packet,
+    udp_packet,
+)
 
 VIP = "10.96.0.10"
 CLIENT = "10.244.1.2"
@@ -256,3 +263,44 @@ def test_tcp_options_cut_short_by_the_total_length_count_as_a_truncated_header(
     raw = bytearray(tcp_packet(CLIENT, 40200, VIP, 80))
     raw[32] = 0xF0  # data offset 60 bytes, but the segment has 20
     assert datapath.process(bytes(raw)).reason == "truncated_l4_header"
+
+
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+@pytest.mark.parametrize("quote", [28, 48])
+def test_an_icmp_error_about_a_proxied_flow_reaches_the_client_as_from_the_vip(
+    datapath: ReferenceDatapath, proto: str, quote: int
+) -> None:
+    if proto == "tcp":
+        request = datapath.process(tcp_packet(CLIENT, 40010, VIP, 80, payload=b"x" * 40))
+        port = 80
+    else:
+        request = datapath.process(udp_packet(CLIENT, 40010, VIP, 53, b"q" * 40))
+        port = 53
+    left = payload_of(request)  # client -> backend, as the node sends it on
+    backend = ".".join(map(str, dpkt.ip.IP(left).dst))
+    error = datapath.process(icmp_error(backend, CLIENT, left, 3, 3, quote))
+    assert (error.action, error.reason) == (Action.ACCEPT, "icmp_error")
+    out = payload_of(error)
+    assert icmp_checksums_verify(out)
+    assert out[12:16] == addr(VIP)  # outer source: the backend became the VIP
+    inner = dpkt.ip.IP(out[28:48] + b"\x00" * 8)  # the quoted header, as the client sent it
+    assert inner.src == addr(CLIENT) and inner.dst == addr(VIP)
+    assert int.from_bytes(out[50:52], "big") == port
+    # From the node (fragmentation needed): the outer source stays the node's.
+    from_node = datapath.process(icmp_error("10.244.0.1", CLIENT, left, 3, 4, quote))
+    assert payload_of(from_node)[12:16] == addr("10.244.0.1")
+    assert icmp_checksums_verify(payload_of(from_node))
+
+
+def test_icmp_errors_about_unknown_flows_or_with_bad_quotes_are_dropped(
+    datapath: ReferenceDatapath,
+) -> None:
+    stranger = udp_packet(CLIENT, 1, "10.244.99.9", 5353)
+    assert datapath.process(icmp_error("10.244.99.9", CLIENT, stranger)).reason == (
+        "icmp_unknown_flow"
+    )
+    assert datapath.process(icmp_error("10.244.99.9", CLIENT, b"\x45" + b"\x00" * 10)).reason == (
+        "icmp_bad_inner_header"
+    )
+    echo = icmp_error(CLIENT, "10.244.99.9", stranger, icmp_type=8, code=0)
+    assert datapath.process(echo).reason == "unsupported_protocol"

@@ -26,6 +26,7 @@ class Reason:
     FRAGMENT = "fragment"
     TRUNCATED_L4 = "truncated_l4_header"
     UNSUPPORTED_PROTOCOL = "unsupported_protocol"
+    ICMP_BAD_INNER = "icmp_bad_inner_header"
 
 
 @dataclass(slots=True)
@@ -43,7 +44,94 @@ class ParsedPacket:
         return int(self.l4.flags) if isinstance(self.l4, dpkt.tcp.TCP) else 0
 
 
-def parse(raw: bytes) -> ParsedPacket | str:
+ICMP_ERROR_TYPES = (3, 11, 12)  # destination unreachable, time exceeded, parameter problem
+
+
+@dataclass(slots=True)
+class IcmpError:
+    """An ICMP error about a TCP or UDP packet: offsets into its bytes, which are all
+    the translation needs. The inner header is the packet that caused the error, as the
+    node saw it leave: client -> backend."""
+
+    raw: bytes  # up to the IP total length
+    hl: int  # outer header length
+    inner: int  # offset of the inner IP header
+    inner_l4: int  # offset of the inner TCP/UDP header (8 bytes of it at least)
+
+    @property
+    def inner_proto(self) -> int:
+        return self.raw[self.inner + 9]
+
+    @property
+    def inner_src(self) -> bytes:
+        return self.raw[self.inner + 12 : self.inner + 16]
+
+    @property
+    def inner_dst(self) -> bytes:
+        return self.raw[self.inner + 16 : self.inner + 20]
+
+    @property
+    def inner_sport(self) -> int:
+        return int.from_bytes(self.raw[self.inner_l4 : self.inner_l4 + 2], "big")
+
+    @property
+    def inner_dport(self) -> int:
+        return int.from_bytes(self.raw[self.inner_l4 + 2 : self.inner_l4 + 4], "big")
+
+
+def parse_icmp_error(raw: bytes, hl: int, total: int) -> IcmpError | str:
+    """An ICMP error this proxy can translate, or the Reason it cannot."""
+    if total - hl < 8:
+        return Reason.TRUNCATED_L4
+    if raw[hl] not in ICMP_ERROR_TYPES:
+        return Reason.UNSUPPORTED_PROTOCOL  # echo and the rest: not about a proxied flow
+    inner = hl + 8
+    if total - inner < 20 or raw[inner] >> 4 != 4 or raw[inner] & 0x0F < 5:
+        return Reason.ICMP_BAD_INNER
+    inner_l4 = inner + (raw[inner] & 0x0F) * 4
+    offset = int.from_bytes(raw[inner + 6 : inner + 8], "big") & 0x1FFF
+    if inner_l4 + 8 > total or offset or raw[inner + 9] not in (6, 17):
+        return Reason.ICMP_BAD_INNER
+    return IcmpError(bytes(raw[:total]), hl, inner, inner_l4)
+
+
+def translate_icmp_error(error: IcmpError, vip: bytes, vport: int, backend: bytes) -> bytes:
+    """The error as the client must see it: the inner destination backend -> VIP:port,
+    and an outer source that was the backend -> the VIP. Every checksum is patched."""
+    pkt = bytearray(error.raw)
+    icmp_sum = error.hl + 2
+
+    def patch(at: int, new: bytes) -> None:  # a change inside the ICMP message
+        old = bytes(pkt[at : at + len(new)])
+        value = checksum_replace(int.from_bytes(pkt[icmp_sum : icmp_sum + 2], "big"), old, new)
+        pkt[icmp_sum : icmp_sum + 2] = value.to_bytes(2, "big")
+        pkt[at : at + len(new)] = new
+
+    inner, l4 = error.inner, error.inner_l4
+    old_dst, old_port = bytes(pkt[inner + 16 : inner + 20]), bytes(pkt[l4 + 2 : l4 + 4])
+    new_port = vport.to_bytes(2, "big")
+    sum_at = l4 + (16 if error.inner_proto == 6 else 6)
+    if sum_at + 2 <= len(pkt):  # TCP's checksum lies past the 8 bytes an error must quote
+        old_sum = int.from_bytes(pkt[sum_at : sum_at + 2], "big")
+        if error.inner_proto == 6 or old_sum != 0:
+            new_sum = checksum_replace(old_sum, old_dst + old_port, vip + new_port)
+            if error.inner_proto == 17 and new_sum == 0:
+                new_sum = 0xFFFF
+            patch(sum_at, new_sum.to_bytes(2, "big"))
+    inner_ip_sum = checksum_replace(
+        int.from_bytes(pkt[inner + 10 : inner + 12], "big"), old_dst, vip
+    )
+    patch(inner + 10, inner_ip_sum.to_bytes(2, "big"))
+    patch(inner + 16, vip)
+    patch(l4 + 2, new_port)
+    if bytes(pkt[12:16]) == backend:
+        outer_sum = checksum_replace(int.from_bytes(pkt[10:12], "big"), backend, vip)
+        pkt[10:12] = outer_sum.to_bytes(2, "big")
+        pkt[12:16] = vip
+    return bytes(pkt)
+
+
+def parse(raw: bytes) -> ParsedPacket | IcmpError | str:
     """The parsed packet, or a Reason value saying why it cannot be proxied."""
     if len(raw) < IPV4_MIN_HEADER:
         return Reason.TRUNCATED_IP
@@ -65,6 +153,8 @@ def parse(raw: bytes) -> ParsedPacket | str:
         # With conntrack loaded the kernel reassembles before our hooks; a fragment here
         # has no ports to route by.
         return Reason.FRAGMENT
+    if ip.p == dpkt.ip.IP_PROTO_ICMP:
+        return parse_icmp_error(raw, ihl * 4, total_length)
     if ip.p not in (dpkt.ip.IP_PROTO_TCP, dpkt.ip.IP_PROTO_UDP):
         return Reason.UNSUPPORTED_PROTOCOL
     l4 = ip.data

@@ -37,7 +37,14 @@ from nfqproxy.datapath.conntable import (
 )
 from nfqproxy.datapath.hashing import flow_hash
 from nfqproxy.datapath.maglev import MaglevSelector
-from nfqproxy.datapath.packet import ParsedPacket, parse, rewrite_destination, rewrite_source
+from nfqproxy.datapath.packet import (
+    IcmpError,
+    ParsedPacket,
+    parse,
+    rewrite_destination,
+    rewrite_source,
+    translate_icmp_error,
+)
 from nfqproxy.model import PROTOCOLS, ServicePort, ServicePortKey, Snapshot
 
 
@@ -241,6 +248,8 @@ class ReferenceDatapath:
             parsed = parse(raw)
             if isinstance(parsed, str):
                 return self._count(Verdict(Action.DROP, parsed))
+            if isinstance(parsed, IcmpError):
+                return self._count(self._icmp_error(parsed))
             if parsed.has_ip_options:
                 self.counters["ip_options"] += 1
             if self._in_service_range(parsed.ip.dst):
@@ -310,6 +319,26 @@ class ReferenceDatapath:
             elif not self.affinity.add(key, Affinity(*backend, expires)):
                 self.counters["affinity_table_full"] += 1
         return backend
+
+    def _icmp_error(self, error: IcmpError) -> Verdict:
+        """An ICMP error about a proxied flow (a port unreachable from a backend, a
+        fragmentation needed from the node on the way to it), translated so that the
+        client's kernel matches it to its socket: PMTU discovery and refused ports then
+        work through the VIP. Errors about other traffic are not ours to pass."""
+        if self._in_service_range(error.raw[16:20]):
+            return Verdict(Action.DROP, "icmp_unknown_flow")
+        key = (
+            error.inner_proto,
+            error.inner_dst,
+            error.inner_dport,
+            error.inner_src,
+            error.inner_sport,
+        )
+        flow = self.flows.lookup_reply(key, self.clock())
+        if flow is None:
+            return Verdict(Action.DROP, "icmp_unknown_flow")
+        payload = translate_icmp_error(error, flow.vip, flow.vport, flow.backend_ip)
+        return Verdict(Action.ACCEPT, "icmp_error", payload)
 
     def _reply(self, packet: ParsedPacket) -> Verdict:
         ip, l4, now = packet.ip, packet.l4, self.clock()
