@@ -101,9 +101,14 @@ def test_removing_a_backend_resets_its_tcp_flows_at_once_and_spares_the_rest(
 ) -> None:
     with lab_with_proxy("--datapath", datapath) as running:
         lab, client = running.lab, running.client
-        connections = client.call(open_connections, 100)
-        pinned = [client.call(c.get) for c in connections]
         removed = "be2"
+        connections: list[KeepAlive] = []
+        pinned: list[str] = []
+        while pinned.count(removed) < 10 or len(pinned) - pinned.count(removed) < 100:
+            assert len(pinned) < 300, "Maglev spread the connections strangely"
+            (connection,) = client.call(open_connections, 1)
+            connections.append(connection)
+            pinned.append(client.call(connection.get))
         syncs = read_status(lab)["syncs"]
         lab.write_manifests([1, 3])
         deadline = time.monotonic() + 3
@@ -113,9 +118,9 @@ def test_removing_a_backend_resets_its_tcp_flows_at_once_and_spares_the_rest(
         answers = client.call(ask_each, connections)
     on_removed = [a for a, p in zip(answers, pinned, strict=True) if p == removed]
     survivors = [(a, p) for a, p in zip(answers, pinned, strict=True) if p != removed]
-    assert on_removed and survivors
+    assert len(on_removed) >= 10 and len(survivors) >= 100
     broken = [(a, p) for (a, _), p in survivors if a != p]
-    assert broken == [], broken  # 0 of the surviving connections broken
+    assert broken == [], broken  # 0 of 100 (or more) connections to surviving backends
     assert all(a == "error: ConnectionResetError" and took < 0.5 for a, took in on_removed), (
         on_removed
     )
