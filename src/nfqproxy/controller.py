@@ -109,7 +109,6 @@ class Proxy:
         self.syncs = 0
         self.last_sync: float | None = None  # wall clock, of the last successful sync
         self.last_sync_seconds: float | None = None  # how long it took
-        self.object_errors: list[str] = []
         self.runner = BoundedFrequencyRunner(self.sync, config.min_sync_period, config.sync_period)
         self.metrics = ProxyMetrics(self.status, config.queue_num)
         self.health = HealthServer(lambda: self.last_sync, config.sync_period, self.metrics)
@@ -152,7 +151,6 @@ class Proxy:
                 changes = self.tracker.flush()
                 for error in changes.errors:
                     log.error("object skipped: %s", error)
-                self.object_errors = self.tracker.errors()
                 if self._reprogram_all:
                     # A failed sync left the tables behind the tracker: program the difference.
                     changed = self.datapath.apply(self.tracker.snapshot())
@@ -207,7 +205,7 @@ class Proxy:
             "last_sync_seconds": self.last_sync_seconds,
             "manifest_errors": sorted(self.source.errors.values()) if self.source else [],
             "api": self._api_status(),
-            "object_errors": self.object_errors,
+            "object_errors": self.tracker.errors(),  # as of the last sync
             "queue": self.queue.stats(),
             **self.datapath.status(),
         }

@@ -125,26 +125,19 @@ class ChangeTracker:
             self.node_name, self.node_zone = node_name, node_zone
             self._dirty.update(dict.fromkeys(self._services))
 
-    @property
-    def pending(self) -> bool:
-        return bool(self._pending_services or self._pending_slices or self._dirty)
-
     # --- the current state ---------------------------------------------------------------
+
+    def _frontend_errors(self) -> list[str]:
+        """Ports left out: too many backends, or a frontend another service holds."""
+        errors = [m for messages in self._port_errors.values() for m in messages]
+        return errors + [m for messages in self._conflicts.values() for m in messages]
 
     def errors(self) -> list[str]:
         """Every object currently skipped, and why."""
-        result = list(self._duplicates)
-        result += self._object_errors.values()
-        for messages in self._port_errors.values():
-            result += messages
-        for messages in self._conflicts.values():
-            result += messages
-        return result
+        return [*self._duplicates, *self._object_errors.values(), *self._frontend_errors()]
 
     def snapshot(self) -> Snapshot:
-        conflicts = [m for ms in self._port_errors.values() for m in ms]
-        conflicts += [m for ms in self._conflicts.values() for m in ms]
-        return Snapshot(dict(self.ports), tuple(conflicts))
+        return Snapshot(dict(self.ports), tuple(self._frontend_errors()))
 
     # --- flush ---------------------------------------------------------------------------
 

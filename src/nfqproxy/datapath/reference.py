@@ -107,7 +107,7 @@ class TableChanges:
     removed: list[TableKey]
     built: dict[TableKey, Frontend]
     names: list[str]  # the service ports added, changed or removed
-    backends_lost: bool  # a frontend went, or lost a backend: UDP flows may need re-steering
+    backends_lost: bool  # a frontend went or lost a backend: its flows may need retiring
 
 
 def snapshot_changes(
