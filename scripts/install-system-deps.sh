@@ -2,7 +2,7 @@
 # Installs the Debian packages nfqproxy needs. Idempotent: apt runs only when a package is missing.
 set -euo pipefail
 packages=(iptables conntrack ipset libnetfilter-queue-dev libnfnetlink-dev libmnl-dev iproute2 kmod procps
-          iperf3 wrk gcc python3-dev python3-venv nftables)
+          iperf3 wrk gcc python3-dev python3-venv nftables strace)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
