@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -164,16 +165,16 @@ def children(pid: int) -> list[int]:
         return []
 
 
-def stop_traced_proxy(tracer_pid: int) -> None:
-    """SIGTERM to the proxy strace started (by pid), so that it cleans up and strace ends
-    with it; signalling strace itself would leave the proxy running detached."""
+def stop_traced_proxy(tracer_pid: int, signal_number: int = signal.SIGTERM) -> None:
+    """Signals the proxy strace started (by pid), so that strace ends with it; signalling
+    strace itself would leave the proxy running, detached."""
     for pid in children(tracer_pid):
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal_number)
 
 
 def test_hostile_strings_in_objects_reach_no_command_no_rule_and_no_shell() -> None:
     running = RunningLab(new_lab())
-    trace = Path(f"/tmp/nfqproxy-strace-{os.getpid()}.log")
+    trace = running.lab.dir / "execve.trace"  # goes with the lab, whatever happens
     tracer = None
     try:
         running.lab.up()
@@ -201,15 +202,16 @@ def test_hostile_strings_in_objects_reach_no_command_no_rule_and_no_shell() -> N
         stop_traced_proxy(tracer.pid)
         assert tracer.wait(15) == 0
         log = (running.lab.dir / "proxy.log").read_text(errors="replace")
+        argvs = traced_argvs(trace)
     finally:
         if tracer is not None and tracer.poll() is None:
             stop_traced_proxy(tracer.pid)
-            time.sleep(1)
+            try:
+                tracer.wait(10)
+            except subprocess.TimeoutExpired:
+                stop_traced_proxy(tracer.pid, signal.SIGKILL)
+                tracer.wait(5)
         running.close()
-    try:
-        argvs = traced_argvs(trace)
-    finally:
-        trace.unlink(missing_ok=True)
     programs = [re.search(r'execve\("([^"]*)"', line) for line in argvs]
     names = {Path(m.group(1)).name for m in programs if m}
     # Installing, watching and removing the hooks ran iptables; the trace caught it.
