@@ -102,6 +102,10 @@ def test_compaction_during_a_watch_forces_a_relist_and_a_service_deleted_meanwhi
             return False
         except ConnectionRefusedError:
             return True
+        except OSError:
+            # A connection made just before the deletion took effect is reset at its
+            # next packet (its backend left with the service), or may time out: ask again.
+            return False
 
     assert eventually(refused, 8.0)
     assert read_status(running.lab)["api"]["services"]["lists"] > lists_before
