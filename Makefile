@@ -42,11 +42,11 @@ asan: install
 	cp -r src/nfqproxy build/asan/nfqproxy && rm -f build/asan/nfqproxy/*.so
 	NFQPROXY_ASAN_BUILD=1 $(BIN)/python setup.py -q build_ext --build-lib build/asan --build-temp build/asan/tmp
 	PYTHONPATH=build/asan NFQPROXY_EXPECT_ASAN=1 LD_PRELOAD=$(ASAN_LIB) \
-	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:suppressions=$(CURDIR)/scripts/asan.supp \
 	  $(BIN)/python -m pytest -p no:cacheprovider tests/unit/test_fast_vs_reference.py \
 	  tests/unit/test_maglev.py tests/unit/test_asan_build.py \
 	  tests/kernel/test_traffic.py tests/kernel/test_malformed_packets.py
-	PYTHONPATH=build/asan LD_PRELOAD=$(ASAN_LIB) ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+	PYTHONPATH=build/asan LD_PRELOAD=$(ASAN_LIB) ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:suppressions=$(CURDIR)/scripts/asan.supp \
 	  $(BIN)/python -m bench.fuzz_datapath --inputs 200000
 
 # One million fuzzed packets through the fast path (about a minute and a half).

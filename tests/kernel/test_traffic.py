@@ -49,6 +49,17 @@ def test_a_udp_datagram_larger_than_the_mtu_is_reassembled_proxied_and_answered(
     assert answer in {"be1", "be2", "be3"}
 
 
+def test_datagrams_of_every_length_modulo_4_are_proxied_and_answered(
+    running_lab: RunningLab,
+) -> None:
+    # libnfnetlink pads a verdict's payload to 4 bytes by reading past the caller's
+    # buffer; over 512 bytes Python's buffers come from malloc, where `make asan` sees it
+    # (scripts/asan.supp explains why that report is suppressed, not fixed, here).
+    for size in (1001, 1002, 1003, 1004):
+        answer = running_lab.client.call(udp_query, WEB_VIP, DNS_PORT, 2.0, b"x" * size)
+        assert answer in {"be1", "be2", "be3"}, size
+
+
 def test_the_node_itself_reaches_the_vip_over_tcp_and_udp(running_lab: RunningLab) -> None:
     answers = running_lab.node.call(http_split, WEB_VIP, HTTP_PORT, 30)
     assert sum(answers.values()) == 30 and set(answers) <= {"be1", "be2", "be3"}, answers
