@@ -999,6 +999,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"removed a leftover of an interrupted run: {leftover}", flush=True)
         runs = run_all(args, sizes)
     finally:
+        # Unlinked while still held: a run that opened it meanwhile fails its
+        # non-blocking lock and stops, as it would have anyway.
+        LOCK_FILE.unlink(missing_ok=True)
         lock.close()
     if not runs:
         return 1
