@@ -49,7 +49,7 @@ asan: install
 	PYTHONPATH=build/asan LD_PRELOAD=$(ASAN_LIB) ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:suppressions=$(CURDIR)/scripts/asan.supp \
 	  $(BIN)/python -m bench.fuzz_datapath --inputs 200000
 
-# One million fuzzed packets through the fast path (about a minute and a half).
+# One million fuzzed packets through the fast path (about 20 s here; 10M took 195 s).
 fuzz: install
 	$(BIN)/python -m bench.fuzz_datapath --inputs 1000000
 
