@@ -37,16 +37,17 @@ clean-lab: install
 # kernel scenarios run the proxy itself (queue loop included) on the sanitized build,
 # since ip netns exec passes the environment on.
 ASAN_LIB = $(shell gcc -print-file-name=libasan.so)
+ASAN_SETTINGS = detect_leaks=0:abort_on_error=1:suppressions=$(CURDIR)/scripts/asan.supp
 asan: install
 	rm -rf build/asan && mkdir -p build/asan
 	cp -r src/nfqproxy build/asan/nfqproxy && rm -f build/asan/nfqproxy/*.so
 	NFQPROXY_ASAN_BUILD=1 $(BIN)/python setup.py -q build_ext --build-lib build/asan --build-temp build/asan/tmp
 	PYTHONPATH=build/asan NFQPROXY_EXPECT_ASAN=1 LD_PRELOAD=$(ASAN_LIB) \
-	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:suppressions=$(CURDIR)/scripts/asan.supp \
+	  ASAN_OPTIONS=$(ASAN_SETTINGS) \
 	  $(BIN)/python -m pytest -p no:cacheprovider tests/unit/test_fast_vs_reference.py \
 	  tests/unit/test_maglev.py tests/unit/test_asan_build.py \
 	  tests/kernel/test_traffic.py tests/kernel/test_malformed_packets.py
-	PYTHONPATH=build/asan LD_PRELOAD=$(ASAN_LIB) ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:suppressions=$(CURDIR)/scripts/asan.supp \
+	PYTHONPATH=build/asan LD_PRELOAD=$(ASAN_LIB) ASAN_OPTIONS=$(ASAN_SETTINGS) \
 	  $(BIN)/python -m bench.fuzz_datapath --inputs 200000
 
 # One million fuzzed packets through the fast path (about 20 s here; 10M took 195 s).

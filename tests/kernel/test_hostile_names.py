@@ -182,11 +182,10 @@ def test_hostile_strings_in_objects_reach_no_command_no_rule_and_no_shell() -> N
         for number, obj in enumerate(refused_objects()):
             atomic_write(running.lab.manifests_dir / f"hostile-{number}.yaml", yaml.safe_dump(obj))
         atomic_write(running.lab.manifests_dir / "quiet.yaml", yaml.safe_dump_all(quiet_service()))
-        wrapper = ["strace", "-f", "--seccomp-bpf", "-e", "trace=execve", "-s", "65536"]
+        strace = ["strace", "-f", "--seccomp-bpf", "-e", "trace=execve", "-s", "65536"]
+        strace += ["-o", str(trace), "--"]
         # A short sync period, so that the hook watchdog runs iptables-save under the trace.
-        tracer = start_proxy(
-            running.lab, "--sync-period", "1", wrapper=[*wrapper, "-o", str(trace), "--"]
-        )
+        tracer = start_proxy(running.lab, "--sync-period", "1", wrapper=strace)
         wait_ready(running.lab, tracer)
         # The valid services are served, the quiet one despite its hostile fields.
         web = running.client.call(http_split, WEB_VIP, HTTP_PORT, 15)
