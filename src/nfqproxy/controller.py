@@ -1,7 +1,11 @@
 """The proxy process: source -> model -> data-path tables, hooks, and a status file.
 
-Start order keeps traffic flowing: bind the queue, program the tables, then install the
-hooks, so that no packet meets an unbound queue or an empty table. Stop order reverses it.
+Start order keeps traffic flowing: bind the queue, program the tables from a complete
+list of the source, start giving verdicts, then install the hooks. Until the first sync,
+service packets wait in the bound queue (or are dropped once it is full) and TCP sends
+them again: none meets an empty table, which would reject it. With the hooks kept from a
+previous process, that wait is what a restart costs open flows, however long the API
+takes to answer. Stop order reverses it.
 """
 
 from __future__ import annotations
@@ -182,6 +186,9 @@ class Proxy:
             # freezing exempts them. They are acyclic, so reference counting still frees them.
             gc.freeze()
         if not self.ready:
+            # The tables hold a complete list now: packets held in the queue meanwhile get
+            # their verdicts, and new ones are sent to the queue.
+            self.queue.start(asyncio.get_running_loop())
             if self.config.install_hooks:
                 self.hooks.install()
             self.ready = True
@@ -225,8 +232,11 @@ class Proxy:
             for i in informers
         }
 
-    async def _run_after_sync(self) -> None:
+    async def _run_after_sync(self, client: Any = None) -> None:
         assert self.kube is not None
+        if client is not None and self.node_zone is None and self.config.node_name:
+            # Meanwhile the informers list: an API that is down delays both alike.
+            self.node_zone = await node_zone(client, self.config.node_name)
         await self.kube.wait_synced()  # program nothing until both caches are full
         log.info("services and endpoint slices synced from the API")
         await self.runner.run()
@@ -277,10 +287,8 @@ class Proxy:
             syncing = self.runner.run()
         else:
             client = await api_client(self.config.api_server, self.config.kubeconfig)
-            if self.node_zone is None and self.config.node_name:
-                self.node_zone = await node_zone(client, self.config.node_name)
-            feed, syncing = self.kubernetes_source(client).run(), self._run_after_sync()
-        self.queue.open(loop)
+            feed, syncing = self.kubernetes_source(client).run(), self._run_after_sync(client)
+        self.queue.bind()  # packets wait here, unanswered, until the first sync
         tasks: list[asyncio.Task[None]] = []
         try:
             await self.health.start(self.config.healthz_bind, self.config.metrics_bind)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
+import socket
 from typing import Any, Protocol
 
 from netfilterqueue import NetfilterQueue
@@ -16,19 +19,46 @@ log = logging.getLogger(__name__)
 
 QUEUE_MAX_LEN = 8192  # packets the kernel holds for us before it drops
 SOCKET_BUFFER = 8 * 1024 * 1024
+# Packets the reference path handles per wake-up of the event loop: 1-2.5 ms of work at
+# its 25-50k packets per second. Under a flood the socket never runs dry, so an unbounded
+# read would keep signals, syncs, /healthz and the status file waiting for the flood to end.
+PACKETS_PER_WAKEUP = 64
 
 
 class Datapath(Protocol):
     def process(self, raw: bytes) -> Verdict: ...
 
 
+class _BoundedSocket:
+    """The queue's socket as NetfilterQueue.run_socket reads it: at most `left` packets,
+    then EAGAIN, which ends run_socket as an empty socket would."""
+
+    def __init__(self, fd: int) -> None:
+        # A duplicate: closing it must not close NetfilterQueue's own descriptor.
+        self.sock = socket.socket(fileno=os.dup(fd))
+        self.left = 0
+
+    def recv(self, size: int) -> bytes:
+        if self.left <= 0:
+            raise BlockingIOError(errno.EAGAIN, "packet budget of this wake-up spent")
+        self.left -= 1
+        return self.sock.recv(size, socket.MSG_DONTWAIT)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class QueueBinding:
-    """Reads packets from one queue and gives each the data path's verdict."""
+    """Reads packets from one queue and gives each the data path's verdict.
+
+    bind() claims the queue: from then on the kernel holds service packets for us instead
+    of dropping them. start() begins reading them, once the tables are programmed."""
 
     def __init__(self, queue_num: int, datapath: Datapath) -> None:
         self.queue_num = queue_num
         self.datapath = datapath
         self._queue: Any = None
+        self._socket: _BoundedSocket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def _on_packet(self, packet: Any) -> None:
@@ -58,7 +88,7 @@ class QueueBinding:
     def stats(self) -> dict[str, int]:
         return {}  # NetfilterQueue keeps no counters of its own
 
-    def open(self, loop: asyncio.AbstractEventLoop) -> None:
+    def bind(self) -> None:
         queue = NetfilterQueue()
         try:
             queue.bind(
@@ -69,17 +99,29 @@ class QueueBinding:
                 f"cannot bind NFQUEUE {self.queue_num}: {exc} (is another process bound to it? "
                 "Does this process have CAP_NET_ADMIN?)"
             ) from exc
-        self._queue, self._loop = queue, loop
-        loop.add_reader(queue.get_fd(), self._drain)
+        self._queue = queue
+        self._socket = _BoundedSocket(queue.get_fd())
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._queue is None or self._loop is not None:
+            return
+        self._loop = loop
+        loop.add_reader(self._queue.get_fd(), self._drain)
 
     def _drain(self) -> None:
-        self._queue.run(block=False)
+        assert self._socket is not None
+        self._socket.left = PACKETS_PER_WAKEUP
+        self._queue.run_socket(self._socket)  # the reader is called again while packets wait
 
     def close(self) -> None:
         if self._queue is None:
             return
         if self._loop is not None:
             self._loop.remove_reader(self._queue.get_fd())
+            self._loop = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
         self._queue.unbind()
         self._queue = None
 
@@ -103,8 +145,12 @@ class FastQueueBinding:
         )
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def open(self, loop: asyncio.AbstractEventLoop) -> None:
+    def bind(self) -> None:
         self._queue.open()
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._queue.fileno < 0 or self._loop is not None:
+            return
         self._loop = loop
         loop.add_reader(self._queue.fileno, self._queue.drain)
 

@@ -248,21 +248,51 @@ async def api_client(api_server: str | None, kubeconfig: str | None) -> Any:
 ZONE_LABEL = "topology.kubernetes.io/zone"
 
 
-async def node_zone(client_api: Any, node_name: str) -> str | None:
-    """This node's zone, for topology hints; None (hints unused) if it cannot be read."""
+async def node_zone(client_api: Any, node_name: str, backoff: Backoff | None = None) -> str | None:
+    """This node's zone, for topology hints. An API that cannot be reached or answers 5xx
+    is asked again (the first sync waits for the informers anyway); an answer without a
+    zone, or a refusal (no such node, no permission), turns the hints off."""
     from kubernetes.aio import client
 
-    try:
-        response = await client.CoreV1Api(client_api).read_node_without_preload_content(node_name)
-        if response.status != 200:
-            raise ApiError(f"HTTP {response.status}")
-        labels = (json.loads(await response.read()).get("metadata") or {}).get("labels") or {}
-    except Exception as exc:
-        log.warning("cannot read node %s for its zone (%s); topology hints are off", node_name, exc)
-        return None
-    zone = labels.get(ZONE_LABEL)
-    log.info("node %s is in zone %s", node_name, zone or "(none: topology hints are off)")
-    return str(zone) if zone else None
+    backoff = backoff or Backoff()
+    while True:
+        try:
+            response = await client.CoreV1Api(client_api).read_node_without_preload_content(
+                node_name
+            )
+            try:
+                code, body = response.status, await response.read()
+            finally:
+                response.release()
+        except Exception as exc:  # unreachable, reset, timed out: the API may come back
+            code, body, problem = None, b"", str(exc) or type(exc).__name__
+        else:
+            problem = f"HTTP {code}"
+        if code == 200:
+            try:
+                document = json.loads(body)
+                labels = (document.get("metadata") or {}).get("labels") or {}
+            except (ValueError, AttributeError):
+                labels, problem = None, "the Node is not JSON"
+            if isinstance(labels, dict):
+                zone = labels.get(ZONE_LABEL)
+                log.info(
+                    "node %s is in zone %s", node_name, zone or "(none: topology hints are off)"
+                )
+                return str(zone) if zone else None
+        if code is not None and code < 500 and code != 429:
+            log.warning(
+                "cannot read node %s for its zone (%s); topology hints are off", node_name, problem
+            )
+            return None
+        delay = backoff.next_delay()
+        log.warning(
+            "cannot read node %s for its zone (%s); asking again in %.1f s",
+            node_name,
+            problem,
+            delay,
+        )
+        await asyncio.sleep(delay)
 
 
 class KubernetesSource:
