@@ -8,6 +8,7 @@ the hook order are explained in docs/design.md; in short:
   mangle PREROUTING, OUTPUT  -> NFQPROXY-MARK: proxied mark on the packet -> connmark
   mangle INPUT, POSTROUTING  -> NFQPROXY-REPLIES: connmark + reply direction -> NFQUEUE
   filter INPUT, FORWARD, OUTPUT -> NFQPROXY-REJECT: reject mark -> TCP RST / ICMP unreachable
+  filter FORWARD -> NFQPROXY-FORWARD: conntrack INVALID -> DROP (as kube-proxy does)
   nat    POSTROUTING -> NFQPROXY-HAIRPIN: hairpin mark -> MASQUERADE (a pod reaching itself)
 
 nfqproxy owns the NFQPROXY-* chains and one jump rule in each built-in chain. It never
@@ -38,12 +39,14 @@ CHAIN_MARK = "NFQPROXY-MARK"
 CHAIN_REPLIES = "NFQPROXY-REPLIES"
 CHAIN_REJECT = "NFQPROXY-REJECT"
 CHAIN_HAIRPIN = "NFQPROXY-HAIRPIN"
+CHAIN_FORWARD = "NFQPROXY-FORWARD"
 
 # (table, built-in chain, our chain), in the order they are installed.
 JUMPS: tuple[tuple[str, str, str], ...] = (
     ("filter", "INPUT", CHAIN_REJECT),
     ("filter", "FORWARD", CHAIN_REJECT),
     ("filter", "OUTPUT", CHAIN_REJECT),
+    ("filter", "FORWARD", CHAIN_FORWARD),
     ("nat", "POSTROUTING", CHAIN_HAIRPIN),
     ("mangle", "PREROUTING", CHAIN_MARK),
     ("mangle", "OUTPUT", CHAIN_MARK),
@@ -90,6 +93,11 @@ def chain_rules(config: HookConfig) -> dict[tuple[str, str], list[list[str]]]:
         ],
         # The backend would drop a packet from its own address; make it the node's.
         ("nat", CHAIN_HAIRPIN): [f"-m mark --mark {hairpin} -j MASQUERADE"],
+        # A packet conntrack finds out of window (a retransmission after a long stall,
+        # say) gets no conntrack entry, so no reverse NAT: it would reach the client from
+        # the backend's address and the client would reset the connection. kube-proxy
+        # drops these for the same reason (kubernetes/kubernetes#74839).
+        ("filter", CHAIN_FORWARD): ["-m conntrack --ctstate INVALID -j DROP"],
         ("filter", CHAIN_REJECT): [
             f"-p tcp -m mark --mark {reject} -j REJECT --reject-with tcp-reset",
             f"-m mark --mark {reject} -j REJECT --reject-with icmp-port-unreachable",

@@ -19,7 +19,8 @@ import pytest
 from nfqproxy.datapath.fast import fast_path_available
 from nfqproxy.lab.netns import NetnsThread
 from nfqproxy.lab.proxy import start_proxy, wait_ready
-from nfqproxy.lab.topology import Lab
+from nfqproxy.lab.served_api import ServedApi
+from nfqproxy.lab.topology import Lab, lab_endpoint_slices, lab_services
 
 if os.geteuid() != 0:
     pytest.skip("kernel tests need root", allow_module_level=True)
@@ -76,6 +77,27 @@ def lab_with_proxy(*proxy_args: str) -> Iterator[RunningLab]:
         yield running
     finally:
         running.close()
+
+
+@contextmanager
+def lab_with_api_proxy(*proxy_args: str) -> Iterator[tuple[RunningLab, ServedApi]]:
+    """A lab whose proxy follows the in-process API server, which holds the lab's objects."""
+    running = RunningLab(new_lab())
+    api: ServedApi | None = None
+    try:
+        running.lab.up()
+        api = ServedApi(running.lab.node_ns)
+        for item in lab_services()["items"]:
+            api.call(api.server.create("services", item))
+        for item in lab_endpoint_slices([1, 2, 3])["items"]:
+            api.call(api.server.create("endpointslices", item))
+        running.proxy = start_proxy(running.lab, *proxy_args, api_server=api.url)
+        wait_ready(running.lab, running.proxy)
+        yield running, api
+    finally:
+        running.close()
+        if api is not None:
+            api.close()
 
 
 @pytest.fixture(scope="module", params=DATAPATHS)

@@ -11,31 +11,17 @@ import pytest
 
 from nfqproxy.lab.proxy import read_status, start_proxy, wait_ready
 from nfqproxy.lab.served_api import ServedApi
-from nfqproxy.lab.topology import HTTP_PORT, NODE_NAME, WEB_VIP, lab_endpoint_slices, lab_services
+from nfqproxy.lab.topology import HTTP_PORT, NODE_NAME, WEB_VIP, lab_endpoint_slices
 from nfqproxy.lab.traffic import fetch_url, http_get, http_split
-from tests.kernel.conftest import RunningLab, new_lab
+from tests.kernel.conftest import RunningLab, lab_with_api_proxy
 
 pytestmark = pytest.mark.kernel
 
 
 @pytest.fixture
 def api_lab() -> Iterator[tuple[RunningLab, ServedApi]]:
-    running = RunningLab(new_lab())
-    api: ServedApi | None = None
-    try:
-        running.lab.up()
-        api = ServedApi(running.lab.node_ns)
-        for item in lab_services()["items"]:
-            api.call(api.server.create("services", item))
-        for item in lab_endpoint_slices([1, 2, 3])["items"]:
-            api.call(api.server.create("endpointslices", item))
-        running.proxy = start_proxy(running.lab, api_server=api.url)
-        wait_ready(running.lab, running.proxy)
-        yield running, api
-    finally:
-        running.close()
-        if api is not None:
-            api.close()
+    with lab_with_api_proxy() as running_and_api:
+        yield running_and_api
 
 
 def eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:

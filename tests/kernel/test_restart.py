@@ -1,5 +1,6 @@
 """50 long TCP transfers through the VIP survive the data-path process dying and coming
-back: killed, stopped cleanly, or replaced by another implementation (an upgrade)."""
+back: killed, stopped cleanly, or replaced by another implementation (an upgrade); and
+killed while the API server it follows is slow or down when it comes back."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from collections.abc import Callable
 
 import pytest
 
+from nfqproxy.lab.proxy import read_status, start_proxy, wait_ready
 from nfqproxy.lab.servers import blob
 from nfqproxy.lab.topology import HTTP_PORT, WEB_VIP
 from nfqproxy.lab.traffic import http_slow_download_digest, parallel
-from tests.kernel.conftest import DATAPATHS, RunningLab, lab_with_proxy
+from tests.kernel.conftest import DATAPATHS, RunningLab, lab_with_api_proxy, lab_with_proxy
 
 pytestmark = pytest.mark.kernel
 TRANSFERS = 50
@@ -34,7 +36,7 @@ def transfers_across(running: RunningLab, restart: Callable[[], None]) -> list[s
     client.start()
     time.sleep(0.7)  # every transfer under way
     restart()
-    client.join(60)
+    client.join(90)
     return results
 
 
@@ -76,3 +78,43 @@ def test_a_clean_stop_with_keep_hooks_and_a_new_process_break_none_of_50_transfe
         assert "leaving the hook rules for the next process" in log
     expected = hashlib.sha256(blob(SIZE)).hexdigest()
     assert results.count(expected) == TRANSFERS, [r for r in results if r != expected][:3]
+
+
+API_LIST_DELAY = 5.0
+API_DOWN_FOR = 10.0
+
+
+@pytest.mark.parametrize("outage", ["slow-lists", "api-down"])
+@pytest.mark.parametrize("datapath", DATAPATHS)
+def test_kill_9_and_a_restart_while_the_api_is_slow_or_down_breaks_none_of_50_transfers(
+    datapath: str, outage: str
+) -> None:
+    """The new process holds service packets in its queue until its first complete list has
+    programmed the tables: the flows stall, none is rejected, and all finish."""
+    with lab_with_api_proxy("--datapath", datapath) as (running, api):
+        waited: list[float] = []
+
+        def kill_and_restart_with_the_api_away() -> None:
+            assert running.proxy is not None
+            os.kill(running.proxy.pid, signal.SIGKILL)
+            running.proxy.wait(5)
+            if outage == "slow-lists":
+                api.server.faults.list_delay = API_LIST_DELAY
+            else:
+                api.go_down()
+            started = time.monotonic()
+            running.proxy = start_proxy(running.lab, "--datapath", datapath, api_server=api.url)
+            if outage == "api-down":
+                time.sleep(API_DOWN_FOR)
+                assert not read_status(running.lab).get("ready"), "ready without an API"
+                api.come_back()
+            wait_ready(running.lab, running.proxy, 60)
+            waited.append(time.monotonic() - started)
+
+        results = transfers_across(running, kill_and_restart_with_the_api_away)
+        counters = read_status(running.lab)["counters"]
+    expected = hashlib.sha256(blob(SIZE)).hexdigest()
+    print(f"{outage}, {datapath}: tables programmed {waited[0]:.1f} s after the restart")
+    assert waited[0] >= (API_LIST_DELAY if outage == "slow-lists" else API_DOWN_FOR)
+    assert results.count(expected) == TRANSFERS, [r for r in results if r != expected][:3]
+    assert not [name for name in counters if name.startswith("reject_")], counters

@@ -11,7 +11,7 @@ from nfqproxy.hooks import JUMPS, OWNED_CHAINS, HookConfig, chain_rules
 
 def test_the_rules_depend_only_on_the_ranges_and_queue_never_on_services() -> None:
     one = chain_rules(HookConfig((IPv4Network("10.96.0.0/12"),), 7))
-    assert sum(map(len, one.values())) == 6 and len(JUMPS) == 10 and len(OWNED_CHAINS) == 5
+    assert sum(map(len, one.values())) == 7 and len(JUMPS) == 11 and len(OWNED_CHAINS) == 6
     assert one[("raw", "NFQPROXY-SERVICES")][0][:2] == ["-d", "10.96.0.0/12"]
     assert one[("raw", "NFQPROXY-SERVICES")][0][-2:] == ["--queue-num", "7"]
     two = chain_rules(HookConfig((IPv4Network("10.96.0.0/16"), IPv4Network("10.100.0.0/16")), 7))

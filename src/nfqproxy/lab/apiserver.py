@@ -13,8 +13,8 @@ conventions client-go and kube-proxy rely on:
 - the discovery documents kubectl reads (/api, /apis, /api/v1, ...).
 
 Tests change objects through the Python methods (create, update, delete) and can inject
-faults: 500 answers, garbage JSON, a connection cut mid-stream, and a restart with a new
-resourceVersion history.
+faults: 500 answers, garbage JSON, a connection cut mid-stream, slow lists, and a restart
+with a new resourceVersion history.
 """
 
 from __future__ import annotations
@@ -182,6 +182,7 @@ class Faults:
     errors: int = 0  # answer this many requests with 500
     garbage: int = 0  # answer this many requests with invalid JSON
     cut_streams: int = 0  # end this many watch streams abruptly after one event
+    list_delay: float = 0.0  # seconds every list waits before its answer (a slow server)
 
 
 @dataclass
@@ -405,6 +406,8 @@ class FakeApiServer:
 
         if query.get("watch") in ("1", "true"):
             return await self._watch(request, resource, matches)
+        if self.faults.list_delay:
+            await asyncio.sleep(self.faults.list_delay)
         return self._list(resource, matches, query)
 
     def _list(

@@ -15,9 +15,10 @@ from nfqproxy.lab.netns import NetnsThread
 T = TypeVar("T")
 
 
-def _loopback_listener() -> socket.socket:
+def _loopback_listener(port: int = 0) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # come back on the same port
+    sock.bind(("127.0.0.1", port))
     sock.listen(64)
     return sock
 
@@ -31,8 +32,21 @@ class ServedApi:
         self.thread.start()
         with NetnsThread(namespace) as inside:
             sock = inside.call(_loopback_listener)
+        self.namespace = namespace
+        self.port = sock.getsockname()[1]
         self.server = FakeApiServer(bookmark_interval=bookmark_interval)
         self.url = self.call(self.server.start_on_socket(sock))
+
+    def go_down(self) -> None:
+        """Stops listening and closes every connection: clients are refused, as by an API
+        server that is down. Its objects and history stay for come_back()."""
+        self.call(self.server.stop())
+
+    def come_back(self) -> None:
+        """Listens again on the same address, with the same objects."""
+        with NetnsThread(self.namespace) as inside:
+            sock = inside.call(_loopback_listener, self.port)
+        self.call(self.server.start_on_socket(sock))
 
     def call(self, coroutine: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)

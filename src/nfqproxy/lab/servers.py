@@ -56,9 +56,17 @@ def _udp_loop(sock: socket.socket, reply: bytes) -> None:
         sock.sendto(reply, peer)
 
 
+class BacklogHTTPServer(ThreadingHTTPServer):
+    # socketserver listens with a backlog of 5. A burst of connections (50 clients at
+    # once, or SYNs a restarting proxy held and releases together) then overflows the
+    # accept queue, and the kernel falls back to SYN cookies and resets some
+    # connections. Real servers listen with hundreds (nginx 511, Go 4096).
+    request_queue_size = 1024
+
+
 def serve(name: str, tcp_port: int, udp_port: int, ready_file: Path | None = None) -> None:
     """Serves until killed."""
-    http = ThreadingHTTPServer(("0.0.0.0", tcp_port), NameHandler)
+    http = BacklogHTTPServer(("0.0.0.0", tcp_port), NameHandler)
     http.daemon_threads = True
     http.backend_name = name  # type: ignore[attr-defined]
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
