@@ -47,6 +47,7 @@ cdef enum:
     R_ICMP_ERROR
     R_ICMP_UNKNOWN_FLOW
     R_ICMP_BAD_INNER
+    R_NO_LOCAL_ENDPOINTS
     R_COUNT
 
 ACTION_NAMES = ("accept", "drop", "reject")
@@ -54,7 +55,7 @@ REASON_NAMES = (
     "request", "new_flow", "reply", "reply_recovered", "unknown_reply", "no_service",
     "port_not_served", "no_endpoints", "truncated_ip_header", "bad_ihl", "bad_total_length",
     "not_ipv4", "fragment", "truncated_l4_header", "unsupported_protocol", "backend_removed",
-    "icmp_error", "icmp_unknown_flow", "icmp_bad_inner_header",
+    "icmp_error", "icmp_unknown_flow", "icmp_bad_inner_header", "no_local_endpoints",
 )
 
 cdef enum:
@@ -108,6 +109,7 @@ cdef struct Frontend:
     uint16_t *table
     uint32_t table_size
     double affinity_timeout  # sessionAffinity ClientIP seconds; 0: none
+    uint8_t drop_when_empty  # no backends by internalTrafficPolicy Local: drop, not reject
 
 
 cdef struct Affinity:         # one client's sticky backend for one service port
@@ -428,9 +430,11 @@ cdef class FastCore:
             f.used = 0
 
     def set_frontend(self, uint32_t slot, uint32_t vip, uint8_t proto, uint16_t port,
-                     list backends, table, double affinity_timeout=0, list draining=None):
+                     list backends, table, double affinity_timeout=0, list draining=None,
+                     bint drop_when_empty=False):
         """Installs a frontend in a slot: backends [(packed ip, port)], table array('H'),
-        and the draining backends, which keep their open flows but get no new ones."""
+        and the draining backends, which keep their open flows but get no new ones.
+        drop_when_empty: with no backends, drop new flows instead of rejecting them."""
         cdef list present = backends + (draining or [])
         cdef uint32_t i, n = len(backends), total = len(present), size = len(table)
         cdef uint64_t affinity_size = 16
@@ -465,6 +469,7 @@ cdef class FastCore:
         f.vip, f.proto, f.port = vip, proto, port
         f.backend_count, f.present_count, f.table_size, f.used = n, total, size, 1
         f.affinity_timeout = affinity_timeout
+        f.drop_when_empty = drop_when_empty
         if affinity_timeout > 0 and self.affinity == NULL:
             while affinity_size < (<uint64_t> self.affinity_max) * 2:
                 affinity_size <<= 1
@@ -818,7 +823,10 @@ cdef class FastCore:
                     return
                 f = &self.frontends[slot[0]]
                 if f.backend_count == 0:
-                    v.action, v.reason = ACT_REJECT, R_NO_ENDPOINTS
+                    if f.drop_when_empty:
+                        v.action, v.reason = ACT_DROP, R_NO_LOCAL_ENDPOINTS
+                    else:
+                        v.action, v.reason = ACT_REJECT, R_NO_ENDPOINTS
                     return
                 flow.proto, flow.client_ip, flow.client_port, flow.vip, flow.vport = proto, src, sport, dst, dport
                 self._choose(f, &flow, now)

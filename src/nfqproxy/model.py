@@ -1,16 +1,17 @@
 """The model: which endpoints get traffic for each ClusterIP service port.
 
 It reads Service and EndpointSlice objects as the API serves them (plain dicts) and
-applies kube-proxy's rules for ClusterIP. Validation lives here too, so that a manifest
-file, an API watch and a test all reject the same objects with the same message, naming
-the field at fault.
+applies kube-proxy's rules for ClusterIP, as pkg/proxy's endpointslicecache.go and
+topology.go (CategorizeEndpoints) state them. Validation lives here too, so that a
+manifest file, an API watch and a test all reject the same objects with the same message,
+naming the field at fault.
 """
 
 from __future__ import annotations
 
 import re
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any
@@ -172,6 +173,7 @@ class EndpointSpec:
     terminating: bool
     node_name: str | None
     zone_hints: frozenset[str] = frozenset()  # hints.forZones[].name
+    node_hints: frozenset[str] = frozenset()  # hints.forNodes[].name (PreferSameNode)
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,9 @@ class EndpointSliceSpec:
     address_type: str
     endpoints: tuple[EndpointSpec, ...]
     ports: tuple[SlicePortSpec, ...]
+    # Ports kube-proxy ignores (no name, no port number), each with the reason: the rest of
+    # the slice is used.
+    ignored_ports: tuple[str, ...] = ()
 
 
 def parse_service(
@@ -304,17 +309,24 @@ def parse_endpoint_slice(obj: Mapping[str, Any]) -> EndpointSliceSpec:
     if address_type not in ("IPv4", "IPv6", "FQDN"):
         raise ObjectError("addressType", f"{address_type!r:.40} is not IPv4, IPv6 or FQDN")
 
-    ports = []
+    ports, ignored = [], []
     for i, raw_port in enumerate(_list(obj.get("ports"), "ports")):
         base = f"ports[{i}]"
         port_spec = _mapping(raw_port, base)
-        port_name = port_spec.get("name") or ""
+        port_name = port_spec.get("name")
         if port_name:
             _string(port_name, f"{base}.name", PORT_NAME)
+        elif port_name is not None and port_name != "":
+            raise ObjectError(f"{base}.name", f"must be a string, got {port_name!r:.40}")
         protocol = _protocol(port_spec.get("protocol"), f"{base}.protocol")
-        ports.append(
-            SlicePortSpec(port_name, protocol, _port(port_spec.get("port"), f"{base}.port"))
-        )
+        number = port_spec.get("port")
+        # kube-proxy skips such a port and uses the rest of the slice.
+        if port_name is None:
+            ignored.append(f'{base}.name: absent, so kube-proxy ignores this port (write name: "")')
+        elif number is None or number == 0:
+            ignored.append(f"{base}.port: absent, so kube-proxy ignores this port")
+        else:
+            ports.append(SlicePortSpec(port_name, protocol, _port(number, f"{base}.port")))
 
     raw_endpoints = _list(obj.get("endpoints"), "endpoints")
     if len(raw_endpoints) > MAX_ENDPOINTS_PER_SLICE:
@@ -337,24 +349,40 @@ def parse_endpoint_slice(obj: Mapping[str, Any]) -> EndpointSliceSpec:
                     raise ObjectError(f"{base}.addresses[{j}]", f"{address} is not {address_type}")
                 addresses.append(address)
         conditions = _mapping(endpoint.get("conditions"), f"{base}.conditions", required=False)
-        # API semantics: a missing 'ready' means ready; 'serving' defaults to 'ready'.
+        # As kube-proxy reads them: an absent 'ready' or 'serving' is true, an absent
+        # 'terminating' false.
         ready = _bool(conditions.get("ready"), f"{base}.conditions.ready", True)
-        serving = _bool(conditions.get("serving"), f"{base}.conditions.serving", ready)
+        serving = _bool(conditions.get("serving"), f"{base}.conditions.serving", True)
         terminating = _bool(conditions.get("terminating"), f"{base}.conditions.terminating", False)
         node_name = endpoint.get("nodeName")
         if node_name is not None:
             _string(node_name, f"{base}.nodeName", DNS_1123_SUBDOMAIN)
         hints = _mapping(endpoint.get("hints"), f"{base}.hints", required=False)
-        zones = []
-        for j, zone in enumerate(_list(hints.get("forZones"), f"{base}.hints.forZones")):
-            zone_spec = _mapping(zone, f"{base}.hints.forZones[{j}]")
-            zones.append(_string(zone_spec.get("name"), f"{base}.hints.forZones[{j}].name"))
+        zones, nodes = (
+            _hint_names(hints, kind, f"{base}.hints") for kind in ("forZones", "forNodes")
+        )
         endpoints.append(
-            EndpointSpec(tuple(addresses), ready, serving, terminating, node_name, frozenset(zones))
+            EndpointSpec(tuple(addresses), ready, serving, terminating, node_name, zones, nodes)
         )
     return EndpointSliceSpec(
-        namespace, name, service_name, str(address_type), tuple(endpoints), tuple(ports)
+        namespace,
+        name,
+        service_name,
+        str(address_type),
+        tuple(endpoints),
+        tuple(ports),
+        tuple(ignored),
     )
+
+
+def _hint_names(hints: Mapping[str, Any], kind: str, path: str) -> frozenset[str]:
+    """The names in hints.forZones or hints.forNodes."""
+    names = []
+    for j, hint in enumerate(_list(hints.get(kind), f"{path}.{kind}")):
+        names.append(
+            _string(_mapping(hint, f"{path}.{kind}[{j}]").get("name"), f"{path}.{kind}[{j}].name")
+        )
+    return frozenset(names)
 
 
 # --- the snapshot the data path is programmed from ------------------------------------
@@ -385,6 +413,10 @@ class ServicePort:
     # Endpoints still in the service's slices but not chosen (terminating, not ready):
     # they get no new flows, and their open flows are left alone to finish.
     draining: tuple[Backend, ...] = ()
+    # No backends here because internalTrafficPolicy is Local and the usable endpoints are
+    # on other nodes: kube-proxy then drops new connections (the client times out), and
+    # rejects them only when the service has no usable endpoint anywhere.
+    no_local_endpoints: bool = False
 
 
 ServicePortKey = tuple[IPAddress, str, int]
@@ -397,29 +429,63 @@ class Snapshot:
     conflicts: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class EndpointChoice:
+    chosen: list[EndpointSpec]
+    usable_elsewhere: bool = False  # none chosen, but some are usable on other nodes
+
+
+def topology_mode(
+    endpoints: Iterable[EndpointSpec], node_name: str | None, zone: str | None
+) -> str:
+    """kube-proxy's topologyModeFromHints, decided from the Ready endpoints only:
+    PreferSameNode when every one has node hints and one names this node, else
+    PreferSameZone when every one has zone hints and one names this zone, else none.
+    Partial hints mean the EndpointSlice controller is mid-change: they are ignored."""
+    ready = [e for e in endpoints if e.ready]
+
+    def every_one_hinted_and_one_for(
+        hints: Callable[[EndpointSpec], frozenset[str]], name: str | None
+    ) -> bool:
+        return bool(name) and all(hints(e) for e in ready) and any(name in hints(e) for e in ready)
+
+    if ready and every_one_hinted_and_one_for(lambda e: e.node_hints, node_name):
+        return "PreferSameNode"
+    if ready and every_one_hinted_and_one_for(lambda e: e.zone_hints, zone):
+        return "PreferSameZone"
+    return ""
+
+
+def _hinted_for(endpoint: EndpointSpec, mode: str, node_name: str | None, zone: str | None) -> bool:
+    if mode == "PreferSameNode":
+        return node_name in endpoint.node_hints
+    if mode == "PreferSameZone":
+        return zone in endpoint.zone_hints
+    return True
+
+
 def select_endpoints(
     endpoints: Iterable[EndpointSpec],
     node_name: str | None,
     local_only: bool,
     node_zone: str | None = None,
-) -> list[EndpointSpec]:
-    """kube-proxy's choice: ready endpoints, else serving-and-terminating ones.
+) -> EndpointChoice:
+    """kube-proxy's CategorizeEndpoints for a ClusterIP.
 
-    With internalTrafficPolicy Local only this node's endpoints count, and none is a valid
-    answer: the traffic is then dropped rather than sent to another node.
-    Topology hints narrow the choice to the endpoints hinted for this node's zone, but only
-    when every chosen endpoint has hints and one of them names the zone: partial hints
-    mean the EndpointSlice controller is mid-change, and kube-proxy then ignores them all.
+    Cluster policy: the Ready endpoints the topology hints allow, else (ignoring hints) the
+    serving-and-terminating ones. Local policy: this node's Ready endpoints, else its
+    serving-and-terminating ones; an endpoint is this node's only if both it and the proxy
+    name a node, and they agree. Hints play no part in Local.
     """
-    candidates = [e for e in endpoints if not local_only or e.node_name == node_name]
-    chosen = [e for e in candidates if e.ready] or [
-        e for e in candidates if e.serving and e.terminating
-    ]
-    if node_zone and not local_only and chosen and all(e.zone_hints for e in chosen):
-        in_zone = [e for e in chosen if node_zone in e.zone_hints]
-        if in_zone:
-            return in_zone
-    return chosen
+    endpoints = list(endpoints)
+    if not local_only:
+        mode = topology_mode(endpoints, node_name, node_zone)
+        chosen = [e for e in endpoints if e.ready and _hinted_for(e, mode, node_name, node_zone)]
+        return EndpointChoice(chosen or [e for e in endpoints if e.serving and e.terminating])
+    local = [e for e in endpoints if node_name and e.node_name == node_name]
+    chosen = [e for e in local if e.ready] or [e for e in local if e.serving and e.terminating]
+    usable = any(e.ready or (e.serving and e.terminating) for e in endpoints)
+    return EndpointChoice(chosen, usable_elsewhere=not chosen and usable)
 
 
 def service_ports(
@@ -443,10 +509,10 @@ def service_ports(
                 for slice_port in endpoint_slice.ports:
                     if slice_port.name == port.name and slice_port.protocol == port.protocol:
                         matching += [(e, slice_port.port) for e in endpoint_slice.endpoints]
-            chosen = select_endpoints(
+            choice = select_endpoints(
                 [e for e, _ in matching], node_name, service.internal_traffic_local, node_zone
             )
-            chosen_ids = {id(e) for e in chosen}
+            chosen_ids = {id(e) for e in choice.chosen}
             backends = sorted(
                 {Backend(e.addresses[0], p) for e, p in matching if id(e) in chosen_ids}
             )
@@ -462,6 +528,7 @@ def service_ports(
                     tuple(backends),
                     service.affinity_seconds,
                     draining,
+                    choice.usable_elsewhere,
                 )
             )
     return result

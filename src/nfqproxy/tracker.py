@@ -10,8 +10,10 @@ service cannot take a frontend that already carries traffic. The loser is report
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from nfqproxy.model import (
@@ -41,8 +43,31 @@ class Changes:
     ports: dict[ServicePortKey, ServicePort | None] = field(default_factory=dict)
     # Errors that arose from the objects handled in this flush, each reported once.
     errors: list[str] = field(default_factory=list)
-    # New last-change-trigger-time annotations of the slices handled, for the latency metric.
-    trigger_times: list[str] = field(default_factory=list)
+    # Trigger times (seconds since the epoch) of the endpoint changes this flush programs,
+    # for the network programming latency: one per change, as kube-proxy counts them.
+    trigger_times: list[float] = field(default_factory=list)
+
+
+def trigger_time(obj: Mapping[str, Any]) -> float | None:
+    """The slice's last-change-trigger-time as seconds since the epoch; None if absent or
+    malformed (kube-proxy then records nothing, and neither do we)."""
+    meta = obj.get("metadata")
+    annotations = meta.get("annotations") if isinstance(meta, Mapping) else None
+    text = annotations.get(TRIGGER_TIME_ANNOTATION) if isinstance(annotations, Mapping) else None
+    if not isinstance(text, str):
+        return None
+    try:
+        stamp = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return stamp.timestamp() if stamp.tzinfo is not None else None
+
+
+def _service_of(obj: Mapping[str, Any] | None) -> str | None:
+    meta = obj.get("metadata") if obj is not None else None
+    labels = meta.get("labels") if isinstance(meta, Mapping) else None
+    name = labels.get("kubernetes.io/service-name") if isinstance(labels, Mapping) else None
+    return name if isinstance(name, str) else None
 
 
 def object_key(obj: Mapping[str, Any]) -> ObjectKey:
@@ -59,8 +84,12 @@ class ChangeTracker:
         service_proxy_name: str | None = None,
         node_name: str | None = None,
         node_zone: str | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.service_cidrs = list(service_cidrs)
+        # Trigger times before this are not latencies of ours: at a start, every existing
+        # slice would count as a change made when it was last edited, hours or days ago.
+        self.started = wall_clock()
         self.service_proxy_name = service_proxy_name
         self.node_name = node_name
         self.node_zone = node_zone
@@ -73,7 +102,10 @@ class ChangeTracker:
         self._slices: dict[ObjectKey, EndpointSliceSpec] = {}
         self._slices_of: dict[ObjectKey, dict[ObjectKey, EndpointSliceSpec]] = {}
         self._object_errors: dict[tuple[str, ObjectKey], str] = {}
-        self._trigger_times: dict[ObjectKey, str] = {}
+        # Slices used in part: the ports kube-proxy ignores in them, and why.
+        self._ignored_ports: dict[ObjectKey, list[str]] = {}
+        # Per slice: its service and the trigger times of its updates since the last flush.
+        self._trigger_times: dict[ObjectKey, tuple[ObjectKey, list[float]]] = {}
         # What each service asks for, and who claims each frontend (oldest claim first).
         self._ports_of: dict[ObjectKey, dict[ServicePortKey, ServicePort]] = {}
         self._port_errors: dict[ObjectKey, list[str]] = {}
@@ -91,6 +123,17 @@ class ChangeTracker:
         self._pending_services[key] = obj
 
     def slice_changed(self, key: ObjectKey, obj: Mapping[str, Any] | None) -> None:
+        """As kube-proxy's EndpointSliceUpdate: every update's trigger time is kept for the
+        latency metric, not only the latest; a deletion forgets those of its service."""
+        service = _service_of(obj if obj is not None else self._pending_slices.get(key))
+        if service is None and key in self._slices:
+            service = self._slices[key].service_name
+        owner = (key[0], service or "")
+        if obj is None:
+            for slice_key in [k for k, (o, _) in self._trigger_times.items() if o == owner]:
+                del self._trigger_times[slice_key]
+        elif (changed_at := trigger_time(obj)) is not None and changed_at > self.started:
+            self._trigger_times.setdefault(key, (owner, []))[1].append(changed_at)
         self._pending_slices[key] = obj
 
     def replace_all(
@@ -133,8 +176,14 @@ class ChangeTracker:
         return errors + [m for messages in self._conflicts.values() for m in messages]
 
     def errors(self) -> list[str]:
-        """Every object currently skipped, and why."""
-        return [*self._duplicates, *self._object_errors.values(), *self._frontend_errors()]
+        """Every object currently skipped, or used in part, and why."""
+        ignored = [note for notes in self._ignored_ports.values() for note in notes]
+        return [
+            *self._duplicates,
+            *self._object_errors.values(),
+            *ignored,
+            *self._frontend_errors(),
+        ]
 
     def snapshot(self) -> Snapshot:
         return Snapshot(dict(self.ports), tuple(self._frontend_errors()))
@@ -181,21 +230,23 @@ class ChangeTracker:
         self, key: ObjectKey, obj: Mapping[str, Any] | None, changes: Changes
     ) -> None:
         self._object_errors.pop(("EndpointSlice", key), None)
+        self._ignored_ports.pop(key, None)
         spec = None
-        if obj is None:
-            self._trigger_times.pop(key, None)
-        else:
+        if obj is not None:
             try:
                 spec = parse_endpoint_slice(obj)
             except ObjectError as exc:
                 self._object_errors[("EndpointSlice", key)] = message = f"{object_ref(obj)}: {exc}"
                 changes.errors.append(message)
             else:
-                annotations = obj["metadata"].get("annotations")
-                trigger = annotations.get(TRIGGER_TIME_ANNOTATION) if annotations else None
-                if isinstance(trigger, str) and self._trigger_times.get(key) != trigger:
-                    self._trigger_times[key] = trigger
-                    changes.trigger_times.append(trigger)
+                if spec.ignored_ports:
+                    self._ignored_ports[key] = notes = [
+                        f"{object_ref(obj)}: {note}" for note in spec.ignored_ports
+                    ]
+                    changes.errors += notes
+        _, triggers = self._trigger_times.pop(key, (None, []))
+        if spec is not None and spec != self._slices.get(key):
+            changes.trigger_times += triggers  # an update that changed nothing is no change
         self._put_slice(key, spec)
 
     def _put_slice(self, key: ObjectKey, spec: EndpointSliceSpec | None) -> None:

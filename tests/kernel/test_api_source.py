@@ -55,7 +55,9 @@ def test_an_endpoint_removed_through_a_watch_gets_no_new_connections(
 ) -> None:
     running, api = api_lab
     changed = lab_endpoint_slices([1, 2])["items"][0]
-    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # RFC 3339 with fractions, as the EndpointSlice controller writes it: a whole-second
+    # stamp could fall before the proxy started, and would then not count, as in kube-proxy.
+    stamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     changed["metadata"]["annotations"] = {"endpoints.kubernetes.io/last-change-trigger-time": stamp}
     api.call(api.server.update("endpointslices", changed))
     assert eventually(lambda: backends_seen(running, 20) == {"be1", "be2"})

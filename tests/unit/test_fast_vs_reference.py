@@ -51,7 +51,8 @@ class Clock:
 
 
 def snapshot(backends: frozenset[int], affinity: int = 0) -> Snapshot:
-    """web:http and web:dns on the chosen backends, with sessionAffinity seconds (0: none)."""
+    """web:http and web:dns on the chosen backends, with sessionAffinity seconds (0: none);
+    empty:http with no endpoints, and empty:dns with endpoints on other nodes only."""
     chosen = [BACKENDS[i] for i in sorted(backends)]
     vip, empty = ip_address("10.96.0.10"), ip_address("10.96.0.20")
     return Snapshot(
@@ -73,6 +74,10 @@ def snapshot(backends: frozenset[int], affinity: int = 0) -> Snapshot:
                 affinity,
             ),
             (empty, "TCP", 80): ServicePort("d/empty:http", empty, "TCP", 80, ()),
+            # internalTrafficPolicy Local, endpoints only elsewhere: dropped, not rejected
+            (empty, "UDP", 53): ServicePort(
+                "d/empty:dns", empty, "UDP", 53, (), no_local_endpoints=True
+            ),
         }
     )
 

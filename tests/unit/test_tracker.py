@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from datetime import UTC, datetime
 from ipaddress import IPv4Network, ip_address
 from typing import Any
 
@@ -183,11 +184,45 @@ def test_node_and_zone_changes_recompute_every_service() -> None:
     )
 
 
-def test_each_new_trigger_time_is_reported_once() -> None:
-    tracker = ChangeTracker(CIDRS)
-    stamped = endpoint_slice("web-a", "web", "10.1.0.1")
-    stamped["metadata"]["annotations"] = {TRIGGER_TIME_ANNOTATION: "2026-01-01T00:00:00Z"}
-    report(tracker, stamped)
-    assert tracker.flush().trigger_times == ["2026-01-01T00:00:00Z"]
-    report(tracker, copy.deepcopy(stamped))
+def stamped(addresses: list[str], at: float) -> dict[str, Any]:
+    """The slice web-a with these addresses and a last-change-trigger-time of at."""
+    doc = endpoint_slice("web-a", "web", *addresses)
+    iso = datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
+    doc["metadata"]["annotations"] = {TRIGGER_TIME_ANNOTATION: iso}
+    return doc
+
+
+def test_every_endpoint_change_between_two_syncs_is_one_latency_sample() -> None:
+    """kube-proxy's EndpointsChangeTracker appends each update's trigger time, not only
+    the latest one per slice."""
+    tracker = ChangeTracker(CIDRS, wall_clock=lambda: 1000.0)
+    report(tracker, stamped(["10.1.0.1"], 1001.0))
+    report(tracker, stamped(["10.1.0.1", "10.1.0.2"], 1002.5))
+    assert tracker.flush().trigger_times == [1001.0, 1002.5]
+    report(tracker, copy.deepcopy(stamped(["10.1.0.1", "10.1.0.2"], 1003.0)))
+    assert tracker.flush().trigger_times == []  # nothing changed: no change to time
+
+
+def test_trigger_times_before_the_proxy_started_are_not_latencies() -> None:
+    """At a start, every existing slice would otherwise count as one huge sample."""
+    tracker = ChangeTracker(CIDRS, wall_clock=lambda: 1000.0)
+    report(tracker, stamped(["10.1.0.1"], 400.0))
     assert tracker.flush().trigger_times == []
+    report(tracker, stamped(["10.1.0.2"], 1000.5))
+    assert tracker.flush().trigger_times == [1000.5]
+
+
+def test_a_deleted_slice_forgets_the_pending_trigger_times_of_its_service() -> None:
+    tracker = ChangeTracker(CIDRS, wall_clock=lambda: 1000.0)
+    report(tracker, stamped(["10.1.0.1"], 1001.0))
+    tracker.slice_changed(("shop", "web-a"), None)
+    assert tracker.flush().trigger_times == []
+
+
+def test_a_malformed_trigger_time_is_no_sample_and_no_error() -> None:
+    tracker = ChangeTracker(CIDRS, wall_clock=lambda: 1000.0)
+    doc = stamped(["10.1.0.1"], 1001.0)
+    doc["metadata"]["annotations"][TRIGGER_TIME_ANNOTATION] = "yesterday"
+    report(tracker, doc)
+    changes = tracker.flush()
+    assert changes.trigger_times == [] and changes.errors == []

@@ -104,6 +104,7 @@ class FastDatapath:
                 frontend.selector.table,
                 frontend.affinity_seconds,
                 list(frontend.draining),
+                frontend.no_local_endpoints,
             )
             self._frontends[key] = frontend
         if plan.names:

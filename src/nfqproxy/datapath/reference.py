@@ -8,7 +8,8 @@ Request (destination in the service range):
   connection-table hit -> rewrite to the recorded backend;
   miss -> service table (VIP, protocol, port) -> Maglev -> record the flow -> rewrite;
   no such service port, or no endpoints -> REJECT (the kernel answers with a TCP RST or
-  ICMP port unreachable, as kube-proxy does).
+  ICMP port unreachable, as kube-proxy does); no endpoints on this node under
+  internalTrafficPolicy Local while other nodes have some -> DROP, as kube-proxy does.
 Reply (queued because its conntrack entry carries the proxied mark):
   hit -> rewrite the source back to VIP:port;
   miss (the proxy restarted) -> recover the VIP from the endpoint index if only one
@@ -72,6 +73,7 @@ class Frontend:
     selector: MaglevSelector
     affinity_seconds: int = 0  # sessionAffinity ClientIP; 0: none
     draining: tuple[tuple[bytes, int], ...] = ()  # present, not chosen: open flows stay
+    no_local_endpoints: bool = False  # no backends, by internalTrafficPolicy Local: drop
 
     def serves(self, backend: tuple[bytes, int]) -> bool:
         """Whether the backend is still part of the service, chosen or draining."""
@@ -86,6 +88,7 @@ class Frontend:
             MaglevSelector([name for name, _ in by_name], seed=seed),
             port.affinity_seconds,
             tuple((b.ip.packed, b.port) for b in port.draining),
+            port.no_local_endpoints,
         )
 
 
@@ -273,6 +276,8 @@ class ReferenceDatapath:
                 unknown = "no_service" if ip.dst not in self._vips else "port_not_served"
                 return Verdict(Action.REJECT, unknown)
             if not frontend.backends:
+                if frontend.no_local_endpoints:  # as kube-proxy: the client times out
+                    return Verdict(Action.DROP, "no_local_endpoints")
                 return Verdict(Action.REJECT, "no_endpoints")
             backend_ip, backend_port = self._choose(frontend, packet, now)
             flow = Flow(
