@@ -813,8 +813,12 @@ cdef class FastCore:
             v.reason = R_REQUEST
             if index != NIL and self.entries[index].state == S_BACKEND_GONE:
                 self._remove(index)
-                v.action, v.reason = ACT_REJECT, R_BACKEND_REMOVED
-                return
+                index = NIL
+                if not (flags & TCP_SYN and not flags & TCP_ACK):
+                    v.action, v.reason = ACT_REJECT, R_BACKEND_REMOVED
+                    return
+                # A SYN starts a new connection (a reused port, or a SYN sent again after
+                # its backend left): it gets a new backend, not a reset.
             if index == NIL:
                 slot = map_slot(&self.frontend_map, frontend_key(dst, proto, dport), False)
                 if slot == NULL:

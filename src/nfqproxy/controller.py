@@ -27,7 +27,7 @@ from nfqproxy.datapath.fast import FastDatapath
 from nfqproxy.datapath.queue import FastQueueBinding, QueueBinding
 from nfqproxy.datapath.reference import ReferenceDatapath
 from nfqproxy.files import atomic_write
-from nfqproxy.health import HealthServer
+from nfqproxy.health import HealthServer, Liveness
 from nfqproxy.hooks import HookConfig, HookError, HookManager
 from nfqproxy.metrics import ProxyMetrics
 from nfqproxy.sources.kubernetes import KubernetesSource, api_client, node_zone
@@ -114,7 +114,12 @@ class Proxy:
         self.last_sync_seconds: float | None = None  # how long it took
         self.runner = BoundedFrequencyRunner(self.sync, config.min_sync_period, config.sync_period)
         self.metrics = ProxyMetrics(self.status, config.queue_num)
-        self.health = HealthServer(lambda: self.last_sync, config.sync_period, self.metrics)
+        self.liveness = Liveness(
+            config.sync_period, lambda: self.ready, lambda: self.runner.last_attempt
+        )
+        self.health = HealthServer(
+            lambda: self.last_sync, config.sync_period, self.metrics, liveness=self.liveness
+        )
 
     async def on_change(self, objects: ManifestObjects) -> None:
         """The manifests changed: hand the objects to the tracker, ask for a sync."""
@@ -246,6 +251,7 @@ class Proxy:
         last_expiry = time.monotonic()
         while True:
             await asyncio.sleep(STATUS_INTERVAL)
+            self.liveness.beat()
             if time.monotonic() - last_expiry >= EXPIRY_INTERVAL:
                 self.datapath.expire()
                 last_expiry = time.monotonic()

@@ -11,13 +11,14 @@ from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
+import yaml
 
 from nfqproxy.hooks import JUMPS, OWNED_CHAINS, HookConfig, chain_rules
 from nfqproxy.lab import netns
 from nfqproxy.lab.proxy import proxy_command, read_status, run_command
-from nfqproxy.lab.topology import HTTP_PORT, SERVICE_CIDR, WEB_VIP
+from nfqproxy.lab.topology import HTTP_PORT, HTTP_TARGET, SERVICE_CIDR, WEB_VIP, backend_ip
 from nfqproxy.lab.traffic import KeepAlive, http_get, http_split
-from tests.kernel.conftest import RunningLab
+from tests.kernel.conftest import ROOT, RunningLab
 
 pytestmark = pytest.mark.kernel
 
@@ -54,7 +55,7 @@ def test_sigterm_removes_every_rule_and_kill_9_leftovers_go_with_cleanup(
     installed = nfqproxy_rules(lab.node_ns)
     config = HookConfig((IPv4Network(SERVICE_CIDR),), 100)
     expected = len(OWNED_CHAINS) + len(JUMPS) + sum(map(len, chain_rules(config).values()))
-    assert len(installed) == expected == 21, installed
+    assert len(installed) == expected == 24, installed
     proxy.send_signal(signal.SIGTERM)
     assert proxy.wait(10) == 0
     assert nfqproxy_rules(lab.node_ns) == []
@@ -66,6 +67,57 @@ def test_sigterm_removes_every_rule_and_kill_9_leftovers_go_with_cleanup(
     assert nfqproxy_rules(lab.node_ns) == installed  # a killed proxy cannot clean up
     netns.run(netns.exec_command(lab.node_ns, [*proxy_command(), "cleanup"]))
     assert nfqproxy_rules(lab.node_ns) == []
+
+
+def cleanup_daemonset_command() -> list[str]:
+    """What deploy/cleanup.yaml runs on each node."""
+    documents = yaml.safe_load_all((ROOT / "deploy" / "cleanup.yaml").read_text())
+    daemonset = next(d for d in documents if d and d["kind"] == "DaemonSet")
+    (container,) = daemonset["spec"]["template"]["spec"]["initContainers"]
+    return [*proxy_command(), *container["args"]]
+
+
+def test_a_deleted_daemonset_drops_service_traffic_until_the_cleanup_daemonset_runs(
+    fresh_lab: RunningLab,
+) -> None:
+    """The DaemonSet keeps its hooks on exit. Deleted for good, it leaves them with no one
+    reading the queue, and kube-proxy, reinstalled beside them, never sees a packet; the
+    cleanup DaemonSet's command hands the traffic back."""
+    lab, proxy = fresh_lab.lab, fresh_lab.proxy
+    assert proxy is not None
+    proxy.send_signal(signal.SIGTERM)
+    assert proxy.wait(10) == 0
+    proxy = fresh_lab.start_proxy("--keep-hooks-on-exit")
+    kube_proxy_dnat = ["-d", WEB_VIP, "-p", "tcp", "--dport", str(HTTP_PORT), "-j", "DNAT"]
+    netns.run(
+        netns.exec_command(
+            lab.node_ns,
+            [
+                "iptables",
+                "-t",
+                "nat",
+                "-A",
+                "PREROUTING",
+                *kube_proxy_dnat,
+                "--to-destination",
+                f"{backend_ip(1)}:{HTTP_TARGET}",
+            ],
+        )
+    )
+    proxy.send_signal(signal.SIGTERM)
+    assert proxy.wait(10) == 0
+    assert nfqproxy_rules(lab.node_ns) != []
+
+    def answer() -> str:
+        try:
+            return http_get(WEB_VIP, HTTP_PORT, 1.5)
+        except OSError as exc:
+            return type(exc).__name__
+
+    assert fresh_lab.client.call(answer) == "TimeoutError"  # dropped at the queue
+    netns.run(netns.exec_command(lab.node_ns, cleanup_daemonset_command()))
+    assert nfqproxy_rules(lab.node_ns) == []
+    assert fresh_lab.client.call(answer) == "be1"  # kube-proxy's rule serves it now
 
 
 def test_starting_twice_never_duplicates_a_rule(fresh_lab: RunningLab) -> None:

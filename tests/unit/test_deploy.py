@@ -43,7 +43,7 @@ def test_each_deploy_manifest_validates_against_the_kubernetes_schema(
 
 
 def test_the_schema_check_catches_unknown_fields_and_wrong_types() -> None:
-    daemonset = next(d for _, d in documents() if d["kind"] == "DaemonSet")
+    daemonset = next(d for _, d in documents() if d["kind"] == "DaemonSet")  # any of them
     pod = daemonset["spec"]["template"]["spec"]
     pod["hostNetwrok"] = True
     with pytest.raises(ValueError, match="hostNetwrok"):
@@ -54,8 +54,14 @@ def test_the_schema_check_catches_unknown_fields_and_wrong_types() -> None:
         models.V1DaemonSet.model_validate(daemonset)
 
 
+def named_daemonset(name: str) -> dict[str, Any]:
+    return next(
+        d for _, d in documents() if d["kind"] == "DaemonSet" and d["metadata"]["name"] == name
+    )
+
+
 def test_the_daemonset_runs_as_a_kube_proxy_replacement() -> None:
-    daemonset = next(d for _, d in documents() if d["kind"] == "DaemonSet")
+    daemonset = named_daemonset("nfqproxy")
     pod = daemonset["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert pod["hostNetwork"] is True and pod["priorityClassName"] == "system-node-critical"
@@ -65,3 +71,27 @@ def test_the_daemonset_runs_as_a_kube_proxy_replacement() -> None:
     } in container["env"]
     assert any(m["mountPath"] == "/run/xtables.lock" for m in container["volumeMounts"])
     assert container["securityContext"]["capabilities"]["add"] == ["NET_ADMIN", "NET_RAW"]
+
+
+def test_the_probes_never_kill_a_proxy_that_waits_for_the_api() -> None:
+    """Startup and liveness ask /livez, which fails only when the process is wedged: a
+    proxy waiting for its first list is alive. Readiness asks /healthz: tables programmed
+    and syncs fresh."""
+    container = named_daemonset("nfqproxy")["spec"]["template"]["spec"]["containers"][0]
+    startup, liveness = container["startupProbe"], container["livenessProbe"]
+    assert startup["httpGet"]["path"] == liveness["httpGet"]["path"] == "/livez"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 60
+    assert "initialDelaySeconds" not in liveness  # the startup probe holds it back
+
+
+def test_the_cleanup_daemonset_runs_nfqproxy_cleanup_on_every_node() -> None:
+    proxy_pod = named_daemonset("nfqproxy")["spec"]["template"]["spec"]
+    pod = named_daemonset("nfqproxy-cleanup")["spec"]["template"]["spec"]
+    (cleanup,) = pod["initContainers"]
+    assert (
+        cleanup["args"] == ["cleanup"] and cleanup["image"] == proxy_pod["containers"][0]["image"]
+    )
+    assert pod["hostNetwork"] is True and pod["tolerations"] == [{"operator": "Exists"}]
+    assert cleanup["securityContext"]["capabilities"]["add"] == ["NET_ADMIN", "NET_RAW"]
+    assert any(m["mountPath"] == "/run/xtables.lock" for m in cleanup["volumeMounts"])

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nfqproxy.datapath.fast import FastDatapath, fast_path_available
-from nfqproxy.datapath.reference import ReferenceDatapath
+from nfqproxy.datapath.reference import Action, ReferenceDatapath
 from nfqproxy.model import Backend, ServicePort, Snapshot
 from tests.packets import checksums_verify, icmp_error, tcp_packet, udp_packet
 
@@ -356,6 +356,32 @@ def test_both_paths_reset_flows_to_a_removed_backend_and_spare_a_draining_one() 
         # be2 drained first (flows kept), then left: its flows were reset, once each.
         assert counters["tcp_flow_retired"] == counters["reject_backend_removed"] > 0
     assert traces[0] == traces[1]
+
+
+def test_both_paths_give_a_syn_on_a_port_whose_backend_left_a_new_backend() -> None:
+    """A SYN that meets a flow retired with its backend is a new connection (the port was
+    reused, or the SYN was sent again before the handshake): refused, the client would see
+    ECONNREFUSED from a service that has endpoints."""
+    syns = [
+        request(c, p, 0, "tcp", dpkt.tcp.TH_SYN, b"") for c in range(2) for p in range(1000, 1012)
+    ]
+    for kind in (ReferenceDatapath, FastDatapath):
+        clock = Clock()
+        datapath = kind([IPv4Network("10.96.0.0/12")], capacity=64, clock=clock)
+        datapath.apply(snapshot(frozenset({0, 1, 2})))
+        for packet in syns:
+            datapath.process(packet)
+        datapath.apply(snapshot(frozenset({0, 2})))
+        again = [datapath.process(packet) for packet in syns]
+        # Flows on the surviving backends carry on; the others start afresh.
+        assert {(v.action, v.reason) for v in again} == {
+            (Action.ACCEPT, "new_flow"),
+            (Action.ACCEPT, "request"),
+        }
+        assert {dpkt.ip.IP(v.payload).dst for v in again} <= {
+            ip_address(BACKENDS[i]).packed for i in (0, 2)
+        }
+        assert datapath.counters["tcp_flow_retired"] > 0
 
 
 @pytest.mark.parametrize("quote", [28, 36, 48, 68])

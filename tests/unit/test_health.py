@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from nfqproxy.health import HealthServer, parse_bind_address
+from nfqproxy.health import LOOP_STALL_SECONDS, HealthServer, Liveness, parse_bind_address
 from nfqproxy.metrics import ProxyMetrics, kernel_queue_drops
 
 
@@ -50,3 +50,42 @@ def test_kernel_queue_drops_are_read_for_our_queue_only(tmp_path: Path) -> None:
     assert kernel_queue_drops(100, proc) == {"queue_full": 5, "netlink_undeliverable": 1}
     assert kernel_queue_drops(7, proc) == {}
     assert kernel_queue_drops(100, Path("/nonexistent")) == {}
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def liveness(synced: bool, last_attempt: float | None) -> tuple[Liveness, FakeClock]:
+    clock = FakeClock()
+    return Liveness(30.0, lambda: synced, lambda: last_attempt, clock), clock
+
+
+def test_a_proxy_waiting_for_its_first_list_is_alive_however_long_it_waits() -> None:
+    live, clock = liveness(synced=False, last_attempt=None)
+    for _ in range(100):  # 1000 s without a sync, the loop turning all along
+        clock.now += 10.0
+        live.beat()
+    ok, body = live.check()
+    assert ok and body["waitingForFirstSync"] is True
+
+
+def test_a_stalled_event_loop_is_not_alive() -> None:
+    live, clock = liveness(synced=False, last_attempt=None)
+    clock.now += LOOP_STALL_SECONDS + 0.5  # no beat: the loop did not turn
+    ok, body = live.check()
+    assert not ok and body["eventLoopStalledSeconds"] == LOOP_STALL_SECONDS + 0.5
+
+
+def test_after_the_first_sync_a_runner_that_stops_attempting_syncs_is_not_alive() -> None:
+    live, clock = liveness(synced=True, last_attempt=100.0)
+    clock.now = 159.0
+    live.beat()
+    assert live.check()[0]  # within two sync periods of the last attempt
+    clock.now = 161.0
+    live.beat()
+    assert not live.check()[0]

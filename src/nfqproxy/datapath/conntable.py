@@ -86,6 +86,11 @@ class Flow:
         return f"{ip_address(self.backend_ip)}:{self.backend_port}"
 
 
+def is_connection_request(proto: int, tcp_flags: int) -> bool:
+    """A TCP SYN without ACK: the first packet of a connection, or that packet again."""
+    return proto == IPPROTO_TCP and bool(tcp_flags & TCP_SYN) and not tcp_flags & TCP_ACK
+
+
 def initial_state(proto: int, tcp_flags: int) -> FlowState:
     """The state of a flow first seen with this packet from the client.
 
@@ -96,7 +101,7 @@ def initial_state(proto: int, tcp_flags: int) -> FlowState:
         return FlowState.UDP_UNREPLIED
     if tcp_flags & TCP_RST:
         return FlowState.TCP_RESET
-    if tcp_flags & TCP_SYN and not tcp_flags & TCP_ACK:
+    if is_connection_request(proto, tcp_flags):
         return FlowState.TCP_SYN_SENT
     return FlowState.TCP_ESTABLISHED
 

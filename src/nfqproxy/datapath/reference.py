@@ -35,6 +35,7 @@ from nfqproxy.datapath.conntable import (
     Timeouts,
     affinity_capacity,
     initial_state,
+    is_connection_request,
 )
 from nfqproxy.datapath.hashing import flow_hash
 from nfqproxy.datapath.maglev import MaglevSelector
@@ -270,6 +271,13 @@ class ReferenceDatapath:
         key = (packet.proto, ip.src, l4.sport, ip.dst, l4.dport)
         flow = self.flows.lookup_forward(key, now)
         reason = "request"
+        if flow is not None and flow.state is FlowState.TCP_BACKEND_GONE:
+            self.flows.remove(flow)
+            if not is_connection_request(packet.proto, packet.tcp_flags):
+                return Verdict(Action.REJECT, "backend_removed")
+            # A SYN starts a new connection (a reused port, or a SYN sent again after its
+            # backend left): it gets a new backend, not a reset.
+            flow = None
         if flow is None:
             frontend = self._frontends.get((ip.dst, packet.proto, l4.dport))
             if frontend is None:
@@ -293,9 +301,6 @@ class ReferenceDatapath:
             )
             self.flows.add(flow, now)
             reason = "new_flow"
-        elif flow.state is FlowState.TCP_BACKEND_GONE:
-            self.flows.remove(flow)
-            return Verdict(Action.REJECT, "backend_removed")
         else:
             self.flows.observe(flow, True, packet.tcp_flags, now)
         payload = rewrite_destination(packet, flow.backend_ip, flow.backend_port)
