@@ -16,7 +16,7 @@ import pytest
 from nfqproxy.lab.proxy import read_status, start_proxy, wait_ready
 from nfqproxy.lab.servers import blob
 from nfqproxy.lab.topology import HTTP_PORT, WEB_VIP
-from nfqproxy.lab.traffic import http_slow_download_digest, parallel
+from nfqproxy.lab.traffic import fetch_url, http_slow_download_digest, parallel
 from tests.kernel.conftest import DATAPATHS, RunningLab, lab_with_api_proxy, lab_with_proxy
 
 pytestmark = pytest.mark.kernel
@@ -65,12 +65,15 @@ def test_a_clean_stop_with_keep_hooks_and_a_new_process_break_none_of_50_transfe
 ) -> None:
     """The upgrade case hands the flows to another implementation of the data path
     (reference to fast): recovery rests on Maglev's pinned hashing, not on process state."""
+    stops: list[float] = []  # SIGTERM to exit, under the 50 transfers
     with lab_with_proxy("--datapath", before, "--keep-hooks-on-exit") as running:
 
         def stop_and_start() -> None:
             assert running.proxy is not None
+            started = time.monotonic()
             running.proxy.send_signal(signal.SIGTERM)
             assert running.proxy.wait(10) == 0
+            stops.append(time.monotonic() - started)
             running.start_proxy("--datapath", after, "--keep-hooks-on-exit")
 
         results = transfers_across(running, stop_and_start)
@@ -78,8 +81,10 @@ def test_a_clean_stop_with_keep_hooks_and_a_new_process_break_none_of_50_transfe
         assert "leaving the hook rules for the next process" in log
     expected = hashlib.sha256(blob(SIZE)).hexdigest()
     assert results.count(expected) == TRANSFERS, [r for r in results if r != expected][:3]
+    assert stops[0] <= 2.0, f"SIGTERM took {stops[0]:.1f} s"  # once 20 s: a starved loop
 
 
+HEALTH = "http://127.0.0.1:10256"
 API_LIST_DELAY = 5.0
 API_DOWN_FOR = 10.0
 
@@ -93,6 +98,7 @@ def test_kill_9_and_a_restart_while_the_api_is_slow_or_down_breaks_none_of_50_tr
     programmed the tables: the flows stall, none is rejected, and all finish."""
     with lab_with_api_proxy("--datapath", datapath) as (running, api):
         waited: list[float] = []
+        probes: list[int] = []  # /livez, /healthz while the API is down
 
         def kill_and_restart_with_the_api_away() -> None:
             assert running.proxy is not None
@@ -107,6 +113,9 @@ def test_kill_9_and_a_restart_while_the_api_is_slow_or_down_breaks_none_of_50_tr
             if outage == "api-down":
                 time.sleep(API_DOWN_FOR)
                 assert not read_status(running.lab).get("ready"), "ready without an API"
+                # Waiting is not wedged: live for the kubelet, not yet ready.
+                probes.append(running.node.call(fetch_url, f"{HEALTH}/livez")[0])
+                probes.append(running.node.call(fetch_url, f"{HEALTH}/healthz")[0])
                 api.come_back()
             wait_ready(running.lab, running.proxy, 60)
             waited.append(time.monotonic() - started)
@@ -118,3 +127,5 @@ def test_kill_9_and_a_restart_while_the_api_is_slow_or_down_breaks_none_of_50_tr
     assert waited[0] >= (API_LIST_DELAY if outage == "slow-lists" else API_DOWN_FOR)
     assert results.count(expected) == TRANSFERS, [r for r in results if r != expected][:3]
     assert not [name for name in counters if name.startswith("reject_")], counters
+    if outage == "api-down":
+        assert probes == [200, 503]
