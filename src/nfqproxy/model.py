@@ -324,7 +324,8 @@ def parse_endpoint_slice(obj: Mapping[str, Any]) -> EndpointSliceSpec:
         if port_name is None:
             ignored.append(f'{base}.name: absent, so kube-proxy ignores this port (write name: "")')
         elif number is None or number == 0:
-            ignored.append(f"{base}.port: absent, so kube-proxy ignores this port")
+            given = "absent" if number is None else "0"
+            ignored.append(f"{base}.port: {given}, so kube-proxy ignores this port")
         else:
             ports.append(SlicePortSpec(port_name, protocol, _port(number, f"{base}.port")))
 

@@ -221,7 +221,7 @@ def test_an_endpoint_without_a_node_name_is_not_local_to_a_named_node() -> None:
     ("bad_port", "note"),
     [
         ("{name: metrics, protocol: TCP}", "ports[1].port: absent"),
-        ("{name: metrics, port: 0, protocol: TCP}", "ports[1].port: absent"),
+        ("{name: metrics, port: 0, protocol: TCP}", "ports[1].port: 0"),
         ("{port: 9090, protocol: TCP}", "ports[1].name: absent"),
     ],
     ids=["no port", "port 0", "no name"],
