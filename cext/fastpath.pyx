@@ -50,6 +50,10 @@ cdef enum:
     R_NO_LOCAL_ENDPOINTS
     R_COUNT
 
+# Seconds between scans of a full connection table for expired flows (conntable.py has
+# the same); in between, a new flow evicts the oldest.
+cdef double FULL_SCAN_INTERVAL = 1.0
+
 ACTION_NAMES = ("accept", "drop", "reject")
 REASON_NAMES = (
     "request", "new_flow", "reply", "reply_recovered", "unknown_reply", "no_service",
@@ -362,6 +366,7 @@ cdef class FastCore:
     cdef double timeouts[S_COUNT]
     cdef uint64_t verdicts[ACT_COUNT][R_COUNT]
     cdef public uint64_t ip_options, evicted, expired, udp_resteered, tcp_retired
+    cdef double last_full_scan  # when a full table was last scanned for expired flows
     cdef Affinity *affinity   # open addressing, backward-shift deletion; allocated on first use
     cdef uint64_t affinity_mask
     cdef uint32_t affinity_max, affinity_count
@@ -391,6 +396,7 @@ cdef class FastCore:
         self.free_head = 0
         self.count = 0
         self.oldest = self.newest = NIL
+        self.last_full_scan = -1e300
         for i, (network, mask) in enumerate(ranges):
             self.range_net[i] = network
             self.range_mask[i] = mask
@@ -634,8 +640,12 @@ cdef class FastCore:
 
     cdef uint32_t _add(self, Flow *new_flow, double now) noexcept nogil:
         cdef uint32_t index
-        if self.count >= self.capacity:
+        # A full table is scanned for expired flows at most once per FULL_SCAN_INTERVAL
+        # (as the reference does): a scan for every new flow made a SYN flood cost O(table)
+        # per packet, and the queue overflowed.
+        if self.count >= self.capacity and now - self.last_full_scan >= FULL_SCAN_INTERVAL:
             self._expire_all(now)
+            self.last_full_scan = now
         while self.count >= self.capacity:
             self._remove(self.oldest)
             self.evicted += 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -105,7 +106,8 @@ def test_a_syn_flood_from_100k_sources_leaves_memory_bounded_and_service_up(
         f"established answered {kept.count(pinned)}/{len(kept)}; "
         f"RSS +{(rss_after - rss_before) / 2**20:.1f} MB; table {table['flows']} of "
         f"{table['capacity']}, {table['evicted']} evicted; queue {status['queue']}; "
-        f"kernel queue drops (full, undeliverable) {kernel_queue[5:7]}"
+        f"kernel queue drops (full, undeliverable) {kernel_queue[5:7]}; "
+        f"failures {Counter(o for o in outcomes if o not in served).most_common(3)}"
     )
     assert after in ("be1", "be2", "be3"), after  # the proxy serves once the flood is over
     assert table["flows"] <= CAPACITY
