@@ -239,7 +239,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from nfqproxy.lab.demo import run_demo
 
-        signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+        # Both end the demo through its teardown, as both stop the proxy cleanly. SIGINT is
+        # set explicitly: a shell starts background commands with it ignored, and Python
+        # then keeps it ignored.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, _terminate_as_interrupt)
         return run_demo(args.backends, args.requests)
     raise AssertionError(args.command)
 
