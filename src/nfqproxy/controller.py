@@ -5,7 +5,7 @@ list of the source, start giving verdicts, then install the hooks. Until the fir
 service packets wait in the bound queue (or are dropped once it is full) and TCP sends
 them again: none meets an empty table, which would reject it. With the hooks kept from a
 previous process, that wait is what a restart costs open flows, however long the API
-takes to answer. Stop order reverses it.
+takes to answer (within TCP's own retry limits). Stop order reverses it.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 STATUS_INTERVAL = 0.5
 GC_FREEZE_AFTER = 1000  # service ports changed in one sync
 EXPIRY_INTERVAL = 1.0
+ZONE_GRACE = 5.0  # seconds the first sync waits for the node's zone once the lists are in
 
 
 @dataclass(frozen=True)
@@ -236,12 +237,25 @@ class Proxy:
 
     async def _run_after_sync(self, client: Any = None) -> None:
         assert self.kube is not None
-        if client is not None and self.node_zone is None and self.config.node_name:
-            # Meanwhile the informers list: an API that is down delays both alike.
-            self.node_zone = await node_zone(client, self.config.node_name)
-        await self.kube.wait_synced()  # program nothing until both caches are full
-        log.info("services and endpoint slices synced from the API")
-        await self.runner.run()
+        async with asyncio.TaskGroup() as group:
+            zone = None
+            if client is not None and self.node_zone is None and self.config.node_name:
+                # Asked while the informers list, and again while the API cannot answer.
+                zone = group.create_task(self._learn_zone(client, self.config.node_name))
+            await self.kube.wait_synced()  # program nothing until both caches are full
+            log.info("services and endpoint slices synced from the API")
+            if zone is not None and not zone.done():
+                # The lists came back, so the Node usually follows at once; if it does not,
+                # serve without hints rather than keep every service waiting for a label.
+                done, _ = await asyncio.wait([zone], timeout=ZONE_GRACE)
+                if not done:
+                    log.warning("this node's zone is not known yet: topology hints wait for it")
+            await self.runner.run()
+
+    async def _learn_zone(self, client: Any, node_name: str) -> None:
+        self.node_zone = await node_zone(client, node_name)
+        if self.node_zone and self.ready:
+            self._queue_sync()  # the first sync went without it: apply the hints now
 
     def write_status(self) -> None:
         if self.config.status_file is not None:
@@ -294,6 +308,7 @@ class Proxy:
         self.queue.bind()  # packets wait here, unanswered, until the first sync
         tasks: list[asyncio.Task[None]] = []
         try:
+            self.liveness.beat()  # the start (imports, API client, bind) is not a stall
             await self.health.start(self.config.healthz_bind, self.config.metrics_bind)
             tasks = [
                 asyncio.create_task(feed),

@@ -11,7 +11,8 @@ the hook order are explained in docs/design.md; in short:
   filter FORWARD -> NFQPROXY-FORWARD: conntrack INVALID -> DROP (as kube-proxy does)
   nat    POSTROUTING -> NFQPROXY-HAIRPIN: hairpin mark -> MASQUERADE (a pod reaching itself)
 
-nfqproxy owns the NFQPROXY-* chains and one jump rule in each built-in chain. It never
+nfqproxy owns the NFQPROXY-* chains and one jump rule to each of them from each built-in
+chain listed above. It never
 flushes a chain it does not own. Every argument is built from validated numbers and
 networks, and commands run without a shell.
 """

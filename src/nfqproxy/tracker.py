@@ -10,6 +10,7 @@ service cannot take a frontend that already carries traffic. The loser is report
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -63,6 +64,35 @@ def trigger_time(obj: Mapping[str, Any]) -> float | None:
     return stamp.timestamp() if stamp.tzinfo is not None else None
 
 
+ENDPOINT_FIELDS = ("addresses", "conditions", "nodeName", "zone", "hints")
+
+
+def slice_content(obj: Mapping[str, Any]) -> tuple[str, ...]:
+    """What kube-proxy compares to tell whether a slice update changed anything (its
+    endpointSliceInfo): the service, the address type, the ports, and each endpoint's
+    addresses, conditions, node, zone and hints, in a stable order. Labels, annotations,
+    targetRef and the like do not count."""
+
+    def text(value: object) -> str:
+        try:
+            return json.dumps(value, sort_keys=True, default=repr)
+        except (TypeError, ValueError):  # keys of mixed types, in a malformed object
+            return repr(value)
+
+    raw_endpoints, raw_ports = obj.get("endpoints"), obj.get("ports")
+    endpoints = (
+        sorted(
+            text({f: e.get(f) for f in ENDPOINT_FIELDS})
+            for e in raw_endpoints
+            if isinstance(e, Mapping)
+        )
+        if isinstance(raw_endpoints, list)
+        else [text(raw_endpoints)]
+    )
+    ports = sorted(map(text, raw_ports)) if isinstance(raw_ports, list) else [text(raw_ports)]
+    return (text(_service_of(obj)), text(obj.get("addressType")), *ports, "|", *endpoints)
+
+
 def _service_of(obj: Mapping[str, Any] | None) -> str | None:
     meta = obj.get("metadata") if obj is not None else None
     labels = meta.get("labels") if isinstance(meta, Mapping) else None
@@ -104,8 +134,10 @@ class ChangeTracker:
         self._object_errors: dict[tuple[str, ObjectKey], str] = {}
         # Slices used in part: the ports kube-proxy ignores in them, and why.
         self._ignored_ports: dict[ObjectKey, list[str]] = {}
-        # Per slice: its service and the trigger times of its updates since the last flush.
+        # Per slice: its service and the trigger times of its updates since the last flush,
+        # and what its last update said (slice_content), to tell real changes.
         self._trigger_times: dict[ObjectKey, tuple[ObjectKey, list[float]]] = {}
+        self._slice_content: dict[ObjectKey, tuple[str, ...]] = {}
         # What each service asks for, and who claims each frontend (oldest claim first).
         self._ports_of: dict[ObjectKey, dict[ServicePortKey, ServicePort]] = {}
         self._port_errors: dict[ObjectKey, list[str]] = {}
@@ -123,17 +155,25 @@ class ChangeTracker:
         self._pending_services[key] = obj
 
     def slice_changed(self, key: ObjectKey, obj: Mapping[str, Any] | None) -> None:
-        """As kube-proxy's EndpointSliceUpdate: every update's trigger time is kept for the
-        latency metric, not only the latest; a deletion forgets those of its service."""
+        """As kube-proxy's EndpointSliceUpdate: an update that changes what the slice says
+        (compared with the last update seen, pending or applied) keeps its trigger time for
+        the latency metric, every one of them, not only the latest; a deletion forgets those
+        of its service."""
         service = _service_of(obj if obj is not None else self._pending_slices.get(key))
         if service is None and key in self._slices:
             service = self._slices[key].service_name
         owner = (key[0], service or "")
         if obj is None:
+            self._slice_content.pop(key, None)
             for slice_key in [k for k, (o, _) in self._trigger_times.items() if o == owner]:
                 del self._trigger_times[slice_key]
-        elif (changed_at := trigger_time(obj)) is not None and changed_at > self.started:
-            self._trigger_times.setdefault(key, (owner, []))[1].append(changed_at)
+        else:
+            content = slice_content(obj)
+            changed = self._slice_content.get(key) != content
+            self._slice_content[key] = content
+            changed_at = trigger_time(obj)
+            if changed and changed_at is not None and changed_at > self.started:
+                self._trigger_times.setdefault(key, (owner, []))[1].append(changed_at)
         self._pending_slices[key] = obj
 
     def replace_all(
@@ -245,8 +285,8 @@ class ChangeTracker:
                     ]
                     changes.errors += notes
         _, triggers = self._trigger_times.pop(key, (None, []))
-        if spec is not None and spec != self._slices.get(key):
-            changes.trigger_times += triggers  # an update that changed nothing is no change
+        if spec is not None:
+            changes.trigger_times += triggers
         self._put_slice(key, spec)
 
     def _put_slice(self, key: ObjectKey, spec: EndpointSliceSpec | None) -> None:

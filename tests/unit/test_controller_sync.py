@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from nfqproxy import controller
 from nfqproxy.controller import Proxy, ProxyConfig
 from nfqproxy.datapath.reference import ReferenceDatapath, table_key
 from tests.unit.test_tracker import endpoint_slice, report, service
@@ -61,3 +62,68 @@ def test_after_a_failed_sync_the_next_one_catches_up_on_everything(
     assert len(backends(controller.datapath, "10.96.0.10")) == 1  # the last good table
     asyncio.run(controller.sync())  # nothing new was reported, yet the change lands
     assert len(backends(controller.datapath, "10.96.0.10")) == 2
+
+
+class SyncedKube:
+    async def wait_synced(self) -> None:
+        return None
+
+
+class FirstSync(Exception):
+    """Ends the runner in these tests, where it would otherwise run until cancelled."""
+
+
+def first_sync_after(zone_lookup: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[float, Proxy]:
+    """Seconds from the lists being in to the runner starting, with this zone lookup."""
+    monkeypatch.setattr(controller, "node_zone", zone_lookup)
+    monkeypatch.setattr(controller, "ZONE_GRACE", 0.2)
+    subject = Proxy(
+        ProxyConfig(
+            datapath="reference",
+            install_hooks=False,
+            healthz_bind=None,
+            metrics_bind=None,
+            node_name="node-a",
+        )
+    )
+    subject.kube = SyncedKube()  # type: ignore[assignment]
+
+    async def scenario() -> float:
+        started = asyncio.get_running_loop().time()
+
+        async def runner() -> None:
+            subject.ready = True
+            await asyncio.sleep(0.3)  # the zone may arrive meanwhile
+            raise FirstSync
+
+        subject.runner.run = runner  # type: ignore[method-assign]
+        subject.runner.pending = False
+        try:
+            await subject._run_after_sync(object())
+        except* FirstSync:
+            pass
+        return asyncio.get_running_loop().time() - started - 0.3
+
+    return asyncio.run(scenario()), subject
+
+
+def test_a_zone_lookup_that_never_answers_holds_the_first_sync_for_a_grace_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def never(client: object, node: str) -> str | None:
+        await asyncio.sleep(3600)
+        return None
+
+    waited, subject = first_sync_after(never, monkeypatch)
+    assert 0.15 < waited < 0.6 and subject.node_zone is None
+
+
+def test_a_zone_that_arrives_after_the_first_sync_asks_for_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def late(client: object, node: str) -> str | None:
+        await asyncio.sleep(0.25)
+        return "zone-a"
+
+    _, subject = first_sync_after(late, monkeypatch)
+    assert subject.node_zone == "zone-a" and subject.runner.pending

@@ -360,8 +360,9 @@ def test_both_paths_reset_flows_to_a_removed_backend_and_spare_a_draining_one() 
 
 def test_both_paths_give_a_syn_on_a_port_whose_backend_left_a_new_backend() -> None:
     """A SYN that meets a flow retired with its backend is a new connection (the port was
-    reused, or the SYN was sent again before the handshake): refused, the client would see
-    ECONNREFUSED from a service that has endpoints."""
+    reused, or the SYN was sent again before the handshake): it gets a new backend rather
+    than a refusal, which the client would see as ECONNREFUSED from a service with
+    endpoints."""
     syns = [
         request(c, p, 0, "tcp", dpkt.tcp.TH_SYN, b"") for c in range(2) for p in range(1000, 1012)
     ]

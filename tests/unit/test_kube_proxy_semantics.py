@@ -1,7 +1,8 @@
-"""Where nfqproxy once chose differently from kube-proxy, kube-proxy's answer, stated as a
-test. The expected results come from kube-proxy's pkg/proxy: topology.go
-(CategorizeEndpoints, topologyModeFromHints), endpointslicecache.go (conditions, ports,
-localness) and their unit-test tables. Each test names the case it follows."""
+"""kube-proxy's answers where nfqproxy once chose differently, stated as tests, with the
+neighbouring cases of kube-proxy's tables that pin each rule. The expected results come
+from kube-proxy's pkg/proxy: topology.go (CategorizeEndpoints, topologyModeFromHints),
+endpointslicecache.go (conditions, ports, localness) and their unit-test tables. Each
+test names the case it follows."""
 
 from __future__ import annotations
 

@@ -184,9 +184,9 @@ def test_node_and_zone_changes_recompute_every_service() -> None:
     )
 
 
-def stamped(addresses: list[str], at: float) -> dict[str, Any]:
-    """The slice web-a with these addresses and a last-change-trigger-time of at."""
-    doc = endpoint_slice("web-a", "web", *addresses)
+def stamped(addresses: list[str], at: float, name: str = "web-a") -> dict[str, Any]:
+    """A slice of web with these addresses and a last-change-trigger-time of at."""
+    doc = endpoint_slice(name, "web", *addresses)
     iso = datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
     doc["metadata"]["annotations"] = {TRIGGER_TIME_ANNOTATION: iso}
     return doc
@@ -194,13 +194,25 @@ def stamped(addresses: list[str], at: float) -> dict[str, Any]:
 
 def test_every_endpoint_change_between_two_syncs_is_one_latency_sample() -> None:
     """kube-proxy's EndpointsChangeTracker appends each update's trigger time, not only
-    the latest one per slice."""
+    the latest one per slice, even when the changes cancel out by the sync."""
     tracker = ChangeTracker(CIDRS, wall_clock=lambda: 1000.0)
     report(tracker, stamped(["10.1.0.1"], 1001.0))
     report(tracker, stamped(["10.1.0.1", "10.1.0.2"], 1002.5))
-    assert tracker.flush().trigger_times == [1001.0, 1002.5]
-    report(tracker, copy.deepcopy(stamped(["10.1.0.1", "10.1.0.2"], 1003.0)))
-    assert tracker.flush().trigger_times == []  # nothing changed: no change to time
+    report(tracker, stamped(["10.1.0.1"], 1003.0))
+    assert tracker.flush().trigger_times == [1001.0, 1002.5, 1003.0]
+
+
+def test_an_update_that_changes_no_endpoint_is_no_sample() -> None:
+    """esInfoChanged compares with the pending update if there is one, else the applied
+    one; only endpoints, ports and their conditions count, not annotations or labels."""
+    tracker = ChangeTracker(CIDRS, wall_clock=lambda: 1000.0)
+    report(tracker, stamped(["10.1.0.1"], 1001.0))
+    same = stamped(["10.1.0.1"], 1002.0)  # a new annotation only
+    same["metadata"]["labels"]["team"] = "shop"
+    report(tracker, same)
+    assert tracker.flush().trigger_times == [1001.0]
+    report(tracker, copy.deepcopy(stamped(["10.1.0.1"], 1003.0)))
+    assert tracker.flush().trigger_times == []  # the same as applied
 
 
 def test_trigger_times_before_the_proxy_started_are_not_latencies() -> None:
@@ -212,10 +224,14 @@ def test_trigger_times_before_the_proxy_started_are_not_latencies() -> None:
     assert tracker.flush().trigger_times == [1000.5]
 
 
-def test_a_deleted_slice_forgets_the_pending_trigger_times_of_its_service() -> None:
+def test_a_deleted_slice_forgets_the_pending_trigger_times_of_its_whole_service() -> None:
+    """EndpointSliceUpdate with removeSlice deletes lastChangeTriggerTimes[service]: a
+    deletion's annotation says when the slice last changed, not when it went."""
     tracker = ChangeTracker(CIDRS, wall_clock=lambda: 1000.0)
+    report(tracker, stamped(["10.1.0.9"], 1000.5, name="web-b"))
+    tracker.flush()
     report(tracker, stamped(["10.1.0.1"], 1001.0))
-    tracker.slice_changed(("shop", "web-a"), None)
+    tracker.slice_changed(("shop", "web-b"), None)
     assert tracker.flush().trigger_times == []
 
 
