@@ -123,9 +123,13 @@ class Proxy:
         )
 
     async def on_change(self, objects: ManifestObjects) -> None:
-        """The manifests changed: hand the objects to the tracker, ask for a sync."""
-        self.tracker.replace_all(objects.services, objects.endpoint_slices)
-        self._queue_sync()
+        """The manifests changed: hand the objects to the tracker, and ask for a sync if any
+        object changed. A file written again with the same content (the lab rewrites its
+        services with its slices) is no change, as kube-proxy's trackers ignore updates that
+        change nothing; it would otherwise spend the minimum sync interval, and hold back
+        the real change that follows it."""
+        if self.tracker.replace_all(objects.services, objects.endpoint_slices):
+            self._queue_sync()
 
     def _service_event(self, key: ObjectKey, obj: Mapping[str, Any] | None) -> None:
         self.tracker.service_changed(key, obj)

@@ -178,11 +178,14 @@ class ChangeTracker:
 
     def replace_all(
         self, services: Iterable[Mapping[str, Any]], slices: Iterable[Mapping[str, Any]]
-    ) -> None:
+    ) -> bool:
         """For sources that hand over every object each time: reports the ones that are new,
-        gone or not the very same dict as last time. The first of two same-named objects
-        (from two files) wins; the second is an error."""
+        gone or changed since last time, and returns whether there were any. Objects of an
+        unchanged file are the very same dicts, so identity settles most; a file written
+        again with the same content compares equal, and is no change. The first of two
+        same-named objects (from two files) wins; the second is an error."""
         duplicates: list[str] = []
+        reported = False
         for kind, objects, last, report in (
             ("Service", services, self._last_services, self.service_changed),
             ("EndpointSlice", slices, self._last_slices, self.slice_changed),
@@ -194,13 +197,18 @@ class ChangeTracker:
                     duplicates.append(f"{kind} {key[0]}/{key[1]} is defined twice; the first wins")
                     continue
                 current[key] = obj
-                if last.get(key) is not obj:
+                before = last.get(key)
+                if before is not obj and before != obj:
                     report(key, obj)
+                    reported = True
             for key in last.keys() - current.keys():
                 report(key, None)
+                reported = True
             last.clear()
             last.update(current)
+        reported = reported or duplicates != self._duplicates
         self._duplicates = duplicates
+        return reported
 
     def set_node(self, node_name: str | None, node_zone: str | None) -> None:
         """The node's name or zone changed: every service's choice may change."""

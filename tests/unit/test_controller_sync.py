@@ -11,6 +11,7 @@ import pytest
 from nfqproxy import controller
 from nfqproxy.controller import Proxy, ProxyConfig
 from nfqproxy.datapath.reference import ReferenceDatapath, table_key
+from nfqproxy.sources.manifests import ManifestObjects
 from tests.unit.test_tracker import endpoint_slice, report, service
 
 
@@ -127,3 +128,22 @@ def test_a_zone_that_arrives_after_the_first_sync_asks_for_another(
 
     _, subject = first_sync_after(late, monkeypatch)
     assert subject.node_zone == "zone-a" and subject.runner.pending
+
+
+def test_manifests_read_again_unchanged_ask_for_no_sync() -> None:
+    """A sync spent on a file rewritten unchanged would hold back, by the minimum sync
+    interval, a real change arriving just after it (the lab rewrites its services file
+    with its slices)."""
+    subject = proxy()
+
+    def manifests(*addresses: str) -> ManifestObjects:
+        return ManifestObjects(
+            [service("web", "10.96.0.10")], [endpoint_slice("web-a", "web", *addresses)]
+        )
+
+    asyncio.run(subject.on_change(manifests("10.1.0.1")))
+    subject.runner.pending = False
+    asyncio.run(subject.on_change(manifests("10.1.0.1")))  # new dicts, the same content
+    assert not subject.runner.pending
+    asyncio.run(subject.on_change(manifests("10.1.0.2")))
+    assert subject.runner.pending

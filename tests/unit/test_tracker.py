@@ -152,16 +152,18 @@ def test_a_bad_object_is_reported_once_skipped_and_forgotten_when_fixed() -> Non
     assert tracker.errors() == [] and frontend("10.96.0.10") in tracker.ports
 
 
-def test_replace_all_reports_new_changed_and_vanished_objects_by_identity() -> None:
+def test_replace_all_reports_new_changed_and_vanished_objects_only() -> None:
     tracker = ChangeTracker(CIDRS)
     web, api = service("web", "10.96.0.10"), service("api", "10.96.0.11")
-    tracker.replace_all([web, api, copy.deepcopy(web)], [])
+    assert tracker.replace_all([web, api, copy.deepcopy(web)], [])
     changes = tracker.flush()
     assert len(changes.ports) == 2
     assert changes.errors == ["Service shop/web is defined twice; the first wins"]
-    tracker.replace_all([web, api], [])
+    assert tracker.replace_all([web, api], [])  # the duplicate went
     assert tracker.flush().ports == {} and tracker.errors() == []
-    tracker.replace_all([web], [endpoint_slice("web-a", "web", "10.1.0.1")])
+    # The same content read again (a file rewritten unchanged) is no change.
+    assert not tracker.replace_all([copy.deepcopy(web), copy.deepcopy(api)], [])
+    assert tracker.replace_all([web], [endpoint_slice("web-a", "web", "10.1.0.1")])
     changes = tracker.flush()
     assert changes.ports.keys() == {frontend("10.96.0.10"), frontend("10.96.0.11")}
     assert changes.ports[frontend("10.96.0.11")] is None
