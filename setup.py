@@ -1,14 +1,16 @@
 """Builds the Cython extensions in cext/ as modules of the nfqproxy package.
 
 Every cext/NAME.pyx becomes nfqproxy._NAME. Set NFQPROXY_NO_EXTENSIONS=1 to skip them:
-the pure-Python reference path then serves alone. NFQPROXY_DEBUG_BUILD=1 builds with -O1 -g
+the pure-Python reference path then serves alone. NFQPROXY_RUNTIME_ONLY=1 leaves out
+the lab package (nfqproxy_lab: the network-namespace lab, the demo, the test API server
+and packet builders), as the DaemonSet image does. NFQPROXY_DEBUG_BUILD=1 builds with -O1 -g
 and bounds checks; NFQPROXY_ASAN_BUILD=1 adds AddressSanitizer (see `make asan`).
 """
 
 import os
 from pathlib import Path
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 
 
 # C libraries each extension links against (Debian: libnetfilter-queue-dev, libmnl-dev).
@@ -41,4 +43,11 @@ def cython_extensions() -> list[Extension]:
     )
 
 
-setup(ext_modules=cython_extensions())
+def packages() -> list[str]:
+    runtime_only = os.environ.get("NFQPROXY_RUNTIME_ONLY") == "1"
+    excluded = ["nfqproxy_lab", "nfqproxy_lab.*"] if runtime_only else []
+    return find_packages("src", exclude=excluded)
+
+
+if __name__ == "__main__":
+    setup(ext_modules=cython_extensions(), packages=packages(), package_dir={"": "src"})

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from nfqproxy.controller import Proxy, ProxyConfig
-from nfqproxy.datapath.reference import table_key
-from nfqproxy.lab.apiserver import FakeApiServer
+from nfqproxy.datapath.frontends import table_key
 from nfqproxy.sources.kubernetes import api_client
+from nfqproxy_lab.apiserver import FakeApiServer
 
 
 def rss_bytes() -> int:
@@ -87,10 +87,12 @@ async def run(services: int, endpoints: int, changes: int) -> dict[str, Any]:
     for k in range(changes):
         i = k * (services // max(changes, 1))
         key = table_key((ip_address(f"10.96.{i // 250}.{i % 250 + 1}"), "TCP", 80))
-        before = proxy.datapath._frontends[key].backends
+        programmed = proxy.datapath.frontend(key)
+        assert programmed is not None, key
+        before = programmed.backends
         changed = time.perf_counter()
         await server.update("endpointslices", endpoint_slice(i, endpoints - 1))
-        while proxy.datapath._frontends[key].backends == before:
+        while getattr(proxy.datapath.frontend(key), "backends", None) == before:
             await asyncio.sleep(0.0002)
         latencies.append((time.perf_counter() - changed) * 1000)
     rss = rss_bytes()

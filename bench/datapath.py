@@ -40,9 +40,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.kube_proxy_layout import KubeService, restore_all
-from nfqproxy.lab import netns
-from nfqproxy.lab.proxy import start_proxy, wait_ready
-from nfqproxy.lab.topology import NODE_NAME, Lab, all_labs, backend_ip
+from nfqproxy_lab import netns
+from nfqproxy_lab.proxy import start_proxy, wait_ready
+from nfqproxy_lab.topology import NODE_NAME, Lab, all_labs, backend_ip
 
 VIP, PORT = "10.96.0.50", 5201
 QUEUE = 100
@@ -199,7 +199,7 @@ RSS_PROBE = """
 import sys, time
 from ipaddress import IPv4Network
 sys.path.insert(0, {root!r})
-from tests.packets import tcp_packet
+from nfqproxy_lab.packets import tcp_packet
 
 def rss():
     with open("/proc/self/statm") as f:
@@ -208,9 +208,9 @@ def rss():
 flows = {flows}
 before = rss()
 if {fast}:
-    from nfqproxy.datapath.fast import FastDatapath as Kind
+    from nfqproxy.datapath.fast.datapath import FastDatapath as Kind
 else:
-    from nfqproxy.datapath.reference import ReferenceDatapath as Kind
+    from nfqproxy.datapath.reference.datapath import ReferenceDatapath as Kind
 from nfqproxy.model import Backend, ServicePort, Snapshot
 from ipaddress import ip_address
 dp = Kind([IPv4Network("10.96.0.0/12")], capacity=flows)

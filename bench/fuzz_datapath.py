@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nfqproxy.datapath.fast import FastDatapath
-from nfqproxy.datapath.reference import ReferenceDatapath
+from nfqproxy.datapath.fast.datapath import FastDatapath
+from nfqproxy.datapath.reference.datapath import ReferenceDatapath
 from nfqproxy.model import Backend, ServicePort, Snapshot
-from tests.packets import icmp_error, tcp_packet, udp_packet
+from nfqproxy_lab.packets import icmp_error, tcp_packet, udp_packet
 
 VIP = "10.96.0.10"
 BACKENDS = ["10.244.11.2", "10.244.12.2"]

@@ -59,11 +59,11 @@ from bench.kube_proxy_layout import (
     restore_all,
     restore_change,
 )
-from nfqproxy.lab import netns
-from nfqproxy.lab.netns import NetnsThread
-from nfqproxy.lab.proxy import start_proxy, wait_ready
-from nfqproxy.lab.served_api import ServedApi
-from nfqproxy.lab.topology import Lab, all_labs, backend_ip
+from nfqproxy_lab import netns
+from nfqproxy_lab.netns import NetnsThread
+from nfqproxy_lab.proxy import start_proxy, wait_ready
+from nfqproxy_lab.served_api import ServedApi
+from nfqproxy_lab.topology import Lab, all_labs, backend_ip
 
 SIZES = (100, 1000, 10000)
 FULL_SIZES = (*SIZES, 30000)

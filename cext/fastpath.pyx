@@ -1,7 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """The fast data path's core in C: parse, look up, rewrite, verdict, with no Python per packet.
 
-It implements exactly the semantics of nfqproxy.datapath.reference; the differential tests
+It implements exactly the semantics of nfqproxy.datapath.reference.datapath; the differential tests
 feed both the same packets and require identical verdicts, bytes and counters. Python is
 only involved when tables change (set_frontend / rebuild_maps) and for status snapshots.
 
@@ -16,7 +16,7 @@ from libc.string cimport memcpy, memset, strerror
 
 from includes.netlink cimport *
 
-from nfqproxy.datapath.conntable import affinity_capacity
+from nfqproxy.datapath.flows import affinity_capacity
 from nfqproxy.datapath.hashing import SEED_FLOW
 
 # --- verdicts, reasons and states: the values match the reference's names --------------

@@ -5,16 +5,20 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from ipaddress import IPv4Network
 from pathlib import Path
-from types import FrameType
 
+from nfqproxy import defaults
 from nfqproxy.controller import Proxy, ProxyConfig
-from nfqproxy.datapath.fast import fast_path_available
+from nfqproxy.datapath import factory
 from nfqproxy.health import parse_bind_address
+
+try:
+    import nfqproxy_lab.cli as lab_commands
+except ImportError:  # installed without the lab (NFQPROXY_RUNTIME_ONLY=1, the image)
+    lab_commands = None  # type: ignore[assignment]
 
 log = logging.getLogger("nfqproxy")
 
@@ -68,13 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_cidr,
         action="append",
         dest="service_cidrs",
-        help="the ClusterIP range (repeatable; default 10.96.0.0/12)",
+        help="the ClusterIP range (repeatable; default "
+        f"{', '.join(map(str, defaults.SERVICE_CIDRS))})",
     )
-    run.add_argument("--queue-num", type=_queue_num, default=100)
+    run.add_argument("--queue-num", type=_queue_num, default=defaults.QUEUE_NUM)
     run.add_argument(
         "--datapath",
-        choices=["reference", "fast"],
-        default="fast" if fast_path_available() else "reference",
+        choices=list(factory.DATAPATHS),
+        default=factory.default_datapath(),
         help="fast (C, the default when built) or reference (Python); "
         "NFQPROXY_NO_EXTENSIONS=1 makes reference the default",
     )
@@ -87,30 +92,35 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--min-sync-period",
         type=float,
-        default=1.0,
+        default=defaults.MIN_SYNC_PERIOD,
         help="seconds between syncs at least; changes in between are coalesced",
     )
     run.add_argument(
         "--sync-period",
         type=float,
-        default=30.0,
+        default=defaults.SYNC_PERIOD,
         help="seconds between syncs at most (a periodic resync)",
     )
     run.add_argument(
         "--healthz-bind-address",
-        default="0.0.0.0:10256",
+        default=defaults.bind_text(defaults.HEALTHZ_BIND),
         help="/healthz and /livez (JSON); empty to turn off",
     )
     run.add_argument(
         "--metrics-bind-address",
-        default="127.0.0.1:10249",
+        default=defaults.bind_text(defaults.METRICS_BIND),
         help="/metrics (Prometheus); empty to turn off",
     )
     run.add_argument(
-        "--flow-capacity", type=int, default=1 << 20, help="flows tracked (default 1M)"
+        "--flow-capacity",
+        type=int,
+        default=defaults.FLOW_CAPACITY,
+        help=f"flows tracked (default {defaults.FLOW_CAPACITY})",
     )
     run.add_argument(
-        "--iptables", default="iptables", choices=["iptables", "iptables-legacy", "iptables-nft"]
+        "--iptables",
+        default=defaults.IPTABLES,
+        choices=["iptables", "iptables-legacy", "iptables-nft"],
     )
     run.add_argument(
         "--fail-open",
@@ -132,30 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="only this back end (default: both, whichever the killed proxy used)",
     )
 
-    lab = commands.add_parser("lab", help="build or remove the network-namespace lab")
-    lab_commands = lab.add_subparsers(dest="lab_command", required=True)
-    up = lab_commands.add_parser("up")
-    up.add_argument("--name", default="nfqlab")
-    up.add_argument("--backends", type=int, default=3)
-    down = lab_commands.add_parser("down")
-    down.add_argument("--name", default="nfqlab")
-    down.add_argument("--all", action="store_true", help="remove every lab")
-    serve = lab_commands.add_parser("serve", help="(internal) a backend's HTTP and UDP servers")
-    serve.add_argument("--name", required=True)
-    serve.add_argument("--tcp-port", type=int, default=8080)
-    serve.add_argument("--udp-port", type=int, default=5353)
-    serve.add_argument("--ready-file", type=Path)
-
-    demo = commands.add_parser(
-        "demo", help="lab + proxy + traffic + an endpoint change, then teardown"
-    )
-    demo.add_argument("--backends", type=int, default=3)
-    demo.add_argument("--requests", type=int, default=300)
+    if lab_commands is not None:  # a source checkout; the DaemonSet image has no lab
+        lab_commands.add_commands(commands)
     return parser
-
-
-def _terminate_as_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -172,10 +161,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
-        if args.datapath == "fast" and not fast_path_available():
+        if args.datapath not in factory.available():
             log.error(
-                "the fast data path is not built or NFQPROXY_NO_EXTENSIONS=1 is set; "
-                "use --datapath reference"
+                "the %s data path is not available here (the fast one needs its extension "
+                "built, and NFQPROXY_NO_EXTENSIONS=1 switches it off); available: %s",
+                args.datapath,
+                ", ".join(factory.available()),
             )
             return 2
         if args.fail_open and args.datapath != "fast":
@@ -187,7 +178,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             kubeconfig=args.kubeconfig,
             service_proxy_name=args.service_proxy_name,
             node_zone=args.node_zone,
-            service_cidrs=tuple(args.service_cidrs or [IPv4Network("10.96.0.0/12")]),
+            service_cidrs=tuple(args.service_cidrs or defaults.SERVICE_CIDRS),
             queue_num=args.queue_num,
             node_name=args.hostname_override,
             status_file=args.status_file,
@@ -212,39 +203,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             removed = HookManager(HookConfig((), 0, command)).remove()
             print(f"{command}: removed {removed} nfqproxy jump rules and the NFQPROXY-* chains")
         return 0
-    if args.command == "lab":
-        from nfqproxy.lab.topology import Lab, all_labs
-
-        if args.lab_command == "serve":
-            from nfqproxy.lab.servers import serve
-
-            serve(args.name, args.tcp_port, args.udp_port, args.ready_file)
-            return 0
-        if args.lab_command == "up":
-            lab = Lab(args.name, args.backends)
-            lab.up()
-            print(f"lab {lab.name} is up: namespaces {', '.join(lab.state.namespaces)}")
-            print(f"manifests: {lab.manifests_dir}")
-            print(f"start the proxy: ip netns exec {lab.node_ns} nfqproxy run \\")
-            print(f"  --manifests {lab.manifests_dir}")
-            return 0
-        names = all_labs() if args.all else [args.name]
-        for name in names:
-            if name in all_labs():
-                Lab.load(name).down()
-                print(f"lab {name} removed")
-            else:
-                print(f"no lab named {name}")
-        return 0
-    if args.command == "demo":
-        from nfqproxy.lab.demo import run_demo
-
-        # Both end the demo through its teardown, as both stop the proxy cleanly. SIGINT is
-        # set explicitly: a shell starts background commands with it ignored, and Python
-        # then keeps it ignored.
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, _terminate_as_interrupt)
-        return run_demo(args.backends, args.requests)
+    if lab_commands is not None and args.command in lab_commands.COMMANDS:
+        return lab_commands.dispatch(args)
     raise AssertionError(args.command)
 
 

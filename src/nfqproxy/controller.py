@@ -18,14 +18,13 @@ import signal
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
-from nfqproxy.datapath.fast import FastDatapath
-from nfqproxy.datapath.queue import FastQueueBinding, QueueBinding
-from nfqproxy.datapath.reference import ReferenceDatapath
+from nfqproxy import defaults
+from nfqproxy.datapath import factory
 from nfqproxy.files import atomic_write
 from nfqproxy.health import HealthServer, Liveness
 from nfqproxy.hooks import HookConfig, HookError, HookManager
@@ -46,27 +45,27 @@ ZONE_GRACE = 5.0  # seconds the first sync waits for the node's zone once the li
 @dataclass(frozen=True)
 class ProxyConfig:
     manifests: Path | None = None  # None: the Kubernetes API
-    service_cidrs: tuple[IPv4Network, ...] = (IPv4Network("10.96.0.0/12"),)
-    queue_num: int = 100
+    service_cidrs: tuple[IPv4Network, ...] = defaults.SERVICE_CIDRS
+    queue_num: int = defaults.QUEUE_NUM
     node_name: str | None = None
     status_file: Path | None = None
-    iptables: str = "iptables"
-    flow_capacity: int = 1 << 20
-    seed: int = 0
-    poll_interval: float = 0.2
-    datapath: str = "reference"  # or "fast"
-    min_sync_period: float = 1.0
-    sync_period: float = 30.0
+    iptables: str = defaults.IPTABLES
+    flow_capacity: int = defaults.FLOW_CAPACITY
+    seed: int = defaults.SEED
+    poll_interval: float = defaults.MANIFEST_POLL_INTERVAL
+    datapath: str = field(default_factory=factory.default_datapath)  # a factory.DATAPATHS name
+    min_sync_period: float = defaults.MIN_SYNC_PERIOD
+    sync_period: float = defaults.SYNC_PERIOD
     api_server: str | None = None
     kubeconfig: str | None = None
     service_proxy_name: str | None = None
     node_zone: str | None = None  # for topology hints; from the Node's label if not given
-    watch_timeout: tuple[int, int] = (240, 290)  # below the client's 300 s request limit
+    watch_timeout: tuple[int, int] = defaults.WATCH_TIMEOUT
     install_hooks: bool = True  # False: program the tables only (the controller benchmark)
     keep_hooks_on_exit: bool = False  # True: a restart or an upgrade takes over open flows
     fail_open: bool = False  # a full queue passes packets unproxied (fast path only)
-    healthz_bind: tuple[str, int] | None = ("0.0.0.0", 10256)
-    metrics_bind: tuple[str, int] | None = ("127.0.0.1", 10249)
+    healthz_bind: tuple[str, int] | None = defaults.HEALTHZ_BIND
+    metrics_bind: tuple[str, int] | None = defaults.METRICS_BIND
 
 
 @contextmanager
@@ -86,20 +85,16 @@ def gc_paused() -> Iterator[None]:
 class Proxy:
     def __init__(self, config: ProxyConfig) -> None:
         self.config = config
-        kind = FastDatapath if config.datapath == "fast" else ReferenceDatapath
-        self.datapath: ReferenceDatapath | FastDatapath = kind(
-            config.service_cidrs, config.flow_capacity, seed=config.seed
+        self.datapath, self.queue = factory.build(
+            config.datapath,
+            factory.DatapathSettings(
+                config.service_cidrs, config.flow_capacity, config.seed, config.fail_open
+            ),
+            config.queue_num,
         )
         self.hooks = HookManager(
             HookConfig(config.service_cidrs, config.queue_num, config.iptables)
         )
-        self.queue: QueueBinding | FastQueueBinding
-        if isinstance(self.datapath, FastDatapath):
-            self.queue = FastQueueBinding(config.queue_num, self.datapath, config.fail_open)
-        else:
-            if config.fail_open:
-                raise ValueError("--fail-open needs the fast data path (--datapath fast)")
-            self.queue = QueueBinding(config.queue_num, self.datapath)
         self.source = (
             ManifestSource(config.manifests, config.service_cidrs) if config.manifests else None
         )

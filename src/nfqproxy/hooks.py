@@ -27,12 +27,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 
+from nfqproxy.datapath.marks import MARK_HAIRPIN, MARK_PROXIED, MARK_REJECT
+
 log = logging.getLogger(__name__)
 
-# Mark bits: clear of kube-proxy's 0x4000/0x8000 and Cilium's 0x0f00 ranges.
-MARK_PROXIED = 0x00100000
-MARK_REJECT = 0x00200000
-MARK_HAIRPIN = 0x00400000
 COMMENT = "nfqproxy"
 
 CHAIN_SERVICES = "NFQPROXY-SERVICES"

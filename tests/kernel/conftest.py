@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from nfqproxy.datapath.fast import fast_path_available
-from nfqproxy.lab.netns import NetnsThread
-from nfqproxy.lab.proxy import start_proxy, wait_ready
-from nfqproxy.lab.served_api import ServedApi
-from nfqproxy.lab.topology import Lab, lab_endpoint_slices, lab_services
+from nfqproxy.datapath.fast.datapath import fast_path_available
+from nfqproxy_lab.netns import NetnsThread
+from nfqproxy_lab.proxy import start_proxy, wait_ready
+from nfqproxy_lab.served_api import ServedApi
+from nfqproxy_lab.topology import Lab, lab_endpoint_slices, lab_services
 
 if os.geteuid() != 0:
     pytest.skip("kernel tests need root", allow_module_level=True)

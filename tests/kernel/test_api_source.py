@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from nfqproxy.lab.proxy import read_status, start_proxy, wait_ready
-from nfqproxy.lab.served_api import ServedApi
-from nfqproxy.lab.topology import HTTP_PORT, NODE_NAME, WEB_VIP, lab_endpoint_slices
-from nfqproxy.lab.traffic import fetch_url, http_get, http_split
+from nfqproxy_lab.proxy import read_status, start_proxy, wait_ready
+from nfqproxy_lab.served_api import ServedApi
+from nfqproxy_lab.topology import HTTP_PORT, NODE_NAME, WEB_VIP, lab_endpoint_slices
+from nfqproxy_lab.traffic import fetch_url, http_get, http_split
 from tests.kernel.conftest import RunningLab, lab_with_api_proxy
 
 pytestmark = pytest.mark.kernel

@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from nfqproxy.lab import netns
-from nfqproxy.lab.proxy import read_status
-from nfqproxy.lab.topology import CLIENT_IP, DNS_PORT, HTTP_PORT, WEB_VIP, backend_ip
-from nfqproxy.lab.traffic import KeepAlive
+from nfqproxy_lab import netns
+from nfqproxy_lab.proxy import read_status
+from nfqproxy_lab.topology import CLIENT_IP, DNS_PORT, HTTP_PORT, WEB_VIP, backend_ip
+from nfqproxy_lab.traffic import KeepAlive
 from tests.kernel.conftest import DATAPATHS, RunningLab, lab_with_proxy
 
 pytestmark = pytest.mark.kernel

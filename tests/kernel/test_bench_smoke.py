@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench.datapath import MODES
-from nfqproxy.lab import netns
+from nfqproxy_lab import netns
 from tests.kernel.conftest import run_benchmark
 
 pytestmark = pytest.mark.kernel

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from nfqproxy.lab import netns
-from nfqproxy.lab.proxy import proxy_command, read_status
-from nfqproxy.lab.topology import HTTP_PORT, WEB_VIP, Lab, all_labs
-from nfqproxy.lab.traffic import http_split
+from nfqproxy_lab import netns
+from nfqproxy_lab.proxy import proxy_command, read_status
+from nfqproxy_lab.topology import HTTP_PORT, WEB_VIP, Lab, all_labs
+from nfqproxy_lab.traffic import http_split
 from tests.kernel.conftest import RunningLab, new_lab
 
 pytestmark = pytest.mark.kernel

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from nfqproxy.lab.topology import HTTP_PORT, WEB_VIP
-from nfqproxy.lab.traffic import fetch_url as fetch
-from nfqproxy.lab.traffic import http_split
+from nfqproxy_lab.topology import HTTP_PORT, WEB_VIP
+from nfqproxy_lab.traffic import fetch_url as fetch
+from nfqproxy_lab.traffic import http_split
 from tests.kernel.conftest import RunningLab
 
 pytestmark = pytest.mark.kernel

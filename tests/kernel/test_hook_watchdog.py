@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from nfqproxy.lab import netns
-from nfqproxy.lab.topology import HTTP_PORT, WEB_VIP
-from nfqproxy.lab.traffic import http_split
+from nfqproxy_lab import netns
+from nfqproxy_lab.topology import HTTP_PORT, WEB_VIP
+from nfqproxy_lab.traffic import http_split
 from tests.kernel.conftest import lab_with_proxy
 
 pytestmark = pytest.mark.kernel

@@ -21,10 +21,10 @@ import pytest
 import yaml
 
 from nfqproxy.files import atomic_write
-from nfqproxy.lab import netns
-from nfqproxy.lab.proxy import read_status, start_proxy, wait_ready
-from nfqproxy.lab.topology import HTTP_PORT, HTTP_TARGET, WEB_VIP, backend_ip
-from nfqproxy.lab.traffic import http_split
+from nfqproxy_lab import netns
+from nfqproxy_lab.proxy import read_status, start_proxy, wait_ready
+from nfqproxy_lab.topology import HTTP_PORT, HTTP_TARGET, WEB_VIP, backend_ip
+from nfqproxy_lab.traffic import http_split
 from tests.kernel.conftest import RunningLab, new_lab
 
 pytestmark = pytest.mark.kernel

@@ -11,10 +11,10 @@ import time
 import pytest
 import yaml
 
-from nfqproxy.lab import netns
-from nfqproxy.lab.proxy import read_status
-from nfqproxy.lab.topology import HTTP_PORT, WEB_VIP, backend_ip
-from nfqproxy.lab.traffic import http_upload_digest
+from nfqproxy_lab import netns
+from nfqproxy_lab.proxy import read_status
+from nfqproxy_lab.topology import HTTP_PORT, WEB_VIP, backend_ip
+from nfqproxy_lab.traffic import http_upload_digest
 from tests.kernel.conftest import DATAPATHS, lab_with_proxy
 
 pytestmark = pytest.mark.kernel

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from nfqproxy.files import atomic_write
-from nfqproxy.lab.proxy import read_status
-from nfqproxy.lab.topology import DNS_TARGET, HTTP_TARGET, NODE_NAME, backend_ip
-from nfqproxy.lab.traffic import http_get, udp_query
+from nfqproxy_lab.proxy import read_status
+from nfqproxy_lab.topology import DNS_TARGET, HTTP_TARGET, NODE_NAME, backend_ip
+from nfqproxy_lab.traffic import http_get, udp_query
 from tests.kernel.conftest import RunningLab
 
 pytestmark = pytest.mark.kernel

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from nfqproxy.lab.proxy import start_proxy, wait_ready
-from nfqproxy.lab.topology import HTTP_PORT, WEB_VIP
-from nfqproxy.lab.traffic import http_split
+from nfqproxy_lab.proxy import start_proxy, wait_ready
+from nfqproxy_lab.topology import HTTP_PORT, WEB_VIP
+from nfqproxy_lab.traffic import http_split
 from tests.kernel.conftest import RunningLab, new_lab
 from tests.kernel.test_lifecycle import nfqproxy_rules
 

@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from nfqproxy.hooks import JUMPS, OWNED_CHAINS, HookConfig, chain_rules
-from nfqproxy.lab import netns
-from nfqproxy.lab.proxy import proxy_command, read_status, run_command
-from nfqproxy.lab.topology import HTTP_PORT, HTTP_TARGET, SERVICE_CIDR, WEB_VIP, backend_ip
-from nfqproxy.lab.traffic import KeepAlive, http_get, http_split
+from nfqproxy_lab import netns
+from nfqproxy_lab.proxy import proxy_command, read_status, run_command
+from nfqproxy_lab.topology import HTTP_PORT, HTTP_TARGET, SERVICE_CIDR, WEB_VIP, backend_ip
+from nfqproxy_lab.traffic import KeepAlive, http_get, http_split
 from tests.kernel.conftest import ROOT, RunningLab
 
 pytestmark = pytest.mark.kernel

@@ -21,12 +21,12 @@ import time
 import dpkt
 import pytest
 
-from nfqproxy.lab import netns
-from nfqproxy.lab.proxy import read_status
-from nfqproxy.lab.topology import CLIENT_IP, DNS_PORT, HTTP_PORT, WEB_VIP
-from nfqproxy.lab.traffic import http_split
+from nfqproxy_lab import netns
+from nfqproxy_lab.packets import addr, tcp_packet, udp_packet
+from nfqproxy_lab.proxy import read_status
+from nfqproxy_lab.topology import CLIENT_IP, DNS_PORT, HTTP_PORT, WEB_VIP
+from nfqproxy_lab.traffic import http_split
 from tests.kernel.conftest import RunningLab
-from tests.packets import addr, tcp_packet, udp_packet
 
 pytestmark = pytest.mark.kernel
 

@@ -13,10 +13,10 @@ from collections.abc import Callable
 
 import pytest
 
-from nfqproxy.lab.proxy import read_status, start_proxy, wait_ready
-from nfqproxy.lab.servers import blob
-from nfqproxy.lab.topology import HTTP_PORT, WEB_VIP
-from nfqproxy.lab.traffic import fetch_url, http_slow_download_digest, parallel
+from nfqproxy_lab.proxy import read_status, start_proxy, wait_ready
+from nfqproxy_lab.servers import blob
+from nfqproxy_lab.topology import HTTP_PORT, WEB_VIP
+from nfqproxy_lab.traffic import fetch_url, http_slow_download_digest, parallel
 from tests.kernel.conftest import DATAPATHS, RunningLab, lab_with_api_proxy, lab_with_proxy
 
 pytestmark = pytest.mark.kernel

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from bench.scale import LAB_PREFIX, MEASURES, MODES, QUICK_SIZES, THROUGHPUT_SIZE
-from nfqproxy.lab import netns
-from nfqproxy.lab.topology import all_labs
+from nfqproxy_lab import netns
+from nfqproxy_lab.topology import all_labs
 from tests.kernel.conftest import run_benchmark
 
 pytestmark = pytest.mark.kernel

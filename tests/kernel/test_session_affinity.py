@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import pytest
 import yaml
 
-from nfqproxy.lab.proxy import read_status
-from nfqproxy.lab.topology import DNS_PORT, HTTP_PORT, lab_endpoint_slices, lab_services
-from nfqproxy.lab.traffic import http_split, udp_query
+from nfqproxy_lab.proxy import read_status
+from nfqproxy_lab.topology import DNS_PORT, HTTP_PORT, lab_endpoint_slices, lab_services
+from nfqproxy_lab.traffic import http_split, udp_query
 from tests.kernel.conftest import RunningLab
 
 pytestmark = pytest.mark.kernel

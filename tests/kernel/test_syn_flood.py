@@ -14,13 +14,13 @@ from pathlib import Path
 import dpkt
 import pytest
 
-from nfqproxy.lab import netns
-from nfqproxy.lab.netns import NetnsThread
-from nfqproxy.lab.proxy import read_status
-from nfqproxy.lab.topology import CLIENT_IP, HTTP_PORT, WEB_VIP
-from nfqproxy.lab.traffic import KeepAlive, fetch_url, http_get, parallel
+from nfqproxy_lab import netns
+from nfqproxy_lab.netns import NetnsThread
+from nfqproxy_lab.packets import tcp_packet
+from nfqproxy_lab.proxy import read_status
+from nfqproxy_lab.topology import CLIENT_IP, HTTP_PORT, WEB_VIP
+from nfqproxy_lab.traffic import KeepAlive, fetch_url, http_get, parallel
 from tests.kernel.conftest import lab_with_proxy
-from tests.packets import tcp_packet
 
 pytestmark = pytest.mark.kernel
 SOURCES = 100_000

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from nfqproxy.lab.netns import NetnsThread
-from nfqproxy.lab.servers import blob
-from nfqproxy.lab.topology import DNS_PORT, EMPTY_VIP, HTTP_PORT, WEB_VIP
-from nfqproxy.lab.traffic import (
+from nfqproxy_lab.netns import NetnsThread
+from nfqproxy_lab.servers import blob
+from nfqproxy_lab.topology import DNS_PORT, EMPTY_VIP, HTTP_PORT, WEB_VIP
+from nfqproxy_lab.traffic import (
     http_download_digest,
     http_split,
     http_upload_digest,

@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from nfqproxy.lab.flood import FloodKind, queue_rate, serve_iperf, start_flood
-from nfqproxy.lab.proxy import read_status
-from nfqproxy.lab.topology import DNS_PORT, WEB_VIP
-from nfqproxy.lab.traffic import fetch_url
+from nfqproxy_lab.flood import FloodKind, queue_rate, serve_iperf, start_flood
+from nfqproxy_lab.proxy import read_status
+from nfqproxy_lab.topology import DNS_PORT, WEB_VIP
+from nfqproxy_lab.traffic import fetch_url
 from tests.kernel.conftest import DATAPATHS, RunningLab, lab_with_proxy
 
 pytestmark = pytest.mark.kernel

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from nfqproxy.lab.apiserver import FakeApiServer
+from nfqproxy_lab.apiserver import FakeApiServer
 
 SERVICES = "/api/v1/services"
 

@@ -1,7 +1,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nfqproxy.datapath.checksum import checksum_replace, internet_checksum
+from nfqproxy.datapath.reference.checksum import checksum_replace, internet_checksum
 
 even_bytes = st.integers(min_value=1, max_value=40).flatmap(
     lambda n: st.binary(min_size=2 * n, max_size=2 * n)

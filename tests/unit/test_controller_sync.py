@@ -10,7 +10,8 @@ import pytest
 
 from nfqproxy import controller
 from nfqproxy.controller import Proxy, ProxyConfig
-from nfqproxy.datapath.reference import ReferenceDatapath, table_key
+from nfqproxy.datapath.frontends import table_key
+from nfqproxy.datapath.reference.datapath import ReferenceDatapath
 from nfqproxy.sources.manifests import ManifestObjects
 from tests.unit.test_tracker import endpoint_slice, report, service
 

@@ -15,10 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nfqproxy.datapath.fast import FastDatapath, fast_path_available
-from nfqproxy.datapath.reference import Action, ReferenceDatapath
+from nfqproxy.datapath.fast.datapath import FastDatapath, fast_path_available
+from nfqproxy.datapath.reference.datapath import ReferenceDatapath
+from nfqproxy.datapath.verdicts import Action
 from nfqproxy.model import Backend, ServicePort, Snapshot
-from tests.packets import checksums_verify, icmp_error, tcp_packet, udp_packet
+from nfqproxy_lab.packets import checksums_verify, icmp_error, tcp_packet, udp_packet
 
 pytestmark = pytest.mark.skipif(not fast_path_available(), reason="the fast path is not built")
 
@@ -305,7 +306,7 @@ def test_checksum_partial_packets_leave_with_complete_checksums(packets: list[by
 
 
 def test_a_large_table_reports_states_from_c_and_leaves_out_the_per_backend_breakdown() -> None:
-    from nfqproxy.datapath.conntable import SUMMARY_DETAIL_LIMIT
+    from nfqproxy.datapath.flows import SUMMARY_DETAIL_LIMIT
 
     fast = FastDatapath(
         [IPv4Network("10.96.0.0/12")], capacity=SUMMARY_DETAIL_LIMIT + 100, clock=Clock()

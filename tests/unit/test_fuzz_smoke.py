@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nfqproxy.datapath.fast import fast_path_available
+from nfqproxy.datapath.fast.datapath import fast_path_available
 
 ROOT = Path(__file__).resolve().parents[2]
 

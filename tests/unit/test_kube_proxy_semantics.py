@@ -12,12 +12,13 @@ from typing import Any
 import pytest
 import yaml
 
-from nfqproxy.datapath.fast import FastDatapath, fast_path_available
-from nfqproxy.datapath.reference import Action, ReferenceDatapath
+from nfqproxy.datapath.fast.datapath import FastDatapath, fast_path_available
+from nfqproxy.datapath.reference.datapath import ReferenceDatapath
+from nfqproxy.datapath.verdicts import Action
 from nfqproxy.model import ServicePort, Snapshot, parse_endpoint_slice, parse_service
 from nfqproxy.sources.manifests import load_manifest_file
 from nfqproxy.tracker import ChangeTracker, build_snapshot
-from tests.packets import tcp_packet, udp_packet
+from nfqproxy_lab.packets import tcp_packet, udp_packet
 
 CIDRS = [IPv4Network("10.96.0.0/12")]
 SERVICE = """

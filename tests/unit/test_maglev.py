@@ -119,6 +119,6 @@ def test_tables_for_10k_services_of_3_backends_fit_in_about_20_mb() -> None:
 
 
 def test_the_fast_path_is_built_in_a_full_install() -> None:
-    from nfqproxy.datapath.fast import fast_path_available
+    from nfqproxy.datapath.fast.datapath import fast_path_available
 
     assert fast_path_available() == (os.environ.get("NFQPROXY_NO_EXTENSIONS") != "1")

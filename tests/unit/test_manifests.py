@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nfqproxy.lab.topology import lab_endpoint_slices, lab_services
 from nfqproxy.sources.manifests import (
     ManifestError,
     ManifestObjects,
     ManifestSource,
     load_manifest_file,
 )
+from nfqproxy_lab.topology import lab_endpoint_slices, lab_services
 
 CIDRS = [IPv4Network("10.96.0.0/12")]
 

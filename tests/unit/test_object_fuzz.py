@@ -11,10 +11,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nfqproxy.lab.topology import lab_endpoint_slices, lab_services
 from nfqproxy.model import ObjectError, parse_endpoint_slice, parse_service
 from nfqproxy.sources.manifests import ManifestError, load_manifest_file
 from nfqproxy.tracker import ChangeTracker
+from nfqproxy_lab.topology import lab_endpoint_slices, lab_services
 
 CIDRS = [IPv4Network("10.96.0.0/12")]
 SERVICE = lab_services()["items"][0]

@@ -6,9 +6,10 @@ from ipaddress import IPv4Network, ip_address
 import dpkt
 import pytest
 
-from nfqproxy.datapath.reference import Action, ReferenceDatapath, Verdict
+from nfqproxy.datapath.reference.datapath import ReferenceDatapath
+from nfqproxy.datapath.verdicts import Action, Verdict
 from nfqproxy.model import Backend, ServicePort, Snapshot
-from tests.packets import (
+from nfqproxy_lab.packets import (
     addr,
     checksums_verify,
     icmp_checksums_verify,

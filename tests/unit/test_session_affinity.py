@@ -8,9 +8,9 @@ from typing import Any
 import dpkt
 import pytest
 
-from nfqproxy.datapath.fast import FastDatapath, fast_path_available
-from nfqproxy.datapath.reference import ReferenceDatapath
-from tests.packets import tcp_packet, udp_packet
+from nfqproxy.datapath.fast.datapath import FastDatapath, fast_path_available
+from nfqproxy.datapath.reference.datapath import ReferenceDatapath
+from nfqproxy_lab.packets import tcp_packet, udp_packet
 from tests.unit.test_fast_vs_reference import BACKENDS, snapshot
 
 VIP = "10.96.0.10"

@@ -1,5 +1,11 @@
 """The packet path: parse, look up, rewrite, verdict.
 
-The reference path (reference.py) is the executable specification. It is plain Python
-on NetfilterQueue and dpkt.
+The contract, shared by every implementation: verdicts (actions, the ordered table of
+reasons, counter names), frontends (service ports as tables, change planning), flows
+(states, timeouts, the TCP state machine), marks (how a verdict reaches the kernel),
+maglev and hashing (backend selection, identical on every node), and interface (the
+Datapath and QueueBinding protocols). factory turns `--datapath NAME` into both.
+
+The implementations are siblings: reference/ (plain Python on NetfilterQueue and dpkt,
+the executable specification) and fast/ (the same semantics in C, cext/).
 """

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from nfqproxy.files import atomic_write
-from nfqproxy.lab import netns
+from nfqproxy_lab import netns
 
 log = logging.getLogger(__name__)
 

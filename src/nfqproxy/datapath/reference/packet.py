@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import dpkt
 
-from nfqproxy.datapath.checksum import checksum_replace
+from nfqproxy.datapath.reference.checksum import checksum_replace
 
 IPV4_MIN_HEADER = 20
 

@@ -9,8 +9,8 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from nfqproxy.lab.apiserver import FakeApiServer
-from nfqproxy.lab.netns import NetnsThread
+from nfqproxy_lab.apiserver import FakeApiServer
+from nfqproxy_lab.netns import NetnsThread
 
 T = TypeVar("T")
 

@@ -6,10 +6,10 @@ import time
 from collections import Counter
 
 from nfqproxy.controller import STATUS_INTERVAL, status_summary
-from nfqproxy.lab.netns import NetnsThread
-from nfqproxy.lab.proxy import read_status, start_proxy, wait_ready
-from nfqproxy.lab.topology import DNS_PORT, HTTP_PORT, WEB_VIP, Lab, all_labs
-from nfqproxy.lab.traffic import KeepAlive, http_split, udp_query
+from nfqproxy_lab.netns import NetnsThread
+from nfqproxy_lab.proxy import read_status, start_proxy, wait_ready
+from nfqproxy_lab.topology import DNS_PORT, HTTP_PORT, WEB_VIP, Lab, all_labs
+from nfqproxy_lab.traffic import KeepAlive, http_split, udp_query
 
 DEMO_LAB = "nfqdemo"
 

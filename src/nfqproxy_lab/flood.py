@@ -10,8 +10,8 @@ from typing import Any, Literal
 import yaml
 
 from nfqproxy.files import atomic_write
-from nfqproxy.lab import netns
-from nfqproxy.lab.topology import NODE_NAME, Lab, backend_ip
+from nfqproxy_lab import netns
+from nfqproxy_lab.topology import NODE_NAME, Lab, backend_ip
 
 IPERF_VIP, IPERF_PORT = "10.96.0.30", 5201
 FloodKind = Literal["tcp", "udp"]

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nfqproxy.lab import netns
-from nfqproxy.lab.topology import NODE_NAME, SERVICE_CIDR, Lab
+from nfqproxy_lab import netns
+from nfqproxy_lab.topology import NODE_NAME, SERVICE_CIDR, Lab
 
 
 def proxy_command() -> list[str]:

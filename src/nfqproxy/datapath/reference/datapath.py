@@ -20,26 +20,34 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from enum import Enum
+from collections.abc import Callable, Iterable
 from ipaddress import IPv4Network
 
-from nfqproxy.datapath.conntable import (
+from nfqproxy import defaults
+from nfqproxy.datapath.flows import (
     IPPROTO_TCP,
-    Affinity,
-    AffinityTable,
-    ConnectionTable,
-    Flow,
     FlowState,
     Timeouts,
     affinity_capacity,
     initial_state,
     is_connection_request,
 )
+from nfqproxy.datapath.frontends import (
+    Frontend,
+    PortChanges,
+    TableKey,
+    plan_changes,
+    snapshot_changes,
+    update_ports,
+)
 from nfqproxy.datapath.hashing import flow_hash
-from nfqproxy.datapath.maglev import MaglevSelector
-from nfqproxy.datapath.packet import (
+from nfqproxy.datapath.reference.conntable import (
+    Affinity,
+    AffinityTable,
+    ConnectionTable,
+    Flow,
+)
+from nfqproxy.datapath.reference.packet import (
     IcmpError,
     ParsedPacket,
     parse,
@@ -47,123 +55,15 @@ from nfqproxy.datapath.packet import (
     rewrite_source,
     translate_icmp_error,
 )
-from nfqproxy.model import PROTOCOLS, ServicePort, ServicePortKey, Snapshot
-
-
-class Action(Enum):
-    ACCEPT = "accept"
-    DROP = "drop"
-    REJECT = "reject"
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    action: Action
-    reason: str
-    payload: bytes | None = None  # the rewritten packet, for ACCEPT
-    proxied: bool = False  # a request that was DNATed: its conntrack entry gets marked
-    hairpin: bool = False  # client and backend are one host: the kernel must masquerade
-
-
-@dataclass(frozen=True, slots=True)
-class Frontend:
-    """A service port as the data path holds it: packed addresses and a Maglev selector."""
-
-    name: str
-    backends: tuple[tuple[bytes, int], ...]  # in Maglev order (sorted by name)
-    selector: MaglevSelector
-    affinity_seconds: int = 0  # sessionAffinity ClientIP; 0: none
-    draining: tuple[tuple[bytes, int], ...] = ()  # present, not chosen: open flows stay
-    no_local_endpoints: bool = False  # no backends, by internalTrafficPolicy Local: drop
-
-    def serves(self, backend: tuple[bytes, int]) -> bool:
-        """Whether the backend is still part of the service, chosen or draining."""
-        return backend in self.backends or backend in self.draining
-
-    @classmethod
-    def from_model(cls, port: ServicePort, seed: int) -> Frontend:
-        by_name = sorted((b.name, (b.ip.packed, b.port)) for b in port.backends)
-        return cls(
-            port.name,
-            tuple(packed for _, packed in by_name),
-            MaglevSelector([name for name, _ in by_name], seed=seed),
-            port.affinity_seconds,
-            tuple((b.ip.packed, b.port) for b in port.draining),
-            port.no_local_endpoints,
-        )
-
-
-TableKey = tuple[bytes, int, int]  # (VIP, protocol number, port)
-
-
-def table_key(key: ServicePortKey) -> TableKey:
-    vip, protocol, port = key
-    return (vip.packed, PROTOCOLS[protocol], port)
-
-
-PortChanges = Mapping[ServicePortKey, ServicePort | None]
-
-
-@dataclass(frozen=True)
-class TableChanges:
-    """What programming a set of changes takes: frontends to drop, frontends (re)built."""
-
-    removed: list[TableKey]
-    built: dict[TableKey, Frontend]
-    names: list[str]  # the service ports added, changed or removed
-    backends_lost: bool  # a frontend went or lost a backend: its flows may need retiring
-
-
-def snapshot_changes(
-    old: Mapping[ServicePortKey, ServicePort], new: Snapshot
-) -> dict[ServicePortKey, ServicePort | None]:
-    """The changes that turn the frontends old into the snapshot new."""
-    changes: dict[ServicePortKey, ServicePort | None] = {
-        key: port for key, port in new.ports.items() if old.get(key) != port
-    }
-    changes.update(dict.fromkeys(old.keys() - new.ports.keys()))
-    return changes
-
-
-def plan_changes(
-    current: Mapping[ServicePortKey, ServicePort], changes: PortChanges, seed: int
-) -> TableChanges:
-    """Every new frontend is built here, before any table is touched, so that a failure
-    (too many backends, say) leaves the data path as it was."""
-    built, removed, names, lost = {}, [], [], False
-    for model_key, port in changes.items():
-        old = current.get(model_key)
-        if port is None:
-            if old is not None:
-                removed.append(table_key(model_key))
-                names.append(old.name)
-                lost = True
-        elif port != old:
-            built[table_key(model_key)] = Frontend.from_model(port, seed)
-            names.append(port.name)
-            lost = lost or (
-                old is not None
-                and not (
-                    set(old.backends) <= set(port.backends)
-                    and set(old.draining) <= {*port.backends, *port.draining}
-                )
-            )
-    return TableChanges(removed, built, names, lost)
-
-
-def update_ports(ports: dict[ServicePortKey, ServicePort], changes: PortChanges) -> None:
-    for key, port in changes.items():
-        if port is None:
-            ports.pop(key, None)
-        else:
-            ports[key] = port
+from nfqproxy.datapath.verdicts import Action, Verdict, verdict_counter
+from nfqproxy.model import ServicePort, ServicePortKey, Snapshot
 
 
 class ReferenceDatapath:
     def __init__(
         self,
         service_cidrs: Iterable[IPv4Network],
-        capacity: int = 262144,
+        capacity: int = defaults.FLOW_CAPACITY,
         timeouts: Timeouts | None = None,
         seed: int = 0,
         clock: Callable[[], float] = time.monotonic,
@@ -206,6 +106,9 @@ class ReferenceDatapath:
         if plan.backends_lost:
             self._retire_flows_to_removed_backends()
         return plan.names
+
+    def frontend(self, key: TableKey) -> Frontend | None:
+        return self._frontends.get(key)
 
     def _unindex(self, key: TableKey) -> None:
         """Removes a frontend and its entries in the VIP and backend indexes."""
@@ -263,7 +166,7 @@ class ReferenceDatapath:
             return self._count(Verdict(Action.DROP, "internal_error"))
 
     def _count(self, verdict: Verdict) -> Verdict:
-        self.counters[f"{verdict.action.value}_{verdict.reason}"] += 1
+        self.counters[verdict_counter(verdict.action, verdict.reason)] += 1
         return verdict
 
     def _request(self, packet: ParsedPacket) -> Verdict:

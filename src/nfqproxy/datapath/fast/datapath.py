@@ -1,4 +1,4 @@
-"""The fast data path: the reference semantics, with the per-packet work in C (cext/fastpath.pyx).
+"""The fast data path: the reference semantics, with the per-packet work in C (cext/).
 
 FastDatapath has the reference's interface (apply, process, expire, status), so the
 controller, the queue binding and the differential tests treat both alike. Python only
@@ -13,17 +13,17 @@ import time
 from collections.abc import Callable, Iterable
 from ipaddress import IPv4Network, ip_address
 
-from nfqproxy.datapath.conntable import SUMMARY_DETAIL_LIMIT, Timeouts, flow_summary
-from nfqproxy.datapath.reference import (
-    Action,
+from nfqproxy import defaults
+from nfqproxy.datapath.flows import SUMMARY_DETAIL_LIMIT, Timeouts, flow_summary
+from nfqproxy.datapath.frontends import (
     Frontend,
     PortChanges,
     TableKey,
-    Verdict,
     plan_changes,
     snapshot_changes,
     update_ports,
 )
+from nfqproxy.datapath.verdicts import Action, Verdict
 from nfqproxy.model import ServicePort, ServicePortKey, Snapshot
 
 try:
@@ -41,7 +41,7 @@ class FastDatapath:
     def __init__(
         self,
         service_cidrs: Iterable[IPv4Network],
-        capacity: int = 262144,
+        capacity: int = defaults.FLOW_CAPACITY,
         timeouts: Timeouts | None = None,
         seed: int = 0,
         clock: Callable[[], float] = time.monotonic,
@@ -55,15 +55,7 @@ class FastDatapath:
         self.core = FastCore(
             [(int(c.network_address), int(c.netmask)) for c in service_cidrs],
             capacity,
-            (
-                t.tcp_syn_sent,
-                t.tcp_established,
-                t.tcp_closing,
-                t.tcp_reset,
-                t.udp_unreplied,
-                t.udp_replied,
-                t.tcp_backend_gone,
-            ),
+            t.in_state_order(),
             seed,
         )
         self.capacity = capacity
@@ -113,6 +105,9 @@ class FastDatapath:
         if plan.backends_lost:
             self.core.retire_flows_to_removed_backends(self.clock())
         return plan.names
+
+    def frontend(self, key: TableKey) -> Frontend | None:
+        return self._frontends.get(key)
 
     def process(self, raw: bytes) -> Verdict:
         action, reason, payload, proxied, hairpin = self.core.process(raw, self.clock())

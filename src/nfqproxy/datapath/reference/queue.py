@@ -1,4 +1,4 @@
-"""Binds a data path to an NFQUEUE queue through NetfilterQueue, inside an asyncio loop."""
+"""The reference queue binding: NetfilterQueue reads each packet, Python gives its verdict."""
 
 from __future__ import annotations
 
@@ -11,13 +11,11 @@ from typing import Any, Protocol
 
 from netfilterqueue import NetfilterQueue
 
-from nfqproxy.datapath.fast import FastDatapath
-from nfqproxy.datapath.reference import Action, Verdict
-from nfqproxy.hooks import MARK_HAIRPIN, MARK_PROXIED, MARK_REJECT
+from nfqproxy.datapath.marks import MARK_HAIRPIN, MARK_PROXIED, MARK_REJECT, QUEUE_MAX_LEN
+from nfqproxy.datapath.verdicts import Action, Verdict
 
 log = logging.getLogger(__name__)
 
-QUEUE_MAX_LEN = 8192  # packets the kernel holds for us before it drops
 SOCKET_BUFFER = 8 * 1024 * 1024
 # Packets the reference path handles per wake-up of the event loop: 1-2.5 ms of work at
 # its 25-50k packets per second. Under a flood the socket never runs dry, so an unbounded
@@ -25,7 +23,7 @@ SOCKET_BUFFER = 8 * 1024 * 1024
 PACKETS_PER_WAKEUP = 64
 
 
-class Datapath(Protocol):
+class PacketProcessor(Protocol):
     def process(self, raw: bytes) -> Verdict: ...
 
 
@@ -48,13 +46,13 @@ class _BoundedSocket:
         self.sock.close()
 
 
-class QueueBinding:
+class NetfilterQueueBinding:
     """Reads packets from one queue and gives each the data path's verdict.
 
     bind() claims the queue: from then on the kernel holds service packets for us instead
     of dropping them. start() begins reading them, once the tables are programmed."""
 
-    def __init__(self, queue_num: int, datapath: Datapath) -> None:
+    def __init__(self, queue_num: int, datapath: PacketProcessor) -> None:
         self.queue_num = queue_num
         self.datapath = datapath
         self._queue: Any = None
@@ -124,41 +122,3 @@ class QueueBinding:
             self._socket = None
         self._queue.unbind()
         self._queue = None
-
-
-class FastQueueBinding:
-    """The fast path's own queue loop (cext/fastpath.pyx FastQueue): F_GSO, batched reads
-    and verdicts, no Python per packet. Python runs once per wake-up of the event loop."""
-
-    def __init__(self, queue_num: int, datapath: FastDatapath, fail_open: bool = False) -> None:
-        from nfqproxy._fastpath import FastQueue
-
-        self.queue_num = queue_num
-        self._queue = FastQueue(
-            datapath.core,
-            queue_num,
-            QUEUE_MAX_LEN,
-            MARK_PROXIED,
-            MARK_REJECT,
-            MARK_HAIRPIN,
-            fail_open,
-        )
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def bind(self) -> None:
-        self._queue.open()
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._queue.fileno < 0 or self._loop is not None:
-            return
-        self._loop = loop
-        loop.add_reader(self._queue.fileno, self._queue.drain)
-
-    def stats(self) -> dict[str, int]:
-        return self._queue.stats()
-
-    def close(self) -> None:
-        if self._loop is not None:
-            self._loop.remove_reader(self._queue.fileno)
-            self._loop = None
-        self._queue.close()

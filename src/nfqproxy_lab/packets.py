@@ -6,7 +6,7 @@ import socket
 
 import dpkt
 
-from nfqproxy.datapath.checksum import internet_checksum
+from nfqproxy.datapath.reference.checksum import internet_checksum
 
 
 def addr(text: str) -> bytes:

@@ -1,0 +1,60 @@
+"""The data-path contract: what the controller, the queue and the tests may rely on.
+
+An implementation is a Datapath (tables and verdicts) and a QueueBinding (how packets reach
+it from NFQUEUE), registered by name in nfqproxy.datapath.factory. Implementations import
+the contract modules (verdicts, frontends, flows, marks, maglev, hashing), never each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from nfqproxy.datapath.frontends import Frontend, PortChanges, TableKey
+from nfqproxy.datapath.verdicts import Verdict
+from nfqproxy.model import Snapshot
+
+
+class Datapath(Protocol):
+    def apply(self, snapshot: Snapshot) -> list[str]:
+        """Programs the tables to hold exactly the snapshot; returns the names changed."""
+        ...
+
+    def apply_changes(self, changes: PortChanges) -> list[str]:
+        """Adds, replaces or removes (None) service ports, all or nothing."""
+        ...
+
+    def frontend(self, key: TableKey) -> Frontend | None:
+        """The frontend programmed for (VIP, protocol number, port), if any."""
+        ...
+
+    def process(self, raw: bytes) -> Verdict:
+        """The verdict for one packet. Never raises."""
+        ...
+
+    def expire(self) -> int:
+        """Drops expired flows and client affinities; returns the flows dropped."""
+        ...
+
+    def status(self) -> dict[str, object]:
+        """Service ports, connection table, session affinity and counters, for status."""
+        ...
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Verdict counters (verdicts.verdict_counter) and verdicts.EVENT_COUNTERS."""
+        ...
+
+
+class QueueBinding(Protocol):
+    def bind(self) -> None:
+        """Claims the queue: from now on the kernel holds service packets for us."""
+        ...
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Starts giving verdicts, once the tables are programmed."""
+        ...
+
+    def stats(self) -> dict[str, int]: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,1 @@
+"""The reference data path: plain Python, the executable specification of the contract."""
