@@ -1,31 +1,63 @@
 # The two set-up commands of the README: `make demo` and `make test`. Both are idempotent.
+# Also: `make ext` (rebuild the extensions), `make unit`, `make kernel`, `make lint` (no apt,
+# no compiler), `make clean`; `make asan`, `make fuzz` and `make bench` for deeper checks.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed.stamp
 
-.PHONY: install demo test lint clean-lab asan fuzz bench
+.PHONY: install ext demo test unit kernel lint clean clean-lab asan fuzz bench
+
+PY_STAMP := $(VENV)/.python.stamp
+EXT_SOURCES := $(shell find cext -name '*.pyx' -o -name '*.pxd' -o -name '*.pxi')
 
 install: $(STAMP)
 
-# Re-run the install whenever the package definition or the extension sources change.
-$(STAMP): pyproject.toml setup.py scripts/install-system-deps.sh $(wildcard cext/*.pyx cext/*.pxd cext/includes/*.pxd)
-	bash scripts/install-system-deps.sh
+# The virtualenv and every pip dependency, without the C extensions: no compiler and no apt,
+# which is all that lint needs.
+$(PY_STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	NFQPROXY_NO_EXTENSIONS=1 $(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(PY_STAMP)
+
+# The system packages first (apt, only when one is missing: python3-venv and the compiler
+# among them), then the virtualenv and the extensions. Re-run when the package definition
+# or any extension source changes.
+$(STAMP): pyproject.toml setup.py scripts/install-system-deps.sh $(EXT_SOURCES)
+	bash scripts/install-system-deps.sh
+	$(MAKE) --no-print-directory $(PY_STAMP)
+	$(MAKE) --no-print-directory ext
 	touch $(STAMP)
+
+# (Re)builds the extensions in place, beside the package's Python files.
+ext: $(PY_STAMP)
+	$(BIN)/python setup.py -q build_ext --inplace
 
 demo: install
 	$(BIN)/nfqproxy demo
 
-test: lint
+test: install
+	$(MAKE) --no-print-directory lint
 	$(BIN)/python -m pytest
 
-lint: install
+unit: install
+	$(BIN)/python -m pytest tests/unit
+
+kernel: install
+	$(BIN)/python -m pytest tests/kernel
+
+lint: $(PY_STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
+
+# Build output and the virtualenv; `make clean-lab` removes labs and rules instead.
+clean:
+	rm -rf $(VENV) build src/*.egg-info
+	find src -name '*.so' -delete
+	find cext -name '*.c' -delete
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # Removes any lab or rules that a killed run left behind.
 clean-lab: install

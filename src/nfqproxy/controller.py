@@ -29,10 +29,11 @@ from nfqproxy.files import atomic_write
 from nfqproxy.health import HealthServer, Liveness
 from nfqproxy.hooks import HookConfig, HookError, HookManager
 from nfqproxy.metrics import ProxyMetrics
+from nfqproxy.model import ObjectKey
 from nfqproxy.sources.kubernetes import KubernetesSource, api_client, node_zone
 from nfqproxy.sources.manifests import ManifestObjects, ManifestSource
 from nfqproxy.sync_runner import BoundedFrequencyRunner
-from nfqproxy.tracker import ChangeTracker, ObjectKey
+from nfqproxy.tracker import ChangeTracker
 
 log = logging.getLogger(__name__)
 

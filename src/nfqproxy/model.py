@@ -34,6 +34,20 @@ DEFAULT_AFFINITY_SECONDS = 10800  # the API's default for sessionAffinity Client
 MAX_AFFINITY_SECONDS = 86400  # the API's limit
 
 
+# (namespace, name): how every source and the tracker key an object.
+ObjectKey = tuple[str, str]
+# A manifest without metadata.namespace means the default namespace, as kubectl applies it;
+# objects from the API always carry theirs.
+DEFAULT_NAMESPACE = "default"
+
+
+def object_key(obj: Mapping[str, Any]) -> ObjectKey:
+    meta = obj.get("metadata")
+    if not isinstance(meta, Mapping):
+        return ("", "")
+    return (str(meta.get("namespace", DEFAULT_NAMESPACE)), str(meta.get("name", "")))
+
+
 class ObjectError(ValueError):
     """An object that cannot be used, with the path of the field at fault."""
 
@@ -51,7 +65,7 @@ def object_ref(obj: object) -> str:
     meta = obj.get("metadata")
     if not isinstance(meta, Mapping):
         return f"{kind} <no metadata>"
-    ns = meta.get("namespace", "default")
+    ns = meta.get("namespace", DEFAULT_NAMESPACE)
     name = meta.get("name", "<no name>")
     return f"{_printable(kind)} {_printable(ns)}/{_printable(name)}"
 
@@ -132,7 +146,9 @@ def _bool(value: object, path: str, default: bool) -> bool:
 def _metadata(obj: Mapping[str, Any], name_pattern: re.Pattern[str]) -> tuple[str, str]:
     meta = _mapping(obj.get("metadata"), "metadata")
     name = _string(meta.get("name"), "metadata.name", name_pattern)
-    namespace = _string(meta.get("namespace", "default"), "metadata.namespace", DNS_1123_LABEL)
+    namespace = _string(
+        meta.get("namespace", DEFAULT_NAMESPACE), "metadata.namespace", DNS_1123_LABEL
+    )
     labels = _mapping(meta.get("labels"), "metadata.labels", required=False)
     for key, value in labels.items():
         if not isinstance(key, str) or not isinstance(value, str):

@@ -22,17 +22,18 @@ from nfqproxy.model import (
     EndpointSliceSpec,
     IPNetwork,
     ObjectError,
+    ObjectKey,
     ServicePort,
     ServicePortKey,
     ServiceSpec,
     Snapshot,
+    object_key,
     object_ref,
     parse_endpoint_slice,
     parse_service,
     service_ports,
 )
 
-ObjectKey = tuple[str, str]  # namespace, name
 TRIGGER_TIME_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
 
 
@@ -98,13 +99,6 @@ def _service_of(obj: Mapping[str, Any] | None) -> str | None:
     labels = meta.get("labels") if isinstance(meta, Mapping) else None
     name = labels.get("kubernetes.io/service-name") if isinstance(labels, Mapping) else None
     return name if isinstance(name, str) else None
-
-
-def object_key(obj: Mapping[str, Any]) -> ObjectKey:
-    meta = obj.get("metadata")
-    if not isinstance(meta, Mapping):
-        return ("", "")
-    return (str(meta.get("namespace", "default")), str(meta.get("name", "")))
 
 
 class ChangeTracker:

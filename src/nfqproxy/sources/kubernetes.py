@@ -23,17 +23,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from nfqproxy.model import LABEL_SERVICE_PROXY_NAME, ObjectKey, object_key
+
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
-ObjectKey = tuple[str, str]
 # The kubernetes.aio call for one resource: keyword arguments as the client names them,
 # returning the raw aiohttp response.
 ListCall = Callable[..., Awaitable[Any]]
 # Told of each object that was added or changed (the object) or deleted (None).
 ChangeHandler = Callable[[ObjectKey, Obj | None], None]
 
-LABEL_SERVICE_PROXY_NAME = "service.kubernetes.io/service-proxy-name"
 LABEL_HEADLESS = "service.kubernetes.io/headless"
 PAGE_SIZE = 500
 
@@ -127,8 +127,7 @@ class Informer:
             except ValueError as exc:
                 raise ApiError(f"{self.name}: the list is not JSON: {exc}") from None
             for item in document.get("items") or []:
-                meta = item.get("metadata") or {}
-                fresh[(str(meta.get("namespace", "")), str(meta.get("name", "")))] = item
+                fresh[object_key(item)] = item
             token = (document.get("metadata") or {}).get("continue") or ""
             if not token:
                 break
@@ -181,7 +180,7 @@ class Informer:
                 self.resource_version = str(meta.get("resourceVersion", self.resource_version))
                 if kind == "BOOKMARK":
                     continue
-                key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+                key = object_key(obj)
                 if kind == "DELETED":
                     self.cache.pop(key, None)
                     self.on_change(key, None)
