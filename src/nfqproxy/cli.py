@@ -7,20 +7,32 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 from ipaddress import IPv4Network
 from pathlib import Path
+from types import ModuleType
 
 from nfqproxy import defaults
 from nfqproxy.controller import Proxy, ProxyConfig
 from nfqproxy.datapath import factory
 from nfqproxy.health import parse_bind_address
 
-try:
-    import nfqproxy_lab.cli as lab_commands
-except ImportError:  # installed without the lab (NFQPROXY_RUNTIME_ONLY=1, the image)
-    lab_commands = None  # type: ignore[assignment]
-
 log = logging.getLogger("nfqproxy")
+
+# Packages that add subcommands declare a module in this entry-point group with
+# COMMANDS, add_commands(subparsers) and dispatch(args): the lab does (`nfqproxy lab`,
+# `nfqproxy demo`). The proxy itself never imports them.
+COMMAND_PLUGINS = "nfqproxy.commands"
+
+
+def command_plugins() -> list[ModuleType]:
+    plugins = []
+    for entry in entry_points(group=COMMAND_PLUGINS):
+        try:
+            plugins.append(entry.load())
+        except ImportError:  # declared, but left out of this build (the DaemonSet image)
+            log.debug("command plugin %s is not installed", entry.value)
+    return plugins
 
 
 def _cidr(text: str) -> IPv4Network:
@@ -142,8 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="only this back end (default: both, whichever the killed proxy used)",
     )
 
-    if lab_commands is not None:  # a source checkout; the DaemonSet image has no lab
-        lab_commands.add_commands(commands)
+    for plugin in command_plugins():
+        plugin.add_commands(commands)
     return parser
 
 
@@ -203,8 +215,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             removed = HookManager(HookConfig((), 0, command)).remove()
             print(f"{command}: removed {removed} nfqproxy jump rules and the NFQPROXY-* chains")
         return 0
-    if lab_commands is not None and args.command in lab_commands.COMMANDS:
-        return lab_commands.dispatch(args)
+    for plugin in command_plugins():
+        if args.command in plugin.COMMANDS:
+            return int(plugin.dispatch(args))
     raise AssertionError(args.command)
 
 

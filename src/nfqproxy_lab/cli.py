@@ -1,5 +1,6 @@
 """`nfqproxy lab ...` and `nfqproxy demo`: the lab's commands, added to the proxy's command
-line when the lab is installed (a source checkout; not the DaemonSet image)."""
+line through the "nfqproxy.commands" entry point when the lab is installed (a source
+checkout; not the DaemonSet image)."""
 
 from __future__ import annotations
 
