@@ -8,7 +8,7 @@ ratios. Traffic goes client -> VIP -> backend through the lab's node namespace, 
 fresh lab per competitor and round.
 
 Competitors:
-- kernel:    iptables DNAT in kube-proxy's rule layout for one service (bench/kube_proxy_layout.py)
+- kernel:    iptables DNAT in kube-proxy's rule layout for one service (src/nfqproxy_lab/kube_proxy_rules.py)
 - ceiling:   the kernel layout plus an NFQUEUE hop both ways, answered by bench/nfq_ceiling.c,
              an accept-all loop with F_GSO and batch verdicts: the most NFQUEUE can carry here
 - ceiling-copy: the same, but copying whole packets out and handing each back with its
@@ -39,8 +39,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.kube_proxy_layout import KubeService, restore_all
 from nfqproxy_lab import netns
+from nfqproxy_lab.kube_proxy_rules import KubeService, restore_all
 from nfqproxy_lab.proxy import start_proxy, wait_ready
 from nfqproxy_lab.topology import NODE_NAME, Lab, all_labs, backend_ip
 

@@ -7,7 +7,7 @@ namespace lab gets N ClusterIP services of 3 endpoints each, plus an iperf3 serv
 one service without endpoints. Each mode programs them in turn, in one run, round after
 round:
 - iptables-legacy, iptables-nft: kube-proxy's exact iptables layout
-  (bench/kube_proxy_layout.py), loaded with iptables-restore on that back end;
+  (src/nfqproxy_lab/kube_proxy_rules.py), loaded with iptables-restore on that back end;
 - fast: nfqproxy --datapath fast, following the in-process API server (watch events);
 - reference: nfqproxy --datapath reference, for N <= 1000 only.
 
@@ -50,7 +50,8 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from bench.datapath import tcp_gbits, udp_small
-from bench.kube_proxy_layout import (
+from nfqproxy_lab import netns
+from nfqproxy_lab.kube_proxy_rules import (
     NFT_DELETE,
     RESTORE_EMPTY,
     KubeService,
@@ -59,7 +60,6 @@ from bench.kube_proxy_layout import (
     restore_all,
     restore_change,
 )
-from nfqproxy_lab import netns
 from nfqproxy_lab.netns import NetnsThread
 from nfqproxy_lab.proxy import start_proxy, wait_ready
 from nfqproxy_lab.served_api import ServedApi
