@@ -196,9 +196,8 @@ def udp_small(lab: Lab, seconds: float, vip: str = VIP, port: int = PORT) -> dic
 
 
 RSS_PROBE = """
-import sys, time
+import time
 from ipaddress import IPv4Network
-sys.path.insert(0, {root!r})
 from nfqproxy_lab.packets import tcp_packet
 
 def rss():
@@ -228,8 +227,7 @@ print((rss() - before) / flows)
 
 
 def bytes_per_flow(fast: bool, flows: int) -> float:
-    root = str(BENCH_DIR.parent)
-    code = RSS_PROBE.format(root=root, flows=flows, fast=fast)
+    code = RSS_PROBE.format(flows=flows, fast=fast)
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=900, check=True
     )
