@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.scale import LAB_PREFIX, MEASURES, MODES, QUICK_SIZES, THROUGHPUT_SIZE
+from bench.scale.report import MEASURES
+from bench.scale.settings import LAB_PREFIX, MODES, QUICK_SIZES, THROUGHPUT_SIZE
 from nfqproxy_lab import netns
 from nfqproxy_lab.topology import all_labs
 from tests.kernel.conftest import run_benchmark
