@@ -18,8 +18,16 @@ from bench.scale.competitors import competitors, make_competitor
 from bench.scale.lab import LOCK_FILE, clean_leftovers, scale_lab, take_lock
 from bench.scale.measure import measure
 from bench.scale.plots import plot
-from bench.scale.report import report_markdown, results_json
-from bench.scale.settings import LAB_PREFIX, MODES, RunSettings, resolve
+from bench.scale.report import measures_json, report_markdown, results_json
+from bench.scale.settings import (
+    LAB_PREFIX,
+    MODES,
+    OPTIONAL_MODES,
+    THROUGHPUT_SIZE,
+    RunSettings,
+    modes_at,
+    resolve,
+)
 
 
 class Interrupted(Exception):
@@ -56,6 +64,27 @@ def run_all(settings: RunSettings) -> list[dict[str, Any]]:
     return runs
 
 
+def plan(settings: RunSettings) -> dict[str, Any]:
+    """What a run with these settings would cover, for --plan. The kernel smoke test reads
+    it to know what a complete results.json holds, rather than import the benchmark."""
+    return {
+        "command": settings.command,
+        "sizes": settings.sizes,
+        "modes": list(settings.modes),
+        "modes_by_size": {
+            str(n): [m for m in modes_at(n) if m in settings.modes] for n in settings.sizes
+        },
+        "optional_modes": [m for m in OPTIONAL_MODES if m in settings.modes],
+        "throughput_size": THROUGHPUT_SIZE,
+        "rounds": settings.rounds,
+        "changes": settings.changes,
+        "connects": settings.connects,
+        "seconds": settings.seconds,
+        "measures": measures_json(),
+        "lab_prefix": LAB_PREFIX,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
@@ -71,8 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", help="N values instead of the default")
     parser.add_argument("--modes", nargs="+", choices=MODES, help="modes instead of all")
     parser.add_argument("--out", type=Path, default=Path("results"))
+    parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="print what these options would run (sizes, modes, measures...) as JSON and exit",
+    )
     args = parser.parse_args(argv)
     settings = resolve(args)
+    if args.plan:
+        print(json.dumps(plan(settings), indent=1))
+        return 0
     if os.geteuid() != 0 or shutil.which("iperf3") is None or shutil.which("gcc") is None:
         print(
             "the benchmark needs root, iperf3 and gcc (make install provides them)", file=sys.stderr

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Protocol
 
 from bench.scale.cluster import Cluster
-from bench.scale.settings import MODES, REFERENCE_MAX
+from bench.scale.settings import modes_at
 from nfqproxy_lab import netns
 from nfqproxy_lab.kube_proxy_rules import (
     NFT_DELETE,
@@ -174,7 +174,8 @@ class Nfqproxy:
 
 
 def competitors(size: int, lab: Lab) -> list[str]:
-    modes = [m for m in MODES if m != "reference" or size <= REFERENCE_MAX]
+    """The modes this lab can run at N = size."""
+    modes = modes_at(size)
     if not nftables_supported(lab):
         print(
             "nftables mode left out: nft is missing or this kernel refuses its layout", flush=True

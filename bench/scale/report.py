@@ -68,6 +68,11 @@ MEASURES: dict[str, tuple[str, str]] = {
 }
 
 
+def measures_json() -> dict[str, dict[str, str]]:
+    """MEASURES as results.json and --plan give them."""
+    return {k: {"title": t, "how": h} for k, (t, h) in MEASURES.items()}
+
+
 def value(run: dict[str, Any], key: str) -> float | None:
     node: Any = run
     for part in key.split("."):
@@ -168,7 +173,7 @@ def results_json(
         "modes": [m for m in MODES if any(r["mode"] == m for r in runs)],
         "rounds": settings.rounds,
         "changes": settings.changes,
-        "measures": {k: {"title": t, "how": h} for k, (t, h) in MEASURES.items()},
+        "measures": measures_json(),
         "runs": runs,
         "summary": summary,
         "targets": targets(summary, sorted({r["size"] for r in runs})),

@@ -21,6 +21,14 @@ CHANGE_TRAFFIC_PAUSE_US = 200
 IPERF_VIP, EMPTY_VIP, IPERF_PORT = "10.99.0.1", "10.99.0.2", 5201
 NAMESPACE = "scale"
 LAB_PREFIX = "scale"
+# Modes that a machine may not take: nftables needs nft, and a kernel that takes
+# kube-proxy's verdict maps and numgen. A run leaves them out and says so, rather than fail.
+OPTIONAL_MODES = ("nftables",)
+
+
+def modes_at(size: int) -> list[str]:
+    """The modes that run at N = size, where the machine takes them all."""
+    return [m for m in MODES if m != "reference" or size <= REFERENCE_MAX]
 
 
 @dataclass(frozen=True)
