@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import bench.scale
-from bench.scale.competitors import competitors, make_competitor
+from bench.scale.competitors import make_competitor, runnable_modes
 from bench.scale.lab import LOCK_FILE, clean_leftovers, scale_lab, take_lock
 from bench.scale.measure import measure
 from bench.scale.plots import plot
@@ -49,7 +49,7 @@ def run_all(settings: RunSettings) -> list[dict[str, Any]]:
             for size in sizes:
                 name = f"{LAB_PREFIX}{round_number % 10}{sizes.index(size)}"
                 with scale_lab(size, name) as (lab, api, cluster):
-                    modes = [m for m in competitors(size, lab) if m in settings.modes]
+                    modes = [m for m in runnable_modes(size, lab) if m in settings.modes]
                     shift = round_number % len(modes)  # each round starts with another mode
                     for mode in modes[shift:] + modes[:shift]:
                         print(

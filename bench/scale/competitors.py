@@ -28,6 +28,10 @@ from nfqproxy_lab.topology import Lab
 
 
 class Competitor(Protocol):
+    """One mode in a lab. load() programs the whole cluster and says how long it took
+    (load_seconds, ready_seconds); change(number) moves the changing endpoint to its
+    number-th port; unload() leaves the lab and the cluster as they were before load()."""
+
     def load(self) -> dict[str, float]: ...
     def change(self, number: int) -> None: ...
     def memory_mb(self) -> float: ...
@@ -137,6 +141,11 @@ def nftables_supported(lab: Lab) -> bool:
 
 
 class Nfqproxy:
+    """nfqproxy with one data path, following the lab's API server; a change is the
+    changing EndpointSlice updated there. --min-sync-period 0 (default 1 s) syncs each
+    change when its watch event comes: kube-proxy's rules here are restored at once too,
+    with no kube-proxy process and so no sync period of its own."""
+
     def __init__(self, lab: Lab, cluster: Cluster, api: ServedApi, datapath: str) -> None:
         self.lab, self.cluster, self.api, self.datapath = lab, cluster, api, datapath
         self.process: subprocess.Popen[bytes] | None = None
@@ -169,12 +178,13 @@ class Nfqproxy:
             self.process.wait(30)
             self.process = None
         if self.cluster.change is not None:
+            # The API server is shared by the modes: the next one starts from the same slice.
             self.cluster.change = None
             self.api.call(self.api.server.update("endpointslices", self.cluster.changing_slice()))
 
 
-def competitors(size: int, lab: Lab) -> list[str]:
-    """The modes this lab can run at N = size."""
+def runnable_modes(size: int, lab: Lab) -> list[str]:
+    """The modes this lab runs at N = size: all but those this machine cannot take."""
     modes = modes_at(size)
     if not nftables_supported(lab):
         print(

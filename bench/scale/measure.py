@@ -166,8 +166,8 @@ def endpoint_changes_ms(
                 "rate",
                 service_vip(cluster.last),
                 str(SERVICE_PORT),
-                "600",
-                "1",
+                "600",  # seconds: longer than any series, which stops it when done
+                "1",  # client thread
                 str(CHANGE_TRAFFIC_PAUSE_US),
             ],
         ),
