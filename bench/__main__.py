@@ -1,5 +1,5 @@
-"""`python -m bench`: the scale benchmark, nfqproxy against kube-proxy's iptables mode."""
+"""`python -m bench`: the scale benchmark (bench/scale/), nfqproxy against kube-proxy."""
 
-from bench.scale import main
+from bench.scale.cli import main
 
 raise SystemExit(main())

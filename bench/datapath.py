@@ -8,7 +8,7 @@ ratios. Traffic goes client -> VIP -> backend through the lab's node namespace, 
 fresh lab per competitor and round.
 
 Competitors:
-- kernel:    iptables DNAT in kube-proxy's rule layout for one service (bench/kube_proxy_layout.py)
+- kernel:    iptables DNAT in kube-proxy's rule layout for one service (src/nfqproxy_lab/kube_proxy_rules.py)
 - ceiling:   the kernel layout plus an NFQUEUE hop both ways, answered by bench/nfq_ceiling.c,
              an accept-all loop with F_GSO and batch verdicts: the most NFQUEUE can carry here
 - ceiling-copy: the same, but copying whole packets out and handing each back with its
@@ -39,8 +39,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.kube_proxy_layout import KubeService, restore_all
 from nfqproxy_lab import netns
+from nfqproxy_lab.kube_proxy_rules import KubeService, restore_all
 from nfqproxy_lab.proxy import start_proxy, wait_ready
 from nfqproxy_lab.topology import NODE_NAME, Lab, all_labs, backend_ip
 
@@ -196,9 +196,8 @@ def udp_small(lab: Lab, seconds: float, vip: str = VIP, port: int = PORT) -> dic
 
 
 RSS_PROBE = """
-import sys, time
+import time
 from ipaddress import IPv4Network
-sys.path.insert(0, {root!r})
 from nfqproxy_lab.packets import tcp_packet
 
 def rss():
@@ -228,8 +227,7 @@ print((rss() - before) / flows)
 
 
 def bytes_per_flow(fast: bool, flows: int) -> float:
-    root = str(BENCH_DIR.parent)
-    code = RSS_PROBE.format(root=root, flows=flows, fast=fast)
+    code = RSS_PROBE.format(flows=flows, fast=fast)
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=900, check=True
     )
@@ -273,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.out / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-datapath")
     out_dir.mkdir(parents=True)
     ceiling = build_ceiling(out_dir)
+    # Every competitor has its entry from the start, measured or not: the kernel smoke test
+    # (tests/kernel/test_bench_smoke.py) learns the competitors from these keys.
     samples: dict[str, dict[str, list[float]]] = {
         m: {"tcp1": [], "tcp4": [], "udp_pps": [], "udp_loss": []} for m in MODES
     }

@@ -14,13 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import time
 from collections import Counter
 from ipaddress import IPv4Network, ip_address
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nfqproxy.datapath.fast.datapath import FastDatapath
 from nfqproxy.datapath.reference.datapath import ReferenceDatapath

@@ -1,6 +1,8 @@
 """The data-path benchmark runs end to end (--quick) and writes a complete report.
 
 This checks the report's structure, never its numbers: speed is the benchmark's business.
+The competitors to look for are the ones results.json lists samples for (every one the
+benchmark has, measured or not): tests do not import bench.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from bench.datapath import MODES
 from nfqproxy_lab import netns
 from tests.kernel.conftest import run_benchmark
 
@@ -22,13 +23,15 @@ def test_the_quick_benchmark_writes_json_markdown_and_a_plot_for_every_competito
 ) -> None:
     out = run_benchmark("bench.datapath", tmp_path, "--quick")
     results = json.loads((out / "results.json").read_text())
-    for mode in MODES:
+    modes = list(results["samples"])
+    assert modes and set(results["summary"]) == set(modes)
+    for mode in modes:
         assert set(results["summary"][mode]) == {"tcp1", "tcp4", "udp_pps", "udp_loss"}, mode
     assert (
         results["bytes_per_flow"]["fast"] > 0
         and results["maglev_build_ms"]["compiled"]["median"] > 0
     )
     report = (out / "report.md").read_text()
-    assert all(f"| {mode} |" in report for mode in MODES)
+    assert all(f"| {mode} |" in report for mode in modes)
     assert (out / "datapath.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [n for n in netns.names() if n.startswith("bench")]

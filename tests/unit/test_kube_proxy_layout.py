@@ -1,10 +1,10 @@
-"""The benchmark's kube-proxy rule layouts: names, balancing, rejects and partial syncs."""
+"""kube-proxy's rules, the benchmarks' competitor: names, balancing, rejects, partial syncs."""
 
 from __future__ import annotations
 
 import re
 
-from bench.kube_proxy_layout import (
+from nfqproxy_lab.kube_proxy_rules import (
     KubeService,
     nft_restore_all,
     nft_restore_change,

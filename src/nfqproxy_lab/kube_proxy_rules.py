@@ -1,4 +1,9 @@
-"""kube-proxy's iptables-mode rules, as pkg/proxy/iptables writes them, for benchmarks.
+"""kube-proxy's rules, as its iptables mode (pkg/proxy/iptables) and its nftables mode write
+them: the competitor the benchmarks load, and the layout tests/unit/test_kube_proxy_layout.py
+checks. Here in the lab package, not in bench/, so that tests and benchmarks share it
+without importing each other.
+
+iptables mode:
 
 - Chain names are KUBE-SVC- / KUBE-SEP- and the first 16 characters of
   base32(sha256(servicePortName + protocol [+ endpoint])).
@@ -188,9 +193,8 @@ def _nft_service(svc: KubeService) -> tuple[list[str], list[str]]:
         rules.append(
             f"add rule {NFT_TABLE} {chain} meta l4proto {svc.protocol} dnat to {ip}:{port}"
         )
-    rules.append(
-        f"add rule {NFT_TABLE} {chains[0]} numgen random mod {len(picks)} vmap {{ {', '.join(picks)} }}"
-    )
+    vmap = "{ " + ", ".join(picks) + " }"
+    rules.append(f"add rule {NFT_TABLE} {chains[0]} numgen random mod {len(picks)} vmap {vmap}")
     return chains, rules
 
 

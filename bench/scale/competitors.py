@@ -1,0 +1,202 @@
+"""The competitors, each able to load the cluster, change one endpoint, say its memory and
+unload: kube-proxy's rules (iptables mode on the legacy and nft back ends, nftables mode)
+and nfqproxy (fast and reference data paths)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Protocol
+
+from bench.scale.cluster import Cluster
+from bench.scale.settings import modes_at
+from nfqproxy_lab import netns
+from nfqproxy_lab.kube_proxy_rules import (
+    NFT_DELETE,
+    RESTORE_EMPTY,
+    KubeService,
+    nft_restore_all,
+    nft_restore_change,
+    restore_all,
+    restore_change,
+)
+from nfqproxy_lab.proxy import start_proxy, wait_ready
+from nfqproxy_lab.served_api import ServedApi
+from nfqproxy_lab.topology import Lab
+
+
+class Competitor(Protocol):
+    """One mode in a lab. load() programs the whole cluster and says how long it took
+    (load_seconds, ready_seconds); change(number) moves the changing endpoint to its
+    number-th port; unload() leaves the lab and the cluster as they were before load()."""
+
+    def load(self) -> dict[str, float]: ...
+    def change(self, number: int) -> None: ...
+    def memory_mb(self) -> float: ...
+    def unload(self) -> None: ...
+
+
+def kernel_memory_bytes() -> int:
+    """Slab and vmalloc: where iptables (legacy: vmalloc'd blobs) and nftables keep rules."""
+    fields = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        key, value = line.split(":", 1)
+        fields[key] = int(value.split()[0]) * 1024
+    return fields.get("Slab", 0) + fields.get("VmallocUsed", 0)
+
+
+class KubeProxyRules:
+    """kube-proxy's rules in the kernel: loaded whole, then changed by partial
+    transactions, as kube-proxy does. Subclasses name the tool and the rule texts."""
+
+    command: tuple[str, ...]
+    change_flags: tuple[str, ...] = ()
+    remove_all: str
+
+    def __init__(self, lab: Lab, cluster: Cluster) -> None:
+        self.lab, self.cluster = lab, cluster
+        self._memory = 0.0
+
+    def render_all(self, services: list[KubeService]) -> str:
+        raise NotImplementedError
+
+    def render_change(self, services: list[KubeService], old: KubeService, new: KubeService) -> str:
+        raise NotImplementedError
+
+    def _run(self, text: str, *flags: str) -> None:
+        netns.run(netns.exec_command(self.lab.node_ns, [*self.command, *flags]), stdin=text)
+
+    def load(self) -> dict[str, float]:
+        text = self.render_all(self.cluster.kube_services())
+        before = kernel_memory_bytes()
+        started = time.monotonic()
+        self._run(text)
+        seconds = time.monotonic() - started
+        self._memory = (kernel_memory_bytes() - before) / 2**20
+        return {"load_seconds": seconds, "ready_seconds": seconds}
+
+    def change(self, number: int) -> None:
+        old = self.cluster.kube_services()[-1]
+        self.cluster.change = number
+        services = self.cluster.kube_services()
+        self._run(self.render_change(services, old, services[-1]), *self.change_flags)
+
+    def memory_mb(self) -> float:
+        return self._memory
+
+    def unload(self) -> None:
+        self._run(self.remove_all)
+        self.cluster.change = None
+
+
+class KubeProxyIptables(KubeProxyRules):
+    """The iptables layout through iptables-restore; changes with --noflush."""
+
+    change_flags = ("--noflush",)
+    remove_all = RESTORE_EMPTY
+
+    def __init__(self, lab: Lab, cluster: Cluster, backend: str) -> None:
+        super().__init__(lab, cluster)
+        self.command = (f"iptables-{backend}-restore",)
+
+    def render_all(self, services: list[KubeService]) -> str:
+        return restore_all(services)
+
+    def render_change(self, services: list[KubeService], old: KubeService, new: KubeService) -> str:
+        return restore_change(services, old, new)
+
+
+class KubeProxyNftables(KubeProxyRules):
+    """kube-proxy's nftables mode layout, loaded and changed with `nft -f` transactions."""
+
+    command = ("nft", "-f", "-")
+    remove_all = NFT_DELETE
+
+    def render_all(self, services: list[KubeService]) -> str:
+        return nft_restore_all(services)
+
+    def render_change(self, services: list[KubeService], old: KubeService, new: KubeService) -> str:
+        return nft_restore_change(old, new)
+
+
+def nftables_supported(lab: Lab) -> bool:
+    """Whether nft is installed and this kernel takes kube-proxy's constructs (a
+    concatenated verdict map and numgen), checked in the lab's node namespace."""
+    if shutil.which("nft") is None:
+        return False
+    probe = (
+        "add table ip nfqproxy-probe\n"
+        "add chain ip nfqproxy-probe c\n"
+        "add map ip nfqproxy-probe m { type ipv4_addr . inet_proto . inet_service : verdict; }\n"
+        "add rule ip nfqproxy-probe c ip daddr . meta l4proto . th dport vmap @m\n"
+        "add rule ip nfqproxy-probe c numgen random mod 2 vmap { 0 : accept, 1 : accept }\n"
+    )
+    try:
+        netns.run(netns.exec_command(lab.node_ns, ["nft", "-c", "-f", "-"]), stdin=probe)
+    except (netns.CommandError, OSError):
+        return False
+    return True
+
+
+class Nfqproxy:
+    """nfqproxy with one data path, following the lab's API server; a change is the
+    changing EndpointSlice updated there. --min-sync-period 0 (default 1 s) syncs each
+    change when its watch event comes: kube-proxy's rules here are restored at once too,
+    with no kube-proxy process and so no sync period of its own."""
+
+    def __init__(self, lab: Lab, cluster: Cluster, api: ServedApi, datapath: str) -> None:
+        self.lab, self.cluster, self.api, self.datapath = lab, cluster, api, datapath
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def load(self) -> dict[str, float]:
+        started = time.monotonic()
+        self.process = start_proxy(
+            self.lab, "--datapath", self.datapath, "--min-sync-period", "0", api_server=self.api.url
+        )
+        status = wait_ready(self.lab, self.process, timeout=300)
+        return {
+            "load_seconds": float(status["last_sync_seconds"]),
+            "ready_seconds": time.monotonic() - started,
+        }
+
+    def change(self, number: int) -> None:
+        self.cluster.change = number
+        self.api.call(self.api.server.update("endpointslices", self.cluster.changing_slice()))
+
+    def memory_mb(self) -> float:
+        assert self.process is not None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def unload(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(30)
+            self.process = None
+        if self.cluster.change is not None:
+            # The API server is shared by the modes: the next one starts from the same slice.
+            self.cluster.change = None
+            self.api.call(self.api.server.update("endpointslices", self.cluster.changing_slice()))
+
+
+def runnable_modes(size: int, lab: Lab) -> list[str]:
+    """The modes this lab runs at N = size: all but those this machine cannot take."""
+    modes = modes_at(size)
+    if not nftables_supported(lab):
+        print(
+            "nftables mode left out: nft is missing or this kernel refuses its layout", flush=True
+        )
+        modes.remove("nftables")
+    return modes
+
+
+def make_competitor(mode: str, lab: Lab, api: ServedApi, cluster: Cluster) -> Competitor:
+    if mode == "nftables":
+        return KubeProxyNftables(lab, cluster)
+    if mode.startswith("iptables-"):
+        return KubeProxyIptables(lab, cluster, mode.removeprefix("iptables-"))
+    return Nfqproxy(lab, cluster, api, mode)
