@@ -1,0 +1,86 @@
+"""The layout's rules, checked on the source: what may import what, and how long a file
+may grow (docs/architecture.md explains the layout)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MAX_LINES = 600
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a Python file imports, at any depth (lazy imports included)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def python_files(folder: str) -> list[Path]:
+    return sorted((ROOT / folder).rglob("*.py"))
+
+
+def offending(folder: str, forbidden: str) -> dict[str, list[str]]:
+    found = {}
+    for path in python_files(folder):
+        bad = sorted(
+            m
+            for m in imported_modules(path)
+            if m.split(".")[0] == forbidden or m == forbidden or m.startswith(forbidden + ".")
+        )
+        if bad:
+            found[str(path.relative_to(ROOT))] = bad
+    return found
+
+
+def test_the_runtime_package_never_imports_the_lab() -> None:
+    assert offending("src/nfqproxy", "nfqproxy_lab") == {}
+
+
+@pytest.mark.parametrize(
+    ("implementation", "sibling"), [("reference", "fast"), ("fast", "reference")]
+)
+def test_data_path_implementations_import_the_contract_not_each_other(
+    implementation: str, sibling: str
+) -> None:
+    assert (
+        offending(f"src/nfqproxy/datapath/{implementation}", f"nfqproxy.datapath.{sibling}") == {}
+    )
+
+
+def test_the_contract_imports_no_implementation() -> None:
+    contract = [p for p in (ROOT / "src/nfqproxy/datapath").glob("*.py") if p.name != "factory.py"]
+    for path in contract:
+        bad = [
+            m
+            for m in imported_modules(path)
+            if m.startswith(("nfqproxy.datapath.reference", "nfqproxy.datapath.fast", "nfqproxy._"))
+            and path.name != "maglev.py"  # uses the compiled table builder when built
+        ]
+        assert bad == [], path
+
+
+def test_no_source_file_is_over_600_lines() -> None:
+    long = {}
+    for folder in ("src", "cext", "bench"):
+        for path in (ROOT / folder).rglob("*"):
+            if path.suffix in {".py", ".pyx", ".pxd", ".pxi", ".c", ".h"} and path.is_file():
+                if path.suffix == ".c" and path.with_suffix(".pyx").exists():
+                    continue  # Cython's generated output, not a source
+                lines = len(path.read_text(errors="replace").splitlines())
+                if lines > MAX_LINES:
+                    long[str(path.relative_to(ROOT))] = lines
+    assert long == {}
+
+
+def test_bench_and_tests_do_not_import_each_other() -> None:
+    assert offending("bench", "tests") == {}
+    assert offending("tests", "bench") == {}
