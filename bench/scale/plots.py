@@ -1,4 +1,5 @@
-"""The PNG plots: latency and programming time against N, throughput at one N."""
+"""The PNG plots: latency and programming time against N, throughput at one N; each
+median with an error bar from the fastest to the slowest round."""
 
 from __future__ import annotations
 
@@ -16,10 +17,18 @@ def plot(results: dict[str, Any], out_dir: Path) -> None:
 
     summary = results["summary"]
 
-    def series(key: str, mode: str) -> tuple[list[int], list[float]]:
-        cells = summary.get(key, {}).get(mode, {})
-        sizes = sorted(int(s) for s in cells)
-        return sizes, [cells[str(s)]["median"] for s in sizes]
+    def spread(cells: list[dict[str, float]]) -> list[list[float]]:
+        """Error bars of medians: down to the fastest round, up to the slowest."""
+        return [
+            [c["median"] - c["min"] for c in cells],
+            [c["max"] - c["median"] for c in cells],
+        ]
+
+    def series(key: str, mode: str) -> tuple[list[int], list[float], list[list[float]]]:
+        by_size = summary.get(key, {}).get(mode, {})
+        sizes = sorted(int(s) for s in by_size)
+        cells = [by_size[str(s)] for s in sizes]
+        return sizes, [c["median"] for c in cells], spread(cells)
 
     for name, panels in (
         (
@@ -37,9 +46,9 @@ def plot(results: dict[str, Any], out_dir: Path) -> None:
         fig, axes = plt.subplots(1, len(panels), figsize=(11, 4))
         for axis, (key, label) in zip(axes, panels, strict=True):
             for mode in MODES:
-                xs, ys = series(key, mode)
+                xs, ys, errors = series(key, mode)
                 if xs:
-                    axis.plot(xs, ys, marker="o", label=mode)
+                    axis.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=mode)
             axis.set_xscale("log")
             axis.set_yscale("log")
             axis.set_xlabel("services (N)")
@@ -54,7 +63,8 @@ def plot(results: dict[str, Any], out_dir: Path) -> None:
         axes, [("tcp_gbits", "TCP Gbit/s"), ("udp_kpps", "UDP 64 B kpps")], strict=True
     ):
         modes = [m for m in MODES if str(THROUGHPUT_SIZE) in summary.get(key, {}).get(m, {})]
-        axis.bar(modes, [summary[key][m][str(THROUGHPUT_SIZE)]["median"] for m in modes])
+        cells = [summary[key][m][str(THROUGHPUT_SIZE)] for m in modes]
+        axis.bar(modes, [c["median"] for c in cells], yerr=spread(cells), capsize=4)
         axis.set_ylabel(label)
         axis.tick_params(axis="x", rotation=20)
     fig.suptitle(f"throughput at N = {THROUGHPUT_SIZE}")
