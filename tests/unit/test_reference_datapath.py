@@ -17,6 +17,7 @@ from nfqproxy_lab.packets import (
     tcp_packet,
     udp_packet,
 )
+from tests.helpers.clock import FakeClock
 
 VIP = "10.96.0.10"
 CLIENT = "10.244.1.2"
@@ -26,14 +27,6 @@ BACKENDS = ["10.244.11.2", "10.244.12.2", "10.244.13.2"]
 def payload_of(verdict: Verdict) -> bytes:
     assert verdict.payload is not None, verdict
     return verdict.payload
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def snapshot(backend_ips: list[str], vip: str = VIP) -> Snapshot:

@@ -11,7 +11,8 @@ import pytest
 from nfqproxy.datapath.fast.datapath import FastDatapath, fast_path_available
 from nfqproxy.datapath.reference.datapath import ReferenceDatapath
 from nfqproxy_lab.packets import tcp_packet, udp_packet
-from tests.unit.test_fast_vs_reference import BACKENDS, snapshot
+from tests.helpers.clock import FakeClock
+from tests.helpers.snapshots import BACKENDS, snapshot
 
 VIP = "10.96.0.10"
 ALL = frozenset(range(len(BACKENDS)))
@@ -25,16 +26,8 @@ DATAPATHS = [
 ]
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def make(kind: Any, affinity: int, capacity: int = 4096) -> tuple[Any, Clock]:
-    clock = Clock()
+def make(kind: Any, affinity: int, capacity: int = 4096) -> tuple[Any, FakeClock]:
+    clock = FakeClock()
     datapath = kind([IPv4Network("10.96.0.0/12")], capacity=capacity, clock=clock)
     datapath.apply(snapshot(ALL, affinity))
     return datapath, clock

@@ -1,0 +1,7 @@
+"""What test modules share. A test module imports from here, never from another test
+module or from a conftest.py, which keep only fixtures and hooks.
+
+- clock: the one injectable test clock.
+- objects: Kubernetes objects as sources report them. snapshots: model snapshots to
+  program a data path with.
+"""
