@@ -4,4 +4,6 @@ module or from a conftest.py, which keep only fixtures and hooks.
 - clock: the one injectable test clock.
 - objects: Kubernetes objects as sources report them. snapshots: model snapshots to
   program a data path with.
+- datapaths: every data path the factory registers, built by name; the names kernel
+  tests run on, and the parameters of the unit fixtures.
 """
