@@ -6,4 +6,6 @@ module or from a conftest.py, which keep only fixtures and hooks.
   program a data path with.
 - datapaths: every data path the factory registers, built by name; the names kernel
   tests run on, and the parameters of the unit fixtures.
+- labs: labs in network namespaces with a proxy in them (kernel tests). bench: running
+  a benchmark module. paths: where the repository is.
 """
