@@ -23,6 +23,9 @@ from nfqproxy.datapath.interface import Datapath
 
 SERVICE_CIDRS = (IPv4Network("10.96.0.0/12"),)
 
+# The executable specification: what golden scenario files are written from.
+REFERENCE = "reference"
+
 # Every registered name, from the least preferred (the reference, the specification) to
 # the most: a test that hands flows from one implementation to another goes this way.
 NAMES: list[str] = list(reversed(factory.DATAPATHS))
