@@ -13,7 +13,7 @@ from nfqproxy_lab.proxy import read_status, start_proxy, wait_ready
 from nfqproxy_lab.served_api import ServedApi
 from nfqproxy_lab.topology import HTTP_PORT, NODE_NAME, WEB_VIP, lab_endpoint_slices
 from nfqproxy_lab.traffic import fetch_url, http_get, http_split
-from tests.kernel.conftest import RunningLab, lab_with_api_proxy
+from tests.helpers.labs import RunningLab, lab_with_api_proxy
 
 pytestmark = pytest.mark.kernel
 

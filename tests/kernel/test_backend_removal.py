@@ -16,7 +16,8 @@ from nfqproxy_lab import netns
 from nfqproxy_lab.proxy import read_status
 from nfqproxy_lab.topology import CLIENT_IP, DNS_PORT, HTTP_PORT, WEB_VIP, backend_ip
 from nfqproxy_lab.traffic import KeepAlive
-from tests.kernel.conftest import DATAPATHS, RunningLab, lab_with_proxy
+from tests.helpers.datapaths import DATAPATHS
+from tests.helpers.labs import RunningLab, lab_with_proxy
 
 pytestmark = pytest.mark.kernel
 CLIENT_PORT = 40053

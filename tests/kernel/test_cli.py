@@ -13,7 +13,7 @@ from nfqproxy_lab import netns
 from nfqproxy_lab.proxy import proxy_command, read_status
 from nfqproxy_lab.topology import HTTP_PORT, WEB_VIP, Lab, all_labs
 from nfqproxy_lab.traffic import http_split
-from tests.kernel.conftest import RunningLab, new_lab
+from tests.helpers.labs import RunningLab, new_lab
 
 pytestmark = pytest.mark.kernel
 

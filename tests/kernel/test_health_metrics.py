@@ -9,7 +9,7 @@ import pytest
 from nfqproxy_lab.topology import HTTP_PORT, WEB_VIP
 from nfqproxy_lab.traffic import fetch_url as fetch
 from nfqproxy_lab.traffic import http_split
-from tests.kernel.conftest import RunningLab
+from tests.helpers.labs import RunningLab
 
 pytestmark = pytest.mark.kernel
 

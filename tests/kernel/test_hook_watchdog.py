@@ -9,7 +9,7 @@ import pytest
 from nfqproxy_lab import netns
 from nfqproxy_lab.topology import HTTP_PORT, WEB_VIP
 from nfqproxy_lab.traffic import http_split
-from tests.kernel.conftest import lab_with_proxy
+from tests.helpers.labs import lab_with_proxy
 
 pytestmark = pytest.mark.kernel
 SYNC_PERIOD = 2.0

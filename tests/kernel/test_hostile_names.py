@@ -25,7 +25,7 @@ from nfqproxy_lab import netns
 from nfqproxy_lab.proxy import read_status, start_proxy, wait_ready
 from nfqproxy_lab.topology import HTTP_PORT, HTTP_TARGET, WEB_VIP, backend_ip
 from nfqproxy_lab.traffic import http_split
-from tests.kernel.conftest import RunningLab, new_lab
+from tests.helpers.labs import RunningLab, new_lab
 
 pytestmark = pytest.mark.kernel
 MARK = "pwnd"

@@ -15,7 +15,8 @@ from nfqproxy_lab import netns
 from nfqproxy_lab.proxy import read_status
 from nfqproxy_lab.topology import HTTP_PORT, WEB_VIP, backend_ip
 from nfqproxy_lab.traffic import http_upload_digest
-from tests.kernel.conftest import DATAPATHS, lab_with_proxy
+from tests.helpers.datapaths import DATAPATHS
+from tests.helpers.labs import lab_with_proxy
 
 pytestmark = pytest.mark.kernel
 CLOSED_VIP = "10.96.0.40"

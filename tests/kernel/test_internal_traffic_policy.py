@@ -14,7 +14,7 @@ from nfqproxy.files import atomic_write
 from nfqproxy_lab.proxy import read_status
 from nfqproxy_lab.topology import DNS_TARGET, HTTP_TARGET, NODE_NAME, backend_ip
 from nfqproxy_lab.traffic import http_get, udp_query
-from tests.kernel.conftest import RunningLab
+from tests.helpers.labs import RunningLab
 
 pytestmark = pytest.mark.kernel
 LOCAL_VIP = "10.96.0.40"

@@ -11,8 +11,7 @@ import pytest
 from nfqproxy_lab.proxy import start_proxy, wait_ready
 from nfqproxy_lab.topology import HTTP_PORT, WEB_VIP
 from nfqproxy_lab.traffic import http_split
-from tests.kernel.conftest import RunningLab, new_lab
-from tests.kernel.test_lifecycle import nfqproxy_rules
+from tests.helpers.labs import RunningLab, new_lab, nfqproxy_rules
 
 pytestmark = pytest.mark.kernel
 CAP_NET_ADMIN, CAP_NET_RAW = 12, 13

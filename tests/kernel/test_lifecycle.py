@@ -18,14 +18,10 @@ from nfqproxy_lab import netns
 from nfqproxy_lab.proxy import proxy_command, read_status, run_command
 from nfqproxy_lab.topology import HTTP_PORT, HTTP_TARGET, SERVICE_CIDR, WEB_VIP, backend_ip
 from nfqproxy_lab.traffic import KeepAlive, http_get, http_split
-from tests.kernel.conftest import ROOT, RunningLab
+from tests.helpers.labs import RunningLab, nfqproxy_rules
+from tests.helpers.paths import ROOT
 
 pytestmark = pytest.mark.kernel
-
-
-def nfqproxy_rules(namespace: str) -> list[str]:
-    dump = netns.run(netns.exec_command(namespace, ["iptables-save"]))
-    return [line for line in dump.splitlines() if "NFQPROXY" in line or "nfqproxy" in line]
 
 
 def test_2_s_after_an_endpoint_is_removed_no_new_connection_reaches_it_and_open_ones_carry_on(

@@ -26,7 +26,7 @@ from nfqproxy_lab.packets import addr, tcp_packet, udp_packet
 from nfqproxy_lab.proxy import read_status
 from nfqproxy_lab.topology import CLIENT_IP, DNS_PORT, HTTP_PORT, WEB_VIP
 from nfqproxy_lab.traffic import http_split
-from tests.kernel.conftest import RunningLab
+from tests.helpers.labs import RunningLab
 
 pytestmark = pytest.mark.kernel
 

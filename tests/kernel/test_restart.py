@@ -17,7 +17,8 @@ from nfqproxy_lab.proxy import read_status, start_proxy, wait_ready
 from nfqproxy_lab.servers import blob
 from nfqproxy_lab.topology import HTTP_PORT, WEB_VIP
 from nfqproxy_lab.traffic import fetch_url, http_slow_download_digest, parallel
-from tests.kernel.conftest import DATAPATHS, RunningLab, lab_with_api_proxy, lab_with_proxy
+from tests.helpers.datapaths import DATAPATHS
+from tests.helpers.labs import RunningLab, lab_with_api_proxy, lab_with_proxy
 
 pytestmark = pytest.mark.kernel
 TRANSFERS = 50

@@ -13,7 +13,7 @@ import yaml
 from nfqproxy_lab.proxy import read_status
 from nfqproxy_lab.topology import DNS_PORT, HTTP_PORT, lab_endpoint_slices, lab_services
 from nfqproxy_lab.traffic import http_split, udp_query
-from tests.kernel.conftest import RunningLab
+from tests.helpers.labs import RunningLab
 
 pytestmark = pytest.mark.kernel
 

@@ -20,7 +20,7 @@ from nfqproxy_lab.packets import tcp_packet
 from nfqproxy_lab.proxy import read_status
 from nfqproxy_lab.topology import CLIENT_IP, HTTP_PORT, WEB_VIP
 from nfqproxy_lab.traffic import KeepAlive, fetch_url, http_get, parallel
-from tests.kernel.conftest import lab_with_proxy
+from tests.helpers.labs import lab_with_proxy
 
 pytestmark = pytest.mark.kernel
 SOURCES = 100_000

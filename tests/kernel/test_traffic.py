@@ -19,7 +19,7 @@ from nfqproxy_lab.traffic import (
     http_upload_digest,
     udp_query,
 )
-from tests.kernel.conftest import RunningLab
+from tests.helpers.labs import RunningLab
 
 pytestmark = pytest.mark.kernel
 

@@ -16,7 +16,8 @@ from nfqproxy_lab.flood import FloodKind, queue_rate, serve_iperf, start_flood
 from nfqproxy_lab.proxy import read_status
 from nfqproxy_lab.topology import DNS_PORT, WEB_VIP
 from nfqproxy_lab.traffic import fetch_url
-from tests.kernel.conftest import DATAPATHS, RunningLab, lab_with_proxy
+from tests.helpers.datapaths import DATAPATHS
+from tests.helpers.labs import RunningLab, lab_with_proxy
 
 pytestmark = pytest.mark.kernel
 FLOOD_SECONDS = 60  # longer than the test: the flood is still on when the proxy stops

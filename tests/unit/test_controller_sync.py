@@ -13,7 +13,7 @@ from nfqproxy.controller import Proxy, ProxyConfig
 from nfqproxy.datapath.frontends import table_key
 from nfqproxy.datapath.reference.datapath import ReferenceDatapath
 from nfqproxy.sources.manifests import ManifestObjects
-from tests.unit.test_tracker import endpoint_slice, report, service
+from tests.helpers.objects import endpoint_slice, report, service
 
 
 def proxy() -> Proxy:

@@ -20,11 +20,13 @@ from nfqproxy.datapath.reference.datapath import ReferenceDatapath
 from nfqproxy.datapath.verdicts import Action
 from nfqproxy.model import Backend, ServicePort, Snapshot
 from nfqproxy_lab.packets import checksums_verify, icmp_error, tcp_packet, udp_packet
+from tests.helpers.clock import FakeClock
+from tests.helpers.snapshots import BACKENDS, snapshot
 
 pytestmark = pytest.mark.skipif(not fast_path_available(), reason="the fast path is not built")
 
+NOW = 5000.0  # where every test clock starts
 CLIENTS = ["10.244.1.2", "10.244.1.3", "10.244.11.2"]  # the last is also a backend: hairpin
-BACKENDS = ["10.244.11.2", "10.244.12.2", "10.244.13.2", "10.244.14.2"]
 TARGETS = [
     ("10.96.0.10", 80),
     ("10.96.0.10", 53),
@@ -41,46 +43,6 @@ FLAGS = [
     dpkt.tcp.TH_RST,
     dpkt.tcp.TH_ACK | dpkt.tcp.TH_PUSH,
 ]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 5000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def snapshot(backends: frozenset[int], affinity: int = 0) -> Snapshot:
-    """web:http and web:dns on the chosen backends, with sessionAffinity seconds (0: none);
-    empty:http with no endpoints, and empty:dns with endpoints on other nodes only."""
-    chosen = [BACKENDS[i] for i in sorted(backends)]
-    vip, empty = ip_address("10.96.0.10"), ip_address("10.96.0.20")
-    return Snapshot(
-        {
-            (vip, "TCP", 80): ServicePort(
-                "d/web:http",
-                vip,
-                "TCP",
-                80,
-                tuple(Backend(ip_address(b), 8080) for b in chosen),
-                affinity,
-            ),
-            (vip, "UDP", 53): ServicePort(
-                "d/web:dns",
-                vip,
-                "UDP",
-                53,
-                tuple(Backend(ip_address(b), 5353) for b in chosen),
-                affinity,
-            ),
-            (empty, "TCP", 80): ServicePort("d/empty:http", empty, "TCP", 80, ()),
-            # internalTrafficPolicy Local, endpoints only elsewhere: dropped, not rejected
-            (empty, "UDP", 53): ServicePort(
-                "d/empty:dns", empty, "UDP", 53, (), no_local_endpoints=True
-            ),
-        }
-    )
 
 
 def request(client: int, sport: int, target: int, proto: str, flags: int, payload: bytes) -> bytes:
@@ -200,7 +162,7 @@ operations = st.lists(
 )
 
 
-def run(datapath: Any, clock: Clock, ops: list[tuple[str, Any]]) -> list[Any]:
+def run(datapath: Any, clock: FakeClock, ops: list[tuple[str, Any]]) -> list[Any]:
     trace: list[Any] = []
     for op, arg in ops:
         if op in ("packet", "packets"):
@@ -232,7 +194,7 @@ def test_fast_and_reference_paths_agree_on_every_packet(
 ) -> None:
     traces = []
     for kind in (ReferenceDatapath, FastDatapath):
-        clock = Clock()
+        clock = FakeClock(NOW)
         datapath = kind([IPv4Network("10.96.0.0/12")], capacity=capacity, clock=clock)
         datapath.apply(snapshot(frozenset({0, 1, 2}), affinity))
         traces.append(run(datapath, clock, ops))
@@ -259,7 +221,7 @@ def test_both_paths_evict_and_expire_the_same_flows() -> None:
     scripted += [("packet", request(0, 1001, 0, "tcp", dpkt.tcp.TH_ACK, b"")), ("expire", None)]
     traces, stats = [], []
     for kind in (ReferenceDatapath, FastDatapath):
-        clock = Clock()
+        clock = FakeClock(NOW)
         datapath = kind([IPv4Network("10.96.0.0/12")], capacity=8, clock=clock)
         datapath.apply(snapshot(frozenset({0, 1, 2})))
         traces.append(run(datapath, clock, scripted))
@@ -287,13 +249,13 @@ def as_checksum_partial(packet: bytes) -> bytes:
 @given(st.lists(st.one_of(valid_requests, valid_replies), min_size=1, max_size=20))
 @settings(max_examples=200, deadline=None)
 def test_checksum_partial_packets_leave_with_complete_checksums(packets: list[bytes]) -> None:
-    reference = ReferenceDatapath([IPv4Network("10.96.0.0/12")], clock=Clock())
-    fast = FastDatapath([IPv4Network("10.96.0.0/12")], clock=Clock())
+    reference = ReferenceDatapath([IPv4Network("10.96.0.0/12")], clock=FakeClock(NOW))
+    fast = FastDatapath([IPv4Network("10.96.0.0/12")], clock=FakeClock(NOW))
     for datapath in (reference, fast):
         datapath.apply(snapshot(frozenset({0, 1, 2})))
     for packet in packets:
         expected = reference.process(packet)
-        action, reason, payload, _, _ = fast.core.process(as_checksum_partial(packet), 5000.0, True)
+        action, reason, payload, _, _ = fast.core.process(as_checksum_partial(packet), NOW, True)
         assert (action, reason) == (expected.action.value, expected.reason)
         if payload is None:
             continue
@@ -309,7 +271,7 @@ def test_a_large_table_reports_states_from_c_and_leaves_out_the_per_backend_brea
     from nfqproxy.datapath.flows import SUMMARY_DETAIL_LIMIT
 
     fast = FastDatapath(
-        [IPv4Network("10.96.0.0/12")], capacity=SUMMARY_DETAIL_LIMIT + 100, clock=Clock()
+        [IPv4Network("10.96.0.0/12")], capacity=SUMMARY_DETAIL_LIMIT + 100, clock=FakeClock(NOW)
     )
     fast.apply(snapshot(frozenset({0, 1})))
     template = bytearray(tcp_packet("10.0.0.1", 1, "10.96.0.10", 80))
@@ -343,7 +305,7 @@ def test_both_paths_reset_flows_to_a_removed_backend_and_spare_a_draining_one() 
     )
     traces = []
     for kind in (ReferenceDatapath, FastDatapath):
-        clock = Clock()
+        clock = FakeClock(NOW)
         datapath = kind([IPv4Network("10.96.0.0/12")], capacity=64, clock=clock)
         datapath.apply(snapshot(frozenset({0, 1, 2})))
         trace = run(
@@ -368,7 +330,7 @@ def test_both_paths_give_a_syn_on_a_port_whose_backend_left_a_new_backend() -> N
         request(c, p, 0, "tcp", dpkt.tcp.TH_SYN, b"") for c in range(2) for p in range(1000, 1012)
     ]
     for kind in (ReferenceDatapath, FastDatapath):
-        clock = Clock()
+        clock = FakeClock(NOW)
         datapath = kind([IPv4Network("10.96.0.0/12")], capacity=64, clock=clock)
         datapath.apply(snapshot(frozenset({0, 1, 2})))
         for packet in syns:
@@ -390,7 +352,7 @@ def test_both_paths_give_a_syn_on_a_port_whose_backend_left_a_new_backend() -> N
 def test_both_paths_translate_icmp_errors_about_their_flows_byte_for_byte(quote: int) -> None:
     outputs = []
     for kind in (ReferenceDatapath, FastDatapath):
-        clock = Clock()
+        clock = FakeClock(NOW)
         datapath = kind([IPv4Network("10.96.0.0/12")], capacity=64, clock=clock)
         datapath.apply(snapshot(frozenset({0, 1, 2})))
         out = []

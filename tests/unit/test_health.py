@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from nfqproxy.health import LOOP_STALL_SECONDS, HealthServer, Liveness, parse_bind_address
 from nfqproxy.metrics import ProxyMetrics, kernel_queue_drops
+from tests.helpers.clock import FakeClock
 
 
 def serve_health(last_success: float | None, now: float) -> tuple[int, dict[str, object]]:
@@ -52,16 +53,8 @@ def test_kernel_queue_drops_are_read_for_our_queue_only(tmp_path: Path) -> None:
     assert kernel_queue_drops(100, Path("/nonexistent")) == {}
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def liveness(synced: bool, last_attempt: float | None) -> tuple[Liveness, FakeClock]:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     return Liveness(30.0, lambda: synced, lambda: last_attempt, clock), clock
 
 

@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from nfqproxy.datapath.fast.datapath import FastDatapath, fast_path_available
-from nfqproxy.datapath.reference.datapath import ReferenceDatapath
+from nfqproxy.datapath.interface import Datapath
 from nfqproxy.datapath.verdicts import Action
 from nfqproxy.model import ServicePort, Snapshot, parse_endpoint_slice, parse_service
 from nfqproxy.sources.manifests import load_manifest_file
@@ -125,17 +124,12 @@ def test_cluster_policy_never_drops_for_want_of_local_endpoints() -> None:
     assert not frontend([], "Cluster").no_local_endpoints
 
 
-# Both data paths give the verdict kube-proxy's rules give: DROP for no local endpoints.
-DATAPATHS = [ReferenceDatapath, *([FastDatapath] if fast_path_available() else [])]
-
-
-@pytest.mark.parametrize("kind", DATAPATHS, ids=lambda k: k.__name__)
+# Every data path gives the verdict kube-proxy's rules give: DROP for no local endpoints.
 @pytest.mark.parametrize("no_local", [True, False], ids=["elsewhere", "nowhere"])
 def test_both_paths_drop_for_no_local_endpoints_and_reject_for_none_at_all(
-    kind: type[ReferenceDatapath], no_local: bool
+    datapath: Datapath, no_local: bool
 ) -> None:
     vip = ip_address("10.96.0.10")
-    datapath = kind(CIDRS)
     ports = {
         (vip, p, n): ServicePort(f"shop/web:{p}", vip, p, n, (), no_local_endpoints=no_local)
         for p, n in (("TCP", 80), ("UDP", 53))

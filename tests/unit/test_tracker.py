@@ -11,32 +11,9 @@ import pytest
 
 from nfqproxy.model import Backend, parse_endpoint_slice
 from nfqproxy.tracker import TRIGGER_TIME_ANNOTATION, ChangeTracker
+from tests.helpers.objects import endpoint_slice, report, service
 
 CIDRS = [IPv4Network("10.96.0.0/12")]
-
-
-def service(name: str, vip: str, port: int = 80, namespace: str = "shop") -> dict[str, Any]:
-    return {
-        "kind": "Service",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"clusterIP": vip, "ports": [{"name": "http", "port": port}]},
-    }
-
-
-def endpoint_slice(
-    name: str, service_name: str, *addresses: str, namespace: str = "shop"
-) -> dict[str, Any]:
-    return {
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {"kubernetes.io/service-name": service_name},
-        },
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": 8080}],
-        "endpoints": [{"addresses": [a]} for a in addresses],
-    }
 
 
 def frontend(vip: str, port: int = 80) -> tuple[Any, str, int]:
@@ -45,15 +22,6 @@ def frontend(vip: str, port: int = 80) -> tuple[Any, str, int]:
 
 def backends(tracker: ChangeTracker, vip: str) -> list[str]:
     return [b.name for b in tracker.ports[frontend(vip)].backends]
-
-
-def report(tracker: ChangeTracker, *objects: dict[str, Any]) -> None:
-    for obj in objects:
-        key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
-        if obj["kind"] == "Service":
-            tracker.service_changed(key, obj)
-        else:
-            tracker.slice_changed(key, obj)
 
 
 def test_one_endpoint_change_among_many_services_parses_and_returns_only_that_service(

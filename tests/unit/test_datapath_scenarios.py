@@ -1,12 +1,14 @@
-"""The reference data path, packet in, verdict and packet out, with no kernel involved."""
+"""Every data path, packet in, verdict and packet out, with no kernel involved: the
+scenarios the reference path was written against, run on each implementation through the
+datapath and make_datapath fixtures (tests/unit/conftest.py)."""
 
 from dataclasses import replace
-from ipaddress import IPv4Network, ip_address
+from ipaddress import ip_address
 
 import dpkt
 import pytest
 
-from nfqproxy.datapath.reference.datapath import ReferenceDatapath
+from nfqproxy.datapath.interface import Datapath
 from nfqproxy.datapath.verdicts import Action, Verdict
 from nfqproxy.model import Backend, ServicePort, Snapshot
 from nfqproxy_lab.packets import (
@@ -17,6 +19,8 @@ from nfqproxy_lab.packets import (
     tcp_packet,
     udp_packet,
 )
+from tests.helpers.clock import FakeClock
+from tests.helpers.datapaths import MakeDatapath, flow_count, status_section
 
 VIP = "10.96.0.10"
 CLIENT = "10.244.1.2"
@@ -26,14 +30,6 @@ BACKENDS = ["10.244.11.2", "10.244.12.2", "10.244.13.2"]
 def payload_of(verdict: Verdict) -> bytes:
     assert verdict.payload is not None, verdict
     return verdict.payload
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def snapshot(backend_ips: list[str], vip: str = VIP) -> Snapshot:
@@ -55,19 +51,14 @@ def snapshot(backend_ips: list[str], vip: str = VIP) -> Snapshot:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def datapath(clock: FakeClock) -> ReferenceDatapath:
-    dp = ReferenceDatapath([IPv4Network("10.96.0.0/12")], clock=clock)
-    dp.apply(snapshot(BACKENDS))
-    return dp
+def datapath(datapath: Datapath) -> Datapath:
+    """Each data path in turn, on the test's clock, with web and empty programmed."""
+    datapath.apply(snapshot(BACKENDS))
+    return datapath
 
 
 def test_a_new_tcp_flow_is_rewritten_to_a_backend_with_valid_checksums(
-    datapath: ReferenceDatapath,
+    datapath: Datapath,
 ) -> None:
     verdict = datapath.process(tcp_packet(CLIENT, 40000, VIP, 80))
     assert verdict.action is Action.ACCEPT and verdict.reason == "new_flow" and verdict.proxied
@@ -79,7 +70,7 @@ def test_a_new_tcp_flow_is_rewritten_to_a_backend_with_valid_checksums(
 
 
 def test_every_packet_of_a_flow_goes_to_the_same_backend_and_replies_come_from_the_vip(
-    datapath: ReferenceDatapath,
+    datapath: Datapath,
 ) -> None:
     first = dpkt.ip.IP(datapath.process(tcp_packet(CLIENT, 40001, VIP, 80)).payload)
     backend = first.dst
@@ -97,7 +88,7 @@ def test_every_packet_of_a_flow_goes_to_the_same_backend_and_replies_come_from_t
     assert checksums_verify(payload_of(reply))
 
 
-def test_udp_is_rewritten_and_a_zero_checksum_stays_zero(datapath: ReferenceDatapath) -> None:
+def test_udp_is_rewritten_and_a_zero_checksum_stays_zero(datapath: Datapath) -> None:
     raw = udp_packet(CLIENT, 5000, VIP, 53)
     verdict = datapath.process(raw)
     assert checksums_verify(payload_of(verdict))
@@ -108,7 +99,7 @@ def test_udp_is_rewritten_and_a_zero_checksum_stays_zero(datapath: ReferenceData
 
 
 def test_a_service_without_endpoints_and_an_unserved_port_are_rejected(
-    datapath: ReferenceDatapath,
+    datapath: Datapath,
 ) -> None:
     assert datapath.process(tcp_packet(CLIENT, 1, "10.96.0.20", 80)).reason == "no_endpoints"
     unserved = datapath.process(tcp_packet(CLIENT, 1, VIP, 443))
@@ -117,9 +108,9 @@ def test_a_service_without_endpoints_and_an_unserved_port_are_rejected(
 
 
 def test_an_unknown_reply_is_recovered_when_one_service_port_uses_that_backend(
-    clock: FakeClock,
+    make_datapath: MakeDatapath,
 ) -> None:
-    dp = ReferenceDatapath([IPv4Network("10.96.0.0/12")], clock=clock)
+    dp = make_datapath()
     dp.apply(snapshot(BACKENDS))
     verdict = dp.process(tcp_packet(BACKENDS[0], 8080, CLIENT, 40002, flags=dpkt.tcp.TH_ACK))
     assert verdict.reason == "reply_recovered"
@@ -129,7 +120,7 @@ def test_an_unknown_reply_is_recovered_when_one_service_port_uses_that_backend(
 
 
 def test_removing_an_endpoint_resets_its_tcp_flows_and_resteers_udp_flows(
-    datapath: ReferenceDatapath,
+    datapath: Datapath,
 ) -> None:
     tcp_backend = dpkt.ip.IP(datapath.process(tcp_packet(CLIENT, 40003, VIP, 80)).payload).dst
     survivor_port = next(
@@ -160,7 +151,7 @@ def test_removing_an_endpoint_resets_its_tcp_flows_and_resteers_udp_flows(
 
 
 def test_a_draining_endpoint_keeps_its_open_tcp_flows_but_gets_no_new_ones(
-    datapath: ReferenceDatapath,
+    datapath: Datapath,
 ) -> None:
     packet = datapath.process(tcp_packet(CLIENT, 40005, VIP, 80))
     pinned = ".".join(map(str, dpkt.ip.IP(packet.payload).dst))
@@ -177,25 +168,25 @@ def test_a_draining_endpoint_keeps_its_open_tcp_flows_but_gets_no_new_ones(
         assert ".".join(map(str, dpkt.ip.IP(new.payload).dst)) != pinned
 
 
-def test_flows_expire_by_state(datapath: ReferenceDatapath, clock: FakeClock) -> None:
+def test_flows_expire_by_state(datapath: Datapath, clock: FakeClock) -> None:
     datapath.process(tcp_packet(CLIENT, 40004, VIP, 80))  # SYN only
     datapath.process(udp_packet(CLIENT, 7000, VIP, 53))
-    assert len(datapath.flows) == 2
-    clock.now += 31  # past UDP's unreplied timeout, within TCP SYN_SENT's
+    assert flow_count(datapath) == 2
+    clock.advance(31)  # past UDP's unreplied timeout, within TCP SYN_SENT's
     assert datapath.expire() == 1
-    clock.now += 120
-    assert datapath.expire() == 1 and len(datapath.flows) == 0
+    clock.advance(120)
+    assert datapath.expire() == 1 and flow_count(datapath) == 0
 
 
-def test_a_full_table_evicts_the_oldest_flow(clock: FakeClock) -> None:
-    dp = ReferenceDatapath([IPv4Network("10.96.0.0/12")], capacity=10, clock=clock)
+def test_a_full_table_evicts_the_oldest_flow(make_datapath: MakeDatapath) -> None:
+    dp = make_datapath(capacity=10)
     dp.apply(snapshot(BACKENDS))
     for port in range(20000, 20050):
         assert dp.process(tcp_packet(CLIENT, port, VIP, 80)).action is Action.ACCEPT
-    assert len(dp.flows) == 10 and dp.flows.evicted == 40
+    assert flow_count(dp) == 10 and status_section(dp, "connection_table")["evicted"] == 40
 
 
-def test_only_changed_service_ports_are_rebuilt(datapath: ReferenceDatapath) -> None:
+def test_only_changed_service_ports_are_rebuilt(datapath: Datapath) -> None:
     assert datapath.apply(snapshot(BACKENDS)) == []
     changed = datapath.apply(snapshot(BACKENDS[:2]))
     assert sorted(changed) == ["default/web:dns", "default/web:http"]
@@ -220,14 +211,14 @@ MALFORMED["bad_total_length"] = _lying_length
 
 @pytest.mark.parametrize("reason", sorted(MALFORMED))
 def test_a_malformed_packet_is_dropped_with_a_named_counter(
-    datapath: ReferenceDatapath, reason: str
+    datapath: Datapath, reason: str
 ) -> None:
     verdict = datapath.process(bytes(MALFORMED[reason]))
     assert (verdict.action, verdict.reason) == (Action.DROP, reason)
     assert datapath.counters[f"drop_{reason}"] == 1
 
 
-def test_a_fragment_is_dropped_and_ip_options_are_proxied(datapath: ReferenceDatapath) -> None:
+def test_a_fragment_is_dropped_and_ip_options_are_proxied(datapath: Datapath) -> None:
     fragment = dpkt.ip.IP(tcp_packet(CLIENT, 1, VIP, 80))
     fragment.mf = 1
     fragment.sum = 0
@@ -238,7 +229,7 @@ def test_a_fragment_is_dropped_and_ip_options_are_proxied(datapath: ReferenceDat
     assert datapath.counters["ip_options"] == 1
 
 
-def test_a_failed_apply_leaves_every_table_as_it_was(datapath: ReferenceDatapath) -> None:
+def test_a_failed_apply_leaves_every_table_as_it_was(datapath: Datapath) -> None:
     before = datapath.process(tcp_packet(CLIENT, 40100, VIP, 80))
     huge = tuple(Backend(ip_address(0x0A000000 + i), 80) for i in range(70_000))
     vip = ip_address(VIP)
@@ -259,7 +250,7 @@ def test_a_failed_apply_leaves_every_table_as_it_was(datapath: ReferenceDatapath
 
 
 def test_tcp_options_cut_short_by_the_total_length_count_as_a_truncated_header(
-    datapath: ReferenceDatapath,
+    datapath: Datapath,
 ) -> None:
     raw = bytearray(tcp_packet(CLIENT, 40200, VIP, 80))
     raw[32] = 0xF0  # data offset 60 bytes, but the segment has 20
@@ -269,7 +260,7 @@ def test_tcp_options_cut_short_by_the_total_length_count_as_a_truncated_header(
 @pytest.mark.parametrize("proto", ["tcp", "udp"])
 @pytest.mark.parametrize("quote", [28, 48])
 def test_an_icmp_error_about_a_proxied_flow_reaches_the_client_as_from_the_vip(
-    datapath: ReferenceDatapath, proto: str, quote: int
+    datapath: Datapath, proto: str, quote: int
 ) -> None:
     if proto == "tcp":
         request = datapath.process(tcp_packet(CLIENT, 40010, VIP, 80, payload=b"x" * 40))
@@ -294,7 +285,7 @@ def test_an_icmp_error_about_a_proxied_flow_reaches_the_client_as_from_the_vip(
 
 
 def test_icmp_errors_about_unknown_flows_or_with_bad_quotes_are_dropped(
-    datapath: ReferenceDatapath,
+    datapath: Datapath,
 ) -> None:
     stranger = udp_packet(CLIENT, 1, "10.244.99.9", 5353)
     assert datapath.process(icmp_error("10.244.99.9", CLIENT, stranger)).reason == (

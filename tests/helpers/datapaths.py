@@ -1,0 +1,112 @@
+"""Every data path the factory registers, built by name, for the tests that run on each.
+
+A data path registered in nfqproxy.datapath.factory.DATAPATHS is found here with no change
+to the tests: unit scenarios take it through the fixtures of tests/unit/conftest.py
+(datapath, make_datapath), kernel scenarios through DATAPATHS below.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Iterable
+from ipaddress import IPv4Network
+from typing import Any, Protocol, cast
+
+import pytest
+
+from nfqproxy import defaults
+from nfqproxy.datapath import factory
+from nfqproxy.datapath.factory import DatapathSettings
+from nfqproxy.datapath.flows import Timeouts
+from nfqproxy.datapath.interface import Datapath
+
+SERVICE_CIDRS = (IPv4Network("10.96.0.0/12"),)
+
+# The executable specification: what golden scenario files are written from.
+REFERENCE = "reference"
+
+# Every registered name, from the least preferred (the reference, the specification) to
+# the most: a test that hands flows from one implementation to another goes this way.
+NAMES: list[str] = list(reversed(factory.DATAPATHS))
+
+# The names that can run on this machine, in the same order: what kernel scenarios run on.
+DATAPATHS: list[str] = [name for name in NAMES if name in factory.available()]
+
+
+class DatapathClass(Protocol):
+    """What every implementation's constructor takes (ReferenceDatapath, FastDatapath)."""
+
+    def __call__(
+        self,
+        service_cidrs: Iterable[IPv4Network],
+        capacity: int = ...,
+        timeouts: Timeouts | None = ...,
+        seed: int = ...,
+        clock: Callable[[], float] = ...,
+    ) -> Datapath: ...
+
+
+@functools.cache
+def implementation(name: str) -> DatapathClass:
+    """The class factory.build makes for the name. Building takes no kernel: a queue
+    binding claims its queue in bind(), which is not called here."""
+    datapath, _ = factory.build(name, DatapathSettings(SERVICE_CIDRS, flow_capacity=1), 0)
+    return cast(DatapathClass, type(datapath))
+
+
+def new_datapath(
+    name: str,
+    *,
+    capacity: int = defaults.FLOW_CAPACITY,
+    timeouts: Timeouts | None = None,
+    seed: int = 0,
+    clock: Callable[[], float] = time.monotonic,
+    service_cidrs: Iterable[IPv4Network] = SERVICE_CIDRS,
+) -> Datapath:
+    """A data path of that name with no service ports, on the clock given."""
+    return implementation(name)(service_cidrs, capacity, timeouts, seed, clock)
+
+
+def datapath_params() -> list[Any]:
+    """One pytest parameter per registered data path; those that cannot run here are
+    skipped with the reason, not left out, so that a missing build shows in the summary."""
+    usable = factory.available()
+    return [
+        pytest.param(
+            name,
+            id=name,
+            marks=pytest.mark.skipif(
+                name not in usable,
+                reason=f"the {name} data path is not available here (factory.available() is "
+                f"{usable}): the fast one needs its extension, without NFQPROXY_NO_EXTENSIONS=1",
+            ),
+        )
+        for name in NAMES
+    ]
+
+
+def status_section(datapath: Datapath, name: str) -> dict[str, Any]:
+    """A section of the data path's status: connection_table, session_affinity, counters."""
+    section = datapath.status()[name]
+    assert isinstance(section, dict), section
+    return section
+
+
+def flow_count(datapath: Datapath) -> int:
+    """Flows in the connection table, as every implementation's status tells it."""
+    return int(status_section(datapath, "connection_table")["flows"])
+
+
+class MakeDatapath(Protocol):
+    """The make_datapath fixture: a data path of the test's implementation."""
+
+    def __call__(
+        self,
+        *,
+        capacity: int = ...,
+        timeouts: Timeouts | None = ...,
+        seed: int = ...,
+        clock: Callable[[], float] = ...,
+        service_cidrs: Iterable[IPv4Network] = ...,
+    ) -> Datapath: ...

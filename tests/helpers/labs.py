@@ -1,0 +1,84 @@
+"""Labs in network namespaces, with nfqproxy running in their node namespace.
+
+Every lab gets a unique name and is torn down in a finally, even when the test fails:
+its processes are stopped by pid and its namespaces deleted.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from nfqproxy_lab import netns
+from nfqproxy_lab.netns import NetnsThread
+from nfqproxy_lab.proxy import start_proxy, wait_ready
+from nfqproxy_lab.served_api import ServedApi
+from nfqproxy_lab.topology import Lab, lab_endpoint_slices, lab_services
+
+_lab_numbers = itertools.count()
+
+
+def new_lab(backends: int = 3) -> Lab:
+    return Lab(f"t{os.getpid() % 10000}n{next(_lab_numbers)}", backends)
+
+
+class RunningLab:
+    """A lab with nfqproxy running in its node namespace, and threads in its namespaces."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.proxy: subprocess.Popen[bytes] | None = None
+        self.client = NetnsThread(lab.client_ns)
+        self.node = NetnsThread(lab.node_ns)
+
+    def start_proxy(self, *extra: str) -> subprocess.Popen[bytes]:
+        self.proxy = start_proxy(self.lab, *extra)
+        wait_ready(self.lab, self.proxy)
+        return self.proxy
+
+    def close(self) -> None:
+        # Lab first: with its namespaces gone, traffic a failed test left running errors out.
+        self.lab.down()
+        self.client.close(wait=False)
+        self.node.close(wait=False)
+
+
+@contextmanager
+def lab_with_proxy(*proxy_args: str) -> Iterator[RunningLab]:
+    running = RunningLab(new_lab())
+    try:
+        running.lab.up()
+        running.start_proxy(*proxy_args)
+        yield running
+    finally:
+        running.close()
+
+
+@contextmanager
+def lab_with_api_proxy(*proxy_args: str) -> Iterator[tuple[RunningLab, ServedApi]]:
+    """A lab whose proxy follows the in-process API server, which holds the lab's objects."""
+    running = RunningLab(new_lab())
+    api: ServedApi | None = None
+    try:
+        running.lab.up()
+        api = ServedApi(running.lab.node_ns)
+        for item in lab_services()["items"]:
+            api.call(api.server.create("services", item))
+        for item in lab_endpoint_slices([1, 2, 3])["items"]:
+            api.call(api.server.create("endpointslices", item))
+        running.proxy = start_proxy(running.lab, *proxy_args, api_server=api.url)
+        wait_ready(running.lab, running.proxy)
+        yield running, api
+    finally:
+        running.close()
+        if api is not None:
+            api.close()
+
+
+def nfqproxy_rules(namespace: str) -> list[str]:
+    """nfqproxy's iptables rules and chains in the namespace, as iptables-save lists them."""
+    dump = netns.run(netns.exec_command(namespace, ["iptables-save"]))
+    return [line for line in dump.splitlines() if "NFQPROXY" in line or "nfqproxy" in line]
