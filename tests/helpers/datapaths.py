@@ -7,11 +7,10 @@ to the tests: unit scenarios take it through the fixtures of tests/unit/conftest
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable, Iterable
 from ipaddress import IPv4Network
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import pytest
 
@@ -34,27 +33,6 @@ NAMES: list[str] = list(reversed(factory.DATAPATHS))
 DATAPATHS: list[str] = [name for name in NAMES if name in factory.available()]
 
 
-class DatapathClass(Protocol):
-    """What every implementation's constructor takes (ReferenceDatapath, FastDatapath)."""
-
-    def __call__(
-        self,
-        service_cidrs: Iterable[IPv4Network],
-        capacity: int = ...,
-        timeouts: Timeouts | None = ...,
-        seed: int = ...,
-        clock: Callable[[], float] = ...,
-    ) -> Datapath: ...
-
-
-@functools.cache
-def implementation(name: str) -> DatapathClass:
-    """The class factory.build makes for the name. Building takes no kernel: a queue
-    binding claims its queue in bind(), which is not called here."""
-    datapath, _ = factory.build(name, DatapathSettings(SERVICE_CIDRS, flow_capacity=1), 0)
-    return cast(DatapathClass, type(datapath))
-
-
 def new_datapath(
     name: str,
     *,
@@ -65,7 +43,10 @@ def new_datapath(
     service_cidrs: Iterable[IPv4Network] = SERVICE_CIDRS,
 ) -> Datapath:
     """A data path of that name with no service ports, on the clock given."""
-    return implementation(name)(service_cidrs, capacity, timeouts, seed, clock)
+    settings = DatapathSettings(
+        tuple(service_cidrs), capacity, seed, timeouts=timeouts or Timeouts(), clock=clock
+    )
+    return factory.build_datapath(name, settings)
 
 
 def datapath_params() -> list[Any]:

@@ -12,11 +12,6 @@ from collections.abc import Iterator
 import pytest
 
 from nfqproxy_lab.topology import Lab
-
-# Re-exported for tests/kernel/test_bench_smoke.py and test_scale_bench_smoke.py, which
-# import it from here; it lives in tests.helpers.bench, and this goes once they import it
-# from there.
-from tests.helpers.bench import run_benchmark as run_benchmark
 from tests.helpers.datapaths import DATAPATHS
 from tests.helpers.labs import RunningLab, lab_with_proxy, new_lab
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from nfqproxy_lab import netns
-from tests.kernel.conftest import run_benchmark
+from tests.helpers.bench import run_benchmark
 
 pytestmark = pytest.mark.kernel
 

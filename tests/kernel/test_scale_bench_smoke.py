@@ -17,7 +17,7 @@ import pytest
 
 from nfqproxy_lab import netns
 from nfqproxy_lab.topology import all_labs
-from tests.kernel.conftest import run_benchmark
+from tests.helpers.bench import run_benchmark
 
 pytestmark = pytest.mark.kernel
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -1,5 +1,7 @@
 """The layout's rules, checked on the source: what may import what, and how long a file
-may grow (docs/architecture.md explains the layout)."""
+may grow (docs/architecture.md explains the layout). Test modules share code through
+tests/helpers only: a test module that imports another, or a conftest, runs that module's
+import-time code and ties the two together; conftest.py files keep fixtures and hooks."""
 
 from __future__ import annotations
 
@@ -13,15 +15,18 @@ MAX_LINES = 600
 
 
 def imported_modules(path: Path) -> set[str]:
-    """Every module a Python file imports, at any depth (lazy imports included)."""
-    names: set[str] = set()
+    """Every module a Python file imports, at any depth (lazy imports included); relative
+    imports as their leading dots."""
+    modules = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return names
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            modules.add(node.module)
+            modules.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            modules.add("." * node.level + (node.module or ""))
+        elif isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+    return modules
 
 
 def python_files(folder: str) -> list[Path]:
@@ -84,3 +89,20 @@ def test_no_source_file_is_over_600_lines() -> None:
 def test_bench_and_tests_do_not_import_each_other() -> None:
     assert offending("bench", "tests") == {}
     assert offending("tests", "bench") == {}
+
+
+def shares_through_a_test_module(module: str) -> bool:
+    """A relative import, or one of a test module or a conftest in tests."""
+    last = module.rsplit(".", 1)[-1]
+    return module.startswith(".") or (
+        module.startswith("tests.") and (last.startswith("test_") or last == "conftest")
+    )
+
+
+def test_no_test_file_imports_a_test_module_or_a_conftest() -> None:
+    offences = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        where = str(path.relative_to(ROOT))
+        for module in sorted(filter(shares_through_a_test_module, imported_modules(path))):
+            offences.append(f"{where} imports {module}")
+    assert offences == [], "share it through tests/helpers instead:\n" + "\n".join(offences)

@@ -1,14 +1,17 @@
 """`--datapath NAME` to a data path and its queue binding: the one place that knows the
 implementations. A new data path registers here and inherits every test parametrised over
-DATAPATHS."""
+DATAPATHS: the unit scenarios, the golden scenarios and the kernel tests."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Network
+from typing import cast
 
 from nfqproxy import defaults
+from nfqproxy.datapath.flows import Timeouts
 from nfqproxy.datapath.interface import Datapath, QueueBinding
 
 
@@ -16,26 +19,59 @@ from nfqproxy.datapath.interface import Datapath, QueueBinding
 class DatapathSettings:
     service_cidrs: tuple[IPv4Network, ...]
     flow_capacity: int = defaults.FLOW_CAPACITY
-    seed: int = 0
+    seed: int = defaults.SEED
     fail_open: bool = False  # a full queue passes packets unproxied (where supported)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    clock: Callable[[], float] = time.monotonic  # tests pass a clock they move by hand
 
 
-def _reference(settings: DatapathSettings, queue_num: int) -> tuple[Datapath, QueueBinding]:
+@dataclass(frozen=True)
+class Implementation:
+    datapath: Callable[[DatapathSettings], Datapath]
+    binding: Callable[[Datapath, int, DatapathSettings], QueueBinding]
+    available: Callable[[], bool] = lambda: True
+
+
+def _reference_datapath(settings: DatapathSettings) -> Datapath:
+    from nfqproxy.datapath.reference.datapath import ReferenceDatapath
+
+    return ReferenceDatapath(
+        settings.service_cidrs,
+        settings.flow_capacity,
+        settings.timeouts,
+        settings.seed,
+        settings.clock,
+    )
+
+
+def _reference_binding(
+    datapath: Datapath, queue_num: int, settings: DatapathSettings
+) -> QueueBinding:
     if settings.fail_open:
         raise ValueError("--fail-open needs the fast data path (--datapath fast)")
-    from nfqproxy.datapath.reference.datapath import ReferenceDatapath
     from nfqproxy.datapath.reference.queue import NetfilterQueueBinding
 
-    datapath = ReferenceDatapath(settings.service_cidrs, settings.flow_capacity, seed=settings.seed)
-    return datapath, NetfilterQueueBinding(queue_num, datapath)
+    return NetfilterQueueBinding(queue_num, datapath)
 
 
-def _fast(settings: DatapathSettings, queue_num: int) -> tuple[Datapath, QueueBinding]:
+def _fast_datapath(settings: DatapathSettings) -> Datapath:
+    from nfqproxy.datapath.fast.datapath import FastDatapath
+
+    return FastDatapath(
+        settings.service_cidrs,
+        settings.flow_capacity,
+        settings.timeouts,
+        settings.seed,
+        settings.clock,
+    )
+
+
+def _fast_binding(datapath: Datapath, queue_num: int, settings: DatapathSettings) -> QueueBinding:
     from nfqproxy.datapath.fast.datapath import FastDatapath
     from nfqproxy.datapath.fast.queue import FastQueueBinding
 
-    datapath = FastDatapath(settings.service_cidrs, settings.flow_capacity, seed=settings.seed)
-    return datapath, FastQueueBinding(queue_num, datapath, settings.fail_open)
+    # Its queue loop runs in C on the data path's own tables.
+    return FastQueueBinding(queue_num, cast(FastDatapath, datapath), settings.fail_open)
 
 
 def _fast_available() -> bool:
@@ -44,28 +80,36 @@ def _fast_available() -> bool:
     return fast_path_available()
 
 
-Builder = Callable[[DatapathSettings, int], tuple[Datapath, QueueBinding]]
-
-# name -> (builder, whether it can run here), in the order of preference.
-DATAPATHS: dict[str, tuple[Builder, Callable[[], bool]]] = {
-    "fast": (_fast, _fast_available),
-    "reference": (_reference, lambda: True),
+# By name, in the order of preference: the first available one is the default.
+DATAPATHS: dict[str, Implementation] = {
+    "fast": Implementation(_fast_datapath, _fast_binding, _fast_available),
+    "reference": Implementation(_reference_datapath, _reference_binding),
 }
 
 
 def available() -> list[str]:
     """The data paths this installation can run (the fast one needs its extension)."""
-    return [name for name, (_, usable) in DATAPATHS.items() if usable()]
+    return [name for name, implementation in DATAPATHS.items() if implementation.available()]
 
 
 def default_datapath() -> str:
-    """The first available in DATAPATHS' order: fast when built, unless
-    NFQPROXY_NO_EXTENSIONS=1."""
+    """Fast when built, unless NFQPROXY_NO_EXTENSIONS=1 is set; else the reference."""
     return available()[0]
 
 
-def build(name: str, settings: DatapathSettings, queue_num: int) -> tuple[Datapath, QueueBinding]:
+def _implementation(name: str) -> Implementation:
     if name not in DATAPATHS:
         raise ValueError(f"unknown data path {name!r}; choose one of {', '.join(DATAPATHS)}")
-    builder, _ = DATAPATHS[name]
-    return builder(settings, queue_num)
+    return DATAPATHS[name]
+
+
+def build_datapath(name: str, settings: DatapathSettings) -> Datapath:
+    """The data path alone, with no queue: for tests and benchmarks that feed it packets."""
+    return _implementation(name).datapath(settings)
+
+
+def build(name: str, settings: DatapathSettings, queue_num: int) -> tuple[Datapath, QueueBinding]:
+    """The data path and the binding that feeds it from NFQUEUE queue_num (not yet bound)."""
+    implementation = _implementation(name)
+    datapath = implementation.datapath(settings)
+    return datapath, implementation.binding(datapath, queue_num, settings)

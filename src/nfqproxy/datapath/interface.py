@@ -42,7 +42,8 @@ class Datapath(Protocol):
 
     @property
     def counters(self) -> dict[str, int]:
-        """Verdict counters (verdicts.verdict_counter) and verdicts.EVENT_COUNTERS."""
+        """Verdict counters (verdicts.verdict_counter) and verdicts.EVENT_COUNTERS, the
+        non-zero ones only: a name that is missing counts zero."""
         ...
 
 
