@@ -14,6 +14,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset, strerror
 
+from includes.hashing cimport flow_hash, mix64
 from includes.netlink cimport *
 
 from nfqproxy.datapath.flows import affinity_capacity
@@ -133,34 +134,6 @@ cdef struct Verdict:
     int proxied
     int hairpin
     uint32_t length       # bytes of the (rewritten) packet to hand back
-
-
-# --- hashing: the same functions as nfqproxy.datapath.hashing --------------------------
-
-cdef inline uint64_t mix64(uint64_t value) noexcept nogil:
-    value = (value ^ (value >> 30)) * 0xBF58476D1CE4E5B9ULL
-    value = (value ^ (value >> 27)) * 0x94D049BB133111EBULL
-    return value ^ (value >> 31)
-
-
-cdef inline uint64_t fnv_bytes(uint64_t value, const uint8_t *data, int length) noexcept nogil:
-    cdef int i
-    for i in range(length):
-        value = (value ^ data[i]) * 0x100000001B3ULL
-    return value
-
-
-cdef inline uint64_t flow_hash(uint8_t proto, uint32_t src, uint16_t sport, uint32_t dst,
-                               uint16_t dport, uint64_t seed) noexcept nogil:
-    cdef uint8_t buf[13]
-    memcpy(buf, &src, 4)
-    memcpy(buf + 4, &dst, 4)
-    buf[8] = sport >> 8
-    buf[9] = sport & 0xFF
-    buf[10] = dport >> 8
-    buf[11] = dport & 0xFF
-    buf[12] = proto
-    return mix64(fnv_bytes(0xCBF29CE484222325ULL ^ seed, buf, 13))
 
 
 cdef inline uint64_t index_hash(uint8_t proto, uint32_t a, uint16_t pa, uint32_t b, uint16_t pb) noexcept nogil:
