@@ -26,6 +26,7 @@ from nfqproxy.datapath.flows import FULL_SCAN_INTERVAL, affinity_capacity
 from nfqproxy.datapath.hashing import SEED_FLOW
 
 # --- the name tables: each in the order of its enum in fastpath/constants.pxd ---------------
+# tests/unit/test_datapath_contract.py checks them against the contract (verdicts, flows).
 
 ACTION_NAMES = ("accept", "drop", "reject")
 REASON_NAMES = (
@@ -33,6 +34,7 @@ REASON_NAMES = (
     "port_not_served", "no_endpoints", "truncated_ip_header", "bad_ihl", "bad_total_length",
     "not_ipv4", "fragment", "truncated_l4_header", "unsupported_protocol", "backend_removed",
     "icmp_error", "icmp_unknown_flow", "icmp_bad_inner_header", "no_local_endpoints",
+    "internal_error",
 )
 STATE_NAMES = ("syn_sent", "established", "closing", "reset", "unreplied", "replied",
                "backend_gone")
@@ -40,6 +42,20 @@ EVENT_COUNTER_NAMES = ("ip_options", "udp_flow_resteered", "tcp_flow_retired", "
                        "affinity_table_full")
 QUEUE_STAT_NAMES = ("packets", "batches", "bad_message", "no_payload", "partial_checksum",
                     "socket_overrun", "send_error", "verdict_refused", "last_refusal_errno")
+
+
+cdef _check_table(str name, tuple names, int count):
+    # A table one entry short of its enum would name counters wrongly, or fail on the first
+    # packet with the reason left out: refuse to load instead.
+    if len(names) != count:
+        raise ImportError(f"nfqproxy._fastpath: {name} has {len(names)} names for {count} values")
+
+
+_check_table("ACTION_NAMES", ACTION_NAMES, ACT_COUNT)
+_check_table("REASON_NAMES", REASON_NAMES, R_COUNT)
+_check_table("STATE_NAMES", STATE_NAMES, S_COUNT)
+_check_table("EVENT_COUNTER_NAMES", EVENT_COUNTER_NAMES, E_COUNT)
+_check_table("QUEUE_STAT_NAMES", QUEUE_STAT_NAMES, Q_COUNT)
 
 # --- the parts, by role -------------------------------------------------------------------
 
@@ -55,3 +71,20 @@ include "fastpath/decide.pxi"
 include "fastpath/status.pxi"
 include "fastpath/core.pxi"
 include "fastpath/queue.pxi"
+
+# --- the hash, for the contract tests -------------------------------------------------------
+
+
+def hash64(bytes data, uint64_t seed):
+    """hashing.hash64 as the C of includes/hashing.pxd computes it."""
+    return hashing.hash64(<const uint8_t *> <const char *> data, len(data), seed)
+
+
+def flow_hash(uint8_t proto, bytes src, uint16_t sport, bytes dst, uint16_t dport, uint64_t seed):
+    """hashing.flow_hash as the C of includes/hashing.pxd computes it, seeded as FastCore
+    seeds it (seed ^ SEED_FLOW); src and dst are packed IPv4 addresses."""
+    if len(src) != 4 or len(dst) != 4:
+        raise ValueError("the fast path hashes IPv4 addresses only")
+    return hashing.flow_hash(proto, rd32raw(<const uint8_t *> <const char *> src), sport,
+                             rd32raw(<const uint8_t *> <const char *> dst), dport,
+                             seed ^ SEED_FLOW)

@@ -1,7 +1,8 @@
 # The fast path's constants. The ACT_*, R_*, S_* and E_* enums follow the orders of the
 # data-path contract (nfqproxy.datapath.verdicts and flows), so that a verdict counted in C
 # is named as every data path names it; fastpath.pyx holds a name table for each enum in the
-# same order.
+# same order, refuses to load if a table's length differs from its enum's, and
+# tests/unit/test_datapath_contract.py checks the names against the contract's.
 #
 # Anonymous enums: Cython 3 does not take a named enum's values as array indexes.
 from libc.stdint cimport uint32_t, uint64_t
@@ -34,6 +35,9 @@ cdef enum:  # reasons: verdicts.REASONS, REASON_NAMES
     R_ICMP_UNKNOWN_FLOW
     R_ICMP_BAD_INNER
     R_NO_LOCAL_ENDPOINTS
+    # Only the reference path gives it (for an exception it caught); C never does, but the
+    # enum keeps it so that the reasons match the contract's one for one.
+    R_INTERNAL_ERROR
     R_COUNT
 
 cdef enum:  # flow states: flows.FlowState, STATE_NAMES; timeouts in Timeouts.in_state_order()

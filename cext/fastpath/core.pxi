@@ -11,6 +11,8 @@ cdef class FastCore:
         # __dealloc__ is right whatever failed here.
         if capacity < 1:
             raise ValueError(f"connection table capacity must be positive, got {capacity}")
+        if len(timeouts) != S_COUNT:
+            raise ValueError(f"{S_COUNT} timeouts expected (Timeouts.in_state_order())")
         services_init(&self.c.services, ranges)
         flows_init(&self.c.flows, capacity, timeouts)
         self.c.flow_seed = seed ^ SEED_FLOW

@@ -1,7 +1,8 @@
 # Stub for the compiled cext/fastpath.pyx.
 from array import array
 
-# The C enums' names, in their order (cext/fastpath/constants.pxd).
+# The C enums' names, in their order (cext/fastpath/constants.pxd); the contract's names
+# (nfqproxy.datapath.verdicts, flows), as tests/unit/test_datapath_contract.py checks.
 ACTION_NAMES: tuple[str, ...]
 REASON_NAMES: tuple[str, ...]
 STATE_NAMES: tuple[str, ...]
@@ -9,6 +10,9 @@ EVENT_COUNTER_NAMES: tuple[str, ...]
 QUEUE_STAT_NAMES: tuple[str, ...]
 
 FlowTuple = tuple[int, bytes, int, bytes, int, bytes, int, str, float]
+
+def hash64(data: bytes, seed: int) -> int: ...
+def flow_hash(proto: int, src: bytes, sport: int, dst: bytes, dport: int, seed: int) -> int: ...
 
 class FastCore:
     @property
