@@ -35,6 +35,9 @@ def cython_extensions() -> list[Extension]:
         )
         for pyx in sorted(Path("cext").glob("*.pyx"))
     ]
+    # cext/includes/ and cext/fastpath/ hold parts, not modules (cext/README.md): they are
+    # cimported or included from the include path, and cythonize rebuilds a module when
+    # one of its parts changes.
     return cythonize(
         extensions,
         include_path=["cext"],

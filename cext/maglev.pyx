@@ -1,33 +1,21 @@
 # cython: language_level=3
 """Maglev table population in C: the same tables as nfqproxy.datapath.maglev, faster.
 
-The hash (FNV-1a 64 + splitmix64 finaliser) and the turn-taking fill must match the pure
-Python reference exactly; tests/unit/test_maglev.py compares them on random inputs.
+The hash (includes/hashing.pxd: FNV-1a 64 + splitmix64 finaliser) and the turn-taking fill
+must match the pure Python reference exactly; tests/unit/test_maglev.py compares them on
+random inputs.
 """
 
 from cpython.array cimport array, clone
-from libc.stdint cimport uint16_t, uint64_t
+from libc.stdint cimport uint8_t, uint16_t, uint64_t
 from libc.stdlib cimport free, malloc
+
+from includes.hashing cimport hash64
 
 from nfqproxy.datapath.hashing import SEED_OFFSET, SEED_SKIP
 
-cdef uint64_t FNV64_OFFSET = 0xCBF29CE484222325ULL
-cdef uint64_t FNV64_PRIME = 0x100000001B3ULL
-cdef uint16_t EMPTY = 0xFFFF
-
-
-cdef inline uint64_t mix64(uint64_t value) noexcept nogil:
-    value = (value ^ (value >> 30)) * 0xBF58476D1CE4E5B9ULL
-    value = (value ^ (value >> 27)) * 0x94D049BB133111EBULL
-    return value ^ (value >> 31)
-
-
-cdef uint64_t hash64(const unsigned char[:] data, uint64_t seed) noexcept nogil:
-    cdef uint64_t value = FNV64_OFFSET ^ seed
-    cdef Py_ssize_t i
-    for i in range(data.shape[0]):
-        value = (value ^ data[i]) * FNV64_PRIME
-    return mix64(value)
+cdef enum:
+    EMPTY = 0xFFFF  # a slot not yet claimed (maglev.EMPTY)
 
 
 def build_table(list ordered_names, unsigned int size, unsigned long long seed):
@@ -52,8 +40,10 @@ def build_table(list ordered_names, unsigned int size, unsigned long long seed):
     try:
         for i in range(count):
             encoded = ordered_names[i].encode()
-            offsets[i] = hash64(encoded, seed_offset) % size
-            skips[i] = hash64(encoded, seed_skip) % (size - 1) + 1
+            offsets[i] = hash64(<const uint8_t *> <const char *> encoded, len(encoded),
+                                seed_offset) % size
+            skips[i] = hash64(<const uint8_t *> <const char *> encoded, len(encoded),
+                              seed_skip) % (size - 1) + 1
         with nogil:
             for slot in range(size):
                 slots[slot] = EMPTY

@@ -1,20 +1,24 @@
 # Stub for the compiled cext/fastpath.pyx.
 from array import array
 
+# The C enums' names, in their order (cext/fastpath/constants.pxd); the contract's names
+# (nfqproxy.datapath.verdicts, flows), as tests/unit/test_datapath_contract.py checks.
 ACTION_NAMES: tuple[str, ...]
 REASON_NAMES: tuple[str, ...]
 STATE_NAMES: tuple[str, ...]
+EVENT_COUNTER_NAMES: tuple[str, ...]
+QUEUE_STAT_NAMES: tuple[str, ...]
 
 FlowTuple = tuple[int, bytes, int, bytes, int, bytes, int, str, float]
 
+def hash64(data: bytes, seed: int) -> int: ...
+def flow_hash(proto: int, src: bytes, sport: int, dst: bytes, dport: int, seed: int) -> int: ...
+
 class FastCore:
-    ip_options: int
-    evicted: int
-    expired: int
-    udp_resteered: int
-    tcp_retired: int
-    affinity_hits: int
-    affinity_full: int
+    @property
+    def evicted(self) -> int: ...
+    @property
+    def expired(self) -> int: ...
     @property
     def affinity_clients(self) -> int: ...
     @property

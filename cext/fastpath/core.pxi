@@ -1,0 +1,110 @@
+# Included by fastpath.pyx, after the parts of the core. FastCore: the Python face of a Core.
+# It owns the C state; FastDatapath programs it, FastQueue hands it packets without the GIL.
+
+cdef class FastCore:
+    """The connection table, the frontends and the verdicts of the fast path, in C."""
+
+    cdef Core c
+
+    def __cinit__(self, list ranges, uint32_t capacity, tuple timeouts, uint64_t seed):
+        # Python zeroes the object first: every pointer starts NULL, every count 0, so
+        # __dealloc__ is right whatever failed here.
+        if capacity < 1:
+            raise ValueError(f"connection table capacity must be positive, got {capacity}")
+        if len(timeouts) != S_COUNT:
+            raise ValueError(f"{S_COUNT} timeouts expected (Timeouts.in_state_order())")
+        services_init(&self.c.services, ranges)
+        flows_init(&self.c.flows, capacity, timeouts)
+        self.c.flow_seed = seed ^ SEED_FLOW
+        self.c.affinity.limit = affinity_capacity(capacity)
+
+    def __dealloc__(self):
+        services_free(&self.c.services)
+        flows_free(&self.c.flows)
+        free(self.c.affinity.entries)
+
+    # --- frontends (slow path, with the GIL) ---------------------------------------------
+
+    def set_frontend(self, uint32_t slot, uint32_t vip, uint8_t proto, uint16_t port,
+                     list backends, table, double affinity_timeout=0, list draining=None,
+                     bint drop_when_empty=False):
+        """Installs a frontend in a slot: backends [(packed ip, port)], table array('H'),
+        and the draining backends, which keep their open flows but get no new ones.
+        drop_when_empty: with no backends, drop new flows instead of rejecting them."""
+        cdef Frontend *f = frontend_install(&self.c.services, slot, vip, proto, port, backends,
+                                            backends + (draining or []), table)
+        f.affinity_timeout = affinity_timeout
+        f.drop_when_empty = drop_when_empty
+        if affinity_timeout > 0:
+            affinity_reserve(&self.c.affinity)
+
+    def remove_frontend(self, uint32_t slot):
+        if slot < self.c.services.slots:
+            frontend_free(&self.c.services, slot)
+
+    def rebuild_maps(self):
+        """Rebuilds the frontend, VIP and backend maps from the frontends in use."""
+        services_rebuild_maps(&self.c.services)
+
+    def retire_flows_to_removed_backends(self, double now):
+        """As the reference: UDP flows whose backend is no longer chosen are dropped (the
+        next datagram picks anew); TCP flows whose backend left the service altogether are
+        marked, so that the client's next packet gets a reset."""
+        retire_flows_to_removed_backends(&self.c, now)
+
+    # --- packets and status ----------------------------------------------------------------
+
+    def process(self, const uint8_t[:] raw, double now, bint partial=False):
+        """(action, reason, payload or None, proxied, hairpin) for one packet.
+
+        partial: the packet's L4 checksum field holds only the pseudo-header sum, as the
+        kernel reports with NFQA_SKB_CSUMNOTREADY.
+        """
+        cdef uint32_t length = raw.shape[0]
+        cdef bytearray buf = bytearray(raw)
+        cdef uint8_t *data = <uint8_t *> (<char *> buf) if length else <uint8_t *> b""
+        cdef Verdict v = process_packet(&self.c, data, length, now, partial)
+        payload = bytes(buf[:v.length]) if v.action == ACT_ACCEPT else None
+        return ACTION_NAMES[v.action], REASON_NAMES[v.reason], payload, bool(v.proxied), bool(v.hairpin)
+
+    def expire(self, double now):
+        """Drops expired flows (returned: how many) and expired client affinities."""
+        affinity_expire(&self.c.affinity, now)
+        return flows_expire(&self.c.flows, now)
+
+    def __len__(self):
+        return self.c.flows.count
+
+    def counters(self):
+        """Non-zero counters, named as the reference names them."""
+        return named_counters(&self.c)
+
+    def flows(self):
+        """Every flow, oldest first: (proto, client ip, client port, vip, vport, backend ip,
+        backend port, state name, expires), addresses packed."""
+        return flow_rows(&self.c.flows)
+
+    def state_counts(self):
+        """{"tcp/established": n, ...} over every flow, without a Python object per flow."""
+        return flow_state_counts(&self.c.flows)
+
+    @property
+    def evicted(self):
+        return self.c.flows.evicted
+
+    @property
+    def expired(self):
+        return self.c.flows.expired
+
+    @property
+    def affinity_clients(self):
+        return self.c.affinity.count
+
+    @property
+    def affinity_limit(self):
+        return self.c.affinity.limit
+
+    @staticmethod
+    def bytes_per_flow():
+        """What one tracked flow costs: its entry plus two index slots at load factor 0.5."""
+        return sizeof(Flow) + 2 * 2 * sizeof(uint32_t)

@@ -1,0 +1,104 @@
+# Included by fastpath.pyx, after every other part of the core. One packet's verdict: the
+# reference's process() (nfqproxy.datapath.reference.datapath), with the same reasons in the
+# same order of checks. The packet is rewritten in place; nothing here takes the GIL.
+
+cdef void decide_request(Core *c, uint8_t *pkt, Headers *h, double now, bint partial,
+                         Verdict *v) noexcept nogil:
+    """A packet to a service address: a known flow's, or a new flow's, DNATed."""
+    cdef FlowTable *t = &c.flows
+    cdef uint32_t index = flow_live(t, flow_find(t, False, h.proto, h.src, h.sport, h.dst, h.dport), now)
+    cdef Frontend *f
+    cdef Flow flow
+    v.reason = R_REQUEST
+    if index != NIL and t.entries[index].state == S_BACKEND_GONE:
+        flow_remove(t, index)
+        index = NIL
+        if not (h.flags & TCP_SYN and not h.flags & TCP_ACK):
+            v.action, v.reason = ACT_REJECT, R_BACKEND_REMOVED
+            return
+        # A SYN starts a new connection (a reused port, or a SYN sent again after
+        # its backend left): it gets a new backend, not a reset.
+    if index == NIL:
+        f = frontend_find(&c.services, h.dst, h.proto, h.dport)
+        if f == NULL:
+            v.action = ACT_REJECT
+            v.reason = R_PORT_NOT_SERVED if map_slot(&c.services.vip_map, h.dst, False) != NULL else R_NO_SERVICE
+            return
+        if f.backend_count == 0:
+            if f.drop_when_empty:
+                v.action, v.reason = ACT_DROP, R_NO_LOCAL_ENDPOINTS
+            else:
+                v.action, v.reason = ACT_REJECT, R_NO_ENDPOINTS
+            return
+        flow.proto, flow.client_ip, flow.client_port = h.proto, h.src, h.sport
+        flow.vip, flow.vport = h.dst, h.dport
+        choose_backend(c, f, &flow, now)
+        flow.state = initial_state(h.proto, h.flags)
+        index = flow_add(t, &flow, now)
+        v.reason = R_NEW_FLOW
+    else:
+        flow_observe(t, index, True, h.flags, now)
+    rewrite(pkt, h.hl, h.proto, t.entries[index].backend_ip, t.entries[index].backend_port,
+            True, partial)
+    v.action, v.proxied = ACT_ACCEPT, 1
+    v.hairpin = t.entries[index].backend_ip == t.entries[index].client_ip
+
+
+cdef void decide_reply(Core *c, uint8_t *pkt, Headers *h, double now, bint partial,
+                       Verdict *v) noexcept nogil:
+    """Any other packet is a reply of a proxied connection (the hooks queue no others):
+    un-NATed, its flow rebuilt from the backend when the table lost it (after a restart)."""
+    cdef FlowTable *t = &c.flows
+    cdef uint32_t index = flow_live(t, flow_find(t, True, h.proto, h.src, h.sport, h.dst, h.dport), now)
+    cdef Frontend *f
+    cdef Flow flow
+    v.reason = R_REPLY
+    if index == NIL:
+        f = frontend_of_backend(&c.services, h.proto, h.src, h.sport)
+        if f == NULL:
+            v.reason = R_UNKNOWN_REPLY
+            return
+        flow.proto, flow.client_ip, flow.client_port = h.proto, h.dst, h.dport
+        flow.vip, flow.vport = f.vip, f.port
+        flow.backend_ip, flow.backend_port = h.src, h.sport
+        flow.state = S_ESTABLISHED if h.proto == PROTO_TCP else S_UDP_REPLIED
+        index = flow_add(t, &flow, now)
+        v.reason = R_REPLY_RECOVERED
+    flow_observe(t, index, False, h.flags, now)
+    rewrite(pkt, h.hl, h.proto, t.entries[index].vip, t.entries[index].vport, False, partial)
+    v.action = ACT_ACCEPT
+
+
+cdef inline void decide(Core *c, uint8_t *pkt, uint32_t length, double now, bint partial,
+                        Verdict *v) noexcept nogil:
+    cdef Headers h
+    if not parse_ip(pkt, length, &h, v):
+        return
+    if h.proto == PROTO_ICMP:
+        icmp_error(c, pkt, h.hl, h.total, now, v)
+        return
+    if h.proto != PROTO_TCP and h.proto != PROTO_UDP:
+        v.reason = R_UNSUPPORTED
+        return
+    if not parse_ports(pkt, &h, v):
+        return
+    if h.hl > 20:
+        c.events[E_IP_OPTIONS] += 1
+    if in_service_ranges(&c.services, rd32(pkt + 16)):
+        decide_request(c, pkt, &h, now, partial, v)
+    else:
+        decide_reply(c, pkt, &h, now, partial, v)
+
+
+cdef Verdict process_packet(Core *c, uint8_t *pkt, uint32_t length, double now,
+                            bint partial) noexcept nogil:
+    """The verdict for one packet, counted; rewrites it in place. The reference's process().
+
+    partial: the packet's L4 checksum field holds only the pseudo-header sum, as the kernel
+    reports with NFQA_SKB_CSUMNOTREADY.
+    """
+    cdef Verdict v
+    v.action, v.reason, v.proxied, v.hairpin, v.length = ACT_DROP, R_TRUNCATED_IP, 0, 0, length
+    decide(c, pkt, length, now, partial, &v)
+    c.verdicts[v.action][v.reason] += 1
+    return v

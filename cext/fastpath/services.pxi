@@ -1,0 +1,162 @@
+# Included by fastpath.pyx, after flowtable.pxi. The service table: the service CIDRs, the
+# frontends (a service port's backends and Maglev table) and the maps that find them.
+# Programming it is the slow path, with the GIL; the lookups run without.
+
+cdef int services_init(ServiceTable *s, list ranges) except -1:
+    """ranges: [(network, mask)] of the service CIDRs, as host-order integers."""
+    cdef int i
+    if len(ranges) > MAX_RANGES:
+        raise ValueError(f"at most {MAX_RANGES} service ranges")
+    for i, (network, mask) in enumerate(ranges):
+        s.range_net[i] = network
+        s.range_mask[i] = mask
+    s.range_count = len(ranges)
+    s.slots = 0
+    s.frontends = NULL
+    map_init(&s.frontend_map, 1)
+    map_init(&s.vip_map, 1)
+    map_init(&s.backend_map, 1)
+    return 0
+
+
+cdef void frontend_free(ServiceTable *s, uint32_t slot) noexcept nogil:
+    cdef Frontend *f = &s.frontends[slot]
+    if f.used:
+        free(f.backend_ips)
+        free(f.backend_ports)
+        free(f.table)
+        f.used = 0
+
+
+cdef void services_free(ServiceTable *s) noexcept nogil:
+    cdef uint32_t i
+    for i in range(s.slots):
+        frontend_free(s, i)
+    free(s.frontends)
+    map_free(&s.frontend_map)
+    map_free(&s.vip_map)
+    map_free(&s.backend_map)
+
+
+cdef Frontend *frontend_install(ServiceTable *s, uint32_t slot, uint32_t vip, uint8_t proto,
+                                uint16_t port, list backends, list present,
+                                const uint16_t[:] slots) except NULL:
+    """Fills a slot (the table grows as needed) with backends [(packed ip, port)], the
+    draining ones after them in present, and the Maglev table slots."""
+    cdef uint32_t i, total = len(present), size = slots.shape[0]
+    cdef Frontend *grown
+    cdef Frontend *f
+    cdef bytes packed
+    if slot >= s.slots:
+        grown = <Frontend *> calloc(slot * 2 + 16, sizeof(Frontend))
+        if grown == NULL:
+            raise MemoryError()
+        if s.frontends != NULL:
+            memcpy(grown, s.frontends, s.slots * sizeof(Frontend))
+            free(s.frontends)
+        s.frontends = grown
+        s.slots = slot * 2 + 16
+    frontend_free(s, slot)
+    f = &s.frontends[slot]
+    f.backend_ips = <uint32_t *> malloc((total or 1) * sizeof(uint32_t))
+    f.backend_ports = <uint16_t *> malloc((total or 1) * sizeof(uint16_t))
+    f.table = <uint16_t *> malloc((size or 1) * sizeof(uint16_t))
+    if f.backend_ips == NULL or f.backend_ports == NULL or f.table == NULL:
+        raise MemoryError()
+    for i in range(total):
+        packed, backend_port = present[i]
+        if len(packed) != 4:
+            raise ValueError("the fast path handles IPv4 backends only")
+        f.backend_ips[i] = rd32raw(<const uint8_t *> <const char *> packed)
+        f.backend_ports[i] = backend_port
+    for i in range(size):
+        f.table[i] = slots[i]
+    f.vip, f.proto, f.port = vip, proto, port
+    f.backend_count, f.present_count, f.table_size, f.used = len(backends), total, size, 1
+    return f
+
+
+cdef int services_rebuild_maps(ServiceTable *s) except -1:
+    """Rebuilds the frontend, VIP and backend maps from the frontends in use."""
+    cdef uint32_t i, j, used = 0, backends = 0
+    cdef uint32_t *value
+    cdef Frontend *f
+    for i in range(s.slots):
+        if s.frontends[i].used:
+            used += 1
+            backends += s.frontends[i].backend_count
+    map_init(&s.frontend_map, used)
+    map_init(&s.vip_map, used)
+    map_init(&s.backend_map, backends)
+    for i in range(s.slots):
+        f = &s.frontends[i]
+        if not f.used:
+            continue
+        map_slot(&s.frontend_map, frontend_key(f.vip, f.proto, f.port), True)[0] = i
+        map_slot(&s.vip_map, f.vip, True)[0] = 1
+        for j in range(f.backend_count):
+            value = map_slot(&s.backend_map, backend_key(f.proto, f.backend_ips[j], f.backend_ports[j]), False)
+            if value == NULL:
+                map_slot(&s.backend_map, backend_key(f.proto, f.backend_ips[j], f.backend_ports[j]), True)[0] = i
+            elif value[0] != i:
+                value[0] = AMBIGUOUS
+    return 0
+
+
+cdef inline bint in_service_ranges(ServiceTable *s, uint32_t address) noexcept nogil:
+    """Whether a host-order address is in a service CIDR: a packet to it is a request."""
+    cdef int i
+    for i in range(s.range_count):
+        if (address & s.range_mask[i]) == s.range_net[i]:
+            return True
+    return False
+
+
+cdef inline Frontend *frontend_find(ServiceTable *s, uint32_t vip, uint8_t proto,
+                                    uint16_t port) noexcept nogil:
+    cdef uint32_t *slot = map_slot(&s.frontend_map, frontend_key(vip, proto, port), False)
+    return &s.frontends[slot[0]] if slot != NULL else NULL
+
+
+cdef inline Frontend *frontend_of_backend(ServiceTable *s, uint8_t proto, uint32_t ip,
+                                          uint16_t port) noexcept nogil:
+    """The one frontend a backend serves, to rebuild a reply's flow; NULL if none or many."""
+    cdef uint32_t *slot = map_slot(&s.backend_map, backend_key(proto, ip, port), False)
+    if slot == NULL or slot[0] == AMBIGUOUS:
+        return NULL
+    return &s.frontends[slot[0]]
+
+
+cdef void retire_flows_to_removed_backends(Core *c, double now) noexcept nogil:
+    """As the reference: UDP flows whose backend is no longer chosen are dropped (the next
+    datagram picks anew); TCP flows whose backend left the service altogether are marked,
+    so that the client's next packet gets a reset."""
+    cdef FlowTable *t = &c.flows
+    cdef uint32_t index = t.oldest, next_index
+    cdef Flow *flow
+    cdef Frontend *f
+    cdef uint32_t j, limit
+    cdef bint alive
+    while index != NIL:
+        flow = &t.entries[index]
+        next_index = flow.newer
+        if flow.proto == PROTO_TCP and flow.state == S_BACKEND_GONE:
+            index = next_index
+            continue
+        f = frontend_find(&c.services, flow.vip, flow.proto, flow.vport)
+        alive = False
+        if f != NULL:
+            limit = f.present_count if flow.proto == PROTO_TCP else f.backend_count
+            for j in range(limit):
+                if f.backend_ips[j] == flow.backend_ip and f.backend_ports[j] == flow.backend_port:
+                    alive = True
+                    break
+        if not alive:
+            if flow.proto == PROTO_TCP:
+                flow.state = S_BACKEND_GONE
+                flow.expires = now + t.timeouts[S_BACKEND_GONE]
+                c.events[E_TCP_FLOW_RETIRED] += 1
+            else:
+                flow_remove(t, index)
+                c.events[E_UDP_FLOW_RESTEERED] += 1
+        index = next_index

@@ -1,0 +1,43 @@
+# Included by fastpath.pyx. What Python reads of a Core for status and metrics: the
+# counters by their contract names, the flows, the flows by state. Slow path, with the GIL.
+
+cdef dict named_counters(Core *c):
+    """Non-zero counters, named as every data path names them: verdicts.verdict_counter for
+    a verdict, verdicts.EVENT_COUNTERS (EVENT_COUNTER_NAMES, in E_* order) for an event."""
+    cdef int a, r, e
+    named = {}
+    for a in range(ACT_COUNT):
+        for r in range(R_COUNT):
+            if c.verdicts[a][r]:
+                named[f"{ACTION_NAMES[a]}_{REASON_NAMES[r]}"] = c.verdicts[a][r]
+    for e in range(E_COUNT):
+        if c.events[e]:
+            named[EVENT_COUNTER_NAMES[e]] = c.events[e]
+    return named
+
+
+cdef list flow_rows(FlowTable *t):
+    """Every flow, oldest first: (proto, client ip, client port, vip, vport, backend ip,
+    backend port, state name, expires), addresses packed."""
+    cdef uint32_t index = t.oldest
+    cdef Flow *f
+    out = []
+    while index != NIL:
+        f = &t.entries[index]
+        out.append((f.proto, (<char *> &f.client_ip)[:4], f.client_port, (<char *> &f.vip)[:4],
+                    f.vport, (<char *> &f.backend_ip)[:4], f.backend_port, STATE_NAMES[f.state],
+                    f.expires))
+        index = f.newer
+    return out
+
+
+cdef dict flow_state_counts(FlowTable *t):
+    """{"tcp/established": n, ...} over every flow, without a Python object per flow."""
+    cdef uint64_t counts[2][S_COUNT]
+    cdef uint32_t index = t.oldest
+    memset(counts, 0, sizeof(counts))
+    while index != NIL:
+        counts[0 if t.entries[index].proto == PROTO_TCP else 1][t.entries[index].state] += 1
+        index = t.entries[index].newer
+    return {f"{'tcp' if p == 0 else 'udp'}/{STATE_NAMES[st]}": counts[p][st]
+            for p in range(2) for st in range(S_COUNT) if counts[p][st]}

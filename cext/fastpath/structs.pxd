@@ -1,0 +1,119 @@
+# The fast path's state, as C structs: the tables, and Core, which holds them all and which
+# FastCore wraps for Python. The per-packet functions take a Core (or one of its tables) by
+# pointer, without the GIL.
+#
+# Connection table: a fixed array of 40-byte Flow entries on a FIFO list (oldest first, for
+# eviction), and two open-addressing indexes (client side and backend side) of uint32 slots
+# at load factor <= 0.5: at most 40 + 2 * 2 * 4 = 56 bytes per flow, allocated once.
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+
+from fastpath.constants cimport ACT_COUNT, E_COUNT, MAX_RANGES, R_COUNT, S_COUNT
+
+
+cdef struct Flow:
+    uint32_t client_ip    # addresses as they sit in the packet (network order)
+    uint32_t vip
+    uint32_t backend_ip
+    uint16_t client_port  # ports in host order
+    uint16_t vport
+    uint16_t backend_port
+    uint8_t proto
+    uint8_t state
+    uint32_t older        # FIFO links: insertion order, for eviction when full
+    uint32_t newer
+    double expires
+
+
+cdef struct Frontend:
+    uint32_t vip
+    uint16_t port
+    uint8_t proto
+    uint8_t used
+    uint32_t backend_count   # chosen: in the Maglev table
+    uint32_t present_count   # chosen, then draining ones: still part of the service
+    uint32_t *backend_ips
+    uint16_t *backend_ports
+    uint16_t *table
+    uint32_t table_size
+    double affinity_timeout  # sessionAffinity ClientIP seconds; 0: none
+    uint8_t drop_when_empty  # no backends by internalTrafficPolicy Local: drop, not reject
+
+
+cdef struct Affinity:         # one client's sticky backend for one service port
+    uint32_t client_ip
+    uint32_t vip
+    uint32_t backend_ip
+    uint16_t vport
+    uint16_t backend_port
+    uint8_t proto
+    uint8_t used
+    double expires
+
+
+cdef struct Verdict:
+    int action
+    int reason
+    int proxied
+    int hairpin
+    uint32_t length       # bytes of the (rewritten) packet to hand back
+
+
+cdef struct Headers:      # what parsing found in a TCP or UDP packet
+    uint32_t hl           # IP header length
+    uint32_t total        # IP total length
+    uint8_t proto
+    uint8_t flags         # TCP flags; 0 for UDP
+    uint32_t src          # addresses as they sit in the packet
+    uint32_t dst
+    uint16_t sport        # ports in host order
+    uint16_t dport
+
+
+cdef struct U64Map:       # open addressing uint64 -> uint32, rebuilt whole on table changes
+    uint64_t *keys
+    uint32_t *values
+    uint64_t mask
+
+
+cdef struct FlowTable:
+    Flow *entries
+    uint32_t capacity
+    uint32_t count
+    uint32_t free_head     # the free list threads through Flow.newer
+    uint32_t oldest
+    uint32_t newest
+    uint32_t *forward_index  # client side: (proto, client, VIP)
+    uint32_t *reply_index    # backend side: (proto, backend, client)
+    uint64_t index_mask
+    double timeouts[S_COUNT]
+    double full_scan_interval
+    double last_full_scan  # when a full table was last scanned for expired flows
+    uint64_t evicted
+    uint64_t expired
+
+
+cdef struct ServiceTable:
+    Frontend *frontends    # by slot, as FastDatapath assigns them
+    uint32_t slots
+    U64Map frontend_map    # (VIP, proto, port) -> slot
+    U64Map vip_map         # VIP -> 1: tells "no such port" from "no such service"
+    U64Map backend_map     # (proto, backend) -> slot, or AMBIGUOUS: to recover replies
+    uint32_t range_net[MAX_RANGES]  # the service CIDRs, host order
+    uint32_t range_mask[MAX_RANGES]
+    int range_count
+
+
+cdef struct AffinityTable:  # open addressing, backward-shift deletion
+    Affinity *entries       # allocated on first use
+    uint64_t mask
+    uint32_t limit
+    uint32_t count
+
+
+cdef struct Core:
+    FlowTable flows
+    ServiceTable services
+    AffinityTable affinity
+    uint64_t flow_seed     # the configured seed ^ hashing.SEED_FLOW
+    uint64_t verdicts[ACT_COUNT][R_COUNT]
+    uint64_t events[E_COUNT]
