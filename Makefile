@@ -78,6 +78,8 @@ asan: install
 	  ASAN_OPTIONS=$(ASAN_SETTINGS) \
 	  $(BIN)/python -m pytest -p no:cacheprovider tests/unit/test_fast_vs_reference.py \
 	  tests/unit/test_maglev.py tests/unit/test_asan_build.py \
+	  tests/unit/test_datapath_contract.py tests/unit/test_datapath_scenarios.py \
+	  tests/unit/test_golden_scenarios.py \
 	  tests/kernel/test_traffic.py tests/kernel/test_malformed_packets.py
 	PYTHONPATH=build/asan LD_PRELOAD=$(ASAN_LIB) ASAN_OPTIONS=$(ASAN_SETTINGS) \
 	  $(BIN)/python -m bench.fuzz_datapath --inputs 200000
