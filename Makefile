@@ -76,7 +76,7 @@ asan: install
 	NFQPROXY_ASAN_BUILD=1 $(BIN)/python setup.py -q build_ext --build-lib build/asan --build-temp build/asan/tmp
 	PYTHONPATH=build/asan NFQPROXY_EXPECT_ASAN=1 LD_PRELOAD=$(ASAN_LIB) \
 	  ASAN_OPTIONS=$(ASAN_SETTINGS) \
-	  $(BIN)/python -m pytest -p no:cacheprovider tests/unit/test_fast_vs_reference.py \
+	  $(BIN)/python -m pytest -p no:cacheprovider tests/unit/test_differential.py \
 	  tests/unit/test_maglev.py tests/unit/test_asan_build.py \
 	  tests/unit/test_datapath_contract.py tests/unit/test_datapath_scenarios.py \
 	  tests/unit/test_golden_scenarios.py \

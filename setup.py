@@ -49,7 +49,7 @@ def cython_extensions() -> list[Extension]:
 def packages() -> list[str]:
     runtime_only = os.environ.get("NFQPROXY_RUNTIME_ONLY") == "1"
     excluded = ["nfqproxy_lab", "nfqproxy_lab.*"] if runtime_only else []
-    return find_packages("src", exclude=excluded)
+    return find_packages(str(Path(__file__).resolve().parent / "src"), exclude=excluded)
 
 
 if __name__ == "__main__":

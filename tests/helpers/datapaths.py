@@ -67,6 +67,11 @@ def datapath_params() -> list[Any]:
     ]
 
 
+def candidate_params() -> list[Any]:
+    """datapath_params without the reference: the data paths compared with it."""
+    return [param for param in datapath_params() if param.id != REFERENCE]
+
+
 def status_section(datapath: Datapath, name: str) -> dict[str, Any]:
     """A section of the data path's status: connection_table, session_affinity, counters."""
     section = datapath.status()[name]

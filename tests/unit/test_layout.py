@@ -6,6 +6,7 @@ import-time code and ties the two together; conftest.py files keep fixtures and 
 from __future__ import annotations
 
 import ast
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,20 @@ def offending(folder: str, forbidden: str) -> dict[str, list[str]]:
 
 def test_the_runtime_package_never_imports_the_lab() -> None:
     assert offending("src/nfqproxy", "nfqproxy_lab") == {}
+
+
+def test_the_image_is_built_without_the_lab(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = importlib.util.spec_from_file_location("nfqproxy_setup", ROOT / "setup.py")
+    assert spec is not None and spec.loader is not None
+    setup_py = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(setup_py)  # not as __main__: setup() itself does not run
+    assert {"nfqproxy", "nfqproxy_lab"} <= set(setup_py.packages())
+    monkeypatch.setenv("NFQPROXY_RUNTIME_ONLY", "1")
+    runtime = setup_py.packages()
+    assert "nfqproxy.datapath.fast" in runtime
+    assert [name for name in runtime if name.startswith("nfqproxy_lab")] == []
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    assert "NFQPROXY_RUNTIME_ONLY=1 pip wheel" in dockerfile
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,10 @@
-"""The fast path must agree with the reference packet for packet: verdicts, bytes, counters.
+"""Every data path must agree with the reference packet for packet: verdicts, bytes,
+counters.
 
 Hypothesis generates sequences of valid flows in both directions, endpoint changes, clock
 ticks, and malformed packets (random bytes, mutations and truncations of valid ones), and
-feeds each sequence to both data paths.
+feeds each sequence to the reference and to each other registered data path (the
+candidate). A data path registered in the factory is compared here with no change.
 """
 
 from __future__ import annotations
@@ -16,14 +18,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nfqproxy.datapath.fast.datapath import FastDatapath, fast_path_available
-from nfqproxy.datapath.reference.datapath import ReferenceDatapath
 from nfqproxy.datapath.verdicts import Action
 from nfqproxy.model import Backend, ServicePort, Snapshot
 from nfqproxy_lab.packets import checksums_verify, icmp_error, tcp_packet, udp_packet
 from tests.helpers.clock import FakeClock
+from tests.helpers.datapaths import REFERENCE, candidate_params, new_datapath
 from tests.helpers.snapshots import BACKENDS, snapshot
 
-pytestmark = pytest.mark.skipif(not fast_path_available(), reason="the fast path is not built")
+# The fast path's own tests (its C table's size, its CHECKSUM_PARTIAL entry point).
+needs_fast = pytest.mark.skipif(not fast_path_available(), reason="the fast path is not built")
+# Every data path but the reference, in turn; one that cannot run here is skipped.
+each_candidate = pytest.mark.parametrize("candidate", candidate_params())
 
 NOW = 5000.0  # where every test clock starts
 CLIENTS = ["10.244.1.2", "10.244.1.3", "10.244.11.2"]  # the last is also a backend: hairpin
@@ -187,27 +192,30 @@ def run(datapath: Any, clock: FakeClock, ops: list[tuple[str, Any]]) -> list[Any
     return trace
 
 
+@each_candidate
 @given(operations, st.integers(1, 12), st.sampled_from([0, 30, 100]))
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-def test_fast_and_reference_paths_agree_on_every_packet(
-    ops: list[tuple[str, Any]], capacity: int, affinity: int
+def test_every_path_agrees_with_the_reference_on_every_packet(
+    candidate: str, ops: list[tuple[str, Any]], capacity: int, affinity: int
 ) -> None:
     traces = []
-    for kind in (ReferenceDatapath, FastDatapath):
+    for name in (REFERENCE, candidate):
         clock = FakeClock(NOW)
-        datapath = kind([IPv4Network("10.96.0.0/12")], capacity=capacity, clock=clock)
+        datapath = new_datapath(name, capacity=capacity, clock=clock)
         datapath.apply(snapshot(frozenset({0, 1, 2}), affinity))
         traces.append(run(datapath, clock, ops))
     assert traces[0] == traces[1]
 
 
+@needs_fast
 def test_the_fast_tables_cost_at_most_64_bytes_per_flow() -> None:
     from nfqproxy._fastpath import FastCore
 
     assert FastCore.bytes_per_flow() <= 64
 
 
-def test_both_paths_evict_and_expire_the_same_flows() -> None:
+@each_candidate
+def test_every_path_evicts_and_expires_the_same_flows(candidate: str) -> None:
     scripted: list[tuple[str, Any]] = []
     for sport in range(1000, 1030):
         scripted.append(
@@ -220,9 +228,9 @@ def test_both_paths_evict_and_expire_the_same_flows() -> None:
     scripted += [("tick", 31.0), ("expire", None), ("apply", (frozenset({1}), 0)), ("tick", 121.0)]
     scripted += [("packet", request(0, 1001, 0, "tcp", dpkt.tcp.TH_ACK, b"")), ("expire", None)]
     traces, stats = [], []
-    for kind in (ReferenceDatapath, FastDatapath):
+    for name in (REFERENCE, candidate):
         clock = FakeClock(NOW)
-        datapath = kind([IPv4Network("10.96.0.0/12")], capacity=8, clock=clock)
+        datapath = new_datapath(name, capacity=8, clock=clock)
         datapath.apply(snapshot(frozenset({0, 1, 2})))
         traces.append(run(datapath, clock, scripted))
         table = datapath.status()["connection_table"]
@@ -246,10 +254,11 @@ def as_checksum_partial(packet: bytes) -> bytes:
     return packet[:at] + total.to_bytes(2, "big") + packet[at + 2 :]
 
 
+@needs_fast
 @given(st.lists(st.one_of(valid_requests, valid_replies), min_size=1, max_size=20))
 @settings(max_examples=200, deadline=None)
 def test_checksum_partial_packets_leave_with_complete_checksums(packets: list[bytes]) -> None:
-    reference = ReferenceDatapath([IPv4Network("10.96.0.0/12")], clock=FakeClock(NOW))
+    reference = new_datapath(REFERENCE, clock=FakeClock(NOW))
     fast = FastDatapath([IPv4Network("10.96.0.0/12")], clock=FakeClock(NOW))
     for datapath in (reference, fast):
         datapath.apply(snapshot(frozenset({0, 1, 2})))
@@ -267,6 +276,7 @@ def test_checksum_partial_packets_leave_with_complete_checksums(packets: list[by
         )
 
 
+@needs_fast
 def test_a_large_table_reports_states_from_c_and_leaves_out_the_per_backend_breakdown() -> None:
     from nfqproxy.datapath.flows import SUMMARY_DETAIL_LIMIT
 
@@ -285,7 +295,10 @@ def test_a_large_table_reports_states_from_c_and_leaves_out_the_per_backend_brea
     assert isinstance(table["by_backend"], str)
 
 
-def test_both_paths_reset_flows_to_a_removed_backend_and_spare_a_draining_one() -> None:
+@each_candidate
+def test_every_path_resets_flows_to_a_removed_backend_and_spares_a_draining_one(
+    candidate: str,
+) -> None:
     flows = [
         request(c, p, 0, "tcp", dpkt.tcp.TH_SYN, b"") for c in range(2) for p in range(1000, 1012)
     ]
@@ -304,9 +317,9 @@ def test_both_paths_reset_flows_to_a_removed_backend_and_spare_a_draining_one() 
         }
     )
     traces = []
-    for kind in (ReferenceDatapath, FastDatapath):
+    for name in (REFERENCE, candidate):
         clock = FakeClock(NOW)
-        datapath = kind([IPv4Network("10.96.0.0/12")], capacity=64, clock=clock)
+        datapath = new_datapath(name, capacity=64, clock=clock)
         datapath.apply(snapshot(frozenset({0, 1, 2})))
         trace = run(
             datapath, clock, [("packets", flows), ("apply_snapshot", draining), ("packets", acks)]
@@ -321,7 +334,10 @@ def test_both_paths_reset_flows_to_a_removed_backend_and_spare_a_draining_one() 
     assert traces[0] == traces[1]
 
 
-def test_both_paths_give_a_syn_on_a_port_whose_backend_left_a_new_backend() -> None:
+@each_candidate
+def test_every_path_gives_a_syn_on_a_port_whose_backend_left_a_new_backend(
+    candidate: str,
+) -> None:
     """A SYN that meets a flow retired with its backend is a new connection (the port was
     reused, or the SYN was sent again before the handshake): it gets a new backend rather
     than a refusal, which the client would see as ECONNREFUSED from a service with
@@ -329,9 +345,9 @@ def test_both_paths_give_a_syn_on_a_port_whose_backend_left_a_new_backend() -> N
     syns = [
         request(c, p, 0, "tcp", dpkt.tcp.TH_SYN, b"") for c in range(2) for p in range(1000, 1012)
     ]
-    for kind in (ReferenceDatapath, FastDatapath):
+    for name in (REFERENCE, candidate):
         clock = FakeClock(NOW)
-        datapath = kind([IPv4Network("10.96.0.0/12")], capacity=64, clock=clock)
+        datapath = new_datapath(name, capacity=64, clock=clock)
         datapath.apply(snapshot(frozenset({0, 1, 2})))
         for packet in syns:
             datapath.process(packet)
@@ -348,12 +364,15 @@ def test_both_paths_give_a_syn_on_a_port_whose_backend_left_a_new_backend() -> N
         assert datapath.counters["tcp_flow_retired"] > 0
 
 
+@each_candidate
 @pytest.mark.parametrize("quote", [28, 36, 48, 68])
-def test_both_paths_translate_icmp_errors_about_their_flows_byte_for_byte(quote: int) -> None:
+def test_every_path_translates_icmp_errors_about_its_flows_byte_for_byte(
+    candidate: str, quote: int
+) -> None:
     outputs = []
-    for kind in (ReferenceDatapath, FastDatapath):
+    for name in (REFERENCE, candidate):
         clock = FakeClock(NOW)
-        datapath = kind([IPv4Network("10.96.0.0/12")], capacity=64, clock=clock)
+        datapath = new_datapath(name, capacity=64, clock=clock)
         datapath.apply(snapshot(frozenset({0, 1, 2})))
         out = []
         for client in range(3):
