@@ -13,12 +13,15 @@ EXT_SOURCES := $(shell find cext -name '*.pyx' -o -name '*.pxd' -o -name '*.pxi'
 
 install: $(STAMP)
 
-# The virtualenv and every pip dependency, without the C extensions: no compiler and no apt,
-# which is all that lint needs.
-$(PY_STAMP): pyproject.toml setup.py
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+# The virtualenv and every pip dependency but NetfilterQueue, which is built from C source:
+# no compiler and no apt, which is all that lint needs. A venv left half made (python3-venv
+# missing, say) is made again.
+$(PY_STAMP): pyproject.toml setup.py scripts/python-requirements.py
+	test -x $(BIN)/pip || { rm -rf $(VENV); $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
-	NFQPROXY_NO_EXTENSIONS=1 $(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python scripts/python-requirements.py --extra dev --without NetfilterQueue \
+	  | $(BIN)/python -m pip install -q -r /dev/stdin
+	NFQPROXY_NO_EXTENSIONS=1 $(BIN)/python -m pip install -q --no-deps -e .
 	touch $(PY_STAMP)
 
 # The system packages first (apt, only when one is missing: python3-venv and the compiler
@@ -27,12 +30,14 @@ $(PY_STAMP): pyproject.toml setup.py
 $(STAMP): pyproject.toml setup.py scripts/install-system-deps.sh $(EXT_SOURCES)
 	bash scripts/install-system-deps.sh
 	$(MAKE) --no-print-directory $(PY_STAMP)
+	NFQPROXY_NO_EXTENSIONS=1 $(BIN)/python -m pip install -q -e '.[dev]'
 	$(MAKE) --no-print-directory ext
 	touch $(STAMP)
 
-# (Re)builds the extensions in place, beside the package's Python files.
+# (Re)builds the extensions in place, beside the package's Python files, whatever
+# NFQPROXY_NO_EXTENSIONS says (it also picks the reference path at run time).
 ext: $(PY_STAMP)
-	$(BIN)/python setup.py -q build_ext --inplace
+	NFQPROXY_NO_EXTENSIONS= $(BIN)/python setup.py -q build_ext --inplace
 
 demo: install
 	$(BIN)/nfqproxy demo
@@ -54,10 +59,10 @@ lint: $(PY_STAMP)
 
 # Build output and the virtualenv; `make clean-lab` removes labs and rules instead.
 clean:
-	rm -rf $(VENV) build src/*.egg-info
+	rm -rf $(VENV) build src/*.egg-info .hypothesis .mypy_cache .ruff_cache
 	find src -name '*.so' -delete
-	find cext -name '*.c' -delete
-	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	rm -f $(patsubst %.pyx,%.c,$(wildcard cext/*.pyx))  # Cython's output only
+	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +
 
 # Removes any lab or rules that a killed run left behind.
 clean-lab: install

@@ -1,5 +1,5 @@
 /*
- * tcpbench: the TCP endpoints of the scale benchmark (bench/scale.py), in C so that the
+ * tcpbench: the TCP endpoints of the scale benchmark (bench/scale/), in C so that the
  * measuring tools cost little next to what they measure.
  *
  *   tcpbench serve PORT [PORT...]

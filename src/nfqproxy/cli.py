@@ -30,8 +30,11 @@ def command_plugins() -> list[ModuleType]:
     for entry in entry_points(group=COMMAND_PLUGINS):
         try:
             plugins.append(entry.load())
-        except ImportError:  # declared, but left out of this build (the DaemonSet image)
-            log.debug("command plugin %s is not installed", entry.value)
+        except ModuleNotFoundError as exc:
+            # Declared, but its package left out of this build (the DaemonSet image). Any
+            # other import failure is a bug in the plugin, and shows.
+            if exc.name != entry.module.split(".")[0]:
+                raise
     return plugins
 
 
@@ -175,14 +178,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         if args.datapath not in factory.available():
             log.error(
-                "the %s data path is not available here (the fast one needs its extension "
-                "built, and NFQPROXY_NO_EXTENSIONS=1 switches it off); available: %s",
+                "the %s data path is not available here (%s); available: %s",
                 args.datapath,
+                factory.unavailable_reason(args.datapath),
                 ", ".join(factory.available()),
             )
             return 2
-        if args.fail_open and args.datapath != "fast":
-            log.error("--fail-open needs the fast data path (--datapath fast)")
+        if args.fail_open and not factory.DATAPATHS[args.datapath].fail_open:
+            log.error("--fail-open is not supported by the %s data path", args.datapath)
             return 2
         config = ProxyConfig(
             manifests=args.manifests,

@@ -1,1 +1,4 @@
-"""The network-namespace lab: a client, a node running the proxy, an uplink and backends."""
+"""What nfqproxy is tried with, apart from the proxy and left out of its image: the
+network-namespace lab and the demo, an in-process Kubernetes API server for tests, packet
+builders, floods and traffic generators, and kube-proxy's iptables and nftables rule
+layouts for the benchmarks."""

@@ -150,7 +150,7 @@ def frontend_row(datapath: Datapath, key: ServicePortKey) -> dict[str, Any] | st
     }
 
 
-def object_key(doc: dict[str, Any]) -> str:
+def manifest_name(doc: dict[str, Any]) -> str:
     meta = doc.get("metadata") or {}
     return f"{doc.get('kind')} {meta.get('namespace', 'default')}/{meta.get('name')}"
 
@@ -169,7 +169,7 @@ class Run:
         applied = []
         for chunk in chunks:
             for _, text, doc in documents(chunk):
-                applied.append(object_key(doc))
+                applied.append(manifest_name(doc))
                 self.objects[applied[-1]] = text.removeprefix("---").lstrip("\n")
         return applied
 

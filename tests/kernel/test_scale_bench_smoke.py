@@ -18,17 +18,17 @@ import pytest
 from nfqproxy_lab import netns
 from nfqproxy_lab.topology import all_labs
 from tests.helpers.bench import run_benchmark
+from tests.helpers.paths import ROOT
 
 pytestmark = pytest.mark.kernel
 PNG = b"\x89PNG\r\n\x1a\n"
-REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 def quick_plan() -> dict[str, Any]:
     """What `python -m bench --quick` covers, as the benchmark itself says."""
     run = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--plan"],
-        cwd=REPOSITORY,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.paths import ROOT
 
 
 def test_the_controller_benchmark_writes_json_markdown_and_a_plot(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ docs must all say the same."""
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 
 from nfqproxy import defaults
 from nfqproxy.cli import build_parser
@@ -12,8 +11,7 @@ from nfqproxy.controller import ProxyConfig
 from nfqproxy.datapath import factory
 from nfqproxy.datapath.reference.conntable import ConnectionTable
 from nfqproxy.datapath.reference.datapath import ReferenceDatapath
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.paths import ROOT
 
 
 def test_the_command_line_takes_its_defaults_from_the_defaults_module() -> None:

@@ -259,7 +259,7 @@ def as_checksum_partial(packet: bytes) -> bytes:
 @settings(max_examples=200, deadline=None)
 def test_checksum_partial_packets_leave_with_complete_checksums(packets: list[bytes]) -> None:
     reference = new_datapath(REFERENCE, clock=FakeClock(NOW))
-    fast = FastDatapath([IPv4Network("10.96.0.0/12")], clock=FakeClock(NOW))
+    fast = FastDatapath([IPv4Network("10.96.0.0/12")], capacity=4096, clock=FakeClock(NOW))
     for datapath in (reference, fast):
         datapath.apply(snapshot(frozenset({0, 1, 2})))
     for packet in packets:

@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from nfqproxy.datapath.fast.datapath import fast_path_available
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.paths import ROOT
 
 
 @pytest.mark.skipif(not fast_path_available(), reason="the fast path is not built")

@@ -28,8 +28,10 @@ class DatapathSettings:
 @dataclass(frozen=True)
 class Implementation:
     datapath: Callable[[DatapathSettings], Datapath]
-    binding: Callable[[Datapath, int, DatapathSettings], QueueBinding]
+    binding: Callable[[Datapath, DatapathSettings, int], QueueBinding]
     available: Callable[[], bool] = lambda: True
+    unavailable_reason: Callable[[], str] = lambda: "it is not built"
+    fail_open: bool = False  # whether its binding can let a full queue's packets through
 
 
 def _reference_datapath(settings: DatapathSettings) -> Datapath:
@@ -45,10 +47,8 @@ def _reference_datapath(settings: DatapathSettings) -> Datapath:
 
 
 def _reference_binding(
-    datapath: Datapath, queue_num: int, settings: DatapathSettings
+    datapath: Datapath, settings: DatapathSettings, queue_num: int
 ) -> QueueBinding:
-    if settings.fail_open:
-        raise ValueError("--fail-open needs the fast data path (--datapath fast)")
     from nfqproxy.datapath.reference.queue import NetfilterQueueBinding
 
     return NetfilterQueueBinding(queue_num, datapath)
@@ -66,7 +66,7 @@ def _fast_datapath(settings: DatapathSettings) -> Datapath:
     )
 
 
-def _fast_binding(datapath: Datapath, queue_num: int, settings: DatapathSettings) -> QueueBinding:
+def _fast_binding(datapath: Datapath, settings: DatapathSettings, queue_num: int) -> QueueBinding:
     from nfqproxy.datapath.fast.datapath import FastDatapath
     from nfqproxy.datapath.fast.queue import FastQueueBinding
 
@@ -80,9 +80,17 @@ def _fast_available() -> bool:
     return fast_path_available()
 
 
+def _fast_unavailable_reason() -> str:
+    from nfqproxy.datapath.fast.datapath import unavailable_reason
+
+    return unavailable_reason()
+
+
 # By name, in the order of preference: the first available one is the default.
 DATAPATHS: dict[str, Implementation] = {
-    "fast": Implementation(_fast_datapath, _fast_binding, _fast_available),
+    "fast": Implementation(
+        _fast_datapath, _fast_binding, _fast_available, _fast_unavailable_reason, fail_open=True
+    ),
     "reference": Implementation(_reference_datapath, _reference_binding),
 }
 
@@ -90,6 +98,10 @@ DATAPATHS: dict[str, Implementation] = {
 def available() -> list[str]:
     """The data paths this installation can run (the fast one needs its extension)."""
     return [name for name, implementation in DATAPATHS.items() if implementation.available()]
+
+
+def unavailable_reason(name: str) -> str:
+    return _implementation(name).unavailable_reason()
 
 
 def default_datapath() -> str:
@@ -111,5 +123,10 @@ def build_datapath(name: str, settings: DatapathSettings) -> Datapath:
 def build(name: str, settings: DatapathSettings, queue_num: int) -> tuple[Datapath, QueueBinding]:
     """The data path and the binding that feeds it from NFQUEUE queue_num (not yet bound)."""
     implementation = _implementation(name)
+    if settings.fail_open and not implementation.fail_open:
+        with_it = [n for n, i in DATAPATHS.items() if i.fail_open]
+        raise ValueError(
+            f"--fail-open is not supported by the {name} data path; it is by: {', '.join(with_it)}"
+        )
     datapath = implementation.datapath(settings)
-    return datapath, implementation.binding(datapath, queue_num, settings)
+    return datapath, implementation.binding(datapath, settings, queue_num)

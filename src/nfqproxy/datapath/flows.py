@@ -100,7 +100,7 @@ def next_state(state: FlowState, from_client: bool, tcp_flags: int) -> FlowState
 
 
 # Seconds between scans of a full connection table for expired flows; in between, a new
-# flow evicts the oldest. The fast path's cext has the same.
+# flow evicts the oldest. The fast path reads it from here.
 FULL_SCAN_INTERVAL = 1.0
 
 

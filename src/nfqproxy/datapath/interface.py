@@ -47,6 +47,11 @@ class Datapath(Protocol):
         ...
 
 
+# Packets the kernel holds in a bound queue for us before it drops (every binding asks
+# for this length).
+QUEUE_MAX_LEN = 8192
+
+
 class QueueBinding(Protocol):
     def bind(self) -> None:
         """Claims the queue: from now on the kernel holds service packets for us."""

@@ -26,15 +26,26 @@ from nfqproxy.datapath.frontends import (
 from nfqproxy.datapath.verdicts import Action, Verdict
 from nfqproxy.model import ServicePort, ServicePortKey, Snapshot
 
+# Why the extension could not be loaded, for the error that asks for this data path.
+_load_error: str | None = None
 try:
     from nfqproxy._fastpath import FastCore
-except ImportError:  # not built: NFQPROXY_NO_EXTENSIONS=1 at install, or a source checkout
+except ImportError as exc:
+    # Not built (NFQPROXY_NO_EXTENSIONS=1 at install, `make ext` not run), or built but
+    # refusing to load: a name table out of step with its enum, a missing C library.
     FastCore = None  # type: ignore[assignment,misc]
+    _load_error = str(exc)
 
 
 def fast_path_available() -> bool:
     """Whether the fast path is built and not switched off by NFQPROXY_NO_EXTENSIONS=1."""
     return FastCore is not None and os.environ.get("NFQPROXY_NO_EXTENSIONS") != "1"
+
+
+def unavailable_reason() -> str:
+    if os.environ.get("NFQPROXY_NO_EXTENSIONS") == "1":
+        return "NFQPROXY_NO_EXTENSIONS=1 is set"
+    return f"its extension did not load: {_load_error}; `make ext` builds it"
 
 
 class FastDatapath:
@@ -48,8 +59,8 @@ class FastDatapath:
     ) -> None:
         if not fast_path_available():
             raise RuntimeError(
-                "the fast data path is not available: the extension is not built or "
-                "NFQPROXY_NO_EXTENSIONS=1 is set; use --datapath reference"
+                f"the fast data path is not available: {unavailable_reason()}; "
+                "use --datapath reference"
             )
         t = timeouts or Timeouts()
         self.core = FastCore(

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 
 from nfqproxy.datapath.fast.datapath import FastDatapath
-from nfqproxy.datapath.marks import MARK_HAIRPIN, MARK_PROXIED, MARK_REJECT, QUEUE_MAX_LEN
+from nfqproxy.datapath.interface import QUEUE_MAX_LEN
+from nfqproxy.datapath.marks import MARK_HAIRPIN, MARK_PROXIED, MARK_REJECT
 
 
 class FastQueueBinding:

@@ -11,7 +11,8 @@ from typing import Any, Protocol
 
 from netfilterqueue import NetfilterQueue
 
-from nfqproxy.datapath.marks import MARK_HAIRPIN, MARK_PROXIED, MARK_REJECT, QUEUE_MAX_LEN
+from nfqproxy.datapath.interface import QUEUE_MAX_LEN
+from nfqproxy.datapath.marks import MARK_HAIRPIN, MARK_PROXIED, MARK_REJECT
 from nfqproxy.datapath.verdicts import Action, Verdict
 
 log = logging.getLogger(__name__)

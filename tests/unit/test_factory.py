@@ -1,0 +1,72 @@
+"""The factory turns a name into a data path and its binding, and the command line finds
+the lab's commands through an entry point, so that the proxy never imports the lab."""
+
+from __future__ import annotations
+
+from importlib.metadata import EntryPoint
+from typing import Any
+
+import pytest
+
+from nfqproxy import cli, defaults
+from nfqproxy.datapath import factory
+from nfqproxy.datapath.verdicts import Action, Verdict
+
+SETTINGS = factory.DatapathSettings(defaults.SERVICE_CIDRS, flow_capacity=16)
+
+
+def test_an_unknown_data_path_is_refused_with_the_names_there_are() -> None:
+    with pytest.raises(ValueError, match="unknown data path 'ebpf'; choose one of fast, reference"):
+        factory.build("ebpf", SETTINGS, 100)
+
+
+def test_fail_open_is_refused_by_a_data_path_that_cannot_do_it() -> None:
+    settings = factory.DatapathSettings(defaults.SERVICE_CIDRS, fail_open=True)
+    with pytest.raises(
+        ValueError, match="not supported by the reference data path; it is by: fast"
+    ):
+        factory.build("reference", settings, 100)
+
+
+def test_every_available_data_path_builds_unbound(datapath_name: str) -> None:
+    datapath, binding = factory.build(datapath_name, SETTINGS, 100)
+    assert datapath.status()["service_ports"] == 0
+    assert datapath.process(b"") == Verdict(Action.DROP, "truncated_ip_header")
+    binding.close()  # built, not bound: there is no queue to give back
+
+
+def test_the_lab_commands_come_from_the_entry_point() -> None:
+    parser = cli.build_parser()
+    assert parser.parse_args(["lab", "up", "--backends", "2"]).lab_command == "up"
+    assert parser.parse_args(["demo"]).command == "demo"
+
+
+def entry(value: str) -> EntryPoint:
+    return EntryPoint(name="test", value=value, group=cli.COMMAND_PLUGINS)
+
+
+def test_a_plugin_left_out_of_the_build_leaves_the_proxy_commands(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def only_missing(**_: Any) -> list[EntryPoint]:
+        return [entry("nfqproxy_absent_package.cli")]
+
+    monkeypatch.setattr(cli, "entry_points", only_missing)
+    assert cli.command_plugins() == []
+    args = cli.build_parser().parse_args(["cleanup"])
+    assert args.command == "cleanup"
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["demo"])
+
+
+def test_a_plugin_that_fails_to_import_for_another_reason_is_not_hidden(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(**_: Any) -> list[EntryPoint]:
+        # The plugin's own package exists, the module it names does not: a bug, not a build
+        # without the plugin.
+        return [entry("nfqproxy_lab.no_such_module")]
+
+    monkeypatch.setattr(cli, "entry_points", broken)
+    with pytest.raises(ModuleNotFoundError):
+        cli.command_plugins()
