@@ -1,5 +1,6 @@
-"""Every default a user can change, in one place: the CLI, ProxyConfig, the data paths and
-the docs' tables take them from here (tests/unit/test_defaults.py checks the docs)."""
+"""Every default a user can change, in one place: the CLI, ProxyConfig and the data paths
+take them from here, and tests/unit/test_defaults.py checks that the README and
+docs/design.md say the same (the flow timeouts, fixed, are in datapath/flows.py)."""
 
 from __future__ import annotations
 

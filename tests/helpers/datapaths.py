@@ -32,7 +32,9 @@ REFERENCE = "reference"
 # the most: a test that hands flows from one implementation to another goes this way.
 NAMES: list[str] = list(reversed(factory.DATAPATHS))
 
-# The names that can run on this machine, in the same order: what kernel scenarios run on.
+# The names that can run on this machine, in the same order: for a test that needs two,
+# such as an upgrade from one to another. Scenario tests parametrise over datapath_params()
+# instead, which lists the others as skipped, with the reason.
 DATAPATHS: list[str] = [name for name in NAMES if name in factory.available()]
 
 

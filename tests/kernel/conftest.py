@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from nfqproxy_lab.topology import Lab
-from tests.helpers.datapaths import DATAPATHS
+from tests.helpers.datapaths import datapath_params
 from tests.helpers.labs import RunningLab, lab_with_proxy, new_lab
 
 if os.geteuid() != 0:
@@ -30,7 +30,7 @@ def lab() -> Iterator[Lab]:
         lab.down()
 
 
-@pytest.fixture(scope="module", params=DATAPATHS)
+@pytest.fixture(scope="module", params=datapath_params())
 def running_lab(request: pytest.FixtureRequest) -> Iterator[RunningLab]:
     """One lab and proxy per data path (every one the factory registers and this machine
     can run), shared by a module's tests, which leave it as it was."""

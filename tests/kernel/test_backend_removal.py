@@ -16,7 +16,7 @@ from nfqproxy_lab import netns
 from nfqproxy_lab.proxy import read_status
 from nfqproxy_lab.topology import CLIENT_IP, DNS_PORT, HTTP_PORT, WEB_VIP, backend_ip
 from nfqproxy_lab.traffic import KeepAlive
-from tests.helpers.datapaths import DATAPATHS
+from tests.helpers.datapaths import datapath_params
 from tests.helpers.labs import RunningLab, lab_with_proxy
 
 pytestmark = pytest.mark.kernel
@@ -43,7 +43,7 @@ class FixedPortClient:
         self.sock.close()
 
 
-@pytest.mark.parametrize("datapath", DATAPATHS)
+@pytest.mark.parametrize("datapath", datapath_params())
 def test_a_udp_client_on_a_fixed_port_moves_off_a_removed_backend_at_once(datapath: str) -> None:
     with lab_with_proxy("--datapath", datapath) as running:
         moved_through(running)
@@ -96,7 +96,7 @@ def ask_each(connections: list[KeepAlive]) -> list[tuple[str, float]]:
     return answers
 
 
-@pytest.mark.parametrize("datapath", DATAPATHS)
+@pytest.mark.parametrize("datapath", datapath_params())
 def test_removing_a_backend_resets_its_tcp_flows_at_once_and_spares_the_rest(
     datapath: str,
 ) -> None:

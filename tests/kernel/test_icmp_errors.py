@@ -15,7 +15,7 @@ from nfqproxy_lab import netns
 from nfqproxy_lab.proxy import read_status
 from nfqproxy_lab.topology import HTTP_PORT, WEB_VIP, backend_ip
 from nfqproxy_lab.traffic import http_upload_digest
-from tests.helpers.datapaths import DATAPATHS
+from tests.helpers.datapaths import datapath_params
 from tests.helpers.labs import lab_with_proxy
 
 pytestmark = pytest.mark.kernel
@@ -63,7 +63,7 @@ def ask_closed_port() -> str:
         return "answered"
 
 
-@pytest.mark.parametrize("datapath", DATAPATHS)
+@pytest.mark.parametrize("datapath", datapath_params())
 def test_a_port_unreachable_from_the_backend_refuses_the_clients_udp_socket(
     datapath: str,
 ) -> None:
@@ -79,7 +79,7 @@ def test_a_port_unreachable_from_the_backend_refuses_the_clients_udp_socket(
         assert read_status(running.lab)["counters"].get("accept_icmp_error", 0) >= 1
 
 
-@pytest.mark.parametrize("datapath", DATAPATHS)
+@pytest.mark.parametrize("datapath", datapath_params())
 def test_path_mtu_discovery_works_through_the_vip_over_a_narrower_backend_link(
     datapath: str,
 ) -> None:

@@ -17,7 +17,7 @@ from nfqproxy_lab.proxy import read_status, start_proxy, wait_ready
 from nfqproxy_lab.servers import blob
 from nfqproxy_lab.topology import HTTP_PORT, WEB_VIP
 from nfqproxy_lab.traffic import fetch_url, http_slow_download_digest, parallel
-from tests.helpers.datapaths import DATAPATHS
+from tests.helpers.datapaths import DATAPATHS, datapath_params
 from tests.helpers.labs import RunningLab, lab_with_api_proxy, lab_with_proxy
 
 pytestmark = pytest.mark.kernel
@@ -41,7 +41,7 @@ def transfers_across(running: RunningLab, restart: Callable[[], None]) -> list[s
     return results
 
 
-@pytest.mark.parametrize("datapath", DATAPATHS)
+@pytest.mark.parametrize("datapath", datapath_params())
 def test_kill_9_and_a_restart_in_the_middle_of_50_transfers_breaks_none(datapath: str) -> None:
     with lab_with_proxy("--datapath", datapath) as running:
 
@@ -91,7 +91,7 @@ API_DOWN_FOR = 10.0
 
 
 @pytest.mark.parametrize("outage", ["slow-lists", "api-down"])
-@pytest.mark.parametrize("datapath", DATAPATHS)
+@pytest.mark.parametrize("datapath", datapath_params())
 def test_kill_9_and_a_restart_while_the_api_is_slow_or_down_breaks_none_of_50_transfers(
     datapath: str, outage: str
 ) -> None:

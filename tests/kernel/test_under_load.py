@@ -16,7 +16,7 @@ from nfqproxy_lab.flood import FloodKind, queue_rate, serve_iperf, start_flood
 from nfqproxy_lab.proxy import read_status
 from nfqproxy_lab.topology import DNS_PORT, WEB_VIP
 from nfqproxy_lab.traffic import fetch_url
-from tests.helpers.datapaths import DATAPATHS
+from tests.helpers.datapaths import datapath_params
 from tests.helpers.labs import RunningLab, lab_with_proxy
 
 pytestmark = pytest.mark.kernel
@@ -108,7 +108,7 @@ def slowest_answer(running: RunningLab, url: str, tries: int = 5) -> float:
 
 
 @pytest.mark.parametrize("flood", ["tcp", "udp"])
-@pytest.mark.parametrize("datapath", DATAPATHS)
+@pytest.mark.parametrize("datapath", datapath_params())
 def test_a_flooded_proxy_stops_syncs_and_answers_in_time(datapath: str, flood: FloodKind) -> None:
     with lab_with_proxy("--datapath", datapath) as running:
         assert running.proxy is not None

@@ -3,12 +3,14 @@ docs must all say the same."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 
 from nfqproxy import defaults
 from nfqproxy.cli import build_parser
 from nfqproxy.controller import ProxyConfig
 from nfqproxy.datapath import factory
+from nfqproxy.datapath.flows import Timeouts
 from nfqproxy.datapath.reference.conntable import ConnectionTable
 from nfqproxy.datapath.reference.datapath import ReferenceDatapath
 from tests.helpers.paths import ROOT
@@ -57,3 +59,24 @@ def test_the_docs_state_the_same_defaults() -> None:
     assert f"`/metrics` on {defaults.bind_text(defaults.METRICS_BIND)}" in readme
     assert f"The default capacity is {defaults.FLOW_CAPACITY:,} flows" in design
     assert "../" not in design, "docs/design.md links to a file outside the repository"
+
+
+TIMEOUT_ROWS = {
+    "TCP SYN sent": "tcp_syn_sent",
+    "TCP established": "tcp_established",
+    "TCP closing (FIN seen)": "tcp_closing",
+    "TCP reset": "tcp_reset",
+    "UDP, no reply yet": "udp_unreplied",
+    "UDP, replied": "udp_replied",
+    "TCP, its backend left the service": "tcp_backend_gone",
+}
+
+
+def test_the_design_notes_list_every_flow_timeout_as_the_code_has_it() -> None:
+    design = (ROOT / "docs" / "design.md").read_text()
+    timeouts = Timeouts()
+    assert set(TIMEOUT_ROWS.values()) == {f.name for f in dataclasses.fields(Timeouts)}
+    for label, name in TIMEOUT_ROWS.items():
+        seconds = getattr(timeouts, name)
+        shown = f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds:g} s"
+        assert f"| {label} | {shown}" in design, (label, shown)

@@ -15,7 +15,7 @@ from tests.helpers.clock import FakeClock
 
 
 def serve_health(last_success: float | None, now: float) -> tuple[int, dict[str, object]]:
-    server = HealthServer(lambda: last_success, 30.0, ProxyMetrics(dict, 100), clock=lambda: now)
+    server = HealthServer(lambda: last_success, 30.0, ProxyMetrics(dict, 100), clock=FakeClock(now))
 
     async def scenario() -> tuple[int, dict[str, object]]:
         app = web.Application()

@@ -7,16 +7,25 @@ import asyncio
 import pytest
 
 from nfqproxy.sync_runner import BoundedFrequencyRunner
+from tests.helpers.clock import FakeClock
 
 
 class Harness:
     def __init__(self, min_interval: float = 1.0, max_interval: float = 30.0) -> None:
-        self.now = 100.0
+        self.clock = FakeClock(100.0)
         self.syncs: list[float] = []
         self.fail_next = 0
         self.runner = BoundedFrequencyRunner(
-            self.sync, min_interval, max_interval, retry_interval=2.0, clock=lambda: self.now
+            self.sync, min_interval, max_interval, retry_interval=2.0, clock=self.clock
         )
+
+    @property
+    def now(self) -> float:
+        return self.clock.now
+
+    @now.setter
+    def now(self, value: float) -> None:
+        self.clock.now = value
 
     async def sync(self) -> None:
         if self.fail_next:

@@ -11,6 +11,7 @@ import pytest
 
 from nfqproxy.model import Backend, parse_endpoint_slice
 from nfqproxy.tracker import TRIGGER_TIME_ANNOTATION, ChangeTracker
+from tests.helpers.clock import FakeClock
 from tests.helpers.objects import endpoint_slice, report, service
 
 CIDRS = [IPv4Network("10.96.0.0/12")]
@@ -165,7 +166,7 @@ def stamped(addresses: list[str], at: float, name: str = "web-a") -> dict[str, A
 def test_every_endpoint_change_between_two_syncs_is_one_latency_sample() -> None:
     """kube-proxy's EndpointsChangeTracker appends each update's trigger time, not only
     the latest one per slice, even when the changes cancel out by the sync."""
-    tracker = ChangeTracker(CIDRS, wall_clock=lambda: 1000.0)
+    tracker = ChangeTracker(CIDRS, wall_clock=FakeClock(1000.0))
     report(tracker, stamped(["10.1.0.1"], 1001.0))
     report(tracker, stamped(["10.1.0.1", "10.1.0.2"], 1002.5))
     report(tracker, stamped(["10.1.0.1"], 1003.0))
@@ -175,7 +176,7 @@ def test_every_endpoint_change_between_two_syncs_is_one_latency_sample() -> None
 def test_an_update_that_changes_no_endpoint_is_no_sample() -> None:
     """esInfoChanged compares with the pending update if there is one, else the applied
     one; only endpoints, ports and their conditions count, not annotations or labels."""
-    tracker = ChangeTracker(CIDRS, wall_clock=lambda: 1000.0)
+    tracker = ChangeTracker(CIDRS, wall_clock=FakeClock(1000.0))
     report(tracker, stamped(["10.1.0.1"], 1001.0))
     same = stamped(["10.1.0.1"], 1002.0)  # a new annotation only
     same["metadata"]["labels"]["team"] = "shop"
@@ -187,7 +188,7 @@ def test_an_update_that_changes_no_endpoint_is_no_sample() -> None:
 
 def test_trigger_times_before_the_proxy_started_are_not_latencies() -> None:
     """At a start, every existing slice would otherwise count as one huge sample."""
-    tracker = ChangeTracker(CIDRS, wall_clock=lambda: 1000.0)
+    tracker = ChangeTracker(CIDRS, wall_clock=FakeClock(1000.0))
     report(tracker, stamped(["10.1.0.1"], 400.0))
     assert tracker.flush().trigger_times == []
     report(tracker, stamped(["10.1.0.2"], 1000.5))
@@ -197,7 +198,7 @@ def test_trigger_times_before_the_proxy_started_are_not_latencies() -> None:
 def test_a_deleted_slice_forgets_the_pending_trigger_times_of_its_whole_service() -> None:
     """EndpointSliceUpdate with removeSlice deletes lastChangeTriggerTimes[service]: a
     deletion's annotation says when the slice last changed, not when it went."""
-    tracker = ChangeTracker(CIDRS, wall_clock=lambda: 1000.0)
+    tracker = ChangeTracker(CIDRS, wall_clock=FakeClock(1000.0))
     report(tracker, stamped(["10.1.0.9"], 1000.5, name="web-b"))
     tracker.flush()
     report(tracker, stamped(["10.1.0.1"], 1001.0))
@@ -206,7 +207,7 @@ def test_a_deleted_slice_forgets_the_pending_trigger_times_of_its_whole_service(
 
 
 def test_a_malformed_trigger_time_is_no_sample_and_no_error() -> None:
-    tracker = ChangeTracker(CIDRS, wall_clock=lambda: 1000.0)
+    tracker = ChangeTracker(CIDRS, wall_clock=FakeClock(1000.0))
     doc = stamped(["10.1.0.1"], 1001.0)
     doc["metadata"]["annotations"][TRIGGER_TIME_ANNOTATION] = "yesterday"
     report(tracker, doc)
