@@ -159,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for plugin in command_plugins():
         plugin.add_commands(commands)
+        for name in plugin.COMMANDS:  # its commands come back to it, without a second scan
+            commands.choices[name].set_defaults(plugin_dispatch=plugin.dispatch)
     return parser
 
 
@@ -218,9 +220,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             removed = HookManager(HookConfig((), 0, command)).remove()
             print(f"{command}: removed {removed} nfqproxy jump rules and the NFQPROXY-* chains")
         return 0
-    for plugin in command_plugins():
-        if args.command in plugin.COMMANDS:
-            return int(plugin.dispatch(args))
+    if hasattr(args, "plugin_dispatch"):
+        return int(args.plugin_dispatch(args))
     raise AssertionError(args.command)
 
 

@@ -20,7 +20,6 @@ from nfqproxy.datapath.factory import DatapathSettings
 from nfqproxy.datapath.flows import Timeouts
 from nfqproxy.datapath.interface import Datapath
 
-SERVICE_CIDRS = defaults.SERVICE_CIDRS
 # Flows a test's data path holds unless it asks for more: the proxy's default (1M, 56 MB on
 # the fast path) would cost every test 20 ms to allocate.
 TEST_CAPACITY = 4096
@@ -45,7 +44,7 @@ def new_datapath(
     timeouts: Timeouts | None = None,
     seed: int = defaults.SEED,
     clock: Callable[[], float] = time.monotonic,
-    service_cidrs: Iterable[IPv4Network] = SERVICE_CIDRS,
+    service_cidrs: Iterable[IPv4Network] = defaults.SERVICE_CIDRS,
 ) -> Datapath:
     """A data path of that name with no service ports, on the clock given."""
     settings = DatapathSettings(

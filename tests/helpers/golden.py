@@ -20,6 +20,7 @@ from typing import Any
 import dpkt
 import yaml
 
+from nfqproxy import defaults
 from nfqproxy.datapath.frontends import table_key
 from nfqproxy.datapath.interface import Datapath
 from nfqproxy.model import ServicePortKey
@@ -27,7 +28,6 @@ from nfqproxy.sources.manifests import load_manifest_file
 from nfqproxy.tracker import ChangeTracker
 from nfqproxy_lab.packets import checksums_verify, tcp_packet, udp_packet
 from tests.helpers.clock import FakeClock
-from tests.helpers.datapaths import SERVICE_CIDRS
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
@@ -160,7 +160,7 @@ class Run:
 
     def __init__(self, scenario: Scenario, datapath: Datapath, clock: FakeClock, tmp: Path):
         self.scenario, self.datapath, self.clock, self.tmp = scenario, datapath, clock, tmp
-        self.tracker = ChangeTracker(SERVICE_CIDRS, None, scenario.node, scenario.zone)
+        self.tracker = ChangeTracker(defaults.SERVICE_CIDRS, None, scenario.node, scenario.zone)
         self.objects: dict[str, str] = {}  # "Kind namespace/name" -> its document, as written
         self.sent: list[tuple[str, str, int, str, int] | None] = []  # per step: out 5-tuple
 
@@ -178,7 +178,7 @@ class Run:
         handed to the tracker, then one sync as the controller's: the changes only."""
         path = self.tmp / "manifests.yaml"
         path.write_text("---\n".join(self.objects.values()))
-        loaded = load_manifest_file(path, SERVICE_CIDRS)
+        loaded = load_manifest_file(path, defaults.SERVICE_CIDRS)
         self.tracker.replace_all(loaded.services, loaded.endpoint_slices)
         changes = self.tracker.flush()
         changed = self.datapath.apply_changes(changes.ports)

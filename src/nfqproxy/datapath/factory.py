@@ -5,10 +5,10 @@ DATAPATHS: the unit scenarios, the golden scenarios and the kernel tests."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
-from typing import cast
+from typing import Protocol, cast
 
 from nfqproxy import defaults
 from nfqproxy.datapath.flows import Timeouts
@@ -34,16 +34,33 @@ class Implementation:
     fail_open: bool = False  # whether its binding can let a full queue's packets through
 
 
-def _reference_datapath(settings: DatapathSettings) -> Datapath:
-    from nfqproxy.datapath.reference.datapath import ReferenceDatapath
+class DatapathClass(Protocol):
+    """The constructor every implementation has."""
 
-    return ReferenceDatapath(
+    def __call__(
+        self,
+        service_cidrs: Iterable[IPv4Network],
+        capacity: int,
+        timeouts: Timeouts | None,
+        seed: int,
+        clock: Callable[[], float],
+    ) -> Datapath: ...
+
+
+def _construct(kind: DatapathClass, settings: DatapathSettings) -> Datapath:
+    return kind(
         settings.service_cidrs,
         settings.flow_capacity,
         settings.timeouts,
         settings.seed,
         settings.clock,
     )
+
+
+def _reference_datapath(settings: DatapathSettings) -> Datapath:
+    from nfqproxy.datapath.reference.datapath import ReferenceDatapath
+
+    return _construct(ReferenceDatapath, settings)
 
 
 def _reference_binding(
@@ -57,13 +74,7 @@ def _reference_binding(
 def _fast_datapath(settings: DatapathSettings) -> Datapath:
     from nfqproxy.datapath.fast.datapath import FastDatapath
 
-    return FastDatapath(
-        settings.service_cidrs,
-        settings.flow_capacity,
-        settings.timeouts,
-        settings.seed,
-        settings.clock,
-    )
+    return _construct(FastDatapath, settings)
 
 
 def _fast_binding(datapath: Datapath, settings: DatapathSettings, queue_num: int) -> QueueBinding:

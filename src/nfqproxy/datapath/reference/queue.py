@@ -7,13 +7,13 @@ import errno
 import logging
 import os
 import socket
-from typing import Any, Protocol
+from typing import Any
 
 from netfilterqueue import NetfilterQueue
 
-from nfqproxy.datapath.interface import QUEUE_MAX_LEN
+from nfqproxy.datapath.interface import QUEUE_MAX_LEN, Datapath
 from nfqproxy.datapath.marks import MARK_HAIRPIN, MARK_PROXIED, MARK_REJECT
-from nfqproxy.datapath.verdicts import Action, Verdict
+from nfqproxy.datapath.verdicts import Action
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +22,6 @@ SOCKET_BUFFER = 8 * 1024 * 1024
 # its 25-50k packets per second. Under a flood the socket never runs dry, so an unbounded
 # read would keep signals, syncs, /healthz and the status file waiting for the flood to end.
 PACKETS_PER_WAKEUP = 64
-
-
-class PacketProcessor(Protocol):
-    def process(self, raw: bytes) -> Verdict: ...
 
 
 class _BoundedSocket:
@@ -53,7 +49,7 @@ class NetfilterQueueBinding:
     bind() claims the queue: from then on the kernel holds service packets for us instead
     of dropping them. start() begins reading them, once the tables are programmed."""
 
-    def __init__(self, queue_num: int, datapath: PacketProcessor) -> None:
+    def __init__(self, queue_num: int, datapath: Datapath) -> None:
         self.queue_num = queue_num
         self.datapath = datapath
         self._queue: Any = None
