@@ -19,6 +19,7 @@ from libc.string cimport memcpy, memset, strerror
 from includes cimport hashing
 from includes.hashing cimport mix64
 from includes.netlink cimport *
+from includes.threads cimport *
 from fastpath.constants cimport *
 from fastpath.structs cimport *
 

@@ -64,8 +64,9 @@ cdef uint32_t affinity_expire(AffinityTable *a, double now) noexcept nogil:
     return removed
 
 
-cdef void choose_backend(Core *c, Frontend *f, Flow *flow, double now) noexcept nogil:
-    """The backend for a new flow: the client's sticky one, else Maglev's."""
+cdef uint32_t choose_backend(Core *c, Frontend *f, Flow *flow, double now) noexcept nogil:
+    """The backend for a new flow: the client's sticky one, else Maglev's. Fills the flow's
+    backend and returns its index in the frontend's backends."""
     cdef AffinityTable *a = &c.affinity
     cdef Affinity *sticky = NULL
     cdef uint64_t i
@@ -81,16 +82,16 @@ cdef void choose_backend(Core *c, Frontend *f, Flow *flow, double now) noexcept 
                     sticky.expires = now + f.affinity_timeout
                     flow.backend_ip, flow.backend_port = sticky.backend_ip, sticky.backend_port
                     c.events[E_AFFINITY_HIT] += 1
-                    return
+                    return j
     value = f.table[hashing.flow_hash(flow.proto, flow.client_ip, flow.client_port, flow.vip,
                                       flow.vport, c.flow_seed) % f.table_size]
     flow.backend_ip, flow.backend_port = f.backend_ips[value], f.backend_ports[value]
     if f.affinity_timeout <= 0:
-        return
+        return value
     if sticky == NULL:
         if a.count >= a.limit:
             c.events[E_AFFINITY_TABLE_FULL] += 1
-            return
+            return value
         i = index_hash(flow.proto, flow.client_ip, 0, flow.vip, flow.vport) & a.mask
         while a.entries[i].used:
             i = (i + 1) & a.mask
@@ -101,3 +102,23 @@ cdef void choose_backend(Core *c, Frontend *f, Flow *flow, double now) noexcept 
     # New, or its backend left the service: the client moves on.
     sticky.backend_ip, sticky.backend_port = flow.backend_ip, flow.backend_port
     sticky.expires = now + f.affinity_timeout
+    return value
+
+
+cdef bint affinity_remember(AffinityTable *a, uint8_t proto, uint32_t client, uint32_t vip,
+                            uint16_t vport, uint32_t backend_ip, uint16_t backend_port,
+                            double expires) noexcept nogil:
+    """Records a client's backend (after a restart, from conntrack); False when full."""
+    cdef Affinity *e = affinity_find(a, proto, client, vip, vport)
+    cdef uint64_t i
+    if e == NULL:
+        if a.count >= a.limit:
+            return False
+        i = index_hash(proto, client, 0, vip, vport) & a.mask
+        while a.entries[i].used:
+            i = (i + 1) & a.mask
+        e = &a.entries[i]
+        e.client_ip, e.vip, e.vport, e.proto, e.used = client, vip, vport, proto, 1
+        a.count += 1
+    e.backend_ip, e.backend_port, e.expires = backend_ip, backend_port, expires
+    return True

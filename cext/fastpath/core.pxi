@@ -1,50 +1,89 @@
 # Included by fastpath.pyx, after the parts of the core. FastCore: the Python face of a Core.
-# It owns the C state; FastDatapath programs it, FastQueue hands it packets without the GIL.
+# It owns the C state; the compiled data paths program it, FastQueue workers hand it packets
+# without the GIL. Every method takes the Core's lock (a worker may be deciding meanwhile);
+# hold() keeps it across several calls, so that a worker never sees half a sync.
+
+
+cdef class _Held:
+    """The Core's lock, held from __enter__ to __exit__ (FastCore.hold())."""
+    cdef FastCore core
+
+    def __cinit__(self, FastCore core):
+        self.core = core
+
+    def __enter__(self):
+        with nogil:
+            pthread_mutex_lock(&self.core.c.lock)
+        return self
+
+    def __exit__(self, *exc_info):
+        pthread_mutex_unlock(&self.core.c.lock)
+        return False
 
 cdef class FastCore:
     """The connection table, the frontends and the verdicts of the fast path, in C."""
 
     cdef Core c
+    cdef bint locked  # the mutex was initialised
 
-    def __cinit__(self, list ranges, uint32_t capacity, tuple timeouts, uint64_t seed):
+    def __cinit__(self, list ranges, uint32_t capacity, tuple timeouts, uint64_t seed,
+                  uint32_t affinity_limit=0):
+        """affinity_limit: clients remembered for session affinity; 0: a share of capacity."""
         # Python zeroes the object first: every pointer starts NULL, every count 0, so
         # __dealloc__ is right whatever failed here.
         if capacity < 1:
             raise ValueError(f"connection table capacity must be positive, got {capacity}")
         if len(timeouts) != S_COUNT:
             raise ValueError(f"{S_COUNT} timeouts expected (Timeouts.in_state_order())")
+        cdef pthread_mutexattr_t attributes
+        pthread_mutexattr_init(&attributes)
+        pthread_mutexattr_settype(&attributes, PTHREAD_MUTEX_RECURSIVE)
+        pthread_mutex_init(&self.c.lock, &attributes)
+        pthread_mutexattr_destroy(&attributes)
+        self.locked = True
         services_init(&self.c.services, ranges)
         flows_init(&self.c.flows, capacity, timeouts)
         self.c.flow_seed = seed ^ SEED_FLOW
-        self.c.affinity.limit = affinity_capacity(capacity)
+        self.c.affinity.limit = affinity_limit or affinity_capacity(capacity)
 
     def __dealloc__(self):
+        if self.locked:
+            pthread_mutex_destroy(&self.c.lock)
         services_free(&self.c.services)
         flows_free(&self.c.flows)
         free(self.c.affinity.entries)
+
+    def hold(self):
+        """`with core.hold():` keeps the workers out for the whole block (a sync)."""
+        return _Held(self)
 
     # --- frontends (slow path, with the GIL) ---------------------------------------------
 
     def set_frontend(self, uint32_t slot, uint32_t vip, uint8_t proto, uint16_t port,
                      list backends, table, double affinity_timeout=0, list draining=None,
-                     bint drop_when_empty=False):
+                     bint drop_when_empty=False, list marks=None):
         """Installs a frontend in a slot: backends [(packed ip, port)], table array('H'),
         and the draining backends, which keep their open flows but get no new ones.
-        drop_when_empty: with no backends, drop new flows instead of rejecting them."""
-        cdef Frontend *f = frontend_install(&self.c.services, slot, vip, proto, port, backends,
-                                            backends + (draining or []), table)
-        f.affinity_timeout = affinity_timeout
-        f.drop_when_empty = drop_when_empty
-        if affinity_timeout > 0:
-            affinity_reserve(&self.c.affinity)
+        drop_when_empty: with no backends, drop new flows instead of rejecting them.
+        marks: the offload path's mark for each backend, chosen then draining."""
+        cdef Frontend *f
+        with self.hold():
+            f = frontend_install(&self.c.services, slot, vip, proto, port, backends,
+                                 backends + (draining or []), table, marks)
+            f.affinity_timeout = affinity_timeout
+            f.drop_when_empty = drop_when_empty
+            if affinity_timeout > 0:
+                affinity_reserve(&self.c.affinity)
 
     def remove_frontend(self, uint32_t slot):
-        if slot < self.c.services.slots:
-            frontend_free(&self.c.services, slot)
+        with self.hold():
+            if slot < self.c.services.slots:
+                frontend_free(&self.c.services, slot)
 
     def rebuild_maps(self):
         """Rebuilds the frontend, VIP and backend maps from the frontends in use."""
-        services_rebuild_maps(&self.c.services)
+        with self.hold():
+            services_rebuild_maps(&self.c.services)
 
     def retire_flows_to_removed_backends(self, double now):
         """As the reference: UDP flows whose backend is no longer chosen are dropped (the
@@ -63,30 +102,62 @@ cdef class FastCore:
         cdef uint32_t length = raw.shape[0]
         cdef bytearray buf = bytearray(raw)
         cdef uint8_t *data = <uint8_t *> (<char *> buf) if length else <uint8_t *> b""
-        cdef Verdict v = process_packet(&self.c, data, length, now, partial)
+        cdef Verdict v
+        with self.hold():
+            v = process_packet(&self.c, data, length, now, partial)
         payload = bytes(buf[:v.length]) if v.action == ACT_ACCEPT else None
         return ACTION_NAMES[v.action], REASON_NAMES[v.reason], payload, bool(v.proxied), bool(v.hairpin)
 
+    def decide_first(self, const uint8_t[:] raw, double now):
+        """The offload path's verdict for a flow's first packet: (action, reason, backend
+        mark, proxied, hairpin). The packet is not rewritten."""
+        cdef uint32_t length = raw.shape[0]
+        cdef bytearray buf = bytearray(raw)
+        cdef uint8_t *data = <uint8_t *> (<char *> buf) if length else <uint8_t *> b""
+        cdef Verdict v
+        with self.hold():
+            v = process_first_packet(&self.c, data, length, now)
+        return ACTION_NAMES[v.action], REASON_NAMES[v.reason], v.mark, bool(v.proxied), bool(v.hairpin)
+
+    def remember_affinity(self, uint8_t proto, bytes client, bytes vip, uint16_t vport,
+                          bytes backend, uint16_t backend_port, double expires):
+        """Records a client's sticky backend (packed addresses); False when the table is
+        full or no frontend has session affinity (the table is not allocated)."""
+        if len(client) != 4 or len(vip) != 4 or len(backend) != 4:
+            raise ValueError("the compiled core handles IPv4 addresses only")
+        with self.hold():
+            if self.c.affinity.entries == NULL:
+                return False
+            return affinity_remember(&self.c.affinity, proto,
+                                     rd32raw(<const uint8_t *> <const char *> client),
+                                     rd32raw(<const uint8_t *> <const char *> vip), vport,
+                                     rd32raw(<const uint8_t *> <const char *> backend),
+                                     backend_port, expires)
+
     def expire(self, double now):
         """Drops expired flows (returned: how many) and expired client affinities."""
-        affinity_expire(&self.c.affinity, now)
-        return flows_expire(&self.c.flows, now)
+        with self.hold():
+            affinity_expire(&self.c.affinity, now)
+            return flows_expire(&self.c.flows, now)
 
     def __len__(self):
         return self.c.flows.count
 
     def counters(self):
         """Non-zero counters, named as the reference names them."""
-        return named_counters(&self.c)
+        with self.hold():
+            return named_counters(&self.c)
 
     def flows(self):
         """Every flow, oldest first: (proto, client ip, client port, vip, vport, backend ip,
         backend port, state name, expires), addresses packed."""
-        return flow_rows(&self.c.flows)
+        with self.hold():
+            return flow_rows(&self.c.flows)
 
     def state_counts(self):
         """{"tcp/established": n, ...} over every flow, without a Python object per flow."""
-        return flow_state_counts(&self.c.flows)
+        with self.hold():
+            return flow_state_counts(&self.c.flows)
 
     @property
     def evicted(self):

@@ -2,6 +2,23 @@
 # reference's process() (nfqproxy.datapath.reference.datapath), with the same reasons in the
 # same order of checks. The packet is rewritten in place; nothing here takes the GIL.
 
+cdef Frontend *frontend_for_new_flow(Core *c, Headers *h, Verdict *v) noexcept nogil:
+    """The frontend a new flow to h's destination goes to; NULL, with the verdict set to a
+    reject or a drop, when no backend can take it."""
+    cdef Frontend *f = frontend_find(&c.services, h.dst, h.proto, h.dport)
+    if f == NULL:
+        v.action = ACT_REJECT
+        v.reason = R_PORT_NOT_SERVED if map_slot(&c.services.vip_map, h.dst, False) != NULL else R_NO_SERVICE
+        return NULL
+    if f.backend_count == 0:
+        if f.drop_when_empty:
+            v.action, v.reason = ACT_DROP, R_NO_LOCAL_ENDPOINTS
+        else:
+            v.action, v.reason = ACT_REJECT, R_NO_ENDPOINTS
+        return NULL
+    return f
+
+
 cdef void decide_request(Core *c, uint8_t *pkt, Headers *h, double now, bint partial,
                          Verdict *v) noexcept nogil:
     """A packet to a service address: a known flow's, or a new flow's, DNATed."""
@@ -19,16 +36,8 @@ cdef void decide_request(Core *c, uint8_t *pkt, Headers *h, double now, bint par
         # A SYN starts a new connection (a reused port, or a SYN sent again after
         # its backend left): it gets a new backend, not a reset.
     if index == NIL:
-        f = frontend_find(&c.services, h.dst, h.proto, h.dport)
+        f = frontend_for_new_flow(c, h, v)
         if f == NULL:
-            v.action = ACT_REJECT
-            v.reason = R_PORT_NOT_SERVED if map_slot(&c.services.vip_map, h.dst, False) != NULL else R_NO_SERVICE
-            return
-        if f.backend_count == 0:
-            if f.drop_when_empty:
-                v.action, v.reason = ACT_DROP, R_NO_LOCAL_ENDPOINTS
-            else:
-                v.action, v.reason = ACT_REJECT, R_NO_ENDPOINTS
             return
         flow.proto, flow.client_ip, flow.client_port = h.proto, h.src, h.sport
         flow.vip, flow.vport = h.dst, h.dport
@@ -98,7 +107,57 @@ cdef Verdict process_packet(Core *c, uint8_t *pkt, uint32_t length, double now,
     reports with NFQA_SKB_CSUMNOTREADY.
     """
     cdef Verdict v
-    v.action, v.reason, v.proxied, v.hairpin, v.length = ACT_DROP, R_TRUNCATED_IP, 0, 0, length
+    v.action, v.reason, v.proxied, v.hairpin, v.length, v.mark = ACT_DROP, R_TRUNCATED_IP, 0, 0, length, 0
     decide(c, pkt, length, now, partial, &v)
+    c.verdicts[v.action][v.reason] += 1
+    return v
+
+
+cdef void decide_first(Core *c, uint8_t *pkt, uint32_t length, double now,
+                       Verdict *v) noexcept nogil:
+    """The offload path: the first packet of a flow (conntrack calls it NEW), decided by the
+    same rules, but not rewritten: the verdict's mark names the backend, and the kernel's
+    DNAT map and conntrack do the rest. No flow is recorded here: conntrack holds them."""
+    cdef Headers h
+    cdef Frontend *f
+    cdef Flow flow
+    cdef uint32_t chosen
+    if not parse_ip(pkt, length, &h, v):
+        return
+    if h.proto != PROTO_TCP and h.proto != PROTO_UDP:
+        # ICMP errors about a flow are RELATED, not NEW, and conntrack translates them;
+        # what comes here (an echo request to a VIP, say) is no service's.
+        v.reason = R_UNSUPPORTED
+        return
+    if not parse_ports(pkt, &h, v):
+        return
+    if h.hl > 20:
+        c.events[E_IP_OPTIONS] += 1
+    v.reason = R_UNKNOWN_REPLY
+    if not in_service_ranges(&c.services, rd32(pkt + 16)):
+        return  # the hooks queue only the service ranges; as the fast path, drop the unplaceable
+    if h.proto == PROTO_TCP and not (h.flags & TCP_SYN and not h.flags & TCP_ACK):
+        # Conntrack no longer knows this connection: its backend was removed (its entries
+        # were deleted) or the entry expired. No backend has it any more: reset the client,
+        # as the fast path does for a flow whose backend left.
+        v.action, v.reason = ACT_REJECT, R_BACKEND_REMOVED
+        return
+    f = frontend_for_new_flow(c, &h, v)
+    if f == NULL:
+        return
+    flow.proto, flow.client_ip, flow.client_port = h.proto, h.src, h.sport
+    flow.vip, flow.vport = h.dst, h.dport
+    chosen = choose_backend(c, f, &flow, now)
+    v.action, v.reason, v.proxied = ACT_ACCEPT, R_NEW_FLOW, 1
+    v.mark = f.backend_marks[chosen]
+    v.hairpin = flow.backend_ip == flow.client_ip
+
+
+cdef Verdict process_first_packet(Core *c, uint8_t *pkt, uint32_t length,
+                                  double now) noexcept nogil:
+    """decide_first's verdict, counted."""
+    cdef Verdict v
+    v.action, v.reason, v.proxied, v.hairpin, v.length, v.mark = ACT_DROP, R_TRUNCATED_IP, 0, 0, length, 0
+    decide_first(c, pkt, length, now, &v)
     c.verdicts[v.action][v.reason] += 1
     return v

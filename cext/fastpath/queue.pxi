@@ -1,8 +1,11 @@
 # Included by fastpath.pyx, after core.pxi. The queue loop: NFQUEUE over raw netlink
-# (includes/netlink.pxd), batched both ways, without the GIL.
+# (includes/netlink.pxd), batched both ways, without the GIL. It runs in a worker thread of
+# its own (run()), or from the event loop (drain()). Two modes: the fast path's (every packet
+# of a flow, rewritten) and the offload path's (a flow's first packet, answered with a mark).
 
 cdef enum:
     BATCH = 32                      # messages per recvmmsg
+    WAKE_MS = 100                   # how soon a worker notices stop()
     DRAIN_BATCHES = 16              # batches per event-loop wake-up: about 2 ms of packets
     RX_SLOT = 69632                 # one GSO packet (up to 64 KiB) plus netlink framing
     TX_BUFFER = 4 * 1024 * 1024     # verdicts of a batch, payloads included, in one sendmsg
@@ -19,9 +22,11 @@ cdef class FastQueue:
     """Binds one NFQUEUE queue with NFQA_CFG_F_GSO and gives FastCore's verdicts in batches."""
 
     cdef int fd
-    cdef uint32_t queue_num, max_len
-    cdef uint32_t mark_proxied, mark_reject, mark_hairpin
-    cdef bint fail_open
+    cdef readonly uint32_t queue_num
+    cdef uint32_t max_len
+    cdef uint32_t mark_mask, mark_proxied, mark_reject, mark_hairpin
+    cdef bint fail_open, offload
+    cdef int stopping
     cdef FastCore core
     cdef char *rx
     cdef char *tx
@@ -30,13 +35,16 @@ cdef class FastQueue:
     cdef iovec vectors[BATCH]
     cdef uint64_t counts[Q_COUNT]  # by Q_*, named by QUEUE_STAT_NAMES
 
-    def __cinit__(self, FastCore core, uint32_t queue_num, uint32_t max_len,
+    def __cinit__(self, FastCore core, uint32_t queue_num, uint32_t max_len, uint32_t mark_mask,
                   uint32_t mark_proxied, uint32_t mark_reject, uint32_t mark_hairpin,
-                  bint fail_open=False):
+                  bint fail_open=False, bint offload=False):
+        """The marks are bits inside mark_mask; a verdict never touches a bit outside it.
+        offload: answer first packets with the chosen backend's mark instead of rewriting."""
         self.fd = -1
-        self.fail_open = fail_open
+        self.fail_open, self.offload = fail_open, offload
         self.core = core
         self.queue_num, self.max_len = queue_num, max_len
+        self.mark_mask = mark_mask
         self.mark_proxied, self.mark_reject, self.mark_hairpin = mark_proxied, mark_reject, mark_hairpin
         self.rx = <char *> malloc(BATCH * RX_SLOT)
         self.tx = <char *> malloc(TX_BUFFER)
@@ -126,6 +134,25 @@ cdef class FastQueue:
         close(self.fd)  # closing the socket unbinds in any case
         self.fd = -1
 
+    def run(self):
+        """The worker thread's loop: waits for packets and decides them, without the GIL,
+        until stop(). Python is never on the packet path."""
+        cdef pollfd waiting
+        if self.fd < 0:
+            return
+        waiting.fd, waiting.events = self.fd, POLLIN
+        with nogil:
+            while not self.stopping:
+                waiting.revents = 0
+                if poll(&waiting, 1, WAKE_MS) <= 0:
+                    continue
+                while not self.stopping and self._batch() > 0:
+                    pass
+
+    def stop(self):
+        """Asks run() to return, within WAKE_MS."""
+        self.stopping = 1
+
     def drain(self):
         """Handles the packets waiting, in batches, without the GIL. Returns how many.
 
@@ -167,6 +194,7 @@ cdef class FastQueue:
             return 1 if errno == EINTR else 0
         self.counts[Q_BATCHES] += 1
         now = monotonic()
+        pthread_mutex_lock(&self.core.c.lock)  # the tables, against a sync from Python
         for i in range(got):
             nlh = <nlmsghdr *> (self.rx + i * RX_SLOT)
             remaining = self.messages[i].msg_len
@@ -175,6 +203,7 @@ cdef class FastQueue:
                 if self.tx_length > TX_BUFFER - RX_SLOT - 1024:
                     self._flush()
                 nlh = mnl_nlmsg_next(nlh, &remaining)
+        pthread_mutex_unlock(&self.core.c.lock)
         self._flush()
         return got
 
@@ -214,7 +243,11 @@ cdef class FastQueue:
             self.counts[Q_PARTIAL_CHECKSUM] += 1
         data = <uint8_t *> mnl_attr_get_payload(attrs[NFQA_PAYLOAD])
         length = mnl_attr_get_payload_len(attrs[NFQA_PAYLOAD])
-        v = process_packet(&self.core.c, data, length, now, partial)
+        if self.offload:
+            v = process_first_packet(&self.core.c, data, length, now)
+        else:
+            v = process_packet(&self.core.c, data, length, now, partial)
+        mark &= ~self.mark_mask  # others' bits stay as they came; ours are set anew
         if v.action == ACT_DROP:
             nfq_nlmsg_verdict_put(out, packet_id, NF_DROP)
         elif v.action == ACT_REJECT:
@@ -223,7 +256,8 @@ cdef class FastQueue:
         else:
             nfq_nlmsg_verdict_put(out, packet_id, NF_ACCEPT)
             if v.proxied:
-                mark |= self.mark_proxied | (self.mark_hairpin if v.hairpin else 0)
+                mark |= self.mark_proxied | v.mark | (self.mark_hairpin if v.hairpin else 0)
                 nfq_nlmsg_verdict_put_mark(out, mark)
-            nfq_nlmsg_verdict_put_pkt(out, data, v.length)
+            if not self.offload:  # the offload path's packets go back as they came
+                nfq_nlmsg_verdict_put_pkt(out, data, v.length)
         self.tx_length += out.nlmsg_len

@@ -24,7 +24,11 @@ cdef void frontend_free(ServiceTable *s, uint32_t slot) noexcept nogil:
     if f.used:
         free(f.backend_ips)
         free(f.backend_ports)
+        free(f.backend_marks)
         free(f.table)
+        # Empty, not dangling: a map may still name this slot until the maps are rebuilt.
+        f.backend_ips, f.backend_ports, f.backend_marks, f.table = NULL, NULL, NULL, NULL
+        f.backend_count = f.present_count = f.table_size = 0
         f.used = 0
 
 
@@ -40,9 +44,10 @@ cdef void services_free(ServiceTable *s) noexcept nogil:
 
 cdef Frontend *frontend_install(ServiceTable *s, uint32_t slot, uint32_t vip, uint8_t proto,
                                 uint16_t port, list backends, list present,
-                                const uint16_t[:] slots) except NULL:
+                                const uint16_t[:] slots, list marks) except NULL:
     """Fills a slot (the table grows as needed) with backends [(packed ip, port)], the
-    draining ones after them in present, and the Maglev table slots."""
+    draining ones after them in present, their marks (the offload path's; None: zeros)
+    and the Maglev table slots."""
     cdef uint32_t i, total = len(present), size = slots.shape[0]
     cdef Frontend *grown
     cdef Frontend *f
@@ -60,19 +65,28 @@ cdef Frontend *frontend_install(ServiceTable *s, uint32_t slot, uint32_t vip, ui
     f = &s.frontends[slot]
     f.backend_ips = <uint32_t *> malloc((total or 1) * sizeof(uint32_t))
     f.backend_ports = <uint16_t *> malloc((total or 1) * sizeof(uint16_t))
+    f.backend_marks = <uint32_t *> calloc(total or 1, sizeof(uint32_t))
     f.table = <uint16_t *> malloc((size or 1) * sizeof(uint16_t))
-    if f.backend_ips == NULL or f.backend_ports == NULL or f.table == NULL:
+    f.used = 1  # from here on frontend_free releases what was allocated
+    if f.backend_ips == NULL or f.backend_ports == NULL or f.backend_marks == NULL or f.table == NULL:
+        frontend_free(s, slot)
         raise MemoryError()
+    if marks is not None and len(marks) != total:
+        frontend_free(s, slot)
+        raise ValueError(f"{len(marks)} backend marks for {total} backends")
     for i in range(total):
         packed, backend_port = present[i]
         if len(packed) != 4:
+            frontend_free(s, slot)
             raise ValueError("the fast path handles IPv4 backends only")
         f.backend_ips[i] = rd32raw(<const uint8_t *> <const char *> packed)
         f.backend_ports[i] = backend_port
+        if marks is not None:
+            f.backend_marks[i] = marks[i]
     for i in range(size):
         f.table[i] = slots[i]
     f.vip, f.proto, f.port = vip, proto, port
-    f.backend_count, f.present_count, f.table_size, f.used = len(backends), total, size, 1
+    f.backend_count, f.present_count, f.table_size = len(backends), total, size
     return f
 
 

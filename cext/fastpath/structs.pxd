@@ -8,6 +8,7 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 from fastpath.constants cimport ACT_COUNT, E_COUNT, MAX_RANGES, R_COUNT, S_COUNT
+from includes.threads cimport pthread_mutex_t
 
 
 cdef struct Flow:
@@ -33,6 +34,7 @@ cdef struct Frontend:
     uint32_t present_count   # chosen, then draining ones: still part of the service
     uint32_t *backend_ips
     uint16_t *backend_ports
+    uint32_t *backend_marks  # the offload path's mark for each backend (0 on the fast path)
     uint16_t *table
     uint32_t table_size
     double affinity_timeout  # sessionAffinity ClientIP seconds; 0: none
@@ -56,6 +58,7 @@ cdef struct Verdict:
     int proxied
     int hairpin
     uint32_t length       # bytes of the (rewritten) packet to hand back
+    uint32_t mark         # the offload path: the chosen backend's mark, for the DNAT map
 
 
 cdef struct Headers:      # what parsing found in a TCP or UDP packet
@@ -111,6 +114,9 @@ cdef struct AffinityTable:  # open addressing, backward-shift deletion
 
 
 cdef struct Core:
+    # Held by a queue worker while it decides a batch and by Python while it reads or
+    # reprograms the tables (recursive: Python holds it across a whole sync).
+    pthread_mutex_t lock
     FlowTable flows
     ServiceTable services
     AffinityTable affinity

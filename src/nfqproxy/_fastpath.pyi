@@ -1,5 +1,6 @@
 # Stub for the compiled cext/fastpath.pyx.
 from array import array
+from contextlib import AbstractContextManager
 
 # The C enums' names, in their order (cext/fastpath/constants.pxd); the contract's names
 # (nfqproxy.datapath.verdicts, flows), as tests/unit/test_datapath_contract.py checks.
@@ -24,8 +25,14 @@ class FastCore:
     @property
     def affinity_limit(self) -> int: ...
     def __init__(
-        self, ranges: list[tuple[int, int]], capacity: int, timeouts: tuple[float, ...], seed: int
+        self,
+        ranges: list[tuple[int, int]],
+        capacity: int,
+        timeouts: tuple[float, ...],
+        seed: int,
+        affinity_limit: int = 0,
     ) -> None: ...
+    def hold(self) -> AbstractContextManager[object]: ...
     def set_frontend(
         self,
         slot: int,
@@ -37,6 +44,7 @@ class FastCore:
         affinity_timeout: float = 0,
         draining: list[tuple[bytes, int]] | None = None,
         drop_when_empty: bool = False,
+        marks: list[int] | None = None,
     ) -> None: ...
     def remove_frontend(self, slot: int) -> None: ...
     def rebuild_maps(self) -> None: ...
@@ -44,6 +52,17 @@ class FastCore:
     def process(
         self, raw: bytes, now: float, partial: bool = False
     ) -> tuple[str, str, bytes | None, bool, bool]: ...
+    def decide_first(self, raw: bytes, now: float) -> tuple[str, str, int, bool, bool]: ...
+    def remember_affinity(
+        self,
+        proto: int,
+        client: bytes,
+        vip: bytes,
+        vport: int,
+        backend: bytes,
+        backend_port: int,
+        expires: float,
+    ) -> bool: ...
     def expire(self, now: float) -> int: ...
     def __len__(self) -> int: ...
     def counters(self) -> dict[str, int]: ...
@@ -58,14 +77,20 @@ class FastQueue:
         core: FastCore,
         queue_num: int,
         max_len: int,
+        mark_mask: int,
         mark_proxied: int,
         mark_reject: int,
         mark_hairpin: int,
         fail_open: bool = False,
+        offload: bool = False,
     ) -> None: ...
+    @property
+    def queue_num(self) -> int: ...
     @property
     def fileno(self) -> int: ...
     def open(self) -> None: ...
+    def run(self) -> None: ...
+    def stop(self) -> None: ...
     def close(self) -> None: ...
     def drain(self) -> int: ...
     def stats(self) -> dict[str, int]: ...

@@ -15,6 +15,7 @@ from types import ModuleType
 from nfqproxy import defaults
 from nfqproxy.controller import Proxy, ProxyConfig
 from nfqproxy.datapath import factory
+from nfqproxy.datapath.marks import MarkLayout, parse_mask
 from nfqproxy.health import parse_bind_address
 
 log = logging.getLogger("nfqproxy")
@@ -44,6 +45,19 @@ def _cidr(text: str) -> IPv4Network:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"--service-cidr {text!r}: {exc}") from None
     return network
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return int(text)
+
+
+def _mark_layout(text: str) -> MarkLayout:
+    try:
+        return parse_mask(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _queue_num(text: str) -> int:
@@ -95,8 +109,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--datapath",
         choices=list(factory.DATAPATHS),
         default=factory.default_datapath(),
-        help="fast (C, the default when built) or reference (Python); "
-        "NFQPROXY_NO_EXTENSIONS=1 makes reference the default",
+        help="fast (C: every packet in userspace, the default when built), offload (C: a "
+        "flow's first packet in userspace, the rest in kernel conntrack) or reference "
+        "(Python); NFQPROXY_NO_EXTENSIONS=1 makes reference the default",
+    )
+    run.add_argument(
+        "--queues",
+        type=_positive_int,
+        default=None,
+        help="NFQUEUE queues from --queue-num on, one worker thread each (offload only; "
+        "default: one per CPU for offload, 1 for the others)",
+    )
+    run.add_argument(
+        "--mark-mask",
+        type=_mark_layout,
+        default=MarkLayout(),
+        help=f"the packet mark bits nfqproxy may use (default {defaults.MARK_MASK:#010x}); "
+        "bits outside it are never touched (docs/design.md, Marks)",
     )
     run.add_argument(
         "--hostname-override",
@@ -208,6 +237,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             flow_capacity=args.flow_capacity,
             keep_hooks_on_exit=args.keep_hooks_on_exit,
             fail_open=args.fail_open,
+            marks=args.mark_mask,
+            queues=factory.queues_for(args.datapath, args.queues),
         )
         import uvloop
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from nfqproxy import defaults
 from nfqproxy.datapath import factory
+from nfqproxy.datapath.marks import MarkLayout
 from nfqproxy.files import atomic_write
 from nfqproxy.health import HealthServer, Liveness
 from nfqproxy.hooks import HookConfig, HookError, HookManager
@@ -64,7 +65,9 @@ class ProxyConfig:
     watch_timeout: tuple[int, int] = defaults.WATCH_TIMEOUT
     install_hooks: bool = True  # False: program the tables only (the controller benchmark)
     keep_hooks_on_exit: bool = False  # True: a restart or an upgrade takes over open flows
-    fail_open: bool = False  # a full queue passes packets unproxied (fast path only)
+    fail_open: bool = False  # a full queue passes packets unproxied (compiled paths only)
+    marks: MarkLayout = field(default_factory=MarkLayout)  # --mark-mask
+    queues: int = 1  # --queues: NFQUEUE queues from queue_num on (offload: several)
     healthz_bind: tuple[str, int] | None = defaults.HEALTHZ_BIND
     metrics_bind: tuple[str, int] | None = defaults.METRICS_BIND
 
@@ -89,12 +92,24 @@ class Proxy:
         self.datapath, self.queue = factory.build(
             config.datapath,
             factory.DatapathSettings(
-                config.service_cidrs, config.flow_capacity, config.seed, config.fail_open
+                config.service_cidrs,
+                config.flow_capacity,
+                config.seed,
+                config.fail_open,
+                marks=config.marks,
+                queues=config.queues,
             ),
             config.queue_num,
         )
         self.hooks = HookManager(
-            HookConfig(config.service_cidrs, config.queue_num, config.iptables)
+            HookConfig(
+                config.service_cidrs,
+                config.queue_num,
+                config.iptables,
+                marks=config.marks,
+                queues=config.queues,
+                first_packets_only=not factory.DATAPATHS[config.datapath].every_packet,
+            )
         )
         self.source = (
             ManifestSource(config.manifests, config.service_cidrs) if config.manifests else None

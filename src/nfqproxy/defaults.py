@@ -8,6 +8,9 @@ from ipaddress import IPv4Network
 
 SERVICE_CIDRS = (IPv4Network("10.96.0.0/12"),)  # kubeadm's default service range
 QUEUE_NUM = 100
+# The packet mark bits nfqproxy may use (datapath/marks.py): clear of kube-proxy's
+# 0x4000/0x8000 and Cilium's 0x0f00.
+MARK_MASK = 0xFFFF00FF
 # Flows tracked: 1M at 56 bytes each on the fast path is 56 MiB, allocated once.
 FLOW_CAPACITY = 1 << 20
 MIN_SYNC_PERIOD = 1.0  # seconds; kube-proxy's --min-sync-period default

@@ -3,10 +3,17 @@
 Their number never depends on how many services or endpoints there are. The design and
 the hook order are explained in docs/design.md; in short:
 
+Every packet (the fast and reference paths):
   raw    PREROUTING, OUTPUT  -> NFQPROXY-SERVICES: -d <service range> -j NFQUEUE
          (priority -300: before conntrack, so conntrack records client -> backend)
   mangle PREROUTING, OUTPUT  -> NFQPROXY-MARK: proxied mark on the packet -> connmark
   mangle INPUT, POSTROUTING  -> NFQPROXY-REPLIES: connmark + reply direction -> NFQUEUE
+First packets only (the offload path; its DNAT map is in nf_tables, datapath/offload/nft.py):
+  mangle PREROUTING, OUTPUT  -> NFQPROXY-FIRST: -d <service range>, conntrack NEW, no
+         proxied connmark yet -> NFQUEUE (balanced over the queues)
+  nat    PREROUTING, OUTPUT  -> NFQPROXY-DECIDED: proxied mark -> saved in the connmark
+         (the backend id, for conntrack lookups; later packets skip the queue)
+Both:
   filter INPUT, FORWARD, OUTPUT -> NFQPROXY-REJECT: reject mark -> TCP RST / ICMP unreachable
   filter FORWARD -> NFQPROXY-FORWARD: conntrack INVALID -> DROP (as kube-proxy does)
   nat    POSTROUTING -> NFQPROXY-HAIRPIN: hairpin mark -> MASQUERADE (a pod reaching itself)
@@ -24,10 +31,10 @@ import shlex
 import subprocess
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 
-from nfqproxy.datapath.marks import MARK_HAIRPIN, MARK_PROXIED, MARK_REJECT
+from nfqproxy.datapath.marks import MarkLayout
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +46,18 @@ CHAIN_REPLIES = "NFQPROXY-REPLIES"
 CHAIN_REJECT = "NFQPROXY-REJECT"
 CHAIN_HAIRPIN = "NFQPROXY-HAIRPIN"
 CHAIN_FORWARD = "NFQPROXY-FORWARD"
+CHAIN_FIRST = "NFQPROXY-FIRST"
+CHAIN_DECIDED = "NFQPROXY-DECIDED"
 
 # (table, built-in chain, our chain), in the order they are installed.
-JUMPS: tuple[tuple[str, str, str], ...] = (
+COMMON_JUMPS: tuple[tuple[str, str, str], ...] = (
     ("filter", "INPUT", CHAIN_REJECT),
     ("filter", "FORWARD", CHAIN_REJECT),
     ("filter", "OUTPUT", CHAIN_REJECT),
     ("filter", "FORWARD", CHAIN_FORWARD),
     ("nat", "POSTROUTING", CHAIN_HAIRPIN),
+)
+EVERY_PACKET_JUMPS = (
     ("mangle", "PREROUTING", CHAIN_MARK),
     ("mangle", "OUTPUT", CHAIN_MARK),
     ("mangle", "INPUT", CHAIN_REPLIES),
@@ -54,6 +65,14 @@ JUMPS: tuple[tuple[str, str, str], ...] = (
     ("raw", "PREROUTING", CHAIN_SERVICES),
     ("raw", "OUTPUT", CHAIN_SERVICES),
 )
+FIRST_PACKET_JUMPS = (
+    ("nat", "PREROUTING", CHAIN_DECIDED),
+    ("nat", "OUTPUT", CHAIN_DECIDED),
+    ("mangle", "PREROUTING", CHAIN_FIRST),
+    ("mangle", "OUTPUT", CHAIN_FIRST),
+)
+# Every jump either mode installs: what remove() and `nfqproxy cleanup` take away.
+JUMPS = COMMON_JUMPS + EVERY_PACKET_JUMPS + FIRST_PACKET_JUMPS
 OWNED_CHAINS: tuple[tuple[str, str], ...] = tuple(sorted({(t, c) for t, _, c in JUMPS}))
 
 
@@ -66,30 +85,65 @@ class HookConfig:
     service_cidrs: tuple[IPv4Network, ...]
     queue_num: int
     iptables: str = "iptables"
+    marks: MarkLayout = field(default_factory=MarkLayout)
+    queues: int = 1  # queue_num to queue_num + queues - 1
+    first_packets_only: bool = False  # the offload path's rule set
 
     def __post_init__(self) -> None:
-        if not 0 <= self.queue_num <= 65535:
-            raise ValueError(f"queue number {self.queue_num} is out of range 0-65535")
+        last = self.queue_num + self.queues - 1
+        if self.queue_num < 0 or last > 65535 or self.queues < 1:
+            raise ValueError(f"queues {self.queue_num}-{last} are out of range 0-65535")
         if self.iptables not in ("iptables", "iptables-legacy", "iptables-nft"):
             raise ValueError(f"unsupported iptables command {self.iptables!r}")
 
 
+def jumps(config: HookConfig) -> tuple[tuple[str, str, str], ...]:
+    """The jumps this configuration installs."""
+    mode = FIRST_PACKET_JUMPS if config.first_packets_only else EVERY_PACKET_JUMPS
+    return COMMON_JUMPS + mode
+
+
 def chain_rules(config: HookConfig) -> dict[tuple[str, str], list[list[str]]]:
-    """The rules of each owned chain, as iptables argument lists."""
-    queue = f"-j NFQUEUE --queue-num {config.queue_num}"
-    proxied = f"{MARK_PROXIED:#x}/{MARK_PROXIED:#x}"
-    reject = f"{MARK_REJECT:#x}/{MARK_REJECT:#x}"
-    hairpin = f"{MARK_HAIRPIN:#x}/{MARK_HAIRPIN:#x}"
+    """The rules of each owned chain this configuration uses, as iptables argument lists."""
+    if config.queues == 1:
+        queue = f"-j NFQUEUE --queue-num {config.queue_num}"
+    else:
+        # By CPU, not by flow hash: each core's first packets go to its own worker.
+        last = config.queue_num + config.queues - 1
+        queue = f"-j NFQUEUE --queue-balance {config.queue_num}:{last} --queue-cpu-fanout"
+    marks = config.marks
+    proxied = f"{marks.proxied:#x}/{marks.proxied:#x}"
+    reject = f"{marks.reject:#x}/{marks.reject:#x}"
+    hairpin = f"{marks.hairpin:#x}/{marks.hairpin:#x}"
     # shlex only splits these templates into arguments; nothing here reaches a shell.
-    rules = {
-        ("raw", CHAIN_SERVICES): [
-            f"-d {cidr} -m comment --comment 'service range to nfqproxy' {queue}"
-            for cidr in config.service_cidrs
-        ],
-        ("mangle", CHAIN_MARK): [f"-m mark --mark {proxied} -j CONNMARK --set-xmark {proxied}"],
-        ("mangle", CHAIN_REPLIES): [
-            f"-m connmark --mark {proxied} -m conntrack --ctdir REPLY {queue}"
-        ],
+    rules: dict[tuple[str, str], list[str]]
+    if config.first_packets_only:
+        rules = {
+            # NEW and not yet decided: a UDP flow stays NEW until its first reply, but once
+            # its connmark says proxied, its packets skip the queue.
+            ("mangle", CHAIN_FIRST): [
+                f"-d {cidr} -m conntrack --ctstate NEW -m connmark ! --mark {proxied} "
+                f"-m comment --comment 'first packets to nfqproxy' {queue}"
+                for cidr in config.service_cidrs
+            ],
+            # The nat table sees a connection's first packet only: its mark, our bits only.
+            ("nat", CHAIN_DECIDED): [
+                f"-m mark --mark {proxied} -j CONNMARK --save-mark "
+                f"--nfmask {marks.mask:#x} --ctmask {marks.mask:#x}"
+            ],
+        }
+    else:
+        rules = {
+            ("raw", CHAIN_SERVICES): [
+                f"-d {cidr} -m comment --comment 'service range to nfqproxy' {queue}"
+                for cidr in config.service_cidrs
+            ],
+            ("mangle", CHAIN_MARK): [f"-m mark --mark {proxied} -j CONNMARK --set-xmark {proxied}"],
+            ("mangle", CHAIN_REPLIES): [
+                f"-m connmark --mark {proxied} -m conntrack --ctdir REPLY {queue}"
+            ],
+        }
+    rules |= {
         # The backend would drop a packet from its own address; make it the node's.
         ("nat", CHAIN_HAIRPIN): [f"-m mark --mark {hairpin} -j MASQUERADE"],
         # A packet conntrack finds out of window (a retransmission after a long stall,
@@ -138,16 +192,16 @@ class HookManager:
         restore = self.config.iptables + "-restore"
         lines: list[str] = []
         rules = chain_rules(self.config)
-        for table in sorted({t for t, _ in OWNED_CHAINS}):
+        for table in sorted({t for t, _ in rules}):
             lines.append(f"*{table}")
-            chains = [c for t, c in OWNED_CHAINS if t == table]
+            chains = sorted(c for t, c in rules if t == table)
             # With --noflush, naming a chain creates it or empties it; nothing else is touched.
             lines += [f":{chain} - [0:0]" for chain in chains]
             for chain in chains:
                 lines += [" ".join(["-A", chain, *_quote(rule)]) for rule in rules[(table, chain)]]
             lines.append("COMMIT")
         self._run([restore, "-w", "5", "--noflush"], stdin="\n".join(lines) + "\n")
-        for table, builtin, chain in JUMPS:
+        for table, builtin, chain in jumps(self.config):
             if not self._iptables(table, "-C", *_jump(builtin, chain), check=False):
                 self._iptables(table, "-I", builtin, "1", *_jump(builtin, chain)[1:])
         log.info(
@@ -172,7 +226,7 @@ class HookManager:
             elif line.startswith("-A "):
                 rules.setdefault(table, []).append(line)
         gone = []
-        for table, builtin, chain in JUMPS:
+        for table, builtin, chain in jumps(self.config):
             if not any(
                 r.startswith(f"-A {builtin} ") and r.endswith(f"-j {chain}") and COMMENT in r
                 for r in rules.get(table, [])
@@ -198,7 +252,20 @@ class HookManager:
         for table, chain in OWNED_CHAINS:
             if self._iptables(table, "-F", chain, check=False):
                 self._iptables(table, "-X", chain, check=False)
+        removed += remove_offload_table()
         return removed
+
+
+def remove_offload_table() -> int:
+    """The offload path's nf_tables table (its DNAT map): 1 if it was there and went.
+    Connections it already sent to a backend keep their NAT: conntrack holds it."""
+    from nfqproxy.datapath.offload.nft import NftError, remove_table
+
+    try:
+        return int(remove_table())
+    except NftError as exc:
+        log.warning("cannot remove the offload path's nf_tables table: %s", exc)
+        return 0
 
 
 def _quote(rule: Sequence[str]) -> list[str]:

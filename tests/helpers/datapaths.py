@@ -53,10 +53,19 @@ def new_datapath(
     return factory.build_datapath(name, settings)
 
 
-def datapath_params() -> list[Any]:
+# The data paths that see and rewrite every packet of a flow: the unit scenarios that feed
+# whole flows packet by packet run on these. The offload path sees a flow's first packet
+# only (the kernel carries the rest); its unit tests compare its decisions with the fast
+# path's (tests/unit/test_offload.py), and every kernel scenario runs on it.
+EVERY_PACKET: list[str] = [name for name in NAMES if factory.DATAPATHS[name].every_packet]
+
+
+def datapath_params(*, every_packet_only: bool = False) -> list[Any]:
     """One pytest parameter per registered data path; those that cannot run here are
-    skipped with the reason, not left out, so that a missing build shows in the summary."""
+    skipped with the reason, not left out, so that a missing build shows in the summary.
+    every_packet_only: only the data paths that rewrite every packet of a flow."""
     usable = factory.available()
+    names = EVERY_PACKET if every_packet_only else NAMES
     return [
         pytest.param(
             name,
@@ -67,13 +76,14 @@ def datapath_params() -> list[Any]:
                 f"{usable}): the fast one needs its extension, without NFQPROXY_NO_EXTENSIONS=1",
             ),
         )
-        for name in NAMES
+        for name in names
     ]
 
 
 def candidate_params() -> list[Any]:
-    """datapath_params without the reference: the data paths compared with it."""
-    return [param for param in datapath_params() if param.id != REFERENCE]
+    """The packet-level data paths but the reference: those compared with it packet by
+    packet."""
+    return [param for param in datapath_params(every_packet_only=True) if param.id != REFERENCE]
 
 
 def status_section(datapath: Datapath, name: str) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """Fixtures of the unit tests: the test clock, and data paths of every implementation.
 
 datapath and make_datapath are parametrised over every data path the factory registers
-(nfqproxy.datapath.factory.DATAPATHS), so a scenario written against them runs on each,
-and on any registered later; one that cannot run here (the fast path unbuilt) is skipped
-with the reason.
+that sees every packet (nfqproxy.datapath.factory.DATAPATHS, every_packet), so a scenario
+written against them runs on each, and on any registered later; one that cannot run here
+(the fast path unbuilt) is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(params=datapath_params())
+@pytest.fixture(params=datapath_params(every_packet_only=True))
 def datapath_name(request: pytest.FixtureRequest) -> str:
     """Each registered data path's name in turn."""
     name: str = request.param

@@ -65,7 +65,7 @@ def test_the_queue_reports_every_statistic_by_name() -> None:
     names = _fastpath.QUEUE_STAT_NAMES
     assert len(set(names)) == len(names)
     core = _fastpath.FastCore([], 16, Timeouts().in_state_order(), 0)
-    assert _fastpath.FastQueue(core, 0, 16, 1, 2, 4).stats() == dict.fromkeys(names, 0)
+    assert _fastpath.FastQueue(core, 0, 16, 7, 1, 2, 4).stats() == dict.fromkeys(names, 0)
 
 
 def test_the_c_hash_values_are_pinned() -> None:

@@ -16,7 +16,9 @@ SETTINGS = factory.DatapathSettings(defaults.SERVICE_CIDRS, flow_capacity=16)
 
 
 def test_an_unknown_data_path_is_refused_with_the_names_there_are() -> None:
-    with pytest.raises(ValueError, match="unknown data path 'ebpf'; choose one of fast, reference"):
+    with pytest.raises(
+        ValueError, match="unknown data path 'ebpf'; choose one of fast, offload, reference"
+    ):
         factory.build("ebpf", SETTINGS, 100)
 
 

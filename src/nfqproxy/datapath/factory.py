@@ -4,6 +4,7 @@ DATAPATHS: the unit scenarios, the golden scenarios and the kernel tests."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from typing import Protocol, cast
 from nfqproxy import defaults
 from nfqproxy.datapath.flows import Timeouts
 from nfqproxy.datapath.interface import Datapath, QueueBinding
+from nfqproxy.datapath.marks import MarkLayout
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,8 @@ class DatapathSettings:
     fail_open: bool = False  # a full queue passes packets unproxied (where supported)
     timeouts: Timeouts = field(default_factory=Timeouts)
     clock: Callable[[], float] = time.monotonic  # tests pass a clock they move by hand
+    marks: MarkLayout = field(default_factory=MarkLayout)  # --mark-mask
+    queues: int | None = None  # --queues; None: the implementation's default
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,10 @@ class Implementation:
     available: Callable[[], bool] = lambda: True
     unavailable_reason: Callable[[], str] = lambda: "it is not built"
     fail_open: bool = False  # whether its binding can let a full queue's packets through
+    # Whether it sees every packet of a flow (and rewrites it), or only the first (offload):
+    # the hooks differ, and so do the tests that look at rewritten packets.
+    every_packet: bool = True
+    max_queues: int = 1  # queues it can spread over; 1: one (replies must find their flow)
 
 
 class DatapathClass(Protocol):
@@ -68,7 +76,7 @@ def _reference_binding(
 ) -> QueueBinding:
     from nfqproxy.datapath.reference.queue import NetfilterQueueBinding
 
-    return NetfilterQueueBinding(queue_num, datapath)
+    return NetfilterQueueBinding(queue_num, datapath, settings.marks)
 
 
 def _fast_datapath(settings: DatapathSettings) -> Datapath:
@@ -82,7 +90,30 @@ def _fast_binding(datapath: Datapath, settings: DatapathSettings, queue_num: int
     from nfqproxy.datapath.fast.queue import FastQueueBinding
 
     # Its queue loop runs in C on the data path's own tables.
-    return FastQueueBinding(queue_num, cast(FastDatapath, datapath), settings.fail_open)
+    return FastQueueBinding(
+        queue_num, cast(FastDatapath, datapath), settings.marks, settings.fail_open
+    )
+
+
+def _offload_datapath(settings: DatapathSettings) -> Datapath:
+    from nfqproxy.datapath.offload.datapath import OffloadDatapath
+
+    return _construct(OffloadDatapath, settings)
+
+
+def _offload_binding(
+    datapath: Datapath, settings: DatapathSettings, queue_num: int
+) -> QueueBinding:
+    from nfqproxy.datapath.offload.datapath import OffloadDatapath
+    from nfqproxy.datapath.offload.queue import OffloadQueueBinding
+
+    return OffloadQueueBinding(
+        queue_num,
+        cast(OffloadDatapath, datapath),
+        settings.marks,
+        queues_for("offload", settings.queues),
+        settings.fail_open,
+    )
 
 
 def _fast_available() -> bool:
@@ -102,8 +133,32 @@ DATAPATHS: dict[str, Implementation] = {
     "fast": Implementation(
         _fast_datapath, _fast_binding, _fast_available, _fast_unavailable_reason, fail_open=True
     ),
+    "offload": Implementation(
+        _offload_datapath,
+        _offload_binding,
+        _fast_available,
+        _fast_unavailable_reason,
+        fail_open=True,
+        every_packet=False,
+        max_queues=65536,
+    ),
     "reference": Implementation(_reference_datapath, _reference_binding),
 }
+
+
+def queues_for(name: str, asked: int | None) -> int:
+    """--queues for a data path: as asked, else one per CPU where it can spread, else 1."""
+    implementation = _implementation(name)
+    if asked is None:
+        return min(os.cpu_count() or 1, implementation.max_queues)
+    if not 1 <= asked <= implementation.max_queues:
+        raise ValueError(
+            f"--queues {asked}: the {name} data path takes 1"
+            + (f"-{implementation.max_queues}" if implementation.max_queues > 1 else "")
+            + " (replies must reach the queue that holds their flow)"
+            * (implementation.max_queues == 1)
+        )
+    return asked
 
 
 def available() -> list[str]:

@@ -1,11 +1,75 @@
-"""How a verdict reaches the kernel: the packet mark bits.
+"""How a verdict reaches the kernel: packet mark bits, inside a mask the operator chooses.
 
-The hooks (nfqproxy.hooks) match these bits, and every queue binding sets them; they are
-clear of kube-proxy's 0x4000/0x8000 and Cilium's 0x0f00 ranges.
+The hooks (nfqproxy.hooks) match these bits, every queue binding sets them, and the offload
+path's DNAT map is keyed by them. A verdict clears and sets bits inside the mask only; a bit
+outside it is never touched, so other users of the mark keep theirs.
+
+Inside the mask, the three lowest bits are flags (proxied, reject, hairpin) and the others
+hold the offload path's backend ids. The default mask keeps clear of kube-proxy's
+0x4000/0x8000 and Cilium's 0x0f00; docs/design.md ("Marks") says how to choose another, for
+example next to Calico, which takes 0xffff0000 unless told otherwise.
 """
 
 from __future__ import annotations
 
-MARK_PROXIED = 0x00100000  # a DNATed request: its conntrack entry is marked, replies queued
-MARK_REJECT = 0x00200000  # the filter table's REJECT rule answers the packet
-MARK_HAIRPIN = 0x00400000  # client and backend are one host: masquerade
+from dataclasses import dataclass, field
+
+from nfqproxy import defaults
+
+FLAG_BITS = 3  # proxied, reject, hairpin
+MIN_ID_BITS = 4  # a mask must leave room for at least 15 backends
+
+
+def _bits(mask: int) -> list[int]:
+    """The set bits of a mask, lowest first, as single-bit values."""
+    return [1 << i for i in range(32) if mask >> i & 1]
+
+
+@dataclass(frozen=True)
+class MarkLayout:
+    mask: int = defaults.MARK_MASK
+    proxied: int = field(init=False)  # a request sent to a backend (fast: its replies queued)
+    reject: int = field(init=False)  # the filter table's REJECT rule answers the packet
+    hairpin: int = field(init=False)  # client and backend are one host: masquerade
+    id_mask: int = field(init=False)  # the offload path's backend ids
+
+    def __post_init__(self) -> None:
+        if not 0 < self.mask <= 0xFFFFFFFF:
+            raise ValueError(f"mark mask {self.mask:#x} is not a 32-bit mask")
+        bits = _bits(self.mask)
+        if len(bits) < FLAG_BITS + MIN_ID_BITS:
+            raise ValueError(
+                f"mark mask {self.mask:#010x} has {len(bits)} bits; nfqproxy needs at least "
+                f"{FLAG_BITS + MIN_ID_BITS} ({FLAG_BITS} flags and room for backend ids)"
+            )
+        object.__setattr__(self, "proxied", bits[0])
+        object.__setattr__(self, "reject", bits[1])
+        object.__setattr__(self, "hairpin", bits[2])
+        object.__setattr__(self, "id_mask", sum(bits[FLAG_BITS:]))
+
+    @property
+    def max_backend_id(self) -> int:
+        return (1 << (self.id_mask.bit_count())) - 1
+
+    def backend_mark(self, backend_id: int) -> int:
+        """The id's bits spread over id_mask, lowest first (a mask need not be contiguous)."""
+        if not 0 < backend_id <= self.max_backend_id:
+            raise ValueError(f"backend id {backend_id} is outside 1-{self.max_backend_id}")
+        mark = 0
+        for i, bit in enumerate(_bits(self.id_mask)):
+            if backend_id >> i & 1:
+                mark |= bit
+        return mark
+
+    def backend_id(self, mark: int) -> int:
+        """backend_mark's inverse; 0 when the mark names no backend."""
+        return sum(1 << i for i, bit in enumerate(_bits(self.id_mask)) if mark & bit)
+
+
+def parse_mask(text: str) -> MarkLayout:
+    """--mark-mask: a hexadecimal (0x...) or decimal 32-bit mask."""
+    try:
+        mask = int(text, 0)
+    except ValueError:
+        raise ValueError(f"mark mask {text!r} is not a number (write it as 0xffff00ff)") from None
+    return MarkLayout(mask)

@@ -7,13 +7,13 @@ runs here when tables change and for status snapshots.
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 from collections.abc import Callable, Iterable
 from ipaddress import IPv4Network, ip_address
 
 from nfqproxy import defaults
+from nfqproxy.datapath.compiled import CompiledTables, compiled_available, require_compiled
+from nfqproxy.datapath.compiled import unavailable_reason as unavailable_reason
 from nfqproxy.datapath.flows import SUMMARY_DETAIL_LIMIT, Timeouts, flow_summary
 from nfqproxy.datapath.frontends import (
     Frontend,
@@ -26,26 +26,10 @@ from nfqproxy.datapath.frontends import (
 from nfqproxy.datapath.verdicts import Action, Verdict
 from nfqproxy.model import ServicePort, ServicePortKey, Snapshot
 
-# Why the extension could not be loaded, for the error that asks for this data path.
-_load_error: str | None = None
-try:
-    from nfqproxy._fastpath import FastCore
-except ImportError as exc:
-    # Not built (NFQPROXY_NO_EXTENSIONS=1 at install, `make ext` not run), or built but
-    # refusing to load: a name table out of step with its enum, a missing C library.
-    FastCore = None  # type: ignore[assignment,misc]
-    _load_error = str(exc)
-
 
 def fast_path_available() -> bool:
     """Whether the fast path is built and not switched off by NFQPROXY_NO_EXTENSIONS=1."""
-    return FastCore is not None and os.environ.get("NFQPROXY_NO_EXTENSIONS") != "1"
-
-
-def unavailable_reason() -> str:
-    if os.environ.get("NFQPROXY_NO_EXTENSIONS") == "1":
-        return "NFQPROXY_NO_EXTENSIONS=1 is set"
-    return f"its extension did not load: {_load_error}; `make ext` builds it"
+    return compiled_available()
 
 
 class FastDatapath:
@@ -57,25 +41,14 @@ class FastDatapath:
         seed: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not fast_path_available():
-            raise RuntimeError(
-                f"the fast data path is not available: {unavailable_reason()}; "
-                "use --datapath reference"
-            )
-        t = timeouts or Timeouts()
-        self.core = FastCore(
-            [(int(c.network_address), int(c.netmask)) for c in service_cidrs],
-            capacity,
-            t.in_state_order(),
-            seed,
-        )
+        require_compiled("fast")
+        self.tables = CompiledTables(service_cidrs, capacity, timeouts, seed)
+        self.core = self.tables.core
         self.capacity = capacity
         self.seed = seed
         self.clock = clock
         self._ports: dict[ServicePortKey, ServicePort] = {}  # as programmed
-        self._frontends: dict[TableKey, Frontend] = {}
-        self._slots: dict[TableKey, int] = {}
-        self._free_slots: list[int] = []
+        self._frontends = self.tables.frontends
 
     @property
     def counters(self) -> dict[str, int]:
@@ -88,33 +61,11 @@ class FastDatapath:
     def apply_changes(self, changes: PortChanges) -> list[str]:
         """As ReferenceDatapath.apply_changes: all or nothing."""
         plan = plan_changes(self._ports, changes, self.seed)
-        for key in plan.removed:
-            slot = self._slots.pop(key)
-            self.core.remove_frontend(slot)
-            self._free_slots.append(slot)
-            del self._frontends[key]
-        for key, frontend in plan.built.items():
-            if key not in self._slots:
-                self._slots[key] = self._free_slots.pop() if self._free_slots else len(self._slots)
-            slot = self._slots[key]
-            vip, proto, port = key
-            self.core.set_frontend(
-                slot,
-                int.from_bytes(vip, sys.byteorder),
-                proto,
-                port,
-                list(frontend.backends),
-                frontend.selector.table,
-                frontend.affinity_seconds,
-                list(frontend.draining),
-                frontend.no_local_endpoints,
-            )
-            self._frontends[key] = frontend
-        if plan.names:
-            self.core.rebuild_maps()  # in C: well under a millisecond at 10k frontends
-        update_ports(self._ports, changes)
-        if plan.backends_lost:
-            self.core.retire_flows_to_removed_backends(self.clock())
+        with self.core.hold():  # a queue worker sees the tables before or after, never between
+            self.tables.program(plan)
+            update_ports(self._ports, changes)
+            if plan.backends_lost:
+                self.core.retire_flows_to_removed_backends(self.clock())
         return plan.names
 
     def frontend(self, key: TableKey) -> Frontend | None:

@@ -1,5 +1,6 @@
 """The fast path's queue binding: its own queue loop in C (FastQueue in cext/), with F_GSO,
-batched reads and verdicts and no Python per packet."""
+batched reads and verdicts, in a worker thread that never takes the GIL: no Python per
+packet, and no packet waits for a turn of the event loop."""
 
 from __future__ import annotations
 
@@ -7,41 +8,40 @@ import asyncio
 
 from nfqproxy.datapath.fast.datapath import FastDatapath
 from nfqproxy.datapath.interface import QUEUE_MAX_LEN
-from nfqproxy.datapath.marks import MARK_HAIRPIN, MARK_PROXIED, MARK_REJECT
+from nfqproxy.datapath.marks import MarkLayout
+from nfqproxy.datapath.workers import QueueWorkers
 
 
 class FastQueueBinding:
-    """Python runs here once per wake-up of the event loop, never per packet."""
+    """One queue: replies must reach the worker that holds their flow, so the fast path
+    cannot spread a service's packets over several queues."""
 
-    def __init__(self, queue_num: int, datapath: FastDatapath, fail_open: bool = False) -> None:
+    def __init__(
+        self, queue_num: int, datapath: FastDatapath, marks: MarkLayout, fail_open: bool = False
+    ) -> None:
         from nfqproxy._fastpath import FastQueue
 
         self.queue_num = queue_num
-        self._queue = FastQueue(
+        queue = FastQueue(
             datapath.core,
             queue_num,
             QUEUE_MAX_LEN,
-            MARK_PROXIED,
-            MARK_REJECT,
-            MARK_HAIRPIN,
+            marks.mask,
+            marks.proxied,
+            marks.reject,
+            marks.hairpin,
             fail_open,
         )
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._workers = QueueWorkers([queue])
 
     def bind(self) -> None:
-        self._queue.open()
+        self._workers.bind()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._queue.fileno < 0 or self._loop is not None:
-            return
-        self._loop = loop
-        loop.add_reader(self._queue.fileno, self._queue.drain)
+        self._workers.start()
 
     def stats(self) -> dict[str, int]:
-        return self._queue.stats()
+        return self._workers.stats()
 
     def close(self) -> None:
-        if self._loop is not None:
-            self._loop.remove_reader(self._queue.fileno)
-            self._loop = None
-        self._queue.close()
+        self._workers.close()

@@ -12,7 +12,7 @@ from typing import Any
 from netfilterqueue import NetfilterQueue
 
 from nfqproxy.datapath.interface import QUEUE_MAX_LEN, Datapath
-from nfqproxy.datapath.marks import MARK_HAIRPIN, MARK_PROXIED, MARK_REJECT
+from nfqproxy.datapath.marks import MarkLayout
 from nfqproxy.datapath.verdicts import Action
 
 log = logging.getLogger(__name__)
@@ -49,9 +49,10 @@ class NetfilterQueueBinding:
     bind() claims the queue: from then on the kernel holds service packets for us instead
     of dropping them. start() begins reading them, once the tables are programmed."""
 
-    def __init__(self, queue_num: int, datapath: Datapath) -> None:
+    def __init__(self, queue_num: int, datapath: Datapath, marks: MarkLayout) -> None:
         self.queue_num = queue_num
         self.datapath = datapath
+        self.marks = marks
         self._queue: Any = None
         self._socket: _BoundedSocket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -69,13 +70,14 @@ class NetfilterQueueBinding:
         if verdict.action is Action.DROP:
             packet.drop()
             return
-        # Keep whatever mark other software set; add ours.
-        mark = packet.get_mark()
+        # Keep the bits other software set, outside our mask; set ours anew.
+        marks = self.marks
+        mark = packet.get_mark() & ~marks.mask
         if verdict.action is Action.REJECT:
-            packet.set_mark(mark | MARK_REJECT)  # the filter-table REJECT rule answers it
+            packet.set_mark(mark | marks.reject)  # the filter-table REJECT rule answers it
         else:
             if verdict.proxied:
-                packet.set_mark(mark | MARK_PROXIED | (MARK_HAIRPIN if verdict.hairpin else 0))
+                packet.set_mark(mark | marks.proxied | (marks.hairpin if verdict.hairpin else 0))
             if verdict.payload is not None:
                 packet.set_payload(verdict.payload)
         packet.accept()

@@ -1,0 +1,99 @@
+"""The compiled core (cext/, nfqproxy._fastpath) that the fast and the offload paths share:
+the service tables, the choice of a backend (Maglev, session affinity) and the verdicts, in
+C. CompiledTables programs a FastCore from a plan; each data path adds its own around it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterable
+from ipaddress import IPv4Network
+
+from nfqproxy.datapath.flows import Timeouts
+from nfqproxy.datapath.frontends import Frontend, TableChanges, TableKey
+
+# Why the extension could not be loaded, for the error that asks for a data path using it.
+_load_error: str | None = None
+try:
+    from nfqproxy._fastpath import FastCore
+except ImportError as exc:
+    # Not built (NFQPROXY_NO_EXTENSIONS=1 at install, `make ext` not run), or built but
+    # refusing to load: a name table out of step with its enum, a missing C library.
+    FastCore = None  # type: ignore[assignment,misc]
+    _load_error = str(exc)
+
+
+def compiled_available() -> bool:
+    """Whether the extension is built and not switched off by NFQPROXY_NO_EXTENSIONS=1."""
+    return FastCore is not None and os.environ.get("NFQPROXY_NO_EXTENSIONS") != "1"
+
+
+def unavailable_reason() -> str:
+    if os.environ.get("NFQPROXY_NO_EXTENSIONS") == "1":
+        return "NFQPROXY_NO_EXTENSIONS=1 is set"
+    return f"its extension did not load: {_load_error}; `make ext` builds it"
+
+
+def require_compiled(name: str) -> None:
+    if not compiled_available():
+        raise RuntimeError(
+            f"the {name} data path is not available: {unavailable_reason()}; "
+            "use --datapath reference"
+        )
+
+
+# The marks of a frontend's backends, chosen then draining (the offload path's); None: none.
+BackendMarks = Callable[[TableKey, Frontend], list[int] | None]
+
+
+class CompiledTables:
+    """A FastCore and the frontends programmed into it, by slot."""
+
+    def __init__(
+        self,
+        service_cidrs: Iterable[IPv4Network],
+        capacity: int,
+        timeouts: Timeouts | None,
+        seed: int,
+        affinity_limit: int = 0,  # 0: affinity_capacity(capacity)
+    ) -> None:
+        t = timeouts or Timeouts()
+        self.core = FastCore(
+            [(int(c.network_address), int(c.netmask)) for c in service_cidrs],
+            capacity,
+            t.in_state_order(),
+            seed,
+            affinity_limit,
+        )
+        self.frontends: dict[TableKey, Frontend] = {}
+        self._slots: dict[TableKey, int] = {}
+        self._free_slots: list[int] = []
+
+    def program(self, plan: TableChanges, marks: BackendMarks | None = None) -> None:
+        """Removes and (re)builds the plan's frontends. The caller holds core.hold(), so
+        that no worker sees half of it."""
+        for key in plan.removed:
+            slot = self._slots.pop(key)
+            self.core.remove_frontend(slot)
+            self._free_slots.append(slot)
+            del self.frontends[key]
+        for key, frontend in plan.built.items():
+            if key not in self._slots:
+                self._slots[key] = self._free_slots.pop() if self._free_slots else len(self._slots)
+            vip, proto, port = key
+            self.core.set_frontend(
+                self._slots[key],
+                int.from_bytes(vip, sys.byteorder),
+                proto,
+                port,
+                list(frontend.backends),
+                frontend.selector.table,
+                frontend.affinity_seconds,
+                list(frontend.draining),
+                frontend.no_local_endpoints,
+                marks(key, frontend) if marks else None,
+            )
+            self.frontends[key] = frontend
+        if plan.names:
+            self.core.rebuild_maps()  # in C: well under a millisecond at 10k frontends

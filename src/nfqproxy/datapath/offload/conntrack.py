@@ -1,0 +1,276 @@
+"""The kernel's conntrack entries of offloaded flows, read and deleted over ctnetlink.
+
+Userspace marks each flow it hands to conntrack NAT (the entry's ctmark); this module finds
+those entries by mark, counts them and deletes them, through pyroute2's ctnetlink socket,
+never by running conntrack(8). IPv4 only for now.
+
+The kernel filters by mark, (ctmark & mask) == mark, on dumps and on flushes, so nothing
+here walks the whole table in Python. Every call is blocking: the proxy's event loop runs
+it in an executor thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pyroute2 import AsyncNFCTSocket
+from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_ERROR
+from pyroute2.netlink.exceptions import NetlinkDecodeError, NetlinkError
+from pyroute2.netlink.nfnetlink.nfctsocket import (
+    IPCTNL_MSG_CT_DELETE,
+    IPCTNL_MSG_CT_GET,
+    nfct_msg,
+)
+
+T = TypeVar("T")
+
+U32 = 0xFFFF_FFFF
+PROTOCOLS = frozenset({socket.IPPROTO_TCP, socket.IPPROTO_UDP})
+
+# Why a request failed, for the errors that have a usual cause.
+_HINTS = {
+    errno.EPERM: "needs CAP_NET_ADMIN in this network namespace",
+    errno.EACCES: "needs CAP_NET_ADMIN in this network namespace",
+    errno.EPROTONOSUPPORT: "is ctnetlink (nf_conntrack_netlink) in this kernel?",
+    errno.EOPNOTSUPP: "is ctnetlink (nf_conntrack_netlink) in this kernel?",
+    errno.ENOBUFS: "the netlink socket's receive buffer overflowed",
+}
+
+
+class ConntrackError(RuntimeError):
+    """ctnetlink could not do what was asked; the message says what, and why if known."""
+
+
+@dataclass(frozen=True, slots=True)
+class TrackedFlow:
+    """One conntrack entry of a TCP or UDP flow, as userspace DNATed it."""
+
+    proto: int  # 6 or 17
+    client_ip: bytes  # packed 4 bytes: the original tuple's source
+    client_port: int
+    vip: bytes  # the original tuple's destination
+    vport: int
+    backend_ip: bytes  # the reply tuple's source: where DNAT sent the flow
+    backend_port: int
+    mark: int  # the entry's ctmark
+    timeout: int  # seconds left, from CTA_TIMEOUT
+
+
+class ConntrackTable:
+    """ctnetlink in the current network namespace (the calling thread's).
+
+    Each call opens its own socket and closes it before returning, so an error never leaves
+    a broken socket behind and calls from different executor threads share no netlink
+    state (pyroute2 0.9 keeps its sockets and event loops per thread anyway). Opening one
+    costs far less than the kernel's walk of its conntrack hash table that every dump and
+    flush makes.
+
+    Methods raise ConntrackError when ctnetlink fails, and ValueError for a mark, mask or
+    key_mask that is not 32 bits, or a mark with bits outside its mask (nothing could match).
+    """
+
+    def __init__(self) -> None:
+        self._closed = False
+
+    def flows(self, mark: int, mask: int) -> list[TrackedFlow]:
+        """The TCP and UDP entries with (ctmark & mask) == mark; other protocols skipped."""
+        _check_filter(mark, mask)
+
+        async def collect(sock: Any) -> list[TrackedFlow]:
+            found = []
+            async for entry in _dump(sock, mark, mask):
+                flow = _tracked_flow(entry, mark, mask)
+                if flow is not None:
+                    found.append(flow)
+            return found
+
+        return self._run(f"dump conntrack entries of mark {mark:#x}/{mask:#x}", collect)
+
+    def count_by_mark(self, mark: int, mask: int, key_mask: int) -> dict[int, int]:
+        """How many entries (any protocol) with (ctmark & mask) == mark there are, per
+        (ctmark & key_mask). Only the mark of each entry is read."""
+        _check_filter(mark, mask)
+        _check_u32("key_mask", key_mask)
+
+        async def tally(sock: Any) -> dict[int, int]:
+            counts: dict[int, int] = {}
+            async for entry in _dump(sock, mark, mask):
+                key = _checked_mark(entry, mark, mask) & key_mask
+                counts[key] = counts.get(key, 0) + 1
+            return counts
+
+        return self._run(f"count conntrack entries of mark {mark:#x}/{mask:#x}", tally)
+
+    def delete(self, mark: int, mask: int) -> int:
+        """Deletes the entries (any protocol) with (ctmark & mask) == mark and returns how
+        many there were.
+
+        One filtered dump counts them, then one filtered flush deletes them in the kernel:
+        deleting entry by entry costs a netlink round trip each (about 1.4 ms through
+        pyroute2), a flush one table walk whatever it deletes. The kernel does not say how
+        many a flush deleted, so the count is the dump's: an entry made or expired in the
+        moment between the two is miscounted, never left behind by the flush.
+
+        A mask of 0 would delete every IPv4 entry, the host's own connections included:
+        refused with ValueError.
+        """
+        _check_filter(mark, mask)
+        if mask == 0:
+            raise ValueError("refusing to delete with mask 0: it matches every entry")
+
+        async def flush(sock: Any) -> int:
+            count = 0
+            async for entry in _dump(sock, mark, mask):
+                _checked_mark(entry, mark, mask)
+                count += 1
+            if count:
+                await _flush(sock, mark, mask)
+            return count
+
+        return self._run(f"delete conntrack entries of mark {mark:#x}/{mask:#x}", flush)
+
+    def close(self) -> None:
+        """Later calls raise ConntrackError. No socket outlives a call, so none is open."""
+        self._closed = True
+
+    def _run(self, action: str, work: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+        """Runs work(socket) on a new ctnetlink socket in an event loop of its own, and
+        turns every failure into a ConntrackError that names the action."""
+        if self._closed:
+            raise ConntrackError(f"cannot {action}: the conntrack table is closed")
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise ConntrackError(
+                f"cannot {action} from a running event loop: ConntrackTable blocks, "
+                "call it in an executor thread"
+            )
+        try:
+            # A plain selector loop, not the policy's: pyroute2 wraps the netlink socket
+            # in an asyncio transport, and uvloop (the proxy's loop) is not known to
+            # accept AF_NETLINK sockets.
+            with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
+                return runner.run(_session(work))
+        except ConntrackError:
+            raise
+        except NetlinkError as exc:
+            raise ConntrackError(_explain(action, exc.code)) from exc
+        except OSError as exc:
+            raise ConntrackError(_explain(action, exc.errno, str(exc))) from exc
+        except NetlinkDecodeError as exc:
+            raise ConntrackError(
+                f"cannot {action}: pyroute2 could not decode ctnetlink's answer ({exc.exception!r})"
+            ) from exc
+
+
+async def _session(work: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+    sock = AsyncNFCTSocket(nfgen_family=socket.AF_INET)
+    try:
+        return await work(sock)
+    finally:
+        sock.close()
+
+
+async def _dump(sock: Any, mark: int, mask: int) -> AsyncIterator[Any]:
+    """The IPv4 entries with (ctmark & mask) == mark, filtered by the kernel.
+
+    The request is built here, not by NFCTSocket.dump(), which drops the filter when the
+    mark is 0 and would then return the whole table."""
+    request = nfct_msg.create_from(mark=mark, mark_mask=mask)
+    async for entry in await sock.request(
+        request, IPCTNL_MSG_CT_GET, msg_flags=NLM_F_REQUEST | NLM_F_DUMP
+    ):
+        yield entry
+
+
+async def _flush(sock: Any, mark: int, mask: int) -> None:
+    """Deletes the IPv4 entries with (ctmark & mask) == mark: a delete request with no tuple
+    is a flush, and CTA_MARK with CTA_MARK_MASK filter it.
+
+    Not NFCTSocket.flush(): it leaves the nfgenmsg version at 0, and for version 0 the
+    kernel flushes every address family, IPv6 entries of the mark included, which the
+    dump (IPv4, by nfgen_family) did not count. With version 1 it keeps to nfgen_family
+    (seen on 6.18; a kernel that ignores the version would flush the mark's IPv6 entries
+    too, uncounted)."""
+    request = nfct_msg.create_from(mark=mark, mark_mask=mask)
+    request["version"] = 1
+    async for _ in await sock.request(
+        request,
+        IPCTNL_MSG_CT_DELETE,
+        msg_flags=NLM_F_REQUEST | NLM_F_ACK,
+        # The answer is one ACK (an NLMSG_ERROR of code 0); pyroute2 raises on any other.
+        terminate=lambda msg: msg["header"]["type"] == NLMSG_ERROR,
+    ):
+        pass
+
+
+def _checked_mark(entry: Any, mark: int, mask: int) -> int:
+    """The entry's ctmark, checked against the filter the kernel was asked to apply.
+
+    A kernel built without CONFIG_NF_CONNTRACK_MARK ignores the filter; a flush would then
+    delete every entry. So a dumped entry that does not match stops the call before any
+    flush. Such a kernel sends no CTA_MARK: every mark is 0 there."""
+    ctmark = int(entry.get_attr("CTA_MARK") or 0)
+    if ctmark & mask != mark:
+        raise ConntrackError(
+            f"the kernel ignored the mark filter {mark:#x}/{mask:#x}: it returned an entry "
+            f"of mark {ctmark:#x} (is CONFIG_NF_CONNTRACK_MARK set?)"
+        )
+    return ctmark
+
+
+def _tracked_flow(entry: Any, mark: int, mask: int) -> TrackedFlow | None:
+    ctmark = _checked_mark(entry, mark, mask)
+    original = entry.get_attr("CTA_TUPLE_ORIG")
+    reply = entry.get_attr("CTA_TUPLE_REPLY")
+    if original is None or reply is None:
+        return None
+    original_ports = original.get_attr("CTA_TUPLE_PROTO")
+    proto = int(original_ports.get_attr("CTA_PROTO_NUM"))
+    if proto not in PROTOCOLS:
+        return None
+    original_ips = original.get_attr("CTA_TUPLE_IP")
+    reply_ips = reply.get_attr("CTA_TUPLE_IP")
+    reply_ports = reply.get_attr("CTA_TUPLE_PROTO")
+    return TrackedFlow(
+        proto=proto,
+        client_ip=_packed(original_ips.get_attr("CTA_IP_V4_SRC")),
+        client_port=int(original_ports.get_attr("CTA_PROTO_SRC_PORT")),
+        vip=_packed(original_ips.get_attr("CTA_IP_V4_DST")),
+        vport=int(original_ports.get_attr("CTA_PROTO_DST_PORT")),
+        backend_ip=_packed(reply_ips.get_attr("CTA_IP_V4_SRC")),
+        backend_port=int(reply_ports.get_attr("CTA_PROTO_SRC_PORT")),
+        mark=ctmark,
+        timeout=int(entry.get_attr("CTA_TIMEOUT") or 0),
+    )
+
+
+def _packed(address: str) -> bytes:
+    # pyroute2 decodes CTA_IP_V4_* to dotted quads; the data path keys flows by packed bytes.
+    return socket.inet_pton(socket.AF_INET, address)
+
+
+def _check_u32(name: str, value: int) -> None:
+    if not 0 <= value <= U32:
+        raise ValueError(f"{name} {value:#x} is not a 32-bit value")
+
+
+def _check_filter(mark: int, mask: int) -> None:
+    _check_u32("mark", mark)
+    _check_u32("mask", mask)
+    if mark & ~mask:
+        raise ValueError(f"mark {mark:#x} has bits outside mask {mask:#x}: nothing could match")
+
+
+def _explain(action: str, code: int | None, detail: str = "") -> str:
+    reason = os.strerror(code) if code else detail or "unknown error"
+    hint = _HINTS.get(code or 0)
+    return f"cannot {action} over ctnetlink: {reason}" + (f" ({hint})" if hint else "")

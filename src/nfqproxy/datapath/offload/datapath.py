@@ -1,0 +1,229 @@
+"""The offload data path: the compiled core decides each flow's first packet by the same
+rules as the fast path (Maglev, session affinity, topology, internalTrafficPolicy,
+terminating fallback, rejects, hairpin); the verdict's mark names the backend; the kernel's
+DNAT map (offload/nft.py) and conntrack carry every later packet, both ways.
+
+Its kernel state (the map, conntrack) is attached by its queue binding; without it (unit
+tests, benchmarks of the decision alone) the tables and verdicts work the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from ipaddress import IPv4Network, ip_address
+from typing import Protocol
+
+from nfqproxy import defaults
+from nfqproxy.datapath.compiled import CompiledTables, compiled_available, require_compiled
+from nfqproxy.datapath.flows import Timeouts, affinity_capacity
+from nfqproxy.datapath.frontends import (
+    Frontend,
+    PortChanges,
+    TableKey,
+    plan_changes,
+    snapshot_changes,
+    update_ports,
+)
+from nfqproxy.datapath.marks import MarkLayout
+from nfqproxy.datapath.offload.backends import Assignment, Backend, BackendIds, present
+from nfqproxy.datapath.offload.conntrack import TrackedFlow
+from nfqproxy.datapath.verdicts import Action, Verdict
+from nfqproxy.model import ServicePort, ServicePortKey, Snapshot
+
+log = logging.getLogger(__name__)
+
+
+def offload_available() -> bool:
+    return compiled_available()
+
+
+class KernelState(Protocol):
+    """What the binding attaches: the DNAT map and conntrack (offload/kernel.py)."""
+
+    marks: MarkLayout
+
+    def install(self) -> dict[int, Backend]: ...
+    def update_map(self, added: dict[int, Backend], removed: list[int]) -> None: ...
+    def tracked(self) -> Sequence[TrackedFlow]: ...
+    def forget(self, marks: list[int]) -> int: ...
+    def open_flows(self) -> dict[int, int]: ...
+
+
+class OffloadDatapath:
+    def __init__(
+        self,
+        service_cidrs: Iterable[IPv4Network],
+        capacity: int = defaults.FLOW_CAPACITY,
+        timeouts: Timeouts | None = None,
+        seed: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        require_compiled("offload")
+        # Conntrack holds the flows: the core's own flow table is never used, so it gets one
+        # entry; session affinity keeps the share of capacity it has on the fast path.
+        self.tables = CompiledTables(service_cidrs, 1, timeouts, seed, affinity_capacity(capacity))
+        self.core = self.tables.core
+        self.capacity = capacity
+        self.seed = seed
+        self.clock = clock
+        self.ids = BackendIds(MarkLayout())
+        self.kernel: KernelState | None = None
+        self._ports: dict[ServicePortKey, ServicePort] = {}
+        self._tracked: Sequence[TrackedFlow] = []  # adopted at attach, for session affinity
+        self._to_forget: list[int] = []  # marks whose flows still wait to be deleted
+        self._to_unmap: list[int] = []  # marks whose map elements wait to be removed
+        self._open_flows: tuple[float, dict[int, int]] = (0.0, {})
+
+    def attach(self, kernel: KernelState) -> None:
+        """Takes over the kernel's map and the flows a previous process left in conntrack,
+        before the first sync: their ids stay theirs while their backends stay."""
+        self.kernel = kernel
+        self.ids = BackendIds(kernel.marks)
+        stale = kernel.install()
+        self._tracked = kernel.tracked()
+        adopted: dict[Assignment, int] = {}
+        for flow in self._tracked:
+            backend_id = kernel.marks.backend_id(flow.mark)
+            if backend_id:
+                key = (flow.vip, flow.proto, flow.vport)
+                adopted[(key, (flow.backend_ip, flow.backend_port))] = backend_id
+        self.ids.adopt(adopted)
+        adopted_marks = {kernel.marks.backend_mark(i) for i in adopted.values()}
+        self._to_unmap = [mark for mark in stale if mark not in adopted_marks]
+        log.info("offload: adopted %d flows of %d backends", len(self._tracked), len(adopted))
+
+    @property
+    def counters(self) -> dict[str, int]:
+        counters: dict[str, int] = self.core.counters()
+        return counters
+
+    def apply(self, snapshot: Snapshot) -> list[str]:
+        return self.apply_changes(snapshot_changes(self._ports, snapshot))
+
+    def apply_changes(self, changes: PortChanges) -> list[str]:
+        """All or nothing up to the tables; deleting flows and map elements afterwards is
+        retried until it succeeds (expire() tries again)."""
+        plan = plan_changes(self._ports, changes, self.seed)
+        frontends = self.tables.frontends
+        old = {key: frontends.get(key) for key in [*plan.removed, *plan.built]}
+        new: dict[TableKey, Frontend | None] = {key: None for key in plan.removed}
+        new.update(plan.built)
+        ids = self.ids.plan(old, new)
+        marks = self.ids.marks
+        if self.kernel is not None and ids.added:
+            # Into the map first: a worker may choose these backends once the tables change.
+            added = {marks.backend_mark(i): backend for (_, backend), i in ids.added.items()}
+            self.kernel.update_map(added, [])
+        self.ids.commit(ids)
+        with self.core.hold():
+            self.tables.program(plan, lambda key, f: [self.ids.mark((key, b)) for b in present(f)])
+            update_ports(self._ports, changes)
+        first_sync = bool(self.ids.adopted) or bool(self._tracked)
+        gone = {**ids.leaving, **(self.ids.release_unplaced() if first_sync else {})}
+        self._to_forget += [
+            marks.backend_mark(i) for i in (*gone.values(), *ids.unchosen_udp.values())
+        ]
+        self._to_unmap += [marks.backend_mark(i) for i in gone.values()]
+        if first_sync:
+            self._restore_affinity()
+        self._settle()
+        return plan.names
+
+    def _restore_affinity(self) -> None:
+        """Clients keep their backend across a restart: rebuilt from conntrack's flows."""
+        expires = self.clock()
+        for flow in self._tracked:
+            frontend = self.tables.frontends.get((flow.vip, flow.proto, flow.vport))
+            backend = (flow.backend_ip, flow.backend_port)
+            if frontend and frontend.affinity_seconds and backend in frontend.backends:
+                self.core.remember_affinity(
+                    flow.proto,
+                    flow.client_ip,
+                    flow.vip,
+                    flow.vport,
+                    *backend,
+                    expires + frontend.affinity_seconds,
+                )
+        self._tracked = []
+
+    def _settle(self) -> None:
+        """Deletes the flows of backends that left (UDP moves at once; TCP's next packet
+        is NEW and gets a reset), then their map elements."""
+        if self.kernel is None:
+            self._to_forget, self._to_unmap = [], []
+            return
+        try:
+            if self._to_forget:
+                self.kernel.forget(sorted(set(self._to_forget)))
+                self._to_forget = []
+            if self._to_unmap:
+                in_use = {self.ids.marks.backend_mark(i) for i in self.ids.ids.values()}
+                self.kernel.update_map({}, [m for m in set(self._to_unmap) if m not in in_use])
+                self._to_unmap = []
+        except Exception as exc:  # kept, and tried again by expire()
+            log.error(
+                "offload: cannot delete the flows or map elements of removed backends: %s", exc
+            )
+
+    def frontend(self, key: TableKey) -> Frontend | None:
+        return self.tables.frontends.get(key)
+
+    def process(self, raw: bytes) -> Verdict:
+        """The verdict for a flow's first packet. ACCEPT carries no payload: the packet goes
+        back as it came, and the mark (proxied) sends it through the DNAT map."""
+        action, reason, _mark, proxied, hairpin = self.core.decide_first(raw, self.clock())
+        return Verdict(Action(action), reason, None, proxied, hairpin)
+
+    def backend_mark(self, raw: bytes) -> int:
+        """The mark a first packet's verdict carries: its backend's, 0 if none (tests)."""
+        return int(self.core.decide_first(raw, self.clock())[2])
+
+    def expire(self) -> int:
+        self._settle()
+        self.core.expire(self.clock())
+        return 0  # conntrack expires the flows
+
+    def __len__(self) -> int:
+        return sum(self.open_flows().values())
+
+    def open_flows(self, max_age: float = 5.0) -> dict[int, int]:
+        """Open flows per backend id, from conntrack (filtered on our mark), at most
+        max_age seconds old: a dump per status write would cost too much at scale."""
+        if self.kernel is None:
+            return {}
+        taken, counts = self._open_flows
+        if self.clock() - taken > max_age:
+            try:
+                counts = self.kernel.open_flows()
+            except Exception as exc:
+                log.warning("offload: cannot count open flows in conntrack: %s", exc)
+            self._open_flows = (self.clock(), counts)
+        return counts
+
+    def status(self) -> dict[str, object]:
+        names = {i: assignment for assignment, i in self.ids.ids.items()}
+        by_backend: dict[str, int] = {}
+        for backend_id, count in sorted(self.open_flows().items()):
+            if backend_id in names:
+                key, (ip, port) = names[backend_id]
+                frontend = self.tables.frontends.get(key)
+                label = f"{frontend.name if frontend else '?'} -> {ip_address(ip)}:{port}"
+            else:
+                label = f"backend id {backend_id} (no longer programmed)"
+            by_backend[label] = count
+        return {
+            "service_ports": len(self.tables.frontends),
+            "connection_table": {
+                "flows": sum(by_backend.values()),
+                "held_by": "kernel conntrack",
+                "backend_ids": len(self.ids.ids),
+                "by_backend": by_backend,
+            },
+            "session_affinity": {
+                "clients": self.core.affinity_clients,
+                "capacity": self.core.affinity_limit,
+            },
+            "counters": dict(sorted(self.counters.items())),
+        }

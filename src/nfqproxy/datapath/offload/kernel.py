@@ -1,0 +1,60 @@
+"""The offload path's state in the kernel, as its data path sees it (KernelState): the
+DNAT map (nft.py) and the connections conntrack holds for it (conntrack.py), found by the
+proxied bit of their mark."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from nfqproxy.datapath.marks import MarkLayout
+from nfqproxy.datapath.offload.conntrack import ConntrackTable, TrackedFlow
+from nfqproxy.datapath.offload.nft import Backend, BackendMap
+
+T = TypeVar("T")
+
+
+class OffloadKernel:
+    def __init__(self, marks: MarkLayout) -> None:
+        self.marks = marks
+        self.map = BackendMap(marks)
+        self.conntrack = ConntrackTable()
+        # conntrack.py runs pyroute2's asyncio socket on a loop of its own, which cannot
+        # run inside the proxy's: its calls go to this thread, and are waited for.
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="conntrack")
+
+    def _call(self, function: Callable[[], T]) -> T:
+        return self._thread.submit(function).result()
+
+    def install(self) -> dict[int, Backend]:
+        return self.map.install()
+
+    def update_map(self, added: dict[int, Backend], removed: list[int]) -> None:
+        self.map.update(added, removed)
+
+    def tracked(self) -> list[TrackedFlow]:
+        """Every connection a verdict of ours sent to a backend."""
+        proxied = self.marks.proxied
+        return self._call(lambda: self.conntrack.flows(proxied, proxied))
+
+    def forget(self, marks: list[int]) -> int:
+        """Deletes the connections of these backend marks; the count deleted."""
+        mask = self.marks.id_mask | self.marks.proxied
+        proxied = self.marks.proxied
+        return self._call(
+            lambda: sum(self.conntrack.delete(mark | proxied, mask) for mark in marks)
+        )
+
+    def open_flows(self) -> dict[int, int]:
+        """Open connections per backend id."""
+        marks = self.marks
+        counts = self._call(
+            lambda: self.conntrack.count_by_mark(marks.proxied, marks.proxied, marks.id_mask)
+        )
+        return {self.marks.backend_id(mark): n for mark, n in counts.items()}
+
+    def close(self) -> None:
+        self.map.close()
+        self._call(self.conntrack.close)
+        self._thread.shutdown()
