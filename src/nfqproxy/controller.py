@@ -125,7 +125,7 @@ class Proxy:
         self.last_sync: float | None = None  # wall clock, of the last successful sync
         self.last_sync_seconds: float | None = None  # how long it took
         self.runner = BoundedFrequencyRunner(self.sync, config.min_sync_period, config.sync_period)
-        self.metrics = ProxyMetrics(self.status, config.queue_num)
+        self.metrics = ProxyMetrics(self.status, config.queue_num, config.queues)
         self.liveness = Liveness(
             config.sync_period, lambda: self.ready, lambda: self.runner.last_attempt
         )

@@ -14,30 +14,28 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-NFQUEUE_PROC = Path("/proc/net/netfilter/nfnetlink_queue")
+from nfqproxy.datapath.workers import KERNEL_QUEUE_STATS, kernel_queue_stats
+
+NFQUEUE_PROC = KERNEL_QUEUE_STATS
 
 
-def kernel_queue_drops(queue_num: int, proc: Path = NFQUEUE_PROC) -> dict[str, int]:
-    """The kernel's drop counters for one queue, from this namespace's proc file.
-
-    Columns: queue, peer portid, queued, copy mode, copy range, queue_dropped (the queue
-    was full), user_dropped (netlink could not deliver), id sequence, 1.
-    """
-    try:
-        lines = proc.read_text().splitlines()
-    except OSError:
+def kernel_queue_drops(queues: int | range, proc: Path = NFQUEUE_PROC) -> dict[str, int]:
+    """The kernel's drop counters for our queues (summed), from this namespace's proc file:
+    the queue was full, or netlink could not deliver to our socket."""
+    ours = range(queues, queues + 1) if isinstance(queues, int) else queues
+    stats = kernel_queue_stats(set(ours), proc)
+    if not stats:
         return {}
-    for line in lines:
-        fields = line.split()
-        if len(fields) >= 7 and fields[0] == str(queue_num):
-            return {"queue_full": int(fields[5]), "netlink_undeliverable": int(fields[6])}
-    return {}
+    return {
+        "queue_full": stats["kernel_queue_dropped"],
+        "netlink_undeliverable": stats["kernel_user_dropped"],
+    }
 
 
 class DatapathCollector(Collector):
-    def __init__(self, status: Callable[[], dict[str, Any]], queue_num: int) -> None:
+    def __init__(self, status: Callable[[], dict[str, Any]], queues: range) -> None:
         self.status = status
-        self.queue_num = queue_num
+        self.queues = queues
 
     def collect(self) -> Iterator[Metric]:
         status = self.status()
@@ -66,10 +64,11 @@ class DatapathCollector(Collector):
             "nfqproxy_service_ports", "Service ports programmed", status.get("service_ports", 0)
         )
         queue = CounterMetricFamily(
-            "nfqproxy_queue_events", "Queue loop events (fast path)", labels=["event"]
+            "nfqproxy_queue_events", "Queue loop events (compiled paths)", labels=["event"]
         )
         for event, value in status.get("queue", {}).items():
-            if event != "last_refusal_errno":
+            # A value, a gauge, and the kernel's counters (below): not loop events.
+            if event not in ("last_refusal_errno", "queues") and not event.startswith("kernel_"):
                 queue.add_metric([event], value)
         yield queue
         drops = CounterMetricFamily(
@@ -77,7 +76,7 @@ class DatapathCollector(Collector):
             "Packets the kernel dropped at our queue",
             labels=["reason"],
         )
-        for reason, value in kernel_queue_drops(self.queue_num).items():
+        for reason, value in kernel_queue_drops(self.queues).items():
             drops.add_metric([reason], value)
         yield drops
 
@@ -85,7 +84,9 @@ class DatapathCollector(Collector):
 class ProxyMetrics:
     """The proxy's registry; one per proxy, so that tests can run several."""
 
-    def __init__(self, status: Callable[[], dict[str, Any]], queue_num: int) -> None:
+    def __init__(
+        self, status: Callable[[], dict[str, Any]], queue_num: int, queues: int = 1
+    ) -> None:
         self.registry = CollectorRegistry()
         self.sync_duration = Histogram(
             "kubeproxy_sync_proxy_rules_duration_seconds",
@@ -114,4 +115,4 @@ class ProxyMetrics:
             "Times the hook rules were found missing (flushed by someone else) and restored",
             registry=self.registry,
         )
-        self.registry.register(DatapathCollector(status, queue_num))
+        self.registry.register(DatapathCollector(status, range(queue_num, queue_num + queues)))

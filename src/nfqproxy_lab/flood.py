@@ -3,15 +3,19 @@ the proxy's queue, for tests of how the proxy behaves under load."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
+import sys
 import time
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
+import dpkt
 import yaml
 
 from nfqproxy.files import atomic_write
 from nfqproxy_lab import netns
-from nfqproxy_lab.topology import NODE_NAME, Lab, backend_ip
+from nfqproxy_lab.packets import tcp_packet, udp_packet
+from nfqproxy_lab.topology import CLIENT_IP, NODE_NAME, Lab, backend_ip
 
 IPERF_VIP, IPERF_PORT = "10.96.0.30", 5201
 FloodKind = Literal["tcp", "udp"]
@@ -56,31 +60,66 @@ def serve_iperf(lab: Lab) -> None:
     )
 
 
-def start_flood(lab: Lab, kind: FloodKind, seconds: int) -> subprocess.Popen[bytes]:
-    """An iperf3 client in the client namespace, through the VIP; the lab stops it."""
-    command = ["iperf3", "-c", IPERF_VIP, "-p", str(IPERF_PORT), "-t", str(seconds)]
-    return lab.start_process(
-        f"flood-{kind}", netns.exec_command(lab.client_ns, [*command, *FLOOD_OPTIONS[kind]])
-    )
+NEW_FLOW_RATE = 20_000  # first packets per second: below conntrack's early-drop churn
 
 
-def queue_counters(lab: Lab, queue_num: int = 100) -> tuple[int, int]:
-    """(packets queued so far, packets the kernel dropped) for one queue of the node, from
-    /proc/net/netfilter/nfnetlink_queue: its id sequence, and its full plus
-    undeliverable drops."""
+def start_flood(
+    lab: Lab, kind: FloodKind, seconds: int, new_flows: bool = False
+) -> subprocess.Popen[bytes]:
+    """A flood from the client namespace through the VIP; the lab stops it. By default an
+    iperf3 client (every packet of a few flows); new_flows: a stream of first packets (SYNs
+    or datagrams, each from a new source port), what reaches a proxy that sees only those."""
+    if new_flows:
+        command = [sys.executable, "-m", "nfqproxy_lab.flood", kind, str(seconds)]
+    else:
+        command = ["iperf3", "-c", IPERF_VIP, "-p", str(IPERF_PORT), "-t", str(seconds)]
+        command += FLOOD_OPTIONS[kind]
+    return lab.start_process(f"flood-{kind}", netns.exec_command(lab.client_ns, command))
+
+
+def new_flow_flood(kind: FloodKind, seconds: float, rate: int = NEW_FLOW_RATE) -> None:
+    """First packets to the iperf VIP from the client's /24, each 5-tuple new (runs in
+    the client namespace)."""
+    prefix = CLIENT_IP.rsplit(".", 1)[0]
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
+    started, i = time.monotonic(), 0
+    while time.monotonic() - started < seconds:
+        source, port = f"{prefix}.{10 + i % 240}", 1024 + (i // 240) % 60000
+        if kind == "tcp":
+            packet = tcp_packet(source, port, IPERF_VIP, IPERF_PORT, dpkt.tcp.TH_SYN)
+        else:
+            packet = udp_packet(source, port, IPERF_VIP, IPERF_PORT, b"x" * 64)
+        sock.sendto(packet, (IPERF_VIP, 0))
+        i += 1
+        ahead = i / rate - (time.monotonic() - started)
+        if ahead > 0.001:
+            time.sleep(ahead)
+
+
+def queue_counters(lab: Lab) -> tuple[int, int]:
+    """(packets queued so far, packets the kernel dropped) over every queue of the node
+    (the proxy's, one or several), from /proc/net/netfilter/nfnetlink_queue: the id
+    sequences, and the full plus undeliverable drops."""
     table = netns.run(
         netns.exec_command(lab.node_ns, ["cat", "/proc/net/netfilter/nfnetlink_queue"])
     )
+    packets = drops = 0
     for line in table.splitlines():
         fields = line.split()
-        if fields and int(fields[0]) == queue_num:
-            return int(fields[7]), int(fields[5]) + int(fields[6])
-    return 0, 0
+        if len(fields) >= 8:
+            packets += int(fields[7])
+            drops += int(fields[5]) + int(fields[6])
+    return packets, drops
 
 
-def queue_rate(lab: Lab, seconds: float = 1.0, queue_num: int = 100) -> tuple[float, float]:
-    """(packets per second through the queue, dropped per second) over a short window."""
-    packets, drops = queue_counters(lab, queue_num)
+def queue_rate(lab: Lab, seconds: float = 1.0) -> tuple[float, float]:
+    """(packets per second through the queues, dropped per second) over a short window."""
+    packets, drops = queue_counters(lab)
     time.sleep(seconds)
-    packets_after, drops_after = queue_counters(lab, queue_num)
+    packets_after, drops_after = queue_counters(lab)
     return (packets_after - packets) / seconds, (drops_after - drops) / seconds
+
+
+if __name__ == "__main__":  # `python -m nfqproxy_lab.flood tcp|udp SECONDS`: start_flood's
+    new_flow_flood(cast(FloodKind, sys.argv[1]), float(sys.argv[2]))

@@ -12,9 +12,10 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from nfqproxy.datapath import factory
 from nfqproxy_lab import netns
 from nfqproxy_lab.netns import NetnsThread
-from nfqproxy_lab.proxy import start_proxy, wait_ready
+from nfqproxy_lab.proxy import read_status, start_proxy, wait_ready
 from nfqproxy_lab.served_api import ServedApi
 from nfqproxy_lab.topology import Lab, lab_endpoint_slices, lab_services
 
@@ -38,6 +39,13 @@ class RunningLab:
         self.proxy = start_proxy(self.lab, *extra)
         wait_ready(self.lab, self.proxy)
         return self.proxy
+
+    @property
+    def sees_every_packet(self) -> bool:
+        """Whether the running proxy's data path sees every packet of a flow (fast,
+        reference) or only the first (offload: conntrack carries the rest)."""
+        name = read_status(self.lab)["datapath"]
+        return factory.DATAPATHS[name].every_packet
 
     def close(self) -> None:
         # Lab first: with its namespaces gone, traffic a failed test left running errors out.

@@ -75,7 +75,9 @@ def moved_through(running: RunningLab) -> None:
         check=False,
     )
     moved_to = backend_ip(int(answers[0][2:]))
-    assert f"dst={moved_to}" in entries, entries
+    # The paths that rewrite every packet show the backend as the original destination;
+    # the offload path's conntrack NAT shows it as the reply's source.
+    assert f"dst={moved_to}" in entries or f"src={moved_to} dst={CLIENT_IP}" in entries, entries
 
 
 def open_connections(count: int) -> list[KeepAlive]:

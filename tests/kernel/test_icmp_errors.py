@@ -75,8 +75,9 @@ def test_a_port_unreachable_from_the_backend_refuses_the_clients_udp_socket(
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert running.client.call(ask_closed_port) == "refused"
-        time.sleep(0.6)  # one status write
-        assert read_status(running.lab)["counters"].get("accept_icmp_error", 0) >= 1
+        if running.sees_every_packet:  # offload: conntrack translates the error (RELATED)
+            time.sleep(0.6)  # one status write
+            assert read_status(running.lab)["counters"].get("accept_icmp_error", 0) >= 1
 
 
 @pytest.mark.parametrize("datapath", datapath_params())

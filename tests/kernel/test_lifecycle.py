@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nfqproxy.hooks import JUMPS, OWNED_CHAINS, HookConfig, chain_rules
+from nfqproxy.hooks import HookConfig, chain_rules, jumps
 from nfqproxy_lab import netns
 from nfqproxy_lab.proxy import proxy_command, read_status, run_command
 from nfqproxy_lab.topology import HTTP_PORT, HTTP_TARGET, SERVICE_CIDR, WEB_VIP, backend_ip
@@ -50,7 +50,8 @@ def test_sigterm_removes_every_rule_and_kill_9_leftovers_go_with_cleanup(
     assert proxy is not None
     installed = nfqproxy_rules(lab.node_ns)
     config = HookConfig((IPv4Network(SERVICE_CIDR),), 100)
-    expected = len(OWNED_CHAINS) + len(JUMPS) + sum(map(len, chain_rules(config).values()))
+    rules = chain_rules(config)
+    expected = len(rules) + len(jumps(config)) + sum(map(len, rules.values()))
     assert len(installed) == expected == 24, installed
     proxy.send_signal(signal.SIGTERM)
     assert proxy.wait(10) == 0

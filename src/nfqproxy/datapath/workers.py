@@ -25,13 +25,16 @@ def kernel_queue_stats(queues: set[int], path: Path = KERNEL_QUEUE_STATS) -> dic
         lines = path.read_text().splitlines()
     except OSError:
         return {}
+    found = False
     for line in lines:
+        # queue, peer portid, waiting, copy mode, copy range, queue_dropped, user_dropped, ...
         fields = line.split()
         if len(fields) >= 7 and fields[0].isdigit() and int(fields[0]) in queues:
+            found = True
             totals["kernel_waiting"] += int(fields[2])
             totals["kernel_queue_dropped"] += int(fields[5])
             totals["kernel_user_dropped"] += int(fields[6])
-    return totals
+    return totals if found else {}
 
 
 class QueueWorkers:

@@ -92,17 +92,24 @@ class ConntrackTable:
 
         return self._run(f"dump conntrack entries of mark {mark:#x}/{mask:#x}", collect)
 
-    def count_by_mark(self, mark: int, mask: int, key_mask: int) -> dict[int, int]:
+    def count_by_mark(
+        self, mark: int, mask: int, key_mask: int, limit: int | None = None
+    ) -> dict[int, int]:
         """How many entries (any protocol) with (ctmark & mask) == mark there are, per
-        (ctmark & key_mask). Only the mark of each entry is read."""
+        (ctmark & key_mask). Only the mark of each entry is read. limit: stop after that
+        many entries (the counts are then a floor)."""
         _check_filter(mark, mask)
         _check_u32("key_mask", key_mask)
 
         async def tally(sock: Any) -> dict[int, int]:
             counts: dict[int, int] = {}
+            seen = 0
             async for entry in _dump(sock, mark, mask):
                 key = _checked_mark(entry, mark, mask) & key_mask
                 counts[key] = counts.get(key, 0) + 1
+                seen += 1
+                if limit is not None and seen >= limit:
+                    break  # the socket closes with the session; the rest is discarded
             return counts
 
         return self._run(f"count conntrack entries of mark {mark:#x}/{mask:#x}", tally)

@@ -10,6 +10,7 @@ tests, benchmarks of the decision alone) the tables and verdicts work the same.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from ipaddress import IPv4Network, ip_address
@@ -27,8 +28,9 @@ from nfqproxy.datapath.frontends import (
     update_ports,
 )
 from nfqproxy.datapath.marks import MarkLayout
-from nfqproxy.datapath.offload.backends import Assignment, Backend, BackendIds, present
+from nfqproxy.datapath.offload.backends import Assignment, BackendIds, present
 from nfqproxy.datapath.offload.conntrack import TrackedFlow
+from nfqproxy.datapath.offload.nft import Element
 from nfqproxy.datapath.verdicts import Action, Verdict
 from nfqproxy.model import ServicePort, ServicePortKey, Snapshot
 
@@ -44,11 +46,17 @@ class KernelState(Protocol):
 
     marks: MarkLayout
 
-    def install(self) -> dict[int, Backend]: ...
-    def update_map(self, added: dict[int, Backend], removed: list[int]) -> None: ...
-    def tracked(self) -> Sequence[TrackedFlow]: ...
+    def install(self) -> dict[int, Element]: ...
+    def update_map(self, added: dict[int, Element], removed: list[int]) -> None: ...
+    def tracked(self, marks: list[int]) -> Sequence[TrackedFlow]: ...
     def forget(self, marks: list[int]) -> int: ...
-    def open_flows(self) -> dict[int, int]: ...
+    def open_flows(self, limit: int) -> dict[int, int]: ...
+
+
+# Open flows per backend: counted in the background at most this often, reading at most
+# this many connections (pyroute2 reads about 10k a second, with the GIL).
+OPEN_FLOWS_EVERY = 30.0
+OPEN_FLOWS_LIMIT = 20_000
 
 
 class OffloadDatapath:
@@ -71,28 +79,28 @@ class OffloadDatapath:
         self.ids = BackendIds(MarkLayout())
         self.kernel: KernelState | None = None
         self._ports: dict[ServicePortKey, ServicePort] = {}
-        self._tracked: Sequence[TrackedFlow] = []  # adopted at attach, for session affinity
+        self._first_sync = False  # after attach: adopt, restore affinity, forget the rest
         self._to_forget: list[int] = []  # marks whose flows still wait to be deleted
         self._to_unmap: list[int] = []  # marks whose map elements wait to be removed
-        self._open_flows: tuple[float, dict[int, int]] = (0.0, {})
+        self._open_flows: tuple[float, dict[int, int]] = (-OPEN_FLOWS_EVERY, {})
+        self._counting: threading.Thread | None = None
 
     def attach(self, kernel: KernelState) -> None:
-        """Takes over the kernel's map and the flows a previous process left in conntrack,
-        before the first sync: their ids stay theirs while their backends stay."""
+        """Takes over the map a previous process left, before the first sync: each element
+        names its backend and service port, and the ids of those still present stay theirs
+        (their connections carry them in their marks)."""
         self.kernel = kernel
         self.ids = BackendIds(kernel.marks)
-        stale = kernel.install()
-        self._tracked = kernel.tracked()
         adopted: dict[Assignment, int] = {}
-        for flow in self._tracked:
-            backend_id = kernel.marks.backend_id(flow.mark)
-            if backend_id:
-                key = (flow.vip, flow.proto, flow.vport)
-                adopted[(key, (flow.backend_ip, flow.backend_port))] = backend_id
+        for mark, (backend, owner) in kernel.install().items():
+            backend_id = kernel.marks.backend_id(mark)
+            if backend_id and kernel.marks.backend_mark(backend_id) == mark and owner[2]:
+                adopted[(owner, backend)] = backend_id
+            else:
+                self._to_unmap.append(mark)
         self.ids.adopt(adopted)
-        adopted_marks = {kernel.marks.backend_mark(i) for i in adopted.values()}
-        self._to_unmap = [mark for mark in stale if mark not in adopted_marks]
-        log.info("offload: adopted %d flows of %d backends", len(self._tracked), len(adopted))
+        self._first_sync = True
+        log.info("offload: %d backend ids adopted from the map", len(adopted))
 
     @property
     def counters(self) -> dict[str, int]:
@@ -114,13 +122,13 @@ class OffloadDatapath:
         marks = self.ids.marks
         if self.kernel is not None and ids.added:
             # Into the map first: a worker may choose these backends once the tables change.
-            added = {marks.backend_mark(i): backend for (_, backend), i in ids.added.items()}
+            added = {marks.backend_mark(i): (b, key) for (key, b), i in ids.added.items()}
             self.kernel.update_map(added, [])
         self.ids.commit(ids)
         with self.core.hold():
             self.tables.program(plan, lambda key, f: [self.ids.mark((key, b)) for b in present(f)])
             update_ports(self._ports, changes)
-        first_sync = bool(self.ids.adopted) or bool(self._tracked)
+        first_sync, self._first_sync = self._first_sync, False
         gone = {**ids.leaving, **(self.ids.release_unplaced() if first_sync else {})}
         self._to_forget += [
             marks.backend_mark(i) for i in (*gone.values(), *ids.unchosen_udp.values())
@@ -132,9 +140,23 @@ class OffloadDatapath:
         return plan.names
 
     def _restore_affinity(self) -> None:
-        """Clients keep their backend across a restart: rebuilt from conntrack's flows."""
+        """Clients keep their backend across a restart: rebuilt from the connections of
+        the backends of service ports with session affinity (a filtered dump each)."""
+        if self.kernel is None:
+            return
+        wanted = [
+            self.ids.mark((key, backend))
+            for key, frontend in self.tables.frontends.items()
+            if frontend.affinity_seconds
+            for backend in frontend.backends
+        ]
+        try:
+            tracked = self.kernel.tracked(wanted) if wanted else []
+        except Exception as exc:
+            log.error("offload: cannot read connections back for session affinity: %s", exc)
+            return
         expires = self.clock()
-        for flow in self._tracked:
+        for flow in tracked:
             frontend = self.tables.frontends.get((flow.vip, flow.proto, flow.vport))
             backend = (flow.backend_ip, flow.backend_port)
             if frontend and frontend.affinity_seconds and backend in frontend.backends:
@@ -146,7 +168,6 @@ class OffloadDatapath:
                     *backend,
                     expires + frontend.affinity_seconds,
                 )
-        self._tracked = []
 
     def _settle(self) -> None:
         """Deletes the flows of backends that left (UDP moves at once; TCP's next packet
@@ -188,19 +209,31 @@ class OffloadDatapath:
     def __len__(self) -> int:
         return sum(self.open_flows().values())
 
-    def open_flows(self, max_age: float = 5.0) -> dict[int, int]:
-        """Open flows per backend id, from conntrack (filtered on our mark), at most
-        max_age seconds old: a dump per status write would cost too much at scale."""
+    def open_flows(self) -> dict[int, int]:
+        """Open flows per backend id, from conntrack (a dump filtered on our mark), as last
+        counted: a count starts in the background when the last is OPEN_FLOWS_EVERY old,
+        so that a status write never waits for one."""
         if self.kernel is None:
             return {}
         taken, counts = self._open_flows
-        if self.clock() - taken > max_age:
-            try:
-                counts = self.kernel.open_flows()
-            except Exception as exc:
-                log.warning("offload: cannot count open flows in conntrack: %s", exc)
-            self._open_flows = (self.clock(), counts)
+        stale = time.monotonic() - taken >= OPEN_FLOWS_EVERY
+        if stale and (self._counting is None or not self._counting.is_alive()):
+            self._counting = threading.Thread(
+                target=self._count_open_flows, name="open-flows", daemon=True
+            )
+            self._counting.start()
         return counts
+
+    def _count_open_flows(self) -> None:
+        kernel = self.kernel
+        if kernel is None:
+            return
+        try:
+            counts = kernel.open_flows(OPEN_FLOWS_LIMIT)
+        except Exception as exc:
+            log.warning("offload: cannot count open flows in conntrack: %s", exc)
+            counts = self._open_flows[1]
+        self._open_flows = (time.monotonic(), counts)
 
     def status(self) -> dict[str, object]:
         names = {i: assignment for assignment, i in self.ids.ids.items()}
@@ -218,6 +251,7 @@ class OffloadDatapath:
             "connection_table": {
                 "flows": sum(by_backend.values()),
                 "held_by": "kernel conntrack",
+                "counted_up_to": OPEN_FLOWS_LIMIT,  # the counts are a floor beyond it
                 "backend_ids": len(self.ids.ids),
                 "by_backend": by_backend,
             },

@@ -31,6 +31,9 @@ PRIORITY = -99
 _OUTPUT_JSON = 1 << 4  # NFT_CTX_OUTPUT_JSON in libnftables.h
 
 Backend = tuple[bytes, int]  # packed IPv4 address, port
+# An element: the backend, and the service port it serves there, as the element's comment
+# ("10.96.0.10:80/6"), so that a restarted process learns every id's owner from the map.
+Element = tuple[Backend, tuple[bytes, int, int]]
 
 
 class NftError(RuntimeError):
@@ -105,22 +108,37 @@ def table_commands(marks: MarkLayout) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _element(mark: int, backend: Backend | None = None) -> str:
-    if backend is None:
+def owner_comment(key: tuple[bytes, int, int]) -> str:
+    vip, proto, port = key
+    return f"{IPv4Address(vip)}:{int(port)}/{int(proto)}"
+
+
+def parse_owner(comment: str) -> tuple[bytes, int, int] | None:
+    """owner_comment's inverse; None for anything else (an element not ours, say)."""
+    try:
+        address, rest = comment.split(":", 1)
+        port, proto = rest.split("/", 1)
+        return IPv4Address(address).packed, int(proto), int(port)
+    except ValueError:
+        return None
+
+
+def _element(mark: int, element: Element | None = None) -> str:
+    if element is None:
         return f"{mark:#010x}"
-    ip, port = backend
+    (ip, port), owner = element
     if not 0 < port < 65536:
         raise ValueError(f"backend port {port} is out of range")
-    return f"{mark:#010x} : {IPv4Address(ip)} . {port}"
+    return f'{mark:#010x} comment "{owner_comment(owner)}" : {IPv4Address(ip)} . {port}'
 
 
-def update_commands(added: dict[int, Backend], removed: list[int]) -> str:
+def update_commands(added: dict[int, Element], removed: list[int]) -> str:
     """One transaction: the elements removed, then those added, by mark."""
     lines = []
     if removed:
         lines.append(f"delete element ip {TABLE} {MAP} {{ {', '.join(map(_element, removed))} }}")
     if added:
-        items = ", ".join(_element(mark, backend) for mark, backend in sorted(added.items()))
+        items = ", ".join(_element(mark, element) for mark, element in sorted(added.items()))
         lines.append(f"add element ip {TABLE} {MAP} {{ {items} }}")
     return "\n".join(lines) + "\n" if lines else ""
 
@@ -131,21 +149,27 @@ class BackendMap:
     def __init__(self, marks: MarkLayout) -> None:
         self.marks = marks
         self._nft = _Libnftables()
-        self.current: dict[int, Backend] = {}
+        self.current: dict[int, Element] = {}
 
-    def install(self) -> dict[int, Backend]:
+    def install(self) -> dict[int, Element]:
         """Makes sure the table is there and returns the elements it already holds (left
         by a previous process: their marks may still be in conntrack entries)."""
         self._nft.run(table_commands(self.marks))
         listing = json.loads(self._nft.run(f"list map ip {TABLE} {MAP}", as_json=True))
         self.current = {}
+        unowned = (b"\0\0\0\0", 0, 0)  # not written by us: replaced at the first sync
         for item in listing.get("nftables", []):
-            for mark, value in item.get("map", {}).get("elem", []):
+            for key, value in item.get("map", {}).get("elem", []):
+                if isinstance(key, dict):  # an element with a comment
+                    mark, owner = key["elem"]["val"], parse_owner(key["elem"].get("comment", ""))
+                else:
+                    mark, owner = key, None
                 address, port = value["concat"]
-                self.current[int(mark)] = (IPv4Address(address).packed, int(port))
+                backend = (IPv4Address(address).packed, int(port))
+                self.current[int(mark)] = (backend, owner or unowned)
         return dict(self.current)
 
-    def update(self, added: dict[int, Backend], removed: list[int]) -> None:
+    def update(self, added: dict[int, Element], removed: list[int]) -> None:
         """Adds and removes elements in one transaction: all or nothing."""
         added = {m: b for m, b in added.items() if self.current.get(m) != b}
         # A mark that names another backend now (a restart's leftovers) is replaced.

@@ -1,0 +1,106 @@
+"""The offload path decides first packets as the fast path does: the same backend for the
+same flow (Maglev, session affinity), the same rejects and drops; only the way the decision
+reaches the kernel differs (a mark, not a rewritten packet). Its backend ids and mark
+layout are checked here too; tests/kernel runs every scenario on it for real."""
+
+from __future__ import annotations
+
+import dpkt
+import pytest
+
+from nfqproxy.datapath.compiled import compiled_available
+from nfqproxy.datapath.marks import MarkLayout, parse_mask
+from nfqproxy.datapath.verdicts import Action
+from nfqproxy_lab.packets import tcp_packet, udp_packet
+from tests.helpers.clock import FakeClock
+from tests.helpers.datapaths import new_datapath
+from tests.helpers.snapshots import EMPTY_VIP, WEB_VIP, snapshot
+
+pytestmark = pytest.mark.skipif(not compiled_available(), reason="the extension is not built")
+
+CLIENTS = ["10.244.1.2", "10.244.1.3", "10.244.2.9", "10.244.11.2"]  # the last is a backend
+
+
+def first_packets() -> list[bytes]:
+    packets = []
+    for client in CLIENTS:
+        for sport in range(40000, 40030):
+            packets.append(tcp_packet(client, sport, WEB_VIP, 80, dpkt.tcp.TH_SYN, b""))
+            packets.append(udp_packet(client, sport, WEB_VIP, 53, b"q"))
+    packets.append(tcp_packet(CLIENTS[0], 1, EMPTY_VIP, 80, dpkt.tcp.TH_SYN, b""))
+    packets.append(udp_packet(CLIENTS[0], 1, EMPTY_VIP, 53, b"q"))
+    packets.append(tcp_packet(CLIENTS[0], 1, WEB_VIP, 443, dpkt.tcp.TH_SYN, b""))
+    packets.append(tcp_packet(CLIENTS[0], 1, "10.96.9.9", 80, dpkt.tcp.TH_SYN, b""))
+    return packets
+
+
+@pytest.mark.parametrize("affinity", [0, 600])
+def test_offload_chooses_the_backend_the_fast_path_chooses_for_every_first_packet(
+    affinity: int,
+) -> None:
+    clock = FakeClock()
+    fast = new_datapath("fast", clock=clock)
+    offload = new_datapath("offload", clock=clock)
+    for datapath in (fast, offload):
+        datapath.apply(snapshot(frozenset({0, 1, 2, 3}), affinity))
+    names = {i: backend for (_, backend), i in offload.ids.ids.items()}  # type: ignore[attr-defined]
+    for raw in first_packets():
+        expected = fast.process(raw)
+        got = offload.process(raw)
+        assert (got.action, got.reason, got.hairpin) == (
+            expected.action,
+            expected.reason,
+            expected.hairpin,
+        )
+        assert got.payload is None  # the kernel's DNAT map rewrites, not the worker
+        if expected.action is Action.ACCEPT:
+            assert expected.payload is not None
+            ip = dpkt.ip.IP(expected.payload)
+            backend_id = offload.ids.marks.backend_id(offload.backend_mark(raw))  # type: ignore[attr-defined]
+            assert names[backend_id] == (ip.dst, ip.data.dport)
+
+
+def test_a_tcp_packet_that_is_not_a_syn_is_reset_conntrack_no_longer_has_its_flow() -> None:
+    offload = new_datapath("offload")
+    offload.apply(snapshot(frozenset({0, 1})))
+    ack = tcp_packet(CLIENTS[0], 40000, WEB_VIP, 80, dpkt.tcp.TH_ACK, b"data")
+    verdict = offload.process(ack)
+    assert (verdict.action, verdict.reason) == (Action.REJECT, "backend_removed")
+
+
+def test_backends_keep_their_ids_while_present_and_ids_are_reused_only_after_release() -> None:
+    offload = new_datapath("offload")
+    offload.apply(snapshot(frozenset({0, 1, 2})))
+    ids = dict(offload.ids.ids)  # type: ignore[attr-defined]
+    assert len(ids) == 6 and len(set(ids.values())) == 6  # 3 backends x (TCP, UDP)
+    offload.apply(snapshot(frozenset({0, 1})))
+    kept = offload.ids.ids  # type: ignore[attr-defined]
+    assert {a: i for a, i in ids.items() if a in kept} == kept
+    offload.apply(snapshot(frozenset({0, 1, 3})))
+    assert set(offload.ids.ids.values()) == set(ids.values())  # type: ignore[attr-defined]
+
+
+def test_a_mark_layout_spreads_ids_over_any_mask_and_reads_them_back() -> None:
+    layout = MarkLayout(0xF0F0)
+    assert (layout.proxied, layout.reject, layout.hairpin) == (0x10, 0x20, 0x40)
+    assert layout.id_mask == 0xF080 and layout.max_backend_id == 31
+    for backend_id in range(1, 32):
+        mark = layout.backend_mark(backend_id)
+        assert mark & ~layout.id_mask == 0 and layout.backend_id(mark) == backend_id
+    with pytest.raises(ValueError, match="outside 1-31"):
+        layout.backend_mark(32)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("0x7", "needs at least 7"), ("banana", "not a number"), ("0x1ffffffff", "32-bit")],
+)
+def test_a_bad_mark_mask_is_refused_with_the_reason(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_mask(text)
+
+
+def test_the_default_mask_keeps_clear_of_kube_proxy_and_cilium() -> None:
+    layout = MarkLayout()
+    assert layout.mask & (0x4000 | 0x8000 | 0x0F00) == 0
+    assert layout.max_backend_id >= 100_000  # 10k services x 3 endpoints x 2 protocols, and more
