@@ -6,11 +6,14 @@ its processes are stopped by pid and its namespaces deleted.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+import yaml
 
 from nfqproxy.datapath import factory
 from nfqproxy_lab import netns
@@ -90,3 +93,22 @@ def nfqproxy_rules(namespace: str) -> list[str]:
     """nfqproxy's iptables rules and chains in the namespace, as iptables-save lists them."""
     dump = netns.run(netns.exec_command(namespace, ["iptables-save"]))
     return [line for line in dump.splitlines() if "NFQPROXY" in line or "nfqproxy" in line]
+
+
+STICKY_VIP = "10.96.0.30"
+
+
+def sticky_manifest() -> str:
+    """The lab's web service and slice, renamed 'sticky', with sessionAffinity ClientIP."""
+    service = copy.deepcopy(lab_services()["items"][0])
+    service["metadata"]["name"] = "sticky"
+    service["spec"].update(
+        clusterIP=STICKY_VIP,
+        clusterIPs=[STICKY_VIP],
+        sessionAffinity="ClientIP",
+        sessionAffinityConfig={"clientIP": {"timeoutSeconds": 600}},
+    )
+    endpoint_slice = lab_endpoint_slices([1, 2, 3])["items"][0]
+    endpoint_slice["metadata"]["name"] = "sticky-lab"
+    endpoint_slice["metadata"]["labels"]["kubernetes.io/service-name"] = "sticky"
+    return yaml.safe_dump_all([service, endpoint_slice])

@@ -2,38 +2,19 @@
 
 from __future__ import annotations
 
-import copy
 import time
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-import yaml
 
 from nfqproxy_lab.proxy import read_status
-from nfqproxy_lab.topology import DNS_PORT, HTTP_PORT, lab_endpoint_slices, lab_services
+from nfqproxy_lab.topology import DNS_PORT, HTTP_PORT
 from nfqproxy_lab.traffic import http_split, udp_query
-from tests.helpers.labs import RunningLab
+from tests.helpers.labs import STICKY_VIP as STICKY_VIP
+from tests.helpers.labs import RunningLab, sticky_manifest
 
 pytestmark = pytest.mark.kernel
-
-STICKY_VIP = "10.96.0.30"
-
-
-def sticky_manifest() -> str:
-    """The lab's web service and slice, renamed 'sticky', with sessionAffinity ClientIP."""
-    service = copy.deepcopy(lab_services()["items"][0])
-    service["metadata"]["name"] = "sticky"
-    service["spec"].update(
-        clusterIP=STICKY_VIP,
-        clusterIPs=[STICKY_VIP],
-        sessionAffinity="ClientIP",
-        sessionAffinityConfig={"clientIP": {"timeoutSeconds": 600}},
-    )
-    endpoint_slice = lab_endpoint_slices([1, 2, 3])["items"][0]
-    endpoint_slice["metadata"]["name"] = "sticky-lab"
-    endpoint_slice["metadata"]["labels"]["kubernetes.io/service-name"] = "sticky"
-    return yaml.safe_dump_all([service, endpoint_slice])
 
 
 def wait_for_service_ports(running: RunningLab, count: int) -> None:
