@@ -75,6 +75,17 @@ cdef class FastCore:
             if affinity_timeout > 0:
                 affinity_reserve(&self.c.affinity)
 
+    def decided(self, uint32_t slot):
+        """New flows sent to each backend of a slot (chosen, then draining) since it was
+        installed."""
+        cdef uint32_t i
+        cdef Frontend *f
+        with self.hold():
+            if slot >= self.c.services.slots or not self.c.services.frontends[slot].used:
+                return []
+            f = &self.c.services.frontends[slot]
+            return [f.decided[i] for i in range(f.present_count)]
+
     def remove_frontend(self, uint32_t slot):
         with self.hold():
             if slot < self.c.services.slots:

@@ -41,7 +41,7 @@ cdef void decide_request(Core *c, uint8_t *pkt, Headers *h, double now, bint par
             return
         flow.proto, flow.client_ip, flow.client_port = h.proto, h.src, h.sport
         flow.vip, flow.vport = h.dst, h.dport
-        choose_backend(c, f, &flow, now)
+        f.decided[choose_backend(c, f, &flow, now)] += 1
         flow.state = initial_state(h.proto, h.flags)
         index = flow_add(t, &flow, now)
         v.reason = R_NEW_FLOW
@@ -148,6 +148,7 @@ cdef void decide_first(Core *c, uint8_t *pkt, uint32_t length, double now,
     flow.proto, flow.client_ip, flow.client_port = h.proto, h.src, h.sport
     flow.vip, flow.vport = h.dst, h.dport
     chosen = choose_backend(c, f, &flow, now)
+    f.decided[chosen] += 1
     v.action, v.reason, v.proxied = ACT_ACCEPT, R_NEW_FLOW, 1
     v.mark = f.backend_marks[chosen]
     v.hairpin = flow.backend_ip == flow.client_ip

@@ -25,9 +25,11 @@ cdef void frontend_free(ServiceTable *s, uint32_t slot) noexcept nogil:
         free(f.backend_ips)
         free(f.backend_ports)
         free(f.backend_marks)
+        free(f.decided)
         free(f.table)
         # Empty, not dangling: a map may still name this slot until the maps are rebuilt.
         f.backend_ips, f.backend_ports, f.backend_marks, f.table = NULL, NULL, NULL, NULL
+        f.decided = NULL
         f.backend_count = f.present_count = f.table_size = 0
         f.used = 0
 
@@ -66,9 +68,11 @@ cdef Frontend *frontend_install(ServiceTable *s, uint32_t slot, uint32_t vip, ui
     f.backend_ips = <uint32_t *> malloc((total or 1) * sizeof(uint32_t))
     f.backend_ports = <uint16_t *> malloc((total or 1) * sizeof(uint16_t))
     f.backend_marks = <uint32_t *> calloc(total or 1, sizeof(uint32_t))
+    f.decided = <uint64_t *> calloc(total or 1, sizeof(uint64_t))
     f.table = <uint16_t *> malloc((size or 1) * sizeof(uint16_t))
     f.used = 1  # from here on frontend_free releases what was allocated
-    if f.backend_ips == NULL or f.backend_ports == NULL or f.backend_marks == NULL or f.table == NULL:
+    if (f.backend_ips == NULL or f.backend_ports == NULL or f.backend_marks == NULL
+            or f.decided == NULL or f.table == NULL):
         frontend_free(s, slot)
         raise MemoryError()
     if marks is not None and len(marks) != total:

@@ -35,6 +35,7 @@ cdef struct Frontend:
     uint32_t *backend_ips
     uint16_t *backend_ports
     uint32_t *backend_marks  # the offload path's mark for each backend (0 on the fast path)
+    uint64_t *decided        # new flows sent to each backend since it was installed
     uint16_t *table
     uint32_t table_size
     double affinity_timeout  # sessionAffinity ClientIP seconds; 0: none

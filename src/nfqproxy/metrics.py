@@ -71,6 +71,17 @@ class DatapathCollector(Collector):
             if event not in ("last_refusal_errno", "queues") and not event.startswith("kernel_"):
                 queue.add_metric([event], value)
         yield queue
+        decided = CounterMetricFamily(
+            "nfqproxy_flows_decided",
+            "New flows sent to each backend of each service port (compiled paths; status "
+            "detail limit applies)",
+            labels=["service_port", "backend"],
+        )
+        for row, value in status.get("decided_by_backend", {}).items():
+            if " -> " in row and isinstance(value, int):
+                service_port, backend = row.split(" -> ", 1)
+                decided.add_metric([service_port, backend], value)
+        yield decided
         drops = CounterMetricFamily(
             "nfqproxy_kernel_queue_drops",
             "Packets the kernel dropped at our queue",

@@ -104,3 +104,24 @@ def test_the_default_mask_keeps_clear_of_kube_proxy_and_cilium() -> None:
     layout = MarkLayout()
     assert layout.mask & (0x4000 | 0x8000 | 0x0F00) == 0
     assert layout.max_backend_id >= 100_000  # 10k services x 3 endpoints x 2 protocols, and more
+
+
+@pytest.mark.parametrize("name", ["fast", "offload"])
+def test_flows_decided_per_backend_are_counted_and_kept_while_the_backend_stays(
+    name: str,
+) -> None:
+    datapath = new_datapath(name)
+    datapath.apply(snapshot(frozenset({0, 1, 2})))
+    syns = [tcp_packet(CLIENTS[0], port, WEB_VIP, 80, dpkt.tcp.TH_SYN, b"") for port in range(60)]
+    for raw in syns:
+        datapath.process(raw)
+    tables = datapath.tables  # type: ignore[attr-defined]
+    decided = {backend: n for (key, backend), n in tables.decided().items() if key[1] == 6}
+    assert sum(decided.values()) == 60 and len(decided) == 3, decided
+    datapath.apply(snapshot(frozenset({0, 1})))  # backend 2 leaves: its count goes with it
+    kept = {backend: n for (key, backend), n in tables.decided().items() if key[1] == 6}
+    assert kept == {b: n for b, n in decided.items() if b in kept} and len(kept) == 2
+    rows = datapath.status()["decided_by_backend"]
+    assert isinstance(rows, dict) and sum(v for k, v in rows.items() if ":http" in k) == sum(
+        kept.values()
+    )

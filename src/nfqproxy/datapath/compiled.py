@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterable
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, ip_address
 
 from nfqproxy.datapath.flows import Timeouts
 from nfqproxy.datapath.frontends import Frontend, TableChanges, TableKey
@@ -67,12 +68,17 @@ class CompiledTables:
             affinity_limit,
         )
         self.frontends: dict[TableKey, Frontend] = {}
+        # New flows per (service port, backend) counted by frontends since replaced, kept
+        # while the backend stays in its service port: C counts from each installation.
+        self._decided_before: Counter[tuple[TableKey, tuple[bytes, int]]] = Counter()
         self._slots: dict[TableKey, int] = {}
         self._free_slots: list[int] = []
 
     def program(self, plan: TableChanges, marks: BackendMarks | None = None) -> None:
         """Removes and (re)builds the plan's frontends. The caller holds core.hold(), so
         that no worker sees half of it."""
+        for key in [*plan.removed, *plan.built]:
+            self._fold_decided(key, plan.built.get(key))
         for key in plan.removed:
             slot = self._slots.pop(key)
             self.core.remove_frontend(slot)
@@ -97,3 +103,35 @@ class CompiledTables:
             self.frontends[key] = frontend
         if plan.names:
             self.core.rebuild_maps()  # in C: well under a millisecond at 10k frontends
+
+    def _fold_decided(self, key: TableKey, replacement: Frontend | None) -> None:
+        old = self.frontends.get(key)
+        if old is None:
+            return
+        kept = {*replacement.backends, *replacement.draining} if replacement else set()
+        counts = self.core.decided(self._slots[key])
+        for backend, count in zip((*old.backends, *old.draining), counts, strict=False):
+            if backend in kept:
+                self._decided_before[(key, backend)] += count
+            else:
+                self._decided_before.pop((key, backend), None)
+
+    def decided(self) -> Counter[tuple[TableKey, tuple[bytes, int]]]:
+        """New flows sent to each backend of each service port, while it is there."""
+        totals = Counter(self._decided_before)
+        for key, frontend in self.frontends.items():
+            present = (*frontend.backends, *frontend.draining)
+            for backend, count in zip(present, self.core.decided(self._slots[key]), strict=False):
+                totals[(key, backend)] += count
+        return totals
+
+    def decided_summary(self, limit: int) -> dict[str, object]:
+        """decided() for the status: "service port -> backend": count, up to limit rows."""
+        totals = self.decided()
+        if len(totals) > limit:
+            return {"rows": len(totals), "detail": f"left out above {limit} backends"}
+        rows: dict[str, object] = {}
+        for (key, (ip, port)), count in sorted(totals.items()):
+            frontend = self.frontends.get(key)
+            rows[f"{frontend.name if frontend else '?'} -> {ip_address(ip)}:{port}"] = count
+        return rows

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from nfqproxy import defaults
 from nfqproxy.datapath.compiled import CompiledTables, compiled_available, require_compiled
-from nfqproxy.datapath.flows import Timeouts, affinity_capacity
+from nfqproxy.datapath.flows import SUMMARY_DETAIL_LIMIT, Timeouts, affinity_capacity
 from nfqproxy.datapath.frontends import (
     Frontend,
     PortChanges,
@@ -260,4 +260,5 @@ class OffloadDatapath:
                 "capacity": self.core.affinity_limit,
             },
             "counters": dict(sorted(self.counters.items())),
+            "decided_by_backend": self.tables.decided_summary(SUMMARY_DETAIL_LIMIT),
         }
