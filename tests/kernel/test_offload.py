@@ -12,11 +12,17 @@ from collections import Counter
 import pytest
 
 from nfqproxy_lab import netns
-from nfqproxy_lab.proxy import read_status
+from nfqproxy_lab.proxy import proxy_command, read_status
 from nfqproxy_lab.topology import HTTP_PORT, WEB_VIP
 from nfqproxy_lab.traffic import http_get, http_split
 from tests.helpers.datapaths import DATAPATHS
-from tests.helpers.labs import STICKY_VIP, RunningLab, lab_with_proxy, sticky_manifest
+from tests.helpers.labs import (
+    STICKY_VIP,
+    RunningLab,
+    lab_with_proxy,
+    nfqproxy_rules,
+    sticky_manifest,
+)
 
 pytestmark = [
     pytest.mark.kernel,
@@ -95,3 +101,22 @@ def test_session_affinity_survives_kill_9() -> None:
         ).read_text()[-2000:]
         after: Counter[str] = running.client.call(http_split, STICKY_VIP, HTTP_PORT, 10)
         assert after.keys() == before.keys(), (before, after)
+
+
+def nft_tables(running: RunningLab) -> str:
+    return netns.run(netns.exec_command(running.lab.node_ns, ["nft", "list", "tables"]))
+
+
+def test_sigterm_removes_the_map_and_cleanup_removes_what_kill_9_left() -> None:
+    with lab_with_proxy("--datapath", "offload") as running:
+        assert "table ip nfqproxy" in nft_tables(running)
+        assert running.proxy is not None
+        running.proxy.send_signal(signal.SIGTERM)
+        assert running.proxy.wait(10) == 0
+        assert "nfqproxy" not in nft_tables(running) and nfqproxy_rules(running.lab.node_ns) == []
+        second = running.start_proxy("--datapath", "offload")
+        os.kill(second.pid, signal.SIGKILL)
+        second.wait(10)
+        assert "table ip nfqproxy" in nft_tables(running)  # a killed proxy cannot clean up
+        netns.run(netns.exec_command(running.lab.node_ns, [*proxy_command(), "cleanup"]))
+        assert "nfqproxy" not in nft_tables(running) and nfqproxy_rules(running.lab.node_ns) == []
