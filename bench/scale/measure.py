@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
-from bench.datapath import tcp_gbits, udp_small
 from bench.scale.cluster import Cluster, service_vip
 from bench.scale.competitors import Competitor
 from bench.scale.settings import (
@@ -28,6 +27,7 @@ from bench.scale.settings import (
     THROUGHPUT_SIZE,
     RunSettings,
 )
+from bench.traffic import tcp_gbits, udp_small
 from nfqproxy_lab import netns
 from nfqproxy_lab.netns import NetnsThread
 from nfqproxy_lab.topology import Lab
