@@ -15,7 +15,7 @@ from typing import Any
 
 import bench.datapath
 from bench.datapath.competitors import ModeUnavailable, build_binaries, competitor, measure
-from bench.datapath.memory import bytes_per_flow_all, maglev_build_ms
+from bench.datapath.memory import bytes_per_flow_all, conntrack_entry_bytes, maglev_build_ms
 from bench.datapath.plots import plot
 from bench.datapath.report import report_markdown, results_json
 from bench.datapath.settings import (
@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         print("nothing was measured", file=sys.stderr)
         return 1
     print("bytes per flow and Maglev build time", flush=True)
-    memory = bytes_per_flow_all(settings.flows)
+    memory: dict[str, Any] = dict(bytes_per_flow_all(settings.flows))
+    memory["conntrack entry (kernel)"] = conntrack_entry_bytes()
     maglev = {"compiled": maglev_build_ms(True, 50), "reference": maglev_build_ms(False, 3)}
     header = {
         "command": settings.command,

@@ -320,13 +320,20 @@ def _decisions_markdown(results: dict[str, Any]) -> list[str]:
 def _memory_markdown(results: dict[str, Any]) -> list[str]:
     lines = ["", "## Memory per flow and Maglev", ""]
     for name, value in results["bytes_per_flow"].items():
-        if not isinstance(value, float):
+        if name == "conntrack entry (kernel)":
+            if value is not None:
+                lines.append(
+                    f"- a conntrack entry: {value} B in the kernel (the nf_conntrack slab's "
+                    "object size), per flow of every path conntrack tracks, kernel DNAT and "
+                    "offload included; no RSS shows it"
+                )
+        elif isinstance(value, float):
+            lines.append(
+                f"- {name}: {value:.1f} B per flow in userspace (RSS growth filling its table "
+                "with first packets; a path whose flows conntrack keeps shows about 0)"
+            )
+        else:
             lines.append(f"- {name}: {value}")
-            continue
-        text = f"{value:.1f} B"
-        lines.append(
-            f"- {name}: {text} per flow (RSS growth filling its table with first packets; flows the kernel's conntrack keeps are not counted)"
-        )
     for name, cell in results["maglev_build_ms"].items():
         lines.append(
             f"- Maglev build, {name}: {cell['median']:.2f} ms ({cell['min']:.2f}–{cell['max']:.2f}, {cell['n']} builds)"

@@ -183,7 +183,12 @@ def datapath_results() -> dict[str, Any]:
         "order": [list(DATAPATH)] * 3,
         "skipped": {"offload-nq": "this nfqproxy has no offload data path"},
         "runs": runs,
-        "bytes_per_flow": {"fast": 60.8, "reference": "failed: no"},
+        "bytes_per_flow": {
+            "fast": 60.8,
+            "offload": 0.0,
+            "reference": "failed: no",
+            "conntrack entry (kernel)": 256,
+        },
         "maglev_build_ms": {"compiled": {"median": 1.2, "min": 1.1, "max": 1.9, "n": 50}},
     }
 
@@ -213,4 +218,5 @@ def test_the_data_path_report_reads_ratios_round_by_round_and_calls_overlaps_noi
     assert "1. kernel, nftables, fast, offload-1q" in report
     assert "- offload-nq: this nfqproxy has no offload data path" in report
     assert "| CPU | Test CPU |" in report and "60.8 B per flow" in report
+    assert "- a conntrack entry: 256 B in the kernel" in report
     assert (tmp_path / "datapath.png").read_bytes()[:8] == PNG
