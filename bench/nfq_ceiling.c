@@ -2,7 +2,7 @@
  *
  * F_GSO (no segmentation before queueing), a large socket buffer, and one batch verdict
  * (NFQNL_MSG_VERDICT_BATCH: "accept everything up to id N") per drained socket. No packet
- * is copied back. Built and run by bench/datapath.py:
+ * is copied back. Built and run by bench/datapath/ (python -m bench.datapath):
  *     nfq_ceiling QUEUE_NUM [copy]
  * With "copy", it takes whole packets and hands each back unchanged with its own verdict,
  * all verdicts of a drained socket in one send: the ceiling for anything that rewrites

@@ -1,23 +1,35 @@
 /*
- * tcpbench: the TCP endpoints of the scale benchmark (bench/scale/), in C so that the
- * measuring tools cost little next to what they measure.
+ * tcpbench: the TCP endpoints of the benchmarks (bench/scale/, bench/datapath/), in C so
+ * that the measuring tools cost little next to what they measure.
  *
  *   tcpbench serve PORT [PORT...]
- *       accept on every port, and close each connection when its client does
+ *       accept on every port, send back whatever a client sends, and close each connection
+ *       when its client does
  *   tcpbench latency HOST PORT COUNT
  *       COUNT connections one after another; prints the connect() times in microseconds,
  *       one per line (failures as -1)
  *   tcpbench rate HOST PORT SECONDS THREADS [PAUSE_US]
  *       THREADS loops of connect and close for SECONDS, each pausing PAUSE_US between
  *       connections (default 0); prints the connections completed and failed, "ok failed"
+ *   tcpbench requests HOST PORT SECONDS THREADS
+ *       THREADS loops of short connections for SECONDS: connect, send a 32-byte request, read
+ *       the 32-byte answer, close; prints "ok failed reused": the connections completed,
+ *       those that failed, and how many of the completed ones had a source port (so a
+ *       5-tuple) that an earlier connection of this run had used
  *
  * Connections are closed with SO_LINGER 0 (an RST), so the client leaves no TIME_WAIT
- * behind and never runs out of ports however many it opens.
+ * behind and never runs out of ports however many it opens. The kernel chooses each source
+ * port. Conntrack keeps an entry closed by an RST for 10 s, but a SYN that reuses its
+ * 5-tuple replaces it with a new entry (nf_conntrack_proto_tcp: a SYN after an RST in the
+ * same direction kills the old entry and the packet is looked up again), so a reused port
+ * still makes a NEW connection; `requests` counts the reuses all the same.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
 #include <stdint.h>
 #include <sys/epoll.h>
 #include <pthread.h>
@@ -30,11 +42,13 @@
 #include <unistd.h>
 
 #define MAX_PORTS 256
+#define REQUEST_BYTES 32
 
 static struct sockaddr_in target;
 static double deadline;
 static useconds_t pause_us;
-static atomic_long completed, failed;
+static atomic_long completed, failed, reused;
+static atomic_uchar port_used[65536]; /* source ports of this run's connections */
 
 static double now(void) {
     struct timespec ts;
@@ -60,6 +74,39 @@ static double connect_once(void) {
     double took = now() - started;
     close_with_reset(fd);
     return ok ? took : -1;
+}
+
+/* One short connection: connect, a request, its answer, close. Returns 0, or -1. */
+static int request_once(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+        return -1;
+    struct timeval timeout = {1, 0};
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    int ok = connect(fd, (struct sockaddr *)&target, sizeof(target)) == 0;
+    if (ok) {
+        struct sockaddr_in local;
+        socklen_t length = sizeof(local);
+        if (getsockname(fd, (struct sockaddr *)&local, &length) == 0 &&
+            atomic_exchange(&port_used[ntohs(local.sin_port)], 1))
+            atomic_fetch_add(&reused, 1);
+        char request[REQUEST_BYTES], answer[REQUEST_BYTES];
+        memset(request, 'q', sizeof(request));
+        ok = send(fd, request, sizeof(request), MSG_NOSIGNAL) == (ssize_t)sizeof(request);
+        size_t got = 0;
+        while (ok && got < sizeof(answer)) {
+            ssize_t n = recv(fd, answer + got, sizeof(answer) - got, 0);
+            if (n <= 0)
+                ok = 0;
+            else
+                got += (size_t)n;
+        }
+    }
+    close_with_reset(fd);
+    return ok ? 0 : -1;
 }
 
 /* Accepts on every port and closes each connection once its client has: closing first
@@ -91,6 +138,14 @@ static int serve(int count, char **ports) {
         for (int i = 0; i < ready; i++) {
             int fd = (int)(events[i].data.u64 >> 1);
             if (!(events[i].data.u64 & 1)) {
+                char buffer[4096];
+                ssize_t n = read(fd, buffer, sizeof(buffer));
+                if (n > 0) {
+                    if (send(fd, buffer, (size_t)n, MSG_NOSIGNAL) == n)
+                        continue; /* a request answered: the client closes when it has read */
+                } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+                    continue;
+                }
                 close(fd); /* the client closed or reset: readable at EOF or error */
                 continue;
             }
@@ -102,6 +157,17 @@ static int serve(int count, char **ports) {
             }
         }
     }
+}
+
+static void *requests_loop(void *unused) {
+    (void)unused;
+    while (now() < deadline) {
+        if (request_once() == 0)
+            atomic_fetch_add(&completed, 1);
+        else
+            atomic_fetch_add(&failed, 1);
+    }
+    return NULL;
 }
 
 static void *rate_loop(void *unused) {
@@ -118,11 +184,13 @@ static void *rate_loop(void *unused) {
 }
 
 int main(int argc, char **argv) {
+    signal(SIGPIPE, SIG_IGN); /* a peer's reset is an error return, never a signal */
     if (argc >= 3 && strcmp(argv[1], "serve") == 0)
         return serve(argc - 2, argv + 2);
     if (argc < 5) {
         fprintf(stderr, "usage: tcpbench serve PORT... | latency HOST PORT COUNT | "
-                        "rate HOST PORT SECONDS THREADS [PAUSE_US]\n");
+                        "rate HOST PORT SECONDS THREADS [PAUSE_US] | "
+                        "requests HOST PORT SECONDS THREADS\n");
         return 2;
     }
     target.sin_family = AF_INET;
@@ -139,7 +207,8 @@ int main(int argc, char **argv) {
         }
         return 0;
     }
-    if (strcmp(argv[1], "rate") == 0 && argc >= 6) {
+    int requests = strcmp(argv[1], "requests") == 0;
+    if ((strcmp(argv[1], "rate") == 0 || requests) && argc >= 6) {
         int threads = atoi(argv[5]);
         pthread_t workers[64];
         if (threads < 1 || threads > 64)
@@ -147,10 +216,14 @@ int main(int argc, char **argv) {
         deadline = now() + atof(argv[4]);
         pause_us = argc >= 7 ? (useconds_t)atoi(argv[6]) : 0;
         for (int i = 0; i < threads; i++)
-            pthread_create(&workers[i], NULL, rate_loop, NULL);
+            pthread_create(&workers[i], NULL, requests ? requests_loop : rate_loop, NULL);
         for (int i = 0; i < threads; i++)
             pthread_join(workers[i], NULL);
-        printf("%ld %ld\n", atomic_load(&completed), atomic_load(&failed));
+        if (requests)
+            printf("%ld %ld %ld\n", atomic_load(&completed), atomic_load(&failed),
+                   atomic_load(&reused));
+        else
+            printf("%ld %ld\n", atomic_load(&completed), atomic_load(&failed));
         return 0;
     }
     fprintf(stderr, "tcpbench: unknown command %s\n", argv[1]);

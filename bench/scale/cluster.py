@@ -32,9 +32,9 @@ def unused_endpoint(index: int, endpoint: int) -> str:
 
 @dataclass
 class Cluster:
-    """N services; the first and the last have the lab's real backends, and the last
-    one's third endpoint (a slice of its own, as a different port needs) is the one
-    that changes."""
+    """N services; the first, the middle and the last in iptables order have the lab's
+    real backends, and the last one's third endpoint (a slice of its own, as a different
+    port needs) is the one that changes."""
 
     size: int
     change: int | None = None  # the change applied last: endpoint 3 on port_base + change
@@ -47,8 +47,12 @@ class Cluster:
     def last(self) -> int:
         return self.size - 1
 
+    @property
+    def middle(self) -> int:
+        return self.size // 2
+
     def endpoints(self, index: int) -> list[tuple[str, int]]:
-        if index in (0, self.last):
+        if index in (0, self.middle, self.last):
             third = SERVE_PORT if self.change is None or index != self.last else self.port()
             return [
                 (backend_ip(1), SERVE_PORT),

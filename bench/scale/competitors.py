@@ -1,22 +1,24 @@
 """The competitors, each able to load the cluster, change one endpoint, say its memory and
 unload: kube-proxy's rules (iptables mode on the legacy and nft back ends, nftables mode)
-and nfqproxy (fast and reference data paths)."""
+and nfqproxy (its data paths, with their flags and --min-sync-period)."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from pathlib import Path
 from typing import Protocol
 
 from bench.scale.cluster import Cluster
-from bench.scale.settings import modes_at
+from bench.scale.settings import NFQPROXY_MODES, QUEUES, ProxyMode, RunSettings, modes_at
+from bench.traffic import rss_mb
 from nfqproxy_lab import netns
+from nfqproxy_lab.benchkit import datapath_unavailable
 from nfqproxy_lab.kube_proxy_rules import (
     NFT_DELETE,
     RESTORE_EMPTY,
     KubeService,
+    nft_layout_refused,
     nft_restore_all,
     nft_restore_change,
     restore_all,
@@ -121,39 +123,27 @@ class KubeProxyNftables(KubeProxyRules):
         return nft_restore_change(old, new)
 
 
-def nftables_supported(lab: Lab) -> bool:
-    """Whether nft is installed and this kernel takes kube-proxy's constructs (a
-    concatenated verdict map and numgen), checked in the lab's node namespace."""
-    if shutil.which("nft") is None:
-        return False
-    probe = (
-        "add table ip nfqproxy-probe\n"
-        "add chain ip nfqproxy-probe c\n"
-        "add map ip nfqproxy-probe m { type ipv4_addr . inet_proto . inet_service : verdict; }\n"
-        "add rule ip nfqproxy-probe c ip daddr . meta l4proto . th dport vmap @m\n"
-        "add rule ip nfqproxy-probe c numgen random mod 2 vmap { 0 : accept, 1 : accept }\n"
-    )
-    try:
-        netns.run(netns.exec_command(lab.node_ns, ["nft", "-c", "-f", "-"]), stdin=probe)
-    except (netns.CommandError, OSError):
-        return False
-    return True
-
-
 class Nfqproxy:
     """nfqproxy with one data path, following the lab's API server; a change is the
-    changing EndpointSlice updated there. --min-sync-period 0 (default 1 s) syncs each
-    change when its watch event comes: kube-proxy's rules here are restored at once too,
-    with no kube-proxy process and so no sync period of its own."""
+    changing EndpointSlice updated there. With --min-sync-period 0 it syncs each change
+    when its watch event comes: kube-proxy's rules here are restored at once too, with no
+    kube-proxy process and so no sync period of its own. At the default (1 s), as
+    deployed, a change that follows a sync by less than that waits for the period."""
 
-    def __init__(self, lab: Lab, cluster: Cluster, api: ServedApi, datapath: str) -> None:
-        self.lab, self.cluster, self.api, self.datapath = lab, cluster, api, datapath
+    def __init__(self, lab: Lab, cluster: Cluster, api: ServedApi, mode: ProxyMode) -> None:
+        self.lab, self.cluster, self.api, self.mode = lab, cluster, api, mode
         self.process: subprocess.Popen[bytes] | None = None
 
     def load(self) -> dict[str, float]:
         started = time.monotonic()
         self.process = start_proxy(
-            self.lab, "--datapath", self.datapath, "--min-sync-period", "0", api_server=self.api.url
+            self.lab,
+            "--datapath",
+            self.mode.datapath,
+            *self.mode.flags,
+            "--min-sync-period",
+            f"{self.mode.min_sync_period:g}",
+            api_server=self.api.url,
         )
         status = wait_ready(self.lab, self.process, timeout=300)
         return {
@@ -167,10 +157,7 @@ class Nfqproxy:
 
     def memory_mb(self) -> float:
         assert self.process is not None
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        return rss_mb(self.process.pid)
 
     def unload(self) -> None:
         if self.process is not None:
@@ -183,15 +170,28 @@ class Nfqproxy:
             self.api.call(self.api.server.update("endpointslices", self.cluster.changing_slice()))
 
 
-def runnable_modes(size: int, lab: Lab) -> list[str]:
-    """The modes this lab runs at N = size: all but those this machine cannot take."""
-    modes = modes_at(size)
-    if not nftables_supported(lab):
-        print(
-            "nftables mode left out: nft is missing or this kernel refuses its layout", flush=True
-        )
-        modes.remove("nftables")
-    return modes
+def unavailable_reason(mode: str) -> str | None:
+    """Why this installation cannot run an nfqproxy mode, or None (nftables is checked in
+    the lab, by runnable_modes)."""
+    if mode == "offload-nq" and QUEUES < 2:
+        return "one CPU: offload-nq would be offload-1q"
+    return datapath_unavailable(NFQPROXY_MODES[mode].datapath) if mode in NFQPROXY_MODES else None
+
+
+def runnable_modes(
+    size: int, lab: Lab, settings: RunSettings, skipped: dict[str, str]
+) -> list[str]:
+    """The modes this lab runs at N = size, in MODES order: those asked for, but those this
+    machine cannot take, which go into skipped with the reason."""
+    modes = [m for m in modes_at(size, settings.sizes) if m in settings.modes]
+    for mode in modes:
+        if mode in skipped:
+            continue
+        reason = nft_layout_refused(lab.node_ns) if mode == "nftables" else unavailable_reason(mode)
+        if reason:
+            skipped[mode] = reason
+            print(f"{mode} left out: {reason}", flush=True)
+    return [m for m in modes if m not in skipped]
 
 
 def make_competitor(mode: str, lab: Lab, api: ServedApi, cluster: Cluster) -> Competitor:
@@ -199,4 +199,4 @@ def make_competitor(mode: str, lab: Lab, api: ServedApi, cluster: Cluster) -> Co
         return KubeProxyNftables(lab, cluster)
     if mode.startswith("iptables-"):
         return KubeProxyIptables(lab, cluster, mode.removeprefix("iptables-"))
-    return Nfqproxy(lab, cluster, api, mode)
+    return Nfqproxy(lab, cluster, api, NFQPROXY_MODES[mode])

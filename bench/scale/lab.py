@@ -13,17 +13,10 @@ from typing import TextIO
 
 from bench.scale.cluster import Cluster
 from bench.scale.settings import IPERF_PORT, LAB_PREFIX, SERVE_PORT
+from bench.traffic import build_tcpbench, widen_client_ports
 from nfqproxy_lab import netns
 from nfqproxy_lab.served_api import ServedApi
 from nfqproxy_lab.topology import Lab, all_labs
-
-# The client and server of every measure, compiled into each lab (bench/tcpbench.c).
-TCPBENCH_SOURCE = Path(__file__).resolve().parents[1] / "tcpbench.c"
-
-
-def build_tcpbench(out: Path) -> None:
-    netns.run(["gcc", "-O2", "-Wall", "-pthread", "-o", str(out), str(TCPBENCH_SOURCE)])
-
 
 LOCK_FILE = Path("/run/nfqproxy/scale-bench.lock")
 
@@ -64,6 +57,8 @@ def scale_lab(size: int, name: str) -> Iterator[tuple[Lab, ServedApi, Cluster]]:
     api: ServedApi | None = None
     try:
         lab.up()
+        widen_client_ports(lab)
+        # The client and server of every measure, compiled into each lab.
         build_tcpbench(lab.dir / "tcpbench")
         for i in (1, 2, 3):
             serve = [str(lab.dir / "tcpbench"), "serve", str(SERVE_PORT)]

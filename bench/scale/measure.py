@@ -1,5 +1,6 @@
-"""Every measure of one competitor at one N: connect latency, connection rate,
-throughput, memory, and endpoint changes timed by the traffic that finds them."""
+"""Every measure of one competitor at one N: connect latency at the first, middle and last
+service, new connections per second, throughput, memory, and endpoint changes timed by the
+traffic that finds them; for nfqproxy, what its queue decided while connections were made."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
-from bench.datapath import tcp_gbits, udp_small
 from bench.scale.cluster import Cluster, service_vip
 from bench.scale.competitors import Competitor
 from bench.scale.settings import (
@@ -24,73 +24,61 @@ from bench.scale.settings import (
     IPERF_PORT,
     IPERF_VIP,
     MAX_CHANGES,
+    PROGRAMMING_ONLY,
     SERVICE_PORT,
-    THROUGHPUT_SIZE,
     RunSettings,
 )
+from bench.traffic import counting_decisions, short_connections, tcp_gbits, tcpbench, udp_small
 from nfqproxy_lab import netns
 from nfqproxy_lab.netns import NetnsThread
 from nfqproxy_lab.topology import Lab
 
-
-def tcpbench(
-    lab: Lab, namespace: str, *args: str, timeout: float = 120, cpu: int | None = None
-) -> str:
-    pinned = [] if cpu is None else ["taskset", "-c", str(cpu)]
-    result = subprocess.run(
-        netns.exec_command(namespace, [*pinned, str(lab.dir / "tcpbench"), *args]),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=True,
-    )
-    return result.stdout
+POSITIONS = ("first", "middle", "last")  # of the services in iptables order
 
 
 @contextmanager
 def pinned(process: subprocess.Popen[bytes] | None, cpus: set[int]) -> Iterator[None]:
-    """Every thread of process on cpus, for the duration; then on every CPU again."""
-    everywhere = os.sched_getaffinity(0)
-
-    def pin(allowed: set[int]) -> None:
-        if process is not None:
-            for tid in os.listdir(f"/proc/{process.pid}/task"):
-                with suppress(ProcessLookupError):
-                    os.sched_setaffinity(int(tid), allowed)
-
-    pin(cpus)
+    """Every thread of process on cpus, for the duration; then each back on the CPUs it
+    had (a data path that pins its queue threads to CPUs keeps them)."""
+    before: dict[int, set[int]] = {}
+    if process is not None:
+        for tid in (int(t) for t in os.listdir(f"/proc/{process.pid}/task")):
+            with suppress(ProcessLookupError):
+                before[tid] = os.sched_getaffinity(tid)
+                os.sched_setaffinity(tid, cpus)
     try:
         yield
     finally:
-        pin(everywhere)
+        for tid, allowed in before.items():
+            with suppress(ProcessLookupError):
+                os.sched_setaffinity(tid, allowed)
 
 
-def connect_latencies_us(lab: Lab, vips: list[str], count: int) -> list[dict[str, float]]:
+def connect_latencies_us(
+    lab: Lab, vips: list[str], count: int
+) -> tuple[list[dict[str, float]], int]:
     """connect() percentiles for each VIP, measured in alternating chunks so that any
-    drift (a proxy settling after its start, say) touches every VIP alike."""
-    port = str(SERVICE_PORT)
+    drift (a proxy settling after its start, say) touches every VIP alike; and how many
+    connections were made, warm-ups included."""
+    port, binary = str(SERVICE_PORT), lab.dir / "tcpbench"
+    made = 0
     for vip in vips:
-        tcpbench(lab, lab.client_ns, "latency", vip, port, "20", cpu=0)  # ARP, caches
+        out = tcpbench(binary, lab.client_ns, "latency", vip, port, "20", cpu=0)  # ARP, caches
+        made += len(out.split())
     samples: list[list[float]] = [[] for _ in vips]
     chunks = 3
     for _ in range(chunks):
         for vip, taken in zip(vips, samples, strict=True):
-            out = tcpbench(lab, lab.client_ns, "latency", vip, port, str(count // chunks), cpu=0)
+            out = tcpbench(binary, lab.client_ns, "latency", vip, port, str(count // chunks), cpu=0)
             taken += [float(x) for x in out.split()]
     results = []
     for vip, taken in zip(vips, samples, strict=True):
+        made += len(taken)
         good = [s for s in taken if s >= 0]
         if not good:
             raise RuntimeError(f"no connection to {vip} succeeded")
         results.append({**percentiles(good), "failed": float(len(taken) - len(good))})
-    return results
-
-
-def connections_per_second(lab: Lab, vip: str, seconds: float) -> float:
-    ok, _failed = tcpbench(
-        lab, lab.client_ns, "rate", vip, str(SERVICE_PORT), str(seconds), "2"
-    ).split()
-    return int(ok) / seconds
+    return results, made
 
 
 def _listen(ports: list[int]) -> list[socket.socket]:
@@ -200,14 +188,18 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 
 
 def measure(
-    lab: Lab, cluster: Cluster, competitor: Competitor, size: int, settings: RunSettings
+    lab: Lab, cluster: Cluster, competitor: Competitor, mode: str, size: int, settings: RunSettings
 ) -> dict[str, Any]:
     """Every measure of one mode at one N. A measure that fails is retried once, then
-    recorded under "errors" and the run goes on: one bad minute should not cost the rest."""
+    recorded under "errors" and the run goes on: one bad minute should not cost the rest.
+    nfqproxy at its default --min-sync-period takes the programming measures only: its
+    packet path is the one measured at --min-sync-period 0."""
     # A clean conntrack table: no mode inherits the NAT bindings of the one before.
     netns.run(netns.exec_command(lab.node_ns, ["conntrack", "-F"]), check=False)
     result: dict[str, Any] = dict(competitor.load())
     errors: dict[str, str] = {}
+    process = getattr(competitor, "process", None)  # nfqproxy's, where there is one
+    proxied = process is not None
 
     def attempt(name: str, take: Callable[[], Any]) -> None:
         for tries_left in (1, 0):
@@ -231,10 +223,21 @@ def measure(
         # The client, and the proxy if there is one, on CPU 0. On this VM a wake-up
         # across CPUs costs 10-40 us, and where the scheduler puts them changes from one
         # run to the next: unpinned, that drowns whatever N does.
-        vips = [service_vip(0), service_vip(cluster.last)]
-        with pinned(getattr(competitor, "process", None), {0}):
-            first, last = connect_latencies_us(lab, vips, settings.connects)
-        result["connect_first_us"], result["connect_last_us"] = first, last
+        indexes = (0, cluster.middle, cluster.last)
+        vips = [service_vip(i) for i in indexes]
+        with pinned(process, {0}), counting_decisions(lab, proxied) as decided:
+            found, made = connect_latencies_us(lab, vips, settings.connects)
+        for position, cell in zip(POSITIONS, found, strict=True):
+            result[f"connect_{position}_us"] = cell
+        result["connect_decisions"] = {"made": made, **decided}
+
+    def connections() -> None:
+        binary = lab.dir / "tcpbench"
+        taken = short_connections(
+            lab, binary, service_vip(0), SERVICE_PORT, settings.seconds, proxied
+        )
+        result["connections_per_second"] = taken["per_second"]
+        result["connection_decisions"] = {k: v for k, v in taken.items() if k != "per_second"}
 
     def iperf_udp() -> float:
         pps = udp_small(lab, settings.seconds, vip=IPERF_VIP, port=IPERF_PORT)["delivered_pps"]
@@ -242,18 +245,16 @@ def measure(
 
     try:
         attempt("memory_mb", competitor.memory_mb)
-        attempt("connect", latencies)
-        attempt(
-            "connections_per_second",
-            lambda: connections_per_second(lab, service_vip(0), settings.seconds),
-        )
-        if size == THROUGHPUT_SIZE:
-            attempt(
-                "tcp_gbits",
-                lambda: tcp_gbits(lab, settings.seconds, 1, vip=IPERF_VIP, port=IPERF_PORT),
-            )
-            time.sleep(0.5)  # iperf3's server ends one test before it takes the next
-            attempt("udp_kpps", iperf_udp)
+        if mode not in PROGRAMMING_ONLY:
+            attempt("connect", latencies)
+            attempt("connections", connections)
+            if size == settings.throughput_size:
+                attempt(
+                    "tcp_gbits",
+                    lambda: tcp_gbits(lab, settings.seconds, 1, vip=IPERF_VIP, port=IPERF_PORT),
+                )
+                time.sleep(0.5)  # iperf3's server ends one test before it takes the next
+                attempt("udp_kpps", iperf_udp)
         attempt("changes", changes)
     finally:
         competitor.unload()

@@ -1,12 +1,32 @@
-"""The PNG plots: latency and programming time against N, throughput at one N; each
-median with an error bar from the fastest to the slowest round."""
+"""The PNG plots: latency at the first, middle and last service and programming time
+against N, rates at the throughput N; each median with an error bar from the fastest to
+the slowest round."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from bench.scale.settings import MODES, THROUGHPUT_SIZE
+from bench.scale.settings import MODES
+
+FIGURES = (
+    (
+        "latency",
+        [
+            ("connect_first_us.p50", "connect p50, first service (µs)"),
+            ("connect_middle_us.p50", "connect p50, middle service (µs)"),
+            ("connect_last_us.p50", "connect p50, last service (µs)"),
+        ],
+    ),
+    (
+        "programming",
+        [
+            ("load_seconds", "full load: restore or first sync (s)"),
+            ("ready_seconds", "start to ready, list included (s)"),
+            ("change_ms.p99", "one endpoint change p99 (ms)"),
+        ],
+    ),
+)
 
 
 def plot(results: dict[str, Any], out_dir: Path) -> None:
@@ -30,20 +50,8 @@ def plot(results: dict[str, Any], out_dir: Path) -> None:
         cells = [by_size[str(s)] for s in sizes]
         return sizes, [c["median"] for c in cells], spread(cells)
 
-    for name, panels in (
-        (
-            "latency",
-            [
-                ("connect_last_us.p50", "connect p50, last service (µs)"),
-                ("connect_first_us.p50", "connect p50, first service (µs)"),
-            ],
-        ),
-        (
-            "programming",
-            [("load_seconds", "full load (s)"), ("change_ms.p99", "one endpoint change p99 (ms)")],
-        ),
-    ):
-        fig, axes = plt.subplots(1, len(panels), figsize=(11, 4))
+    for name, panels in FIGURES:
+        fig, axes = plt.subplots(1, len(panels), figsize=(16, 4.5))
         for axis, (key, label) in zip(axes, panels, strict=True):
             for mode in MODES:
                 xs, ys, errors = series(key, mode)
@@ -53,21 +61,29 @@ def plot(results: dict[str, Any], out_dir: Path) -> None:
             axis.set_yscale("log")
             axis.set_xlabel("services (N)")
             axis.set_ylabel(label)
-            axis.legend()
-        fig.suptitle(f"nfqproxy vs kube-proxy iptables mode: {name} vs N")
+            if axis.get_legend_handles_labels()[0]:
+                axis.legend(fontsize=7)
+        fig.suptitle(f"nfqproxy vs kube-proxy's rules: {name} vs N (median, min–max over rounds)")
         fig.tight_layout()
         fig.savefig(out_dir / f"{name}.png", dpi=100)
         plt.close(fig)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    size = str(results.get("throughput_size", ""))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     for axis, (key, label) in zip(
-        axes, [("tcp_gbits", "TCP Gbit/s"), ("udp_kpps", "UDP 64 B kpps")], strict=True
+        axes,
+        [
+            ("tcp_gbits", "TCP, 1 stream (Gbit/s)"),
+            ("udp_kpps", "UDP 64 B delivered (kpps)"),
+            ("connections_per_second", "new connections per second"),
+        ],
+        strict=True,
     ):
-        modes = [m for m in MODES if str(THROUGHPUT_SIZE) in summary.get(key, {}).get(m, {})]
-        cells = [summary[key][m][str(THROUGHPUT_SIZE)] for m in modes]
+        modes = [m for m in MODES if size in summary.get(key, {}).get(m, {})]
+        cells = [summary[key][m][size] for m in modes]
         axis.bar(modes, [c["median"] for c in cells], yerr=spread(cells), capsize=4)
         axis.set_ylabel(label)
-        axis.tick_params(axis="x", rotation=20)
-    fig.suptitle(f"throughput at N = {THROUGHPUT_SIZE}")
+        axis.tick_params(axis="x", rotation=30, labelsize=7)
+    fig.suptitle(f"rates at N = {size} (median, min–max over rounds)")
     fig.tight_layout()
     fig.savefig(out_dir / "throughput.png", dpi=100)
     plt.close(fig)

@@ -4,13 +4,43 @@ options resolve into one run's settings."""
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
+
+from nfqproxy import defaults
 
 SIZES = (100, 1000, 10000)
 FULL_SIZES = (*SIZES, 30000)
 QUICK_SIZES = (100, 1000)
 ENDPOINTS = 3
-MODES = ("iptables-legacy", "iptables-nft", "nftables", "fast", "reference")
+QUEUES = os.cpu_count() or 1  # offload-nq's queues: one per CPU
+
+
+@dataclass(frozen=True)
+class ProxyMode:
+    """An nfqproxy mode: its data path, extra flags of `nfqproxy run`, --min-sync-period."""
+
+    datapath: str
+    flags: tuple[str, ...] = ()
+    min_sync_period: float = 0.0
+
+
+# nfqproxy at its default --min-sync-period: the runner holds a change that follows a sync
+# by less than that, so these modes time only the programming measures.
+SYNC = f"-sync-{defaults.MIN_SYNC_PERIOD:g}s"
+NFQPROXY_MODES = {
+    "fast": ProxyMode("fast"),
+    "offload-1q": ProxyMode("offload", ("--queues", "1")),
+    "offload-nq": ProxyMode("offload", ("--queues", str(QUEUES))),
+    f"fast{SYNC}": ProxyMode("fast", (), defaults.MIN_SYNC_PERIOD),
+    f"offload-1q{SYNC}": ProxyMode("offload", ("--queues", "1"), defaults.MIN_SYNC_PERIOD),
+    "reference": ProxyMode("reference"),
+}
+KERNEL_MODES = ("iptables-legacy", "iptables-nft", "nftables")
+MODES = (*KERNEL_MODES, *NFQPROXY_MODES)
+# The reference path is the readable specification, slow by design: only when asked for.
+DEFAULT_MODES = tuple(m for m in MODES if m != "reference")
+PROGRAMMING_ONLY = tuple(m for m, p in NFQPROXY_MODES.items() if p.min_sync_period)
 REFERENCE_MAX = 1000  # the reference path is the readable specification, not a contender
 THROUGHPUT_SIZE = 1000
 SERVICE_PORT, SERVE_PORT, CHANGE_PORT = 80, 9000, 9100
@@ -22,13 +52,32 @@ IPERF_VIP, EMPTY_VIP, IPERF_PORT = "10.99.0.1", "10.99.0.2", 5201
 NAMESPACE = "scale"
 LAB_PREFIX = "scale"
 # Modes that a machine may not take: nftables needs nft, and a kernel that takes
-# kube-proxy's verdict maps and numgen. A run leaves them out and says so, rather than fail.
-OPTIONAL_MODES = ("nftables",)
+# kube-proxy's verdict maps and numgen; offload needs an nfqproxy that has that data path.
+# A run leaves them out and says why, rather than fail.
+OPTIONAL_MODES = ("nftables", *(m for m in NFQPROXY_MODES if m.startswith("offload")))
+TITLES = {
+    "iptables-legacy": "kube-proxy iptables layout, legacy back end (iptables-restore)",
+    "iptables-nft": "kube-proxy iptables layout, nft back end (iptables-restore)",
+    "nftables": "kube-proxy nftables layout (nft -f)",
+    **{
+        m: f"nfqproxy --datapath {p.datapath} {' '.join(p.flags)} "
+        f"--min-sync-period {p.min_sync_period:g}".replace("  ", " ")
+        + (" (the default; programming measures only)" if p.min_sync_period else "")
+        for m, p in NFQPROXY_MODES.items()
+    },
+}
 
 
-def modes_at(size: int) -> list[str]:
-    """The modes that run at N = size, where the machine takes them all."""
-    return [m for m in MODES if m != "reference" or size <= REFERENCE_MAX]
+def modes_at(size: int, sizes: list[int]) -> list[str]:
+    """The modes that run at N = size, where the machine takes them all: the reference up
+    to REFERENCE_MAX, nfqproxy at its default --min-sync-period at the run's largest N only
+    (a change there takes up to that period, so a series is slow)."""
+    return [
+        m
+        for m in MODES
+        if (m != "reference" or size <= REFERENCE_MAX)
+        and (m not in PROGRAMMING_ONLY or size == max(sizes))
+    ]
 
 
 @dataclass(frozen=True)
@@ -40,18 +89,28 @@ class RunSettings:
     rounds: int
     changes: int  # endpoint changes timed per mode, N and round
     connects: int  # connect() times taken per service, mode, N and round
-    seconds: float  # how long each rate and throughput measure runs
+    seconds: float  # how long each rate and throughput measure runs (iperf3: whole s)
+    throughput_size: int  # the N at which TCP throughput and small UDP are measured
     command: str  # the run's command as results.json and the report name it
 
 
 def resolve(args: argparse.Namespace) -> RunSettings:
-    asked = args.modes or MODES
+    asked = args.modes or DEFAULT_MODES
+    sizes = args.sizes or list(QUICK_SIZES if args.quick else FULL_SIZES if args.full else SIZES)
+    words = ["python -m bench"] + [f"--{o}" for o in ("quick", "full") if getattr(args, o)]
+    for option in ("rounds", "changes", "seconds"):
+        if getattr(args, option) is not None:
+            words.append(f"--{option} {getattr(args, option):g}")
+    for option in ("sizes", "modes"):
+        if getattr(args, option):
+            words.append(f"--{option} " + " ".join(str(v) for v in getattr(args, option)))
     return RunSettings(
-        sizes=args.sizes or list(QUICK_SIZES if args.quick else FULL_SIZES if args.full else SIZES),
+        sizes=sorted(sizes),
         modes=tuple(m for m in MODES if m in asked),
-        rounds=args.rounds or (1 if args.quick else 2),
+        rounds=args.rounds or (1 if args.quick else 5),
         changes=min(args.changes or (5 if args.quick else 20), MAX_CHANGES),
         connects=100 if args.quick else 300,
-        seconds=1.0 if args.quick else 2.0,
-        command="python -m bench" + (" --quick" if args.quick else " --full" if args.full else ""),
+        seconds=args.seconds or (1.0 if args.quick else 2.0),
+        throughput_size=THROUGHPUT_SIZE if THROUGHPUT_SIZE in sizes else max(sizes),
+        command=" ".join(words),
     )

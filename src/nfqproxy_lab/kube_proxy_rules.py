@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from nfqproxy_lab import netns
 
 NAT_CHAINS = ("KUBE-SERVICES", "KUBE-MARK-MASQ", "KUBE-POSTROUTING", "KUBE-NODEPORTS")
 NAT_JUMPS = (
@@ -267,3 +270,26 @@ def nft_restore_change(old: KubeService, new: KubeService) -> str:
 
 
 NFT_DELETE = f"delete table {NFT_TABLE}\n"
+
+
+# Constructs of the layout that an old nft or kernel may refuse: a concatenated verdict map
+# and numgen. `nft -c` checks them and changes nothing.
+_NFT_PROBE = (
+    "add table ip nfqproxy-probe\n"
+    "add chain ip nfqproxy-probe c\n"
+    f"add map ip nfqproxy-probe m {{ {_NFT_MAP_TYPE}; }}\n"
+    "add rule ip nfqproxy-probe c ip daddr . meta l4proto . th dport vmap @m\n"
+    "add rule ip nfqproxy-probe c numgen random mod 2 vmap { 0 : accept, 1 : accept }\n"
+)
+
+
+def nft_layout_refused(namespace: str) -> str | None:
+    """Why kube-proxy's nftables layout cannot be loaded in this namespace, or None when it
+    can: nft is installed and the kernel takes its constructs (checked, not loaded)."""
+    if shutil.which("nft") is None:
+        return "nft is not installed"
+    try:
+        netns.run(netns.exec_command(namespace, ["nft", "-c", "-f", "-"]), stdin=_NFT_PROBE)
+    except (netns.CommandError, OSError) as exc:
+        return f"this kernel or nft refuses kube-proxy's nftables layout: {exc}"
+    return None

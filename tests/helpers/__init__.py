@@ -8,5 +8,5 @@ module or from a conftest.py, which keep only fixtures and hooks.
   tests run on, and the parameters of the unit fixtures.
 - golden: reading, running and rewriting the golden scenarios of tests/scenarios.
 - labs: labs in network namespaces with a proxy in them (kernel tests). bench: running
-  a benchmark module. paths: where the repository is.
+  a benchmark module, its --plan and its --report-from. paths: where the repository is.
 """

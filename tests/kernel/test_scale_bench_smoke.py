@@ -1,69 +1,78 @@
-"""The scale benchmark runs end to end (--quick) and writes a complete report.
+"""The scale benchmark runs end to end, tiny (one round, N = 100, 0.3 s rates, 3 changes,
+five modes, nfqproxy at its default --min-sync-period among them), and writes a complete
+report.
 
 This checks the report's structure, never its numbers: speed is the benchmark's business.
-What a complete report holds (sizes, modes, measures, the names of the labs it must take
-down) is what the benchmark's --plan says a quick run covers: tests do not import bench.
+What a complete report holds (sizes, modes, measures and which modes take them, the names
+of the labs it must take down) is what the benchmark's --plan says: tests do not import
+bench. A mode this machine cannot run is left out with its reason, not failed.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from nfqproxy_lab import netns
 from nfqproxy_lab.topology import all_labs
-from tests.helpers.bench import run_benchmark
-from tests.helpers.paths import ROOT
+from tests.helpers.bench import benchmark_plan, run_benchmark
 
 pytestmark = pytest.mark.kernel
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def quick_plan() -> dict[str, Any]:
-    """What `python -m bench --quick` covers, as the benchmark itself says."""
-    run = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--plan"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    plan: dict[str, Any] = json.loads(run.stdout)
-    return plan
+def tiny_options() -> list[str]:
+    """One round at N = 100 of kube-proxy's two layouts' cheapest back ends, nfqproxy fast
+    at --min-sync-period 0 and at its default, and offload (left out until it lands)."""
+    default_sync = benchmark_plan("bench")["programming_only"]
+    modes = ["iptables-nft", "nftables", "fast", *default_sync[:1], "offload-1q"]
+    return ["--quick", "--sizes", "100", "--seconds", "0.3", "--changes", "3", "--modes", *modes]
 
 
-def test_the_quick_scale_benchmark_reports_every_measure_for_every_mode_and_size(
+def test_a_tiny_scale_run_reports_every_measure_for_every_mode_it_could_run(
     tmp_path: Path,
 ) -> None:
-    plan = quick_plan()
-    out = run_benchmark("bench", tmp_path, "--quick", timeout=300)
+    options = tiny_options()
+    plan = benchmark_plan("bench", *options)
+    out = run_benchmark("bench", tmp_path, *options, timeout=300)
     results = json.loads((out / "results.json").read_text())
-    assert results["sizes"] == plan["sizes"]
-    # Optional modes (nftables) run only where nft and the kernel take their layout.
-    assert (
-        set(plan["modes"]) - set(plan["optional_modes"])
-        <= set(results["modes"])
-        <= set(plan["modes"])
-    )
+    assert results["sizes"] == plan["sizes"] == [100]
+    skipped = results["skipped"]
+    assert set(plan["unavailable"]) <= set(skipped) and all(skipped.values())
+    assert set(plan["modes"]) - set(plan["optional_modes"]) <= set(results["modes"])
+    assert set(results["modes"]) | set(skipped) == set(plan["modes"])
     assert results["measures"] == plan["measures"]
-    for key in plan["measures"]:
+    assert results["order"] == [{"100": [m for m in plan["order"][0]["100"] if m not in skipped]}]
+    assert [r for r in results["runs"] if "errors" in r] == []
+    for key, measure in plan["measures"].items():
         for mode in results["modes"]:
-            expected = {n for n, modes in plan["modes_by_size"].items() if mode in modes}
-            if key in ("tcp_gbits", "udp_kpps"):  # taken at one N only
-                expected &= {str(plan["throughput_size"])}
-            sizes = set(results["summary"][key][mode])
-            assert sizes == expected, (key, mode, sizes)
-    assert {row["measure"] for row in results["targets"]} and all(
-        isinstance(row["met"], bool) for row in results["targets"]
-    )
+            takes_it = measure["scope"] == "every mode" or mode not in plan["programming_only"]
+            sizes = set(results["summary"].get(key, {}).get(mode, {}))
+            assert sizes == ({"100"} if takes_it else set()), (key, mode, sizes)
+    for mode in set(results["modes"]) & set(plan["nfqproxy_modes"]) - set(plan["programming_only"]):
+        for measure in ("connect_decisions", "connection_decisions"):
+            # Every connection made reached the queue's decision at least once.
+            decided = results["decisions"][measure][mode]["100"]
+            assert decided["made"] > 0 and decided["lowest_decided_per_connection"] >= 1
+    assert results["metadata"]["git_commit"] and results["metadata"]["cores"] >= 1
+    assert results["kep_3866"]["findings"]
+    assert {row["verdict"] for row in results["targets"]} <= {
+        "met",
+        "not met",
+        "within the spread",
+        "not measured",
+    }
     report = (out / "report.md").read_text()
-    assert "## Targets (issue 5)" in report
+    for section in (
+        "## Targets",
+        "## Start to ready, next to the restore time (s)",
+        "## Every measured connection reached the decision",
+        "## First-packet latency against KEP-3866's published figures",
+        "## Order of the modes, round by round",
+    ):
+        assert section in report
     for measure in plan["measures"].values():
         assert f"## {measure['title']}" in report and f"How: {measure['how']}." in report
     for plot in ("latency", "programming", "throughput"):

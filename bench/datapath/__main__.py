@@ -1,0 +1,5 @@
+"""`python -m bench.datapath`: the data-path benchmark."""
+
+from bench.datapath.cli import main
+
+raise SystemExit(main())
