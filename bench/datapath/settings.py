@@ -65,7 +65,7 @@ MEASURES: dict[str, tuple[str, str, float, str]] = {
         "k/s",
         1e-3,
         "tcpbench requests: 4 client threads of connect, a 32-byte request, its answer, "
-        "close with RST; source ports chosen by the kernel from 1024-65535",
+        "close with RST; source ports 1024-65535 taken in turn (no 5-tuple reused)",
     ),
     "rss_mb": ("memory (RSS)", "MB", 1.0, "nfqproxy's VmRSS after the measures"),
     "ready_seconds": (

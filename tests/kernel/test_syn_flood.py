@@ -20,6 +20,7 @@ from nfqproxy_lab.packets import tcp_packet
 from nfqproxy_lab.proxy import read_status
 from nfqproxy_lab.topology import CLIENT_IP, HTTP_PORT, WEB_VIP
 from nfqproxy_lab.traffic import KeepAlive, fetch_url, http_get, parallel
+from tests.helpers.datapaths import REFERENCE, datapath_params
 from tests.helpers.labs import lab_with_proxy
 
 pytestmark = pytest.mark.kernel
@@ -66,10 +67,13 @@ def rss_bytes(pid: int) -> int:
 
 
 @pytest.mark.parametrize("fail_open", [False, True], ids=["fail-closed", "fail-open"])
+@pytest.mark.parametrize("datapath", [p for p in datapath_params() if p.id != REFERENCE])
 def test_a_syn_flood_from_100k_sources_leaves_memory_bounded_and_service_up(
-    fail_open: bool,
+    datapath: str, fail_open: bool
 ) -> None:
-    options = ["--datapath", "fast", "--flow-capacity", str(CAPACITY)]
+    """The compiled paths (the reference is not built for 40k packets a second): every
+    SYN is a first packet, so the offload path decides each one too."""
+    options = ["--datapath", datapath, "--flow-capacity", str(CAPACITY)]
     with lab_with_proxy(*options, *(["--fail-open"] if fail_open else [])) as running:
         assert running.proxy is not None
         keep = running.client.call(KeepAlive, WEB_VIP, HTTP_PORT)
@@ -94,9 +98,12 @@ def test_a_syn_flood_from_100k_sources_leaves_memory_bounded_and_service_up(
         time.sleep(0.6)  # one status write
         status = read_status(running.lab)
         table = status["connection_table"]
-        kernel_queue = netns.run(
+        queues = netns.run(
             netns.exec_command(running.lab.node_ns, ["cat", "/proc/net/netfilter/nfnetlink_queue"])
-        ).split()
+        ).splitlines()
+        # Every queue's (full, undeliverable) drops, summed: the offload path has several.
+        full, undeliverable = (sum(int(q.split()[i]) for q in queues) for i in (5, 6))
+        every_packet = running.sees_every_packet
         _, metrics = running.node.call(fetch_url, "http://127.0.0.1:10249/metrics")
         after = running.client.call(attempt, lambda: http_get(WEB_VIP, HTTP_PORT, 3.0))
         running.client.call(attempt, keep.close)
@@ -104,25 +111,27 @@ def test_a_syn_flood_from_100k_sources_leaves_memory_bounded_and_service_up(
     print(
         f"flood {achieved[0]:.0f} pps; legitimate connections {len(served)}/{len(outcomes)}; "
         f"established answered {kept.count(pinned)}/{len(kept)}; "
-        f"RSS +{(rss_after - rss_before) / 2**20:.1f} MB; table {table['flows']} of "
-        f"{table['capacity']}, {table['evicted']} evicted; queue {status['queue']}; "
-        f"kernel queue drops (full, undeliverable) {kernel_queue[5:7]}; "
+        f"RSS +{(rss_after - rss_before) / 2**20:.1f} MB; table {table}; "
+        f"queue {status['queue']}; kernel queue drops (full, undeliverable) "
+        f"{full, undeliverable}; "
         f"failures {Counter(o for o in outcomes if o not in served).most_common(3)}"
     )
     assert after in ("be1", "be2", "be3"), after  # the proxy serves once the flood is over
-    assert table["flows"] <= CAPACITY
+    if every_packet:
+        assert table["flows"] <= CAPACITY
     if fail_open:
         # A full queue accepts packets unseen: the kernel drops none, and the flows whose
         # packets slipped past may break (docs/design.md); that is the trade-off.
-        assert int(kernel_queue[5]) == 0
+        assert full == 0
     else:
         assert len(outcomes) >= 200 and len(served) >= 0.99 * len(outcomes), outcomes[:5]
         assert kept.count(pinned) == len(kept), kept[:5]
-        assert table["evicted"] > 0
-    # The table is allocated up front: a flood touches its pages, nothing more.
+        if every_packet:
+            assert table["evicted"] > 0
+    # The table is allocated up front: a flood touches its pages, nothing more. The offload
+    # path keeps no state per flow (conntrack does, within nf_conntrack_max).
     assert rss_after - rss_before < CAPACITY * 64 + 16 * 2**20
     # Queue overflow, if the flood caused any, is exported as the kernel counts it.
-    full = int(kernel_queue[5])
     exported = [
         line
         for line in metrics.splitlines()

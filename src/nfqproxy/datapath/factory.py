@@ -130,9 +130,8 @@ def _fast_unavailable_reason() -> str:
 
 # By name, in the order of preference: the first available one is the default.
 DATAPATHS: dict[str, Implementation] = {
-    "fast": Implementation(
-        _fast_datapath, _fast_binding, _fast_available, _fast_unavailable_reason, fail_open=True
-    ),
+    # The default where built: kernel throughput and free restarts, first packets decided
+    # in userspace (README, "Choosing a data path"; bench/results/datapath).
     "offload": Implementation(
         _offload_datapath,
         _offload_binding,
@@ -141,6 +140,9 @@ DATAPATHS: dict[str, Implementation] = {
         fail_open=True,
         every_packet=False,
         max_queues=65536,
+    ),
+    "fast": Implementation(
+        _fast_datapath, _fast_binding, _fast_available, _fast_unavailable_reason, fail_open=True
     ),
     "reference": Implementation(_reference_datapath, _reference_binding),
 }
@@ -171,7 +173,7 @@ def unavailable_reason(name: str) -> str:
 
 
 def default_datapath() -> str:
-    """Fast when built, unless NFQPROXY_NO_EXTENSIONS=1 is set; else the reference."""
+    """Offload when built, unless NFQPROXY_NO_EXTENSIONS=1 is set; else the reference."""
     return available()[0]
 
 
