@@ -106,5 +106,5 @@ class FastDatapath:
                 "capacity": self.core.affinity_limit,
             },
             "counters": dict(sorted(self.counters.items())),
-            "decided_by_backend": self.tables.decided_summary(SUMMARY_DETAIL_LIMIT),
+            "decided_by_backend": self.tables.decided_summary(),
         }

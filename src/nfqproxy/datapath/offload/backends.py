@@ -5,6 +5,7 @@ port can be found and deleted in conntrack, and a restart can adopt them."""
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -36,6 +37,7 @@ class BackendIds:
         self.ids: dict[Assignment, int] = {}
         self.adopted: dict[Assignment, int] = {}  # from a previous process, until placed
         self._free: deque[int] = deque()  # released ids, reused oldest first
+        self._free_lock = threading.Lock()  # release() comes from the settling thread
         self._next = 1
 
     def adopt(self, assignments: dict[Assignment, int]) -> None:
@@ -82,7 +84,9 @@ class BackendIds:
         return result
 
     def _fresh_ids(self, taken: set[int]):  # type: ignore[no-untyped-def]
-        for backend_id in list(self._free):
+        with self._free_lock:
+            free = list(self._free)
+        for backend_id in free:
             if backend_id not in taken:
                 yield backend_id
         while True:
@@ -96,18 +100,25 @@ class BackendIds:
                 yield self._next - 1
 
     def commit(self, plan: IdPlan) -> None:
+        """Takes the plan's ids. Those leaving are not free yet: release() frees them once
+        their connections and map elements are gone, so that no new backend inherits a
+        connection of an old one."""
         for assignment, backend_id in plan.added.items():
             self.ids[assignment] = backend_id
             self.adopted.pop(assignment, None)
-            if backend_id in self._free:
-                self._free.remove(backend_id)
-        for assignment, backend_id in plan.leaving.items():
+            with self._free_lock:
+                if backend_id in self._free:
+                    self._free.remove(backend_id)
+        for assignment in plan.leaving:
             del self.ids[assignment]
-            self._free.append(backend_id)
+
+    def release(self, backend_ids: list[int]) -> None:
+        with self._free_lock:
+            self._free.extend(backend_ids)
 
     def release_unplaced(self) -> dict[Assignment, int]:
         """After the first sync: adopted ids no sync placed belong to backends removed
-        while no process ran. Returned, and forgotten, so that their flows are deleted."""
+        while no process ran. Returned and forgotten, so that their flows are deleted and
+        the ids released like those of any backend that leaves."""
         unplaced, self.adopted = self.adopted, {}
-        self._free.extend(unplaced.values())
         return unplaced

@@ -13,12 +13,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Network, ip_address
 from typing import Protocol
 
 from nfqproxy import defaults
 from nfqproxy.datapath.compiled import CompiledTables, compiled_available, require_compiled
-from nfqproxy.datapath.flows import SUMMARY_DETAIL_LIMIT, Timeouts, affinity_capacity
+from nfqproxy.datapath.flows import Timeouts, affinity_capacity
 from nfqproxy.datapath.frontends import (
     Frontend,
     PortChanges,
@@ -54,9 +55,10 @@ class KernelState(Protocol):
 
 
 # Open flows per backend: counted in the background at most this often, reading at most
-# this many connections (pyroute2 reads about 10k a second, with the GIL).
-OPEN_FLOWS_EVERY = 30.0
-OPEN_FLOWS_LIMIT = 20_000
+# this many connections (pyroute2 reads about 10k a second, holding the GIL meanwhile: a
+# bigger count would hold syncs back).
+OPEN_FLOWS_EVERY = 60.0
+OPEN_FLOWS_LIMIT = 5_000
 
 
 class OffloadDatapath:
@@ -80,8 +82,15 @@ class OffloadDatapath:
         self.kernel: KernelState | None = None
         self._ports: dict[ServicePortKey, ServicePort] = {}
         self._first_sync = False  # after attach: adopt, restore affinity, forget the rest
+        # Backends that left, settled in the background: their connections deleted, then
+        # their map elements, then their ids released. A sync never waits for conntrack
+        # (each delete walks the whole table: hundreds of ms on a busy node).
+        self._pending = threading.Lock()
         self._to_forget: list[int] = []  # marks whose flows still wait to be deleted
         self._to_unmap: list[int] = []  # marks whose map elements wait to be removed
+        self._to_release: list[int] = []  # ids free once the two above are done
+        self._settler: ThreadPoolExecutor | None = None
+        self._settling = False
         self._open_flows: tuple[float, dict[int, int]] = (-OPEN_FLOWS_EVERY, {})
         self._counting: threading.Thread | None = None
 
@@ -99,6 +108,7 @@ class OffloadDatapath:
             else:
                 self._to_unmap.append(mark)
         self.ids.adopt(adopted)
+        self._settler = ThreadPoolExecutor(1, thread_name_prefix="offload-settle")
         self._first_sync = True
         log.info("offload: %d backend ids adopted from the map", len(adopted))
 
@@ -130,13 +140,14 @@ class OffloadDatapath:
             update_ports(self._ports, changes)
         first_sync, self._first_sync = self._first_sync, False
         gone = {**ids.leaving, **(self.ids.release_unplaced() if first_sync else {})}
-        self._to_forget += [
-            marks.backend_mark(i) for i in (*gone.values(), *ids.unchosen_udp.values())
-        ]
-        self._to_unmap += [marks.backend_mark(i) for i in gone.values()]
+        moved = (*gone.values(), *ids.unchosen_udp.values())
+        with self._pending:
+            self._to_forget += [marks.backend_mark(i) for i in moved]
+            self._to_unmap += [marks.backend_mark(i) for i in gone.values()]
+            self._to_release += list(gone.values())
         if first_sync:
             self._restore_affinity()
-        self._settle()
+        self._schedule_settle()
         return plan.names
 
     def _restore_affinity(self) -> None:
@@ -169,24 +180,54 @@ class OffloadDatapath:
                     expires + frontend.affinity_seconds,
                 )
 
+    def _schedule_settle(self) -> None:
+        with self._pending:
+            if not (self._to_forget or self._to_unmap or self._to_release) or self._settling:
+                return
+            if self._settler is None:  # no kernel attached (unit tests): nothing to delete
+                self._to_forget, self._to_unmap = [], []
+                released, self._to_release = self._to_release, []
+                self.ids.release(released)
+                return
+            self._settling = True
+        self._settler.submit(self._settle)
+
     def _settle(self) -> None:
         """Deletes the flows of backends that left (UDP moves at once; TCP's next packet
-        is NEW and gets a reset), then their map elements."""
-        if self.kernel is None:
-            self._to_forget, self._to_unmap = [], []
-            return
+        is NEW and gets a reset), then their map elements, then frees their ids. On the
+        settling thread; what fails is kept and tried again (expire() reschedules)."""
+        with self._pending:
+            forget, self._to_forget = sorted(set(self._to_forget)), []
+            unmap, self._to_unmap = set(self._to_unmap), []
+            release, self._to_release = self._to_release, []
         try:
-            if self._to_forget:
-                self.kernel.forget(sorted(set(self._to_forget)))
-                self._to_forget = []
-            if self._to_unmap:
-                in_use = {self.ids.marks.backend_mark(i) for i in self.ids.ids.values()}
-                self.kernel.update_map({}, [m for m in set(self._to_unmap) if m not in in_use])
-                self._to_unmap = []
-        except Exception as exc:  # kept, and tried again by expire()
-            log.error(
-                "offload: cannot delete the flows or map elements of removed backends: %s", exc
-            )
+            kernel = self.kernel
+            assert kernel is not None
+            if forget:
+                kernel.forget(forget)
+            if unmap:
+                in_use = {self.ids.marks.backend_mark(i) for i in list(self.ids.ids.values())}
+                kernel.update_map({}, [m for m in unmap if m not in in_use])
+            self.ids.release(release)
+        except Exception as exc:
+            log.error("offload: cannot delete removed backends' flows or map elements: %s", exc)
+            with self._pending:
+                self._to_forget += forget
+                self._to_unmap += unmap
+                self._to_release += release
+        finally:
+            with self._pending:
+                self._settling = False
+
+    def settled(self, timeout: float = 10.0) -> bool:
+        """Waits until no removed backend waits to be settled (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._pending:
+                if not (self._settling or self._to_forget or self._to_unmap or self._to_release):
+                    return True
+            time.sleep(0.01)
+        return False
 
     def frontend(self, key: TableKey) -> Frontend | None:
         return self.tables.frontends.get(key)
@@ -202,7 +243,7 @@ class OffloadDatapath:
         return int(self.core.decide_first(raw, self.clock())[2])
 
     def expire(self) -> int:
-        self._settle()
+        self._schedule_settle()
         self.core.expire(self.clock())
         return 0  # conntrack expires the flows
 
@@ -260,5 +301,5 @@ class OffloadDatapath:
                 "capacity": self.core.affinity_limit,
             },
             "counters": dict(sorted(self.counters.items())),
-            "decided_by_backend": self.tables.decided_summary(SUMMARY_DETAIL_LIMIT),
+            "decided_by_backend": self.tables.decided_summary(),
         }

@@ -149,6 +149,7 @@ class BackendMap:
     def __init__(self, marks: MarkLayout) -> None:
         self.marks = marks
         self._nft = _Libnftables()
+        self._lock = threading.Lock()
         self.current: dict[int, Element] = {}
 
     def install(self) -> dict[int, Element]:
@@ -170,7 +171,12 @@ class BackendMap:
         return dict(self.current)
 
     def update(self, added: dict[int, Element], removed: list[int]) -> None:
-        """Adds and removes elements in one transaction: all or nothing."""
+        """Adds and removes elements in one transaction: all or nothing. Syncs add and the
+        settling thread removes: one at a time."""
+        with self._lock:
+            self._update(added, removed)
+
+    def _update(self, added: dict[int, Element], removed: list[int]) -> None:
         added = {m: b for m, b in added.items() if self.current.get(m) != b}
         # A mark that names another backend now (a restart's leftovers) is replaced.
         removed = [m for m in {*removed, *added} if m in self.current]

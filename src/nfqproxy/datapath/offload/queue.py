@@ -68,5 +68,7 @@ class OffloadQueueBinding:
     def close(self) -> None:
         self._workers.close()
         if self.kernel is not None:
+            # Removed backends' connections are deleted before the kernel state closes.
+            self.datapath.settled(5.0)
             self.kernel.close()
             self.kernel = None
