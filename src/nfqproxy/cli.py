@@ -109,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--datapath",
         choices=list(factory.DATAPATHS),
         default=factory.default_datapath(),
-        help="offload (C: a flow's first packet in userspace, the rest in kernel conntrack; "
-        "the default when built), fast (C: every packet in userspace) or reference "
+        help="fast (C: every packet in userspace; the default when built), offload (C: a "
+        "flow's first packet in userspace, the rest in kernel conntrack) or reference "
         "(Python); NFQPROXY_NO_EXTENSIONS=1 makes reference the default",
     )
     run.add_argument(

@@ -17,7 +17,7 @@ SETTINGS = factory.DatapathSettings(defaults.SERVICE_CIDRS, flow_capacity=16)
 
 def test_an_unknown_data_path_is_refused_with_the_names_there_are() -> None:
     with pytest.raises(
-        ValueError, match="unknown data path 'ebpf'; choose one of offload, fast, reference"
+        ValueError, match="unknown data path 'ebpf'; choose one of fast, offload, reference"
     ):
         factory.build("ebpf", SETTINGS, 100)
 
@@ -25,7 +25,7 @@ def test_an_unknown_data_path_is_refused_with_the_names_there_are() -> None:
 def test_fail_open_is_refused_by_a_data_path_that_cannot_do_it() -> None:
     settings = factory.DatapathSettings(defaults.SERVICE_CIDRS, fail_open=True)
     with pytest.raises(
-        ValueError, match="not supported by the reference data path; it is by: offload, fast"
+        ValueError, match="not supported by the reference data path; it is by: fast, offload"
     ):
         factory.build("reference", settings, 100)
 

@@ -130,8 +130,13 @@ def _fast_unavailable_reason() -> str:
 
 # By name, in the order of preference: the first available one is the default.
 DATAPATHS: dict[str, Implementation] = {
-    # The default where built: kernel throughput and free restarts, first packets decided
-    # in userspace (README, "Choosing a data path"; bench/results/datapath).
+    # The default where built: every packet seen, counted and changeable in userspace,
+    # nfqproxy's reason to be. Offload trades that for kernel throughput (README,
+    # "Choosing a data path"); moving a running node between the two resets its open
+    # flows, so it is chosen, not defaulted to.
+    "fast": Implementation(
+        _fast_datapath, _fast_binding, _fast_available, _fast_unavailable_reason, fail_open=True
+    ),
     "offload": Implementation(
         _offload_datapath,
         _offload_binding,
@@ -140,9 +145,6 @@ DATAPATHS: dict[str, Implementation] = {
         fail_open=True,
         every_packet=False,
         max_queues=65536,
-    ),
-    "fast": Implementation(
-        _fast_datapath, _fast_binding, _fast_available, _fast_unavailable_reason, fail_open=True
     ),
     "reference": Implementation(_reference_datapath, _reference_binding),
 }
@@ -173,7 +175,7 @@ def unavailable_reason(name: str) -> str:
 
 
 def default_datapath() -> str:
-    """Offload when built, unless NFQPROXY_NO_EXTENSIONS=1 is set; else the reference."""
+    """Fast when built, unless NFQPROXY_NO_EXTENSIONS=1 is set; else the reference."""
     return available()[0]
 
 
