@@ -56,7 +56,7 @@ MEASURES: dict[str, tuple[str, str, str]] = {
     "connections_per_second": (
         "new TCP connections per second",
         "tcpbench requests: 4 client threads of connect, a 32-byte request, its answer, close "
-        "with RST, to the first service; source ports from the kernel (1024-65535)",
+        "with RST, to the first service; source ports 1024-65535 taken in turn",
         PACKETS,
     ),
     "load_seconds": (

@@ -10,6 +10,7 @@ import copy
 import itertools
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -112,3 +113,16 @@ def sticky_manifest() -> str:
     endpoint_slice["metadata"]["name"] = "sticky-lab"
     endpoint_slice["metadata"]["labels"]["kubernetes.io/service-name"] = "sticky"
     return yaml.safe_dump_all([service, endpoint_slice])
+
+
+def wait_for_sync_after(lab: Lab, syncs: int, timeout: float = 3.0) -> None:
+    """Waits for a sync after the first `syncs`, and, on the offload path, for the
+    connections of removed backends to be deleted (in the background, after the sync)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = read_status(lab)
+        table = status.get("connection_table", {})
+        if status.get("syncs", 0) > syncs and not table.get("removals_pending", 0):
+            return
+        assert time.monotonic() < deadline, "the removal was not synced"
+        time.sleep(0.02)

@@ -17,7 +17,7 @@ from nfqproxy_lab.proxy import read_status
 from nfqproxy_lab.topology import CLIENT_IP, DNS_PORT, HTTP_PORT, WEB_VIP, backend_ip
 from nfqproxy_lab.traffic import KeepAlive
 from tests.helpers.datapaths import datapath_params
-from tests.helpers.labs import RunningLab, lab_with_proxy
+from tests.helpers.labs import RunningLab, lab_with_proxy, wait_for_sync_after
 
 pytestmark = pytest.mark.kernel
 CLIENT_PORT = 40053
@@ -58,10 +58,7 @@ def moved_through(running: RunningLab) -> None:
     removed = int(first[2:])
     syncs = read_status(lab)["syncs"]
     lab.write_manifests([i for i in (1, 2, 3) if i != removed])
-    deadline = time.monotonic() + 3
-    while read_status(lab).get("syncs", 0) <= syncs:
-        assert time.monotonic() < deadline, "the removal was not synced"
-        time.sleep(0.02)
+    wait_for_sync_after(lab, syncs)
     answers = [client.call(udp.ask) for _ in range(10)]
     client.call(udp.close)
     assert all(a in ("be1", "be2", "be3") and a != first for a in answers), answers
@@ -114,10 +111,7 @@ def test_removing_a_backend_resets_its_tcp_flows_at_once_and_spares_the_rest(
             pinned.append(client.call(connection.get))
         syncs = read_status(lab)["syncs"]
         lab.write_manifests([1, 3])
-        deadline = time.monotonic() + 3
-        while read_status(lab).get("syncs", 0) <= syncs:
-            assert time.monotonic() < deadline, "the removal was not synced"
-            time.sleep(0.02)
+        wait_for_sync_after(lab, syncs)
         answers = client.call(ask_each, connections)
     on_removed = [a for a, p in zip(answers, pinned, strict=True) if p == removed]
     survivors = [(a, p) for a, p in zip(answers, pinned, strict=True) if p != removed]

@@ -219,6 +219,10 @@ class OffloadDatapath:
             with self._pending:
                 self._settling = False
 
+    def removals_pending(self) -> int:
+        with self._pending:
+            return len(self._to_forget) + int(self._settling)
+
     def settled(self, timeout: float = 10.0) -> bool:
         """Waits until no removed backend waits to be settled (tests, shutdown)."""
         deadline = time.monotonic() + timeout
@@ -292,6 +296,8 @@ class OffloadDatapath:
             "connection_table": {
                 "flows": sum(by_backend.values()),
                 "held_by": "kernel conntrack",
+                # Backends removed whose connections are still being deleted (settling).
+                "removals_pending": self.removals_pending(),
                 "counted_up_to": OPEN_FLOWS_LIMIT,  # the counts are a floor beyond it
                 "backend_ids": len(self.ids.ids),
                 "by_backend": by_backend,
