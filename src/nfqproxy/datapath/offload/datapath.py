@@ -18,7 +18,7 @@ from ipaddress import IPv4Network, ip_address
 from typing import Protocol
 
 from nfqproxy import defaults
-from nfqproxy.datapath.compiled import CompiledTables, compiled_available, require_compiled
+from nfqproxy.datapath.compiled import CompiledTables, require_compiled
 from nfqproxy.datapath.flows import Timeouts, affinity_capacity
 from nfqproxy.datapath.frontends import (
     Frontend,
@@ -36,10 +36,6 @@ from nfqproxy.datapath.verdicts import Action, Verdict
 from nfqproxy.model import ServicePort, ServicePortKey, Snapshot
 
 log = logging.getLogger(__name__)
-
-
-def offload_available() -> bool:
-    return compiled_available()
 
 
 class KernelState(Protocol):
@@ -241,10 +237,6 @@ class OffloadDatapath:
         back as it came, and the mark (proxied) sends it through the DNAT map."""
         action, reason, _mark, proxied, hairpin = self.core.decide_first(raw, self.clock())
         return Verdict(Action(action), reason, None, proxied, hairpin)
-
-    def backend_mark(self, raw: bytes) -> int:
-        """The mark a first packet's verdict carries: its backend's, 0 if none (tests)."""
-        return int(self.core.decide_first(raw, self.clock())[2])
 
     def expire(self) -> int:
         self._schedule_settle()
