@@ -5,8 +5,9 @@ port can be found and deleted in conntrack, and a restart can adopt them."""
 
 from __future__ import annotations
 
+import itertools
 import threading
-from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from nfqproxy.datapath.frontends import Frontend, TableKey
@@ -15,6 +16,9 @@ from nfqproxy.datapath.marks import MarkLayout
 Backend = tuple[bytes, int]
 Assignment = tuple[TableKey, Backend]
 UDP = 17
+# How many released ids a plan looks at before taking never-used ones. Released ids are
+# free (a plan never holds them), so the first is taken unless this very plan took it.
+FREE_LOOKAHEAD = 4096
 
 
 def present(frontend: Frontend | None) -> tuple[Backend, ...]:
@@ -32,18 +36,30 @@ class IdPlan:
 
 
 class BackendIds:
+    """Which id each (service port, backend) has, both ways. Every method costs what the
+    change touches, not what the node holds: at 10k services a sync that rebuilt a set of
+    all 60k ids took milliseconds, and one change must reach traffic in a few."""
+
     def __init__(self, marks: MarkLayout) -> None:
         self.marks = marks
         self.ids: dict[Assignment, int] = {}
+        self.owners: dict[int, Assignment] = {}  # self.ids inverted
         self.adopted: dict[Assignment, int] = {}  # from a previous process, until placed
-        self._free: deque[int] = deque()  # released ids, reused oldest first
+        self._adopted_ids: set[int] = set()
+        # Released ids, reused oldest first (a dict keeps insertion order, and finds and
+        # removes one in O(1), as a deque would not).
+        self._free: dict[int, None] = {}
         self._free_lock = threading.Lock()  # release() comes from the settling thread
         self._next = 1
 
     def adopt(self, assignments: dict[Assignment, int]) -> None:
-        """Ids a previous process gave (read back from conntrack): kept if still wanted."""
+        """Ids a previous process gave (read back from the map): kept if still wanted."""
         self.adopted = dict(assignments)
+        self._adopted_ids = set(assignments.values())
         self._next = max([self._next, *(i + 1 for i in assignments.values())])
+
+    def in_use(self, backend_id: int) -> bool:
+        return backend_id in self.owners or backend_id in self._adopted_ids
 
     def mark(self, assignment: Assignment) -> int:
         return self.marks.backend_mark(self.ids[assignment])
@@ -53,8 +69,7 @@ class BackendIds:
     ) -> IdPlan:
         """Ids for the backends of the new frontends (nothing is committed yet)."""
         result = IdPlan()
-        taken = set(self.ids.values()) | set(self.adopted.values())
-        fresh = iter(self._fresh_ids(taken))
+        fresh = iter(self._fresh_ids())
         for key, frontend in new.items():
             for backend in present(frontend):
                 assignment = (key, backend)
@@ -83,11 +98,12 @@ class BackendIds:
                     result.unchosen_udp[assignment] = self.ids[assignment]
         return result
 
-    def _fresh_ids(self, taken: set[int]):  # type: ignore[no-untyped-def]
+    def _fresh_ids(self) -> Iterator[int]:
+        """Unused ids, released ones first. Taken lazily: a change takes a few."""
         with self._free_lock:
-            free = list(self._free)
+            free = list(itertools.islice(self._free, FREE_LOOKAHEAD))
         for backend_id in free:
-            if backend_id not in taken:
+            if not self.in_use(backend_id):
                 yield backend_id
         while True:
             if self._next > self.marks.max_backend_id:
@@ -96,29 +112,30 @@ class BackendIds:
                     f"{self.marks.mask:#010x} has no room for more ids (--mark-mask)"
                 )
             self._next += 1
-            if self._next - 1 not in taken:
+            if not self.in_use(self._next - 1):
                 yield self._next - 1
 
     def commit(self, plan: IdPlan) -> None:
         """Takes the plan's ids. Those leaving are not free yet: release() frees them once
         their connections and map elements are gone, so that no new backend inherits a
         connection of an old one."""
+        for assignment in plan.leaving:
+            del self.owners[self.ids.pop(assignment)]
         for assignment, backend_id in plan.added.items():
             self.ids[assignment] = backend_id
-            self.adopted.pop(assignment, None)
+            self.owners[backend_id] = assignment
+            if self.adopted.pop(assignment, None) is not None:
+                self._adopted_ids.discard(backend_id)
             with self._free_lock:
-                if backend_id in self._free:
-                    self._free.remove(backend_id)
-        for assignment in plan.leaving:
-            del self.ids[assignment]
+                self._free.pop(backend_id, None)
 
     def release(self, backend_ids: list[int]) -> None:
         with self._free_lock:
-            self._free.extend(backend_ids)
+            self._free.update(dict.fromkeys(backend_ids))
 
     def release_unplaced(self) -> dict[Assignment, int]:
         """After the first sync: adopted ids no sync placed belong to backends removed
         while no process ran. Returned and forgotten, so that their flows are deleted and
         the ids released like those of any backend that leaves."""
-        unplaced, self.adopted = self.adopted, {}
+        unplaced, self.adopted, self._adopted_ids = self.adopted, {}, set()
         return unplaced

@@ -46,7 +46,7 @@ class KernelState(Protocol):
     def install(self) -> dict[int, Element]: ...
     def update_map(self, added: dict[int, Element], removed: list[int]) -> None: ...
     def tracked(self, marks: list[int]) -> Sequence[TrackedFlow]: ...
-    def forget(self, marks: list[int]) -> int: ...
+    def forget(self, marks: list[int]) -> None: ...
     def open_flows(self, limit: int) -> dict[int, int]: ...
 
 
@@ -202,8 +202,8 @@ class OffloadDatapath:
             if forget:
                 kernel.forget(forget)
             if unmap:
-                in_use = {self.ids.marks.backend_mark(i) for i in list(self.ids.ids.values())}
-                kernel.update_map({}, [m for m in unmap if m not in in_use])
+                backend_id = self.ids.marks.backend_id
+                kernel.update_map({}, [m for m in unmap if not self.ids.in_use(backend_id(m))])
             self.ids.release(release)
         except Exception as exc:
             log.error("offload: cannot delete removed backends' flows or map elements: %s", exc)
@@ -273,7 +273,7 @@ class OffloadDatapath:
         self._open_flows = (time.monotonic(), counts)
 
     def status(self) -> dict[str, object]:
-        names = {i: assignment for assignment, i in self.ids.ids.items()}
+        names = self.ids.owners
         by_backend: dict[str, int] = {}
         for backend_id, count in sorted(self.open_flows().items()):
             if backend_id in names:
