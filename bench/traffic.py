@@ -18,6 +18,7 @@ from nfqproxy_lab.proxy import read_status
 from nfqproxy_lab.topology import Lab
 
 TCPBENCH_SOURCE = Path(__file__).resolve().parent / "tcpbench.c"
+CEILING_SOURCE = Path(__file__).resolve().parent / "nfq_ceiling.c"
 # Client threads of the new-connections measure: several, so that the client is not what
 # limits the rate, on a machine of 2 cores as on a bigger one.
 CONNECTION_THREADS = 4
@@ -29,6 +30,13 @@ NEW_FLOW_COUNTER = verdict_counter(Action.ACCEPT, "new_flow")
 
 def build_tcpbench(out: Path) -> Path:
     netns.run(["gcc", "-O2", "-Wall", "-pthread", "-o", str(out), str(TCPBENCH_SOURCE)])
+    return out
+
+
+def build_nfq_ceiling(out: Path) -> Path:
+    """bench/nfq_ceiling.c: the cheapest NFQUEUE answer, accept without a decision."""
+    source = str(CEILING_SOURCE)
+    netns.run(["gcc", "-O2", "-Wall", "-o", str(out), source, "-lnetfilter_queue", "-lmnl"])
     return out
 
 

@@ -22,6 +22,7 @@ from bench.datapath.settings import (
     Settings,
 )
 from bench.traffic import (
+    build_nfq_ceiling,
     build_tcpbench,
     rss_mb,
     short_connections,
@@ -30,6 +31,7 @@ from bench.traffic import (
     widen_client_ports,
 )
 from nfqproxy_lab import netns
+from nfqproxy_lab.benchkit import wait_for_line
 from nfqproxy_lab.kube_proxy_rules import (
     KubeService,
     nft_layout_refused,
@@ -53,10 +55,10 @@ class Binaries:
 
 
 def build_binaries(out_dir: Path) -> Binaries:
-    ceiling = out_dir.resolve() / "nfq_ceiling"
-    source = str(BENCH_DIR / "nfq_ceiling.c")
-    netns.run(["gcc", "-O2", "-Wall", "-o", str(ceiling), source, "-lnetfilter_queue", "-lmnl"])
-    return Binaries(ceiling, build_tcpbench(out_dir.resolve() / "tcpbench"))
+    return Binaries(
+        build_nfq_ceiling(out_dir.resolve() / "nfq_ceiling"),
+        build_tcpbench(out_dir.resolve() / "tcpbench"),
+    )
 
 
 def bench_manifest() -> str:
@@ -114,7 +116,7 @@ def _queue_to_ceiling(lab: Lab, mode: str, ceiling: Path) -> None:
     copy = ["copy"] if mode == "ceiling-copy" else []
     command = netns.exec_command(lab.node_ns, [str(ceiling), str(QUEUE), *copy])
     process = lab.start_process("ceiling", command)
-    _wait_for_line(lab.dir / "ceiling.log", "ready", process)
+    wait_for_line(lab.dir / "ceiling.log", "ready", process)
 
 
 @contextmanager
@@ -159,19 +161,6 @@ def competitor(mode: str, binaries: Binaries, name: str) -> Iterator[Running]:
         yield running
     finally:
         lab.down()
-
-
-def _wait_for_line(
-    path: Path, text: str, process: subprocess.Popen[bytes], timeout: float = 10
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and text in path.read_text(errors="replace"):
-            return
-        if process.poll() is not None:
-            raise RuntimeError(f"{path.name}: exited: {path.read_text(errors='replace')}")
-        time.sleep(0.05)
-    raise TimeoutError(f"{path.name} did not say {text!r}")
 
 
 def measure(running: Running, settings: Settings, binaries: Binaries) -> dict[str, Any]:

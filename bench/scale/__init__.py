@@ -13,6 +13,10 @@ round (5 by default), and round r starts with mode r mod M, so that the order ro
   (src/nfqproxy_lab/kube_proxy_rules.py), loaded with iptables-restore on that back end;
 - nftables: kube-proxy's nftables mode layout, loaded with nft -f, where nft and the
   kernel take it;
+- queue-floor: the iptables layout (legacy) plus one NFQUEUE round trip for each
+  connection's first packet, accepted without a decision by bench/nfq_ceiling.c (one
+  queue and process per CPU): the floor of any design that decides first packets in
+  userspace, offload's included; packet measures only;
 - fast: nfqproxy --datapath fast; offload-1q, offload-nq: nfqproxy --datapath offload
   with 1 queue and with one per CPU (left out, with the reason, where this nfqproxy has
   no offload path); all following the in-process API server with --min-sync-period 0;

@@ -26,6 +26,7 @@ from bench.scale.settings import (
     NFQPROXY_MODES,
     OPTIONAL_MODES,
     PROGRAMMING_ONLY,
+    SKIPPED_MEASURES,
     THROUGHPUT_SIZE,
     TITLES,
     RunSettings,
@@ -107,6 +108,10 @@ def plan(settings: RunSettings) -> dict[str, Any]:
         "optional_modes": [m for m in OPTIONAL_MODES if m in settings.modes],
         "nfqproxy_modes": [m for m in settings.modes if m in NFQPROXY_MODES],
         "programming_only": [m for m in PROGRAMMING_ONLY if m in settings.modes],
+        # measure keys (before the "."), by mode, that the mode does not take
+        "skipped_measures": {
+            m: list(keys) for m, keys in SKIPPED_MEASURES.items() if m in settings.modes
+        },
         "unavailable": unavailable,  # known here; nftables is checked in each lab
         "throughput_size": settings.throughput_size,
         "rounds": settings.rounds,

@@ -10,10 +10,18 @@ from pathlib import Path
 from typing import Protocol
 
 from bench.scale.cluster import Cluster
-from bench.scale.settings import NFQPROXY_MODES, QUEUES, ProxyMode, RunSettings, modes_at
+from bench.scale.settings import (
+    FLOOR_MODE,
+    FLOOR_QUEUE,
+    NFQPROXY_MODES,
+    QUEUES,
+    ProxyMode,
+    RunSettings,
+    modes_at,
+)
 from bench.traffic import rss_mb
 from nfqproxy_lab import netns
-from nfqproxy_lab.benchkit import datapath_unavailable
+from nfqproxy_lab.benchkit import datapath_unavailable, wait_for_line
 from nfqproxy_lab.kube_proxy_rules import (
     NFT_DELETE,
     RESTORE_EMPTY,
@@ -26,7 +34,7 @@ from nfqproxy_lab.kube_proxy_rules import (
 )
 from nfqproxy_lab.proxy import start_proxy, wait_ready
 from nfqproxy_lab.served_api import ServedApi
-from nfqproxy_lab.topology import Lab
+from nfqproxy_lab.topology import SERVICE_CIDR, Lab
 
 
 class Competitor(Protocol):
@@ -108,6 +116,48 @@ class KubeProxyIptables(KubeProxyRules):
 
     def render_change(self, services: list[KubeService], old: KubeService, new: KubeService) -> str:
         return restore_change(services, old, new)
+
+
+class QueuedFirstPackets(KubeProxyIptables):
+    """The floor of any design that decides first packets in userspace: kube-proxy's
+    iptables layout (legacy back end) doing the DNAT, plus one NFQUEUE round trip for each
+    connection's first packet, answered by bench/nfq_ceiling.c (accept, no decision, one
+    batch verdict per read): what the offload path pays on top of the kernel's lookup,
+    without its own work. One queue per CPU, spread by CPU (--queue-cpu-fanout), each
+    answered by a process of its own, as offload-nq's worker threads are."""
+
+    def __init__(self, lab: Lab, cluster: Cluster, ceiling: Path) -> None:
+        super().__init__(lab, cluster, "legacy")
+        self.ceiling = ceiling
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def _queue_rule(self, action: str) -> list[str]:
+        spread = ["--queue-balance", f"{FLOOR_QUEUE}:{FLOOR_QUEUE + QUEUES - 1}"]
+        target = (
+            [*spread, "--queue-cpu-fanout"] if QUEUES > 1 else ["--queue-num", str(FLOOR_QUEUE)]
+        )
+        return [
+            "iptables-legacy", "-t", "mangle", action, "PREROUTING", "-d", SERVICE_CIDR,
+            "-m", "conntrack", "--ctstate", "NEW", "-j", "NFQUEUE", *target,
+        ]  # fmt: skip
+
+    def load(self) -> dict[str, float]:
+        loaded = super().load()
+        for queue in range(FLOOR_QUEUE, FLOOR_QUEUE + QUEUES):
+            command = netns.exec_command(self.lab.node_ns, [str(self.ceiling), str(queue)])
+            process = self.lab.start_process(f"ceiling{queue}", command)
+            self.processes.append(process)
+            wait_for_line(self.lab.dir / f"ceiling{queue}.log", "ready", process)
+        netns.run(netns.exec_command(self.lab.node_ns, self._queue_rule("-A")))
+        return loaded
+
+    def unload(self) -> None:
+        netns.run(netns.exec_command(self.lab.node_ns, self._queue_rule("-D")), check=False)
+        for process in self.processes:
+            process.terminate()
+            process.wait(10)
+        self.processes = []
+        super().unload()
 
 
 class KubeProxyNftables(KubeProxyRules):
@@ -197,6 +247,8 @@ def runnable_modes(
 def make_competitor(mode: str, lab: Lab, api: ServedApi, cluster: Cluster) -> Competitor:
     if mode == "nftables":
         return KubeProxyNftables(lab, cluster)
+    if mode == FLOOR_MODE:
+        return QueuedFirstPackets(lab, cluster, lab.dir / "nfq_ceiling")
     if mode.startswith("iptables-"):
         return KubeProxyIptables(lab, cluster, mode.removeprefix("iptables-"))
     return Nfqproxy(lab, cluster, api, NFQPROXY_MODES[mode])

@@ -13,7 +13,7 @@ from typing import TextIO
 
 from bench.scale.cluster import Cluster
 from bench.scale.settings import IPERF_PORT, LAB_PREFIX, SERVE_PORT
-from bench.traffic import build_tcpbench, widen_client_ports
+from bench.traffic import build_nfq_ceiling, build_tcpbench, widen_client_ports
 from nfqproxy_lab import netns
 from nfqproxy_lab.served_api import ServedApi
 from nfqproxy_lab.topology import Lab, all_labs
@@ -60,6 +60,7 @@ def scale_lab(size: int, name: str) -> Iterator[tuple[Lab, ServedApi, Cluster]]:
         widen_client_ports(lab)
         # The client and server of every measure, compiled into each lab.
         build_tcpbench(lab.dir / "tcpbench")
+        build_nfq_ceiling(lab.dir / "nfq_ceiling")
         for i in (1, 2, 3):
             serve = [str(lab.dir / "tcpbench"), "serve", str(SERVE_PORT)]
             lab.start_process(f"tcpbench{i}", netns.exec_command(lab.backend_ns(i), serve))

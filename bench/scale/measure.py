@@ -26,6 +26,7 @@ from bench.scale.settings import (
     MAX_CHANGES,
     PROGRAMMING_ONLY,
     SERVICE_PORT,
+    SKIPPED_MEASURES,
     RunSettings,
 )
 from bench.traffic import counting_decisions, short_connections, tcp_gbits, tcpbench, udp_small
@@ -37,11 +38,11 @@ POSITIONS = ("first", "middle", "last")  # of the services in iptables order
 
 
 @contextmanager
-def pinned(process: subprocess.Popen[bytes] | None, cpus: set[int]) -> Iterator[None]:
-    """Every thread of process on cpus, for the duration; then each back on the CPUs it
-    had (a data path that pins its queue threads to CPUs keeps them)."""
+def pinned(processes: list[subprocess.Popen[bytes]], cpus: set[int]) -> Iterator[None]:
+    """Every thread of the processes on cpus, for the duration; then each back on the CPUs
+    it had (a data path that pins its queue threads to CPUs keeps them)."""
     before: dict[int, set[int]] = {}
-    if process is not None:
+    for process in processes:
         for tid in (int(t) for t in os.listdir(f"/proc/{process.pid}/task")):
             with suppress(ProcessLookupError):
                 before[tid] = os.sched_getaffinity(tid)
@@ -200,6 +201,8 @@ def measure(
     errors: dict[str, str] = {}
     process = getattr(competitor, "process", None)  # nfqproxy's, where there is one
     proxied = process is not None
+    # The processes that answer the queue, nfqproxy's or the floor's: pinned with the client.
+    answering = [process] if process is not None else getattr(competitor, "processes", [])
 
     def attempt(name: str, take: Callable[[], Any]) -> None:
         for tries_left in (1, 0):
@@ -225,7 +228,7 @@ def measure(
         # run to the next: unpinned, that drowns whatever N does.
         indexes = (0, cluster.middle, cluster.last)
         vips = [service_vip(i) for i in indexes]
-        with pinned(process, {0}), counting_decisions(lab, proxied) as decided:
+        with pinned(answering, {0}), counting_decisions(lab, proxied) as decided:
             found, made = connect_latencies_us(lab, vips, settings.connects)
         for position, cell in zip(POSITIONS, found, strict=True):
             result[f"connect_{position}_us"] = cell
@@ -255,7 +258,8 @@ def measure(
                 )
                 time.sleep(0.5)  # iperf3's server ends one test before it takes the next
                 attempt("udp_kpps", iperf_udp)
-        attempt("changes", changes)
+        if "change_ms" not in SKIPPED_MEASURES.get(mode, ()):
+            attempt("changes", changes)
     finally:
         competitor.unload()
     if errors:

@@ -7,7 +7,14 @@ from __future__ import annotations
 from typing import Any
 
 from bench.scale.analysis import decisions, kep_comparison, targets, value
-from bench.scale.settings import ENDPOINTS, MODES, NFQPROXY_MODES, PROGRAMMING_ONLY, TITLES
+from bench.scale.settings import (
+    ENDPOINTS,
+    MODES,
+    NFQPROXY_MODES,
+    PROGRAMMING_ONLY,
+    SKIPPED_MEASURES,
+    TITLES,
+)
 from nfqproxy_lab.benchkit import (
     MET,
     NOISE,
@@ -220,6 +227,8 @@ def report_markdown(results: dict[str, Any]) -> str:
         ]
         for mode in results["modes"]:
             if scope != EVERY and mode in PROGRAMMING_ONLY:
+                continue
+            if key.split(".")[0] in SKIPPED_MEASURES.get(mode, ()):
                 continue
             row = cells.get(mode, {})
             lines.append(f"| {mode} | " + " | ".join(_cell(row.get(s)) for s in sizes) + " |")

@@ -37,7 +37,15 @@ NFQPROXY_MODES = {
     "reference": ProxyMode("reference"),
 }
 KERNEL_MODES = ("iptables-legacy", "iptables-nft", "nftables")
-MODES = (*KERNEL_MODES, *NFQPROXY_MODES)
+# The floor of a first-packet design: the iptables layout plus an NFQUEUE round trip per
+# connection, answered without a decision (bench/nfq_ceiling.c). Its packet measures only:
+# its rules change as iptables-legacy's do.
+FLOOR_MODE = "queue-floor"
+FLOOR_QUEUE = 100  # its queue numbers, FLOOR_QUEUE onwards: none nfqproxy uses
+CHANGE_MEASURES = ("change_ms", "change_call_ms")
+# Measures a mode leaves out (besides the programming-only modes' packet measures).
+SKIPPED_MEASURES = {FLOOR_MODE: CHANGE_MEASURES}
+MODES = (*KERNEL_MODES, FLOOR_MODE, *NFQPROXY_MODES)
 # The reference path is the readable specification, slow by design: only when asked for.
 DEFAULT_MODES = tuple(m for m in MODES if m != "reference")
 PROGRAMMING_ONLY = tuple(m for m, p in NFQPROXY_MODES.items() if p.min_sync_period)
@@ -59,6 +67,9 @@ TITLES = {
     "iptables-legacy": "kube-proxy iptables layout, legacy back end (iptables-restore)",
     "iptables-nft": "kube-proxy iptables layout, nft back end (iptables-restore)",
     "nftables": "kube-proxy nftables layout (nft -f)",
+    FLOOR_MODE: "first-packet floor: the iptables layout (legacy) plus each connection's "
+    f"first packet through NFQUEUE ({QUEUES} queue(s), CPU fan-out), accepted undecided by "
+    "bench/nfq_ceiling.c (packet measures only)",
     **{
         m: f"nfqproxy --datapath {p.datapath} {' '.join(p.flags)} "
         f"--min-sync-period {p.min_sync_period:g}".replace("  ", " ")

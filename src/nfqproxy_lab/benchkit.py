@@ -294,3 +294,18 @@ def metadata_markdown(metadata: Mapping[str, Any]) -> list[str]:
         if key in metadata:
             lines.append(f"| {known.get(key, key)} | {metadata[key]} |")
     return lines
+
+
+def wait_for_line(
+    path: Path, text: str, process: subprocess.Popen[bytes], timeout: float = 10
+) -> None:
+    """Waits until a process's log says text (a helper's "ready"); raises if it exits first
+    or stays silent for timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return
+        if process.poll() is not None:
+            raise RuntimeError(f"{path.name}: exited: {path.read_text(errors='replace')}")
+        time.sleep(0.05)
+    raise TimeoutError(f"{path.name} did not say {text!r}")

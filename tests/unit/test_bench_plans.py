@@ -21,10 +21,13 @@ def test_the_scale_benchmark_runs_5_rotated_rounds_of_every_competitor() -> None
     found = benchmark_plan("bench")
     assert found["rounds"] >= 5 and found["sizes"] == [100, 1000, 10000]
     sync = f"-sync-{defaults.MIN_SYNC_PERIOD:g}s"
-    expected = {"iptables-legacy", "iptables-nft", "nftables", "fast", "offload-1q", "offload-nq"}
+    expected = {"iptables-legacy", "iptables-nft", "nftables", "queue-floor", "fast"}
+    expected |= {"offload-1q", "offload-nq"}
     assert expected | {f"fast{sync}", f"offload-1q{sync}"} == set(found["modes"])
     assert "reference" in found["all_modes"] and "reference" not in found["modes"]
     assert found["programming_only"] == [f"fast{sync}", f"offload-1q{sync}"]
+    # The first-packet floor's rules change as iptables-legacy's: no change measures.
+    assert found["skipped_measures"] == {"queue-floor": ["change_ms", "change_call_ms"]}
     for size, modes in found["modes_by_size"].items():
         at_largest = int(size) == max(found["sizes"])
         assert (f"fast{sync}" in modes) == at_largest, size
