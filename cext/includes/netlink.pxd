@@ -35,7 +35,9 @@ cdef extern from "<sys/socket.h>" nogil:
         SOL_SOCKET
         SO_RCVBUFFORCE
         SO_SNDBUFFORCE
+        SO_RCVTIMEO
         MSG_DONTWAIT
+        MSG_WAITFORONE
 
 
 cdef extern from "<poll.h>" nogil:
@@ -50,6 +52,20 @@ cdef extern from "<poll.h>" nogil:
 
 cdef extern from "<unistd.h>" nogil:
     int close(int fd)
+
+
+cdef extern from "<fcntl.h>" nogil:
+    int fcntl(int fd, int cmd, ...)
+    enum:
+        F_GETFL
+        F_SETFL
+        O_NONBLOCK
+
+
+cdef extern from "<sys/time.h>" nogil:
+    struct timeval:
+        long tv_sec
+        long tv_usec
 
 
 cdef extern from "<errno.h>" nogil:
