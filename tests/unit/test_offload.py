@@ -5,12 +5,17 @@ layout are checked here too; tests/kernel runs every scenario on it for real."""
 
 from __future__ import annotations
 
+from ipaddress import ip_address
+
 import dpkt
 import pytest
 
 from nfqproxy.datapath.compiled import compiled_available
+from nfqproxy.datapath.frontends import Frontend
 from nfqproxy.datapath.marks import MarkLayout, parse_mask
+from nfqproxy.datapath.offload.backends import BackendIds, IdPlan
 from nfqproxy.datapath.verdicts import Action
+from nfqproxy.model import Backend, ServicePort
 from nfqproxy_lab.packets import tcp_packet, udp_packet
 from tests.helpers.clock import FakeClock
 from tests.helpers.datapaths import new_datapath
@@ -82,6 +87,46 @@ def test_backends_keep_their_ids_while_present_and_ids_are_reused_only_after_rel
     assert {a: i for a, i in ids.items() if a in kept} == kept
     offload.apply(snapshot(frozenset({0, 1, 3})))
     assert set(offload.ids.ids.values()) == set(ids.values())  # type: ignore[attr-defined]
+
+
+def test_backend_ids_know_each_owner_and_reuse_released_ids_oldest_first() -> None:
+    ids = BackendIds(MarkLayout())
+    key = (b"\x0a\x60\x00\x0a", 6, 80)
+    backends = [(bytes([10, 244, i, 2]), 8080) for i in range(1, 6)]
+
+    def frontend(chosen: list[int]) -> Frontend:
+        port = ServicePort(
+            "d/web:http",
+            ip_address("10.96.0.10"),
+            "TCP",
+            80,
+            tuple(Backend(ip_address(backends[i][0]), 8080) for i in chosen),
+        )
+        return Frontend.from_model(port, 0)
+
+    def change(old: list[int] | None, new: list[int]) -> IdPlan:
+        plan = ids.plan({key: frontend(old) if old is not None else None}, {key: frontend(new)})
+        ids.commit(plan)
+        return plan
+
+    change(None, [0, 1, 2])
+    assert ids.owners == {i: a for a, i in ids.ids.items()} and len(ids.owners) == 3
+    gone = change([0, 1, 2], [0])
+    assert sorted(gone.leaving.values()) == [2, 3]
+    assert ids.owners == {1: (key, backends[0])}
+    # Not released yet (their connections may still carry them): never given again.
+    assert not ids.in_use(2) and not ids.in_use(3)
+    assert list(change([0], [0, 3]).added.values()) == [4]
+    ids.release([3, 2])
+    added = change([0, 3], [0, 3, 1, 4])
+    assert sorted(added.added.values()) == [2, 3]  # the released ones, not 5
+    assert ids.owners == {i: a for a, i in ids.ids.items()} and len(ids.owners) == 4
+    # Ids adopted from a previous process are taken until placed or released unplaced.
+    adopting = BackendIds(MarkLayout())
+    adopting.adopt({((key, backends[4])): 7})
+    assert adopting.in_use(7)
+    assert adopting.release_unplaced() == {(key, backends[4]): 7}
+    assert not adopting.in_use(7)
 
 
 def test_a_mark_layout_spreads_ids_over_any_mask_and_reads_them_back() -> None:
