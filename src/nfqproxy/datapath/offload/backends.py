@@ -16,8 +16,8 @@ from nfqproxy.datapath.marks import MarkLayout
 Backend = tuple[bytes, int]
 Assignment = tuple[TableKey, Backend]
 UDP = 17
-# How many released ids a plan looks at before taking never-used ones. Released ids are
-# free (a plan never holds them), so the first is taken unless this very plan took it.
+# How many released ids one plan may take before it takes never-used ones: copying the
+# whole free list at every sync would cost what the node holds, not what changed.
 FREE_LOOKAHEAD = 4096
 
 
