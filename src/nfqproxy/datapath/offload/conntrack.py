@@ -15,6 +15,7 @@ import asyncio
 import errno
 import os
 import socket
+import struct
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -22,6 +23,7 @@ from typing import Any, TypeVar
 from pyroute2 import AsyncNFCTSocket
 from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_ERROR
 from pyroute2.netlink.exceptions import NetlinkDecodeError, NetlinkError
+from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_CTNETLINK
 from pyroute2.netlink.nfnetlink.nfctsocket import (
     IPCTNL_MSG_CT_DELETE,
     IPCTNL_MSG_CT_GET,
@@ -29,6 +31,12 @@ from pyroute2.netlink.nfnetlink.nfctsocket import (
 )
 
 T = TypeVar("T")
+
+NETLINK_NETFILTER = 12  # linux/netlink.h; the socket module does not name it
+# A flush's request and the one answer read back: nlmsghdr, then nlmsgerr's error code.
+_ACK = struct.Struct("=IHHIIi")
+FLUSH_SEQUENCE = 1
+FLUSH_TIMEOUT = 60.0  # seconds: a walk of millions of entries takes a second or two
 
 U32 = 0xFFFF_FFFF
 PROTOCOLS = frozenset({socket.IPPROTO_TCP, socket.IPPROTO_UDP})
@@ -123,6 +131,10 @@ class ConntrackTable:
         a busy backend took 0.8 s, during which the proxy's next sync crawled. Deleting
         entry by entry would cost a netlink round trip each.
 
+        The request goes out on a plain netlink socket, not pyroute2's asyncio one: setting
+        that up costs 1-2 ms of Python per call, holding the GIL while the proxy's next
+        sync waits for it. pyroute2 still encodes the message.
+
         Since Linux 4.19 (commit 9306425b70bf) a kernel that cannot filter by mark
         (no CONFIG_NF_CONNTRACK_MARK) refuses the flush with EOPNOTSUPP rather than
         flushing everything; the hooks' CONNMARK needs that option anyway.
@@ -133,19 +145,20 @@ class ConntrackTable:
         _check_filter(mark, mask)
         if mask == 0:
             raise ValueError("refusing to delete with mask 0: it matches every entry")
-
-        async def flush(sock: Any) -> None:
-            await _flush(sock, mark, mask)
-
-        self._run(f"delete conntrack entries of mark {mark:#x}/{mask:#x}", flush)
+        action = f"delete conntrack entries of mark {mark:#x}/{mask:#x}"
+        self._check_callable(action)
+        try:
+            code = _flush(mark, mask)
+        except OSError as exc:
+            raise ConntrackError(_explain(action, exc.errno, str(exc))) from exc
+        if code:
+            raise ConntrackError(_explain(action, code))
 
     def close(self) -> None:
         """Later calls raise ConntrackError. No socket outlives a call, so none is open."""
         self._closed = True
 
-    def _run(self, action: str, work: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
-        """Runs work(socket) on a new ctnetlink socket in an event loop of its own, and
-        turns every failure into a ConntrackError that names the action."""
+    def _check_callable(self, action: str) -> None:
         if self._closed:
             raise ConntrackError(f"cannot {action}: the conntrack table is closed")
         try:
@@ -157,6 +170,11 @@ class ConntrackTable:
                 f"cannot {action} from a running event loop: ConntrackTable blocks, "
                 "call it in an executor thread"
             )
+
+    def _run(self, action: str, work: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+        """Runs work(socket) on a new ctnetlink socket in an event loop of its own, and
+        turns every failure into a ConntrackError that names the action."""
+        self._check_callable(action)
         try:
             # A plain selector loop, not the policy's: pyroute2 wraps the netlink socket
             # in an asyncio transport, and uvloop (the proxy's loop) is not known to
@@ -195,24 +213,34 @@ async def _dump(sock: Any, mark: int, mask: int) -> AsyncIterator[Any]:
         yield entry
 
 
-async def _flush(sock: Any, mark: int, mask: int) -> None:
+def _flush(mark: int, mask: int) -> int:
     """Deletes the IPv4 entries with (ctmark & mask) == mark: a delete request with no tuple
-    is a flush, and CTA_MARK with CTA_MARK_MASK filter it.
+    is a flush, and CTA_MARK with CTA_MARK_MASK filter it. Returns the kernel's answer, 0
+    or an errno.
 
     Not NFCTSocket.flush(): it leaves the nfgenmsg version at 0, and for version 0 the
     kernel flushes every address family, IPv6 entries of the mark included. With version
     1 it keeps to nfgen_family (seen on 6.18; a kernel that ignores the version would
     flush the mark's IPv6 entries too)."""
     request = nfct_msg.create_from(mark=mark, mark_mask=mask)
+    request["nfgen_family"] = socket.AF_INET
     request["version"] = 1
-    async for _ in await sock.request(
-        request,
-        IPCTNL_MSG_CT_DELETE,
-        msg_flags=NLM_F_REQUEST | NLM_F_ACK,
-        # The answer is one ACK (an NLMSG_ERROR of code 0); pyroute2 raises on any other.
-        terminate=lambda msg: msg["header"]["type"] == NLMSG_ERROR,
-    ):
-        pass
+    request["header"]["type"] = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE
+    request["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK
+    request["header"]["sequence_number"] = FLUSH_SEQUENCE
+    request.encode()
+    raw = socket.SOCK_RAW | socket.SOCK_CLOEXEC
+    with socket.socket(socket.AF_NETLINK, raw, NETLINK_NETFILTER) as sock:
+        sock.settimeout(FLUSH_TIMEOUT)
+        sock.bind((0, 0))
+        sock.send(request.data)
+        while True:  # the answer is one ACK: an NLMSG_ERROR of code 0, or the error
+            answer = sock.recv(65536)
+            if len(answer) < _ACK.size:
+                raise OSError(errno.EBADMSG, "a truncated answer from ctnetlink")
+            _length, kind, _flags, sequence, _pid, code = _ACK.unpack_from(answer)
+            if kind == NLMSG_ERROR and sequence == FLUSH_SEQUENCE:
+                return -int(code)
 
 
 def _checked_mark(entry: Any, mark: int, mask: int) -> int:
