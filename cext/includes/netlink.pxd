@@ -40,16 +40,6 @@ cdef extern from "<sys/socket.h>" nogil:
         MSG_WAITFORONE
 
 
-cdef extern from "<poll.h>" nogil:
-    struct pollfd:
-        int fd
-        short events
-        short revents
-    enum:
-        POLLIN
-    int poll(pollfd *fds, unsigned long nfds, int timeout)
-
-
 cdef extern from "<unistd.h>" nogil:
     int close(int fd)
 

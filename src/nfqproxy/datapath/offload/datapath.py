@@ -176,9 +176,13 @@ class OffloadDatapath:
                     expires + frontend.affinity_seconds,
                 )
 
+    def _work_pending(self) -> bool:
+        """Whether removed backends wait to be settled; call with self._pending held."""
+        return bool(self._to_forget or self._to_unmap or self._to_release)
+
     def _schedule_settle(self) -> None:
         with self._pending:
-            if not (self._to_forget or self._to_unmap or self._to_release) or self._settling:
+            if not self._work_pending() or self._settling:
                 return
             if self._settler is None:  # no kernel attached (unit tests): nothing to delete
                 self._to_forget, self._to_unmap = [], []
@@ -224,7 +228,7 @@ class OffloadDatapath:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._pending:
-                if not (self._settling or self._to_forget or self._to_unmap or self._to_release):
+                if not (self._settling or self._work_pending()):
                     return True
             time.sleep(0.01)
         return False
