@@ -23,6 +23,7 @@ from includes.threads cimport *
 from fastpath.constants cimport *
 from fastpath.structs cimport *
 
+from nfqproxy.datapath import frontends as _frontends, marks as _marks
 from nfqproxy.datapath.flows import FULL_SCAN_INTERVAL, affinity_capacity
 from nfqproxy.datapath.hashing import SEED_FLOW
 
@@ -57,6 +58,19 @@ _check_table("REASON_NAMES", REASON_NAMES, R_COUNT)
 _check_table("STATE_NAMES", STATE_NAMES, S_COUNT)
 _check_table("EVENT_COUNTER_NAMES", EVENT_COUNTER_NAMES, E_COUNT)
 _check_table("QUEUE_STAT_NAMES", QUEUE_STAT_NAMES, Q_COUNT)
+
+# The numbers the Python side programs and hands over must mean the same here.
+for _name, _c_value, _py_value in (
+    ("POLICY_INTERNAL", POLICY_INTERNAL, _frontends.INTERNAL),
+    ("POLICY_EXTERNAL_CLUSTER", POLICY_EXTERNAL_CLUSTER, _frontends.EXTERNAL_CLUSTER),
+    ("POLICY_EXTERNAL_LOCAL", POLICY_EXTERNAL_LOCAL, _frontends.EXTERNAL_LOCAL),
+    ("SOURCE_POD", SOURCE_POD, _marks.SOURCE_POD),
+    ("SOURCE_OFF_CLUSTER", SOURCE_OFF_CLUSTER, _marks.SOURCE_OFF_CLUSTER),
+    ("SOURCE_NODE", SOURCE_NODE, _marks.SOURCE_NODE),
+    ("VARIANT_CLUSTER", VARIANT_CLUSTER, _frontends.VARIANT_CLUSTER),
+):
+    if _c_value != _py_value:
+        raise ImportError(f"nfqproxy._fastpath: {_name} is {_c_value} in C, {_py_value} in Python")
 
 # --- the parts, by role -------------------------------------------------------------------
 

@@ -84,6 +84,15 @@ cdef enum:  # IP protocol numbers
 cdef enum:
     MAX_RANGES = 16  # service CIDRs
 
+cdef enum:  # as nfqproxy.datapath.frontends and marks name them (checked when loaded)
+    POLICY_INTERNAL = 0          # a ClusterIP: sources off the cluster masqueraded
+    POLICY_EXTERNAL_CLUSTER = 1  # every source masqueraded
+    POLICY_EXTERNAL_LOCAL = 2    # pods and the node take the cluster variant
+    SOURCE_POD = 1               # the mark's source bits, as the queue hands them over
+    SOURCE_OFF_CLUSTER = 2
+    SOURCE_NODE = 4
+    VARIANT_CLUSTER = 0x80       # in a frontend key's protocol: the cluster variant
+
 # Sentinels that do not fit an enum (a C int): typed compile-time constants.
 cdef extern from *:
     """

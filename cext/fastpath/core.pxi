@@ -61,17 +61,19 @@ cdef class FastCore:
 
     def set_frontend(self, uint32_t slot, uint32_t vip, uint8_t proto, uint16_t port,
                      list backends, table, double affinity_timeout=0, list draining=None,
-                     bint drop_when_empty=False, list marks=None):
+                     bint drop_when_empty=False, list marks=None, uint8_t policy=0):
         """Installs a frontend in a slot: backends [(packed ip, port)], table array('H'),
         and the draining backends, which keep their open flows but get no new ones.
         drop_when_empty: with no backends, drop new flows instead of rejecting them.
-        marks: the offload path's mark for each backend, chosen then draining."""
+        marks: the offload path's mark for each backend, chosen then draining.
+        policy: POLICY_*, how the frontend's sources are told apart."""
         cdef Frontend *f
         with self.hold():
             f = frontend_install(&self.c.services, slot, vip, proto, port, backends,
                                  backends + (draining or []), table, marks)
             f.affinity_timeout = affinity_timeout
             f.drop_when_empty = drop_when_empty
+            f.policy = policy
             if affinity_timeout > 0:
                 affinity_reserve(&self.c.affinity)
 
@@ -104,31 +106,31 @@ cdef class FastCore:
 
     # --- packets and status ----------------------------------------------------------------
 
-    def process(self, const uint8_t[:] raw, double now, bint partial=False):
-        """(action, reason, payload or None, proxied, hairpin) for one packet.
+    def process(self, const uint8_t[:] raw, double now, bint partial=False, int source=0):
+        """(action, reason, payload or None, proxied, masquerade) for one packet.
 
         partial: the packet's L4 checksum field holds only the pseudo-header sum, as the
-        kernel reports with NFQA_SKB_CSUMNOTREADY.
+        kernel reports with NFQA_SKB_CSUMNOTREADY. source: the SOURCE_* bits of its mark.
         """
         cdef uint32_t length = raw.shape[0]
         cdef bytearray buf = bytearray(raw)
         cdef uint8_t *data = <uint8_t *> (<char *> buf) if length else <uint8_t *> b""
         cdef Verdict v
         with self.hold():
-            v = process_packet(&self.c, data, length, now, partial)
+            v = process_packet(&self.c, data, length, now, partial, source)
         payload = bytes(buf[:v.length]) if v.action == ACT_ACCEPT else None
-        return ACTION_NAMES[v.action], REASON_NAMES[v.reason], payload, bool(v.proxied), bool(v.hairpin)
+        return ACTION_NAMES[v.action], REASON_NAMES[v.reason], payload, bool(v.proxied), bool(v.masquerade)
 
-    def decide_first(self, const uint8_t[:] raw, double now):
+    def decide_first(self, const uint8_t[:] raw, double now, int source=0):
         """The offload path's verdict for a flow's first packet: (action, reason, backend
-        mark, proxied, hairpin). The packet is not rewritten."""
+        mark, proxied, masquerade). The packet is not rewritten."""
         cdef uint32_t length = raw.shape[0]
         cdef bytearray buf = bytearray(raw)
         cdef uint8_t *data = <uint8_t *> (<char *> buf) if length else <uint8_t *> b""
         cdef Verdict v
         with self.hold():
-            v = process_first_packet(&self.c, data, length, now)
-        return ACTION_NAMES[v.action], REASON_NAMES[v.reason], v.mark, bool(v.proxied), bool(v.hairpin)
+            v = process_first_packet(&self.c, data, length, now, source)
+        return ACTION_NAMES[v.action], REASON_NAMES[v.reason], v.mark, bool(v.proxied), bool(v.masquerade)
 
     def remember_affinity(self, uint8_t proto, bytes client, bytes vip, uint16_t vport,
                           bytes backend, uint16_t backend_port, double expires):

@@ -2,14 +2,36 @@
 # reference's process() (nfqproxy.datapath.reference.datapath), with the same reasons in the
 # same order of checks. The packet is rewritten in place; nothing here takes the GIL.
 
-cdef Frontend *frontend_for_new_flow(Core *c, Headers *h, Verdict *v) noexcept nogil:
-    """The frontend a new flow to h's destination goes to; NULL, with the verdict set to a
-    reject or a drop, when no backend can take it."""
+cdef inline bint is_request(ServiceTable *s, uint8_t *pkt, Headers *h) noexcept nogil:
+    """To a service: a ClusterIP (the whole range), or an external frontend. The hooks queue
+    only the frontends' own ports outside the range, so any other packet is a reply."""
+    return in_service_ranges(s, rd32(pkt + 16)) or frontend_find(s, h.dst, h.proto, h.dport) != NULL
+
+
+cdef Frontend *frontend_for_new_flow(Core *c, Headers *h, Verdict *v, int source) noexcept nogil:
+    """The frontend a new flow to h's destination from a source with these SOURCE_* bits
+    goes to, its verdict's masquerade set by the frontend's policy (the reference's
+    routing()); NULL, with the verdict set to a reject or a drop, when no backend can take
+    it."""
     cdef Frontend *f = frontend_find(&c.services, h.dst, h.proto, h.dport)
+    v.masquerade = 0
     if f == NULL:
         v.action = ACT_REJECT
         v.reason = R_PORT_NOT_SERVED if map_slot(&c.services.vip_map, h.dst, False) != NULL else R_NO_SERVICE
         return NULL
+    if f.policy == POLICY_EXTERNAL_CLUSTER:
+        v.masquerade = 1
+    elif f.policy == POLICY_EXTERNAL_LOCAL:
+        if source & (SOURCE_POD | SOURCE_NODE):
+            # The cluster's own pods and the node take every endpoint of the cluster; the
+            # node's traffic is masqueraded (kube-proxy's EXT chain, nfqproxy.external).
+            v.masquerade = not (source & SOURCE_POD)
+            f = frontend_find(&c.services, h.dst, h.proto | VARIANT_CLUSTER, h.dport)
+            if f == NULL:  # programmed with its primary, always; a bug if not
+                v.action, v.reason = ACT_DROP, R_INTERNAL_ERROR
+                return NULL
+    elif source & SOURCE_OFF_CLUSTER:
+        v.masquerade = 1
     if f.backend_count == 0:
         if f.drop_when_empty:
             v.action, v.reason = ACT_DROP, R_NO_LOCAL_ENDPOINTS
@@ -20,13 +42,14 @@ cdef Frontend *frontend_for_new_flow(Core *c, Headers *h, Verdict *v) noexcept n
 
 
 cdef void decide_request(Core *c, uint8_t *pkt, Headers *h, double now, bint partial,
-                         Verdict *v) noexcept nogil:
+                         int source, Verdict *v) noexcept nogil:
     """A packet to a service address: a known flow's, or a new flow's, DNATed."""
     cdef FlowTable *t = &c.flows
     cdef uint32_t index = flow_live(t, flow_find(t, False, h.proto, h.src, h.sport, h.dst, h.dport), now)
     cdef Frontend *f
     cdef Flow flow
     v.reason = R_REQUEST
+    v.masquerade = 0
     if index != NIL and t.entries[index].state == S_BACKEND_GONE:
         flow_remove(t, index)
         index = NIL
@@ -36,7 +59,7 @@ cdef void decide_request(Core *c, uint8_t *pkt, Headers *h, double now, bint par
         # A SYN starts a new connection (a reused port, or a SYN sent again after
         # its backend left): it gets a new backend, not a reset.
     if index == NIL:
-        f = frontend_for_new_flow(c, h, v)
+        f = frontend_for_new_flow(c, h, v, source)
         if f == NULL:
             return
         flow.proto, flow.client_ip, flow.client_port = h.proto, h.src, h.sport
@@ -50,7 +73,8 @@ cdef void decide_request(Core *c, uint8_t *pkt, Headers *h, double now, bint par
     rewrite(pkt, h.hl, h.proto, t.entries[index].backend_ip, t.entries[index].backend_port,
             True, partial)
     v.action, v.proxied = ACT_ACCEPT, 1
-    v.hairpin = t.entries[index].backend_ip == t.entries[index].client_ip
+    # Only a flow's first packet reaches the nat table: the masquerade it decides stays.
+    v.masquerade = v.masquerade or t.entries[index].backend_ip == t.entries[index].client_ip
 
 
 cdef void decide_reply(Core *c, uint8_t *pkt, Headers *h, double now, bint partial,
@@ -79,7 +103,7 @@ cdef void decide_reply(Core *c, uint8_t *pkt, Headers *h, double now, bint parti
 
 
 cdef inline void decide(Core *c, uint8_t *pkt, uint32_t length, double now, bint partial,
-                        Verdict *v) noexcept nogil:
+                        int source, Verdict *v) noexcept nogil:
     cdef Headers h
     if not parse_ip(pkt, length, &h, v):
         return
@@ -93,27 +117,27 @@ cdef inline void decide(Core *c, uint8_t *pkt, uint32_t length, double now, bint
         return
     if h.hl > 20:
         c.events[E_IP_OPTIONS] += 1
-    if in_service_ranges(&c.services, rd32(pkt + 16)):
-        decide_request(c, pkt, &h, now, partial, v)
+    if is_request(&c.services, pkt, &h):
+        decide_request(c, pkt, &h, now, partial, source, v)
     else:
         decide_reply(c, pkt, &h, now, partial, v)
 
 
 cdef Verdict process_packet(Core *c, uint8_t *pkt, uint32_t length, double now,
-                            bint partial) noexcept nogil:
+                            bint partial, int source) noexcept nogil:
     """The verdict for one packet, counted; rewrites it in place. The reference's process().
 
     partial: the packet's L4 checksum field holds only the pseudo-header sum, as the kernel
-    reports with NFQA_SKB_CSUMNOTREADY.
+    reports with NFQA_SKB_CSUMNOTREADY. source: the SOURCE_* bits of its mark.
     """
     cdef Verdict v
-    v.action, v.reason, v.proxied, v.hairpin, v.length, v.mark = ACT_DROP, R_TRUNCATED_IP, 0, 0, length, 0
-    decide(c, pkt, length, now, partial, &v)
+    v.action, v.reason, v.proxied, v.masquerade, v.length, v.mark = ACT_DROP, R_TRUNCATED_IP, 0, 0, length, 0
+    decide(c, pkt, length, now, partial, source, &v)
     c.verdicts[v.action][v.reason] += 1
     return v
 
 
-cdef void decide_first(Core *c, uint8_t *pkt, uint32_t length, double now,
+cdef void decide_first(Core *c, uint8_t *pkt, uint32_t length, double now, int source,
                        Verdict *v) noexcept nogil:
     """The offload path: the first packet of a flow (conntrack calls it NEW), decided by the
     same rules, but not rewritten: the verdict's mark names the backend, and the kernel's
@@ -134,15 +158,15 @@ cdef void decide_first(Core *c, uint8_t *pkt, uint32_t length, double now,
     if h.hl > 20:
         c.events[E_IP_OPTIONS] += 1
     v.reason = R_UNKNOWN_REPLY
-    if not in_service_ranges(&c.services, rd32(pkt + 16)):
-        return  # the hooks queue only the service ranges; as the fast path, drop the unplaceable
+    if not is_request(&c.services, pkt, &h):
+        return  # the hooks queue only the frontends; as the fast path, drop the unplaceable
     if h.proto == PROTO_TCP and not (h.flags & TCP_SYN and not h.flags & TCP_ACK):
         # Conntrack no longer knows this connection: its backend was removed (its entries
         # were deleted) or the entry expired. No backend has it any more: reset the client,
         # as the fast path does for a flow whose backend left.
         v.action, v.reason = ACT_REJECT, R_BACKEND_REMOVED
         return
-    f = frontend_for_new_flow(c, &h, v)
+    f = frontend_for_new_flow(c, &h, v, source)
     if f == NULL:
         return
     flow.proto, flow.client_ip, flow.client_port = h.proto, h.src, h.sport
@@ -151,14 +175,14 @@ cdef void decide_first(Core *c, uint8_t *pkt, uint32_t length, double now,
     f.decided[chosen] += 1
     v.action, v.reason, v.proxied = ACT_ACCEPT, R_NEW_FLOW, 1
     v.mark = f.backend_marks[chosen]
-    v.hairpin = flow.backend_ip == flow.client_ip
+    v.masquerade = v.masquerade or flow.backend_ip == flow.client_ip
 
 
 cdef Verdict process_first_packet(Core *c, uint8_t *pkt, uint32_t length,
-                                  double now) noexcept nogil:
+                                  double now, int source) noexcept nogil:
     """decide_first's verdict, counted."""
     cdef Verdict v
-    v.action, v.reason, v.proxied, v.hairpin, v.length, v.mark = ACT_DROP, R_TRUNCATED_IP, 0, 0, length, 0
-    decide_first(c, pkt, length, now, &v)
+    v.action, v.reason, v.proxied, v.masquerade, v.length, v.mark = ACT_DROP, R_TRUNCATED_IP, 0, 0, length, 0
+    decide_first(c, pkt, length, now, source, &v)
     c.verdicts[v.action][v.reason] += 1
     return v

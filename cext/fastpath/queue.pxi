@@ -24,7 +24,8 @@ cdef class FastQueue:
     cdef int fd
     cdef readonly uint32_t queue_num
     cdef uint32_t max_len
-    cdef uint32_t mark_mask, mark_proxied, mark_reject, mark_hairpin
+    cdef uint32_t mark_mask, mark_proxied, mark_reject, mark_masquerade
+    cdef uint32_t mark_source_pod, mark_source_off_cluster, mark_source_node
     cdef bint fail_open, offload
     cdef int stopping
     cdef FastCore core
@@ -36,16 +37,19 @@ cdef class FastQueue:
     cdef uint64_t counts[Q_COUNT]  # by Q_*, named by QUEUE_STAT_NAMES
 
     def __cinit__(self, FastCore core, uint32_t queue_num, uint32_t max_len, uint32_t mark_mask,
-                  uint32_t mark_proxied, uint32_t mark_reject, uint32_t mark_hairpin,
-                  bint fail_open=False, bint offload=False):
+                  uint32_t mark_proxied, uint32_t mark_reject, uint32_t mark_masquerade,
+                  bint fail_open=False, bint offload=False, tuple source_marks=(0, 0, 0)):
         """The marks are bits inside mark_mask; a verdict never touches a bit outside it.
-        offload: answer first packets with the chosen backend's mark instead of rewriting."""
+        offload: answer first packets with the chosen backend's mark instead of rewriting.
+        source_marks: the bits the hooks set on a source in the cluster, one outside it,
+        and one from this node (MarkLayout.source_pod, source_off_cluster, source_node)."""
         self.fd = -1
         self.fail_open, self.offload = fail_open, offload
         self.core = core
         self.queue_num, self.max_len = queue_num, max_len
         self.mark_mask = mark_mask
-        self.mark_proxied, self.mark_reject, self.mark_hairpin = mark_proxied, mark_reject, mark_hairpin
+        self.mark_proxied, self.mark_reject, self.mark_masquerade = mark_proxied, mark_reject, mark_masquerade
+        self.mark_source_pod, self.mark_source_off_cluster, self.mark_source_node = source_marks
         self.rx = <char *> malloc(BATCH * RX_SLOT)
         self.tx = <char *> malloc(TX_BUFFER)
         if self.rx == NULL or self.tx == NULL:
@@ -222,6 +226,7 @@ cdef class FastQueue:
         cdef uint32_t packet_id, mark = 0, length
         cdef uint8_t *data
         cdef bint partial = False
+        cdef int source
         cdef Verdict v
         cdef nlmsghdr *out
         if nlh.nlmsg_type == NLMSG_ERROR:
@@ -252,10 +257,13 @@ cdef class FastQueue:
             self.counts[Q_PARTIAL_CHECKSUM] += 1
         data = <uint8_t *> mnl_attr_get_payload(attrs[NFQA_PAYLOAD])
         length = mnl_attr_get_payload_len(attrs[NFQA_PAYLOAD])
+        source = ((SOURCE_POD if mark & self.mark_source_pod else 0)
+                  | (SOURCE_OFF_CLUSTER if mark & self.mark_source_off_cluster else 0)
+                  | (SOURCE_NODE if mark & self.mark_source_node else 0))
         if self.offload:
-            v = process_first_packet(&self.core.c, data, length, now)
+            v = process_first_packet(&self.core.c, data, length, now, source)
         else:
-            v = process_packet(&self.core.c, data, length, now, partial)
+            v = process_packet(&self.core.c, data, length, now, partial, source)
         mark &= ~self.mark_mask  # others' bits stay as they came; ours are set anew
         if v.action == ACT_DROP:
             nfq_nlmsg_verdict_put(out, packet_id, NF_DROP)
@@ -265,7 +273,7 @@ cdef class FastQueue:
         else:
             nfq_nlmsg_verdict_put(out, packet_id, NF_ACCEPT)
             if v.proxied:
-                mark |= self.mark_proxied | v.mark | (self.mark_hairpin if v.hairpin else 0)
+                mark |= self.mark_proxied | v.mark | (self.mark_masquerade if v.masquerade else 0)
                 nfq_nlmsg_verdict_put_mark(out, mark)
             if not self.offload:  # the offload path's packets go back as they came
                 nfq_nlmsg_verdict_put_pkt(out, data, v.length)

@@ -94,10 +94,17 @@ cdef Frontend *frontend_install(ServiceTable *s, uint32_t slot, uint32_t vip, ui
     return f
 
 
+cdef inline bint same_service_port(Frontend *a, Frontend *b) noexcept nogil:
+    """One frontend, or a frontend and its cluster variant: a reply to either is the same."""
+    return (a.vip == b.vip and a.port == b.port
+            and (a.proto & ~VARIANT_CLUSTER) == (b.proto & ~VARIANT_CLUSTER))
+
+
 cdef int services_rebuild_maps(ServiceTable *s) except -1:
     """Rebuilds the frontend, VIP and backend maps from the frontends in use."""
     cdef uint32_t i, j, used = 0, backends = 0
     cdef uint32_t *value
+    cdef uint64_t key
     cdef Frontend *f
     for i in range(s.slots):
         if s.frontends[i].used:
@@ -113,10 +120,11 @@ cdef int services_rebuild_maps(ServiceTable *s) except -1:
         map_slot(&s.frontend_map, frontend_key(f.vip, f.proto, f.port), True)[0] = i
         map_slot(&s.vip_map, f.vip, True)[0] = 1
         for j in range(f.backend_count):
-            value = map_slot(&s.backend_map, backend_key(f.proto, f.backend_ips[j], f.backend_ports[j]), False)
+            key = backend_key(f.proto & ~VARIANT_CLUSTER, f.backend_ips[j], f.backend_ports[j])
+            value = map_slot(&s.backend_map, key, False)
             if value == NULL:
-                map_slot(&s.backend_map, backend_key(f.proto, f.backend_ips[j], f.backend_ports[j]), True)[0] = i
-            elif value[0] != i:
+                map_slot(&s.backend_map, key, True)[0] = i
+            elif value[0] != AMBIGUOUS and not same_service_port(&s.frontends[value[0]], f):
                 value[0] = AMBIGUOUS
     return 0
 
@@ -154,6 +162,7 @@ cdef void retire_flows_to_removed_backends(Core *c, double now) noexcept nogil:
     cdef Flow *flow
     cdef Frontend *f
     cdef uint32_t j, limit
+    cdef int variant
     cdef bint alive
     while index != NIL:
         flow = &t.entries[index]
@@ -161,9 +170,11 @@ cdef void retire_flows_to_removed_backends(Core *c, double now) noexcept nogil:
         if flow.proto == PROTO_TCP and flow.state == S_BACKEND_GONE:
             index = next_index
             continue
-        f = frontend_find(&c.services, flow.vip, flow.proto, flow.vport)
         alive = False
-        if f != NULL:
+        for variant in range(2):  # the frontend, then its cluster variant if it has one
+            f = frontend_find(&c.services, flow.vip, flow.proto | (VARIANT_CLUSTER if variant else 0), flow.vport)
+            if f == NULL or alive:
+                continue
             limit = f.present_count if flow.proto == PROTO_TCP else f.backend_count
             for j in range(limit):
                 if f.backend_ips[j] == flow.backend_ip and f.backend_ports[j] == flow.backend_port:

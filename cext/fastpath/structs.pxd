@@ -40,6 +40,7 @@ cdef struct Frontend:
     uint32_t table_size
     double affinity_timeout  # sessionAffinity ClientIP seconds; 0: none
     uint8_t drop_when_empty  # no backends by internalTrafficPolicy Local: drop, not reject
+    uint8_t policy           # POLICY_*: which sources take the variant, which are masqueraded
 
 
 cdef struct Affinity:         # one client's sticky backend for one service port
@@ -57,7 +58,7 @@ cdef struct Verdict:
     int action
     int reason
     int proxied
-    int hairpin
+    int masquerade  # the kernel masquerades the flow: hairpin, or by policy
     uint32_t length       # bytes of the (rewritten) packet to hand back
     uint32_t mark         # the offload path: the chosen backend's mark, for the DNAT map
 

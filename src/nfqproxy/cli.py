@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from types import ModuleType
 
@@ -17,6 +17,7 @@ from nfqproxy.controller import Proxy, ProxyConfig
 from nfqproxy.datapath import factory
 from nfqproxy.datapath.marks import MarkLayout, parse_mask
 from nfqproxy.health import parse_bind_address
+from nfqproxy.node_addresses import parse_nodeport_addresses
 
 log = logging.getLogger("nfqproxy")
 
@@ -43,8 +44,15 @@ def _cidr(text: str) -> IPv4Network:
     try:
         network = IPv4Network(text, strict=True)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--service-cidr {text!r}: {exc}") from None
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
     return network
+
+
+def _ipv4(text: str) -> IPv4Address:
+    try:
+        return IPv4Address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
 
 
 def _positive_int(text: str) -> int:
@@ -103,6 +111,27 @@ def build_parser() -> argparse.ArgumentParser:
         dest="service_cidrs",
         help="the ClusterIP range (repeatable; default "
         f"{', '.join(map(str, defaults.SERVICE_CIDRS))})",
+    )
+    run.add_argument(
+        "--cluster-cidr",
+        type=_cidr,
+        action="append",
+        dest="cluster_cidrs",
+        help="the pods' range (repeatable), as kube-proxy's flag: sources inside are the "
+        "cluster's own. ClusterIP traffic from outside it is masqueraded, and "
+        "externalTrafficPolicy Local sends pods to every endpoint. Default: none",
+    )
+    run.add_argument(
+        "--nodeport-addresses",
+        action="append",
+        help="CIDRs whose local addresses serve NodePorts, or 'primary' (the default, as "
+        "kube-proxy's nftables mode): the node's primary address (--node-ip)",
+    )
+    run.add_argument(
+        "--node-ip",
+        type=_ipv4,
+        help="the node's primary address, for --nodeport-addresses primary (default: the "
+        "default route's source address)",
     )
     run.add_argument("--queue-num", type=_queue_num, default=defaults.QUEUE_NUM)
     run.add_argument(
@@ -218,6 +247,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.fail_open and not factory.DATAPATHS[args.datapath].fail_open:
             log.error("--fail-open is not supported by the %s data path", args.datapath)
             return 2
+        try:
+            nodeport_addresses = parse_nodeport_addresses(args.nodeport_addresses or [])
+        except ValueError as exc:
+            log.error("%s", exc)
+            return 2
         config = ProxyConfig(
             manifests=args.manifests,
             api_server=args.api_server,
@@ -239,6 +273,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             fail_open=args.fail_open,
             marks=args.mark_mask,
             queues=factory.queues_for(args.datapath, args.queues),
+            cluster_cidrs=tuple(args.cluster_cidrs or ()),
+            nodeport_addresses=nodeport_addresses,
+            node_ip=args.node_ip,
         )
         import uvloop
 

@@ -19,13 +19,14 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
 from nfqproxy import defaults
 from nfqproxy.datapath import factory
 from nfqproxy.datapath.marks import MarkLayout
+from nfqproxy.exposure import Exposure
 from nfqproxy.files import atomic_write
 from nfqproxy.health import HealthServer, Liveness
 from nfqproxy.hooks import HookConfig, HookError, HookManager
@@ -70,6 +71,10 @@ class ProxyConfig:
     queues: int = 1  # --queues: NFQUEUE queues from queue_num on (offload: several)
     healthz_bind: tuple[str, int] | None = defaults.HEALTHZ_BIND
     metrics_bind: tuple[str, int] | None = defaults.METRICS_BIND
+    # --cluster-cidr: which sources are the cluster's own (masquerade, externalTrafficPolicy)
+    cluster_cidrs: tuple[IPv4Network, ...] = ()
+    nodeport_addresses: tuple[str | IPv4Network, ...] = defaults.NODEPORT_ADDRESSES
+    node_ip: IPv4Address | None = None  # the node's primary address (--node-ip)
 
 
 @contextmanager
@@ -109,7 +114,15 @@ class Proxy:
                 marks=config.marks,
                 queues=config.queues,
                 first_packets_only=not factory.DATAPATHS[config.datapath].every_packet,
+                cluster_cidrs=config.cluster_cidrs,
             )
+        )
+        self.exposure = Exposure(
+            config.nodeport_addresses,
+            config.node_ip,
+            self.hooks.sets if config.install_hooks else None,
+            lambda: self.health.healthy()[0],
+            config.sync_period,
         )
         self.source = (
             ManifestSource(config.manifests, config.service_cidrs) if config.manifests else None
@@ -171,6 +184,7 @@ class Proxy:
         started = time.monotonic()
         self.tracker.set_node(self.config.node_name, self.node_zone)
         try:
+            self.tracker.set_node_view(await self.exposure.node_view())
             with gc_paused():
                 changes = self.tracker.flush()
                 for error in changes.errors:
@@ -180,6 +194,10 @@ class Proxy:
                     changed = self.datapath.apply(self.tracker.snapshot())
                 else:
                     changed = self.datapath.apply_changes(changes.ports)
+                self.exposure.apply(
+                    changes.ports, lambda: self.tracker.ports.items(), self._reprogram_all
+                )
+            await self.exposure.update_health(self.tracker.health_checks)
         except Exception:
             # Tables are swapped only once every frontend is built, so the old ones stand.
             self._reprogram_all = True
@@ -232,6 +250,7 @@ class Proxy:
             "api": self._api_status(),
             "object_errors": self.tracker.errors(),  # as of the last sync
             "queue": self.queue.stats(),
+            "exposure": self.exposure.status(),
             **self.datapath.status(),
         }
 
@@ -341,6 +360,7 @@ class Proxy:
             for task in tasks:
                 task.cancel()
             await self.health.stop()
+            await self.exposure.health.stop()
             if self.config.keep_hooks_on_exit:
                 # Meanwhile service packets wait in vain at the queue and are retransmitted;
                 # the next process recovers their flows (docs/design.md, "Restarts").

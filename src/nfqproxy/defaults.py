@@ -18,6 +18,9 @@ SYNC_PERIOD = 30.0  # seconds; kube-proxy's --sync-period default
 HEALTHZ_BIND = ("0.0.0.0", 10256)  # kube-proxy's healthz port
 METRICS_BIND = ("127.0.0.1", 10249)  # kube-proxy's metrics port, not beyond the node
 IPTABLES = "iptables"
+# --nodeport-addresses: kube-proxy's nftables mode default, the node's primary address only
+# (node_addresses.py says why).
+NODEPORT_ADDRESSES = ("primary",)
 SEED = 0  # Maglev and flow-hash seed: every node must use the same one
 MANIFEST_POLL_INTERVAL = 0.2  # seconds between checks of a manifest folder
 # Seconds a watch asks the API server to hold it open, a random value in this range, below

@@ -4,19 +4,25 @@ Their number never depends on how many services or endpoints there are. The desi
 the hook order are explained in docs/design.md; in short:
 
 Every packet (the fast and reference paths):
-  raw    PREROUTING, OUTPUT  -> NFQPROXY-SERVICES: -d <service range> -j NFQUEUE
+  raw    PREROUTING, OUTPUT  -> NFQPROXY-SERVICES: -d <service range>, or an external
+         frontend (the nfqproxy-frontends set) -> NFQPROXY-QUEUE: the source's bits
+         (pod, off-cluster, node) on the packet mark, then -j NFQUEUE
          (priority -300: before conntrack, so conntrack records client -> backend)
   mangle PREROUTING, OUTPUT  -> NFQPROXY-MARK: proxied mark on the packet -> connmark
   mangle INPUT, POSTROUTING  -> NFQPROXY-REPLIES: connmark + reply direction -> NFQUEUE
 First packets only (the offload path; its DNAT map is in nf_tables, datapath/offload/nft.py):
-  mangle PREROUTING, OUTPUT  -> NFQPROXY-FIRST: -d <service range>, conntrack NEW, no
-         proxied connmark yet -> NFQUEUE (balanced over the queues)
+  mangle PREROUTING, OUTPUT  -> NFQPROXY-FIRST: -d <service range> or an external
+         frontend, conntrack NEW, no proxied connmark yet -> NFQPROXY-QUEUE (as above,
+         balanced over the queues)
   nat    PREROUTING, OUTPUT  -> NFQPROXY-DECIDED: proxied mark -> saved in the connmark
          (the backend id, for conntrack lookups; later packets skip the queue)
 Both:
   filter INPUT, FORWARD, OUTPUT -> NFQPROXY-REJECT: reject mark -> TCP RST / ICMP unreachable
   filter FORWARD -> NFQPROXY-FORWARD: conntrack INVALID -> DROP (as kube-proxy does)
-  nat    POSTROUTING -> NFQPROXY-HAIRPIN: hairpin mark -> MASQUERADE (a pod reaching itself)
+  nat    POSTROUTING -> NFQPROXY-HAIRPIN: masquerade mark -> MASQUERADE (a pod reaching
+         itself, or a source the service's policy masquerades)
+  Before queueing, packets to an ingress IP with loadBalancerSourceRanges from any other
+  source are dropped (the nfqproxy-fw sets), as kube-proxy's firewall chain does.
 
 nfqproxy owns the NFQPROXY-* chains and one jump rule to each of them from each built-in
 chain listed above. It never
@@ -34,6 +40,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 
+from nfqproxy import ipsets
 from nfqproxy.datapath.marks import MarkLayout
 
 log = logging.getLogger(__name__)
@@ -48,6 +55,7 @@ CHAIN_HAIRPIN = "NFQPROXY-HAIRPIN"
 CHAIN_FORWARD = "NFQPROXY-FORWARD"
 CHAIN_FIRST = "NFQPROXY-FIRST"
 CHAIN_DECIDED = "NFQPROXY-DECIDED"
+CHAIN_QUEUE = "NFQPROXY-QUEUE"
 
 # (table, built-in chain, our chain), in the order they are installed.
 COMMON_JUMPS: tuple[tuple[str, str, str], ...] = (
@@ -73,7 +81,11 @@ FIRST_PACKET_JUMPS = (
 )
 # Every jump either mode installs: what remove() and `nfqproxy cleanup` take away.
 JUMPS = COMMON_JUMPS + EVERY_PACKET_JUMPS + FIRST_PACKET_JUMPS
-OWNED_CHAINS: tuple[tuple[str, str], ...] = tuple(sorted({(t, c) for t, _, c in JUMPS}))
+# Reached from our own chains only: the source's bits, then the queue, in either table.
+INNER_CHAINS = (("raw", CHAIN_QUEUE), ("mangle", CHAIN_QUEUE))
+OWNED_CHAINS: tuple[tuple[str, str], ...] = tuple(
+    sorted({(t, c) for t, _, c in JUMPS} | set(INNER_CHAINS))
+)
 
 
 class HookError(RuntimeError):
@@ -88,6 +100,9 @@ class HookConfig:
     marks: MarkLayout = field(default_factory=MarkLayout)
     queues: int = 1  # queue_num to queue_num + queues - 1
     first_packets_only: bool = False  # the offload path's rule set
+    # --cluster-cidr: sources inside are the cluster's own (kube-proxy's local traffic
+    # detector). Empty: no source is called either, and nothing is masqueraded for it.
+    cluster_cidrs: tuple[IPv4Network, ...] = ()
 
     def __post_init__(self) -> None:
         last = self.queue_num + self.queues - 1
@@ -103,29 +118,64 @@ def jumps(config: HookConfig) -> tuple[tuple[str, str, str], ...]:
     return COMMON_JUMPS + mode
 
 
+def _queue_target(config: HookConfig) -> str:
+    if config.queues == 1:
+        return f"-j NFQUEUE --queue-num {config.queue_num}"
+    # By CPU, not by flow hash: each core's first packets go to its own worker.
+    last = config.queue_num + config.queues - 1
+    return f"-j NFQUEUE --queue-balance {config.queue_num}:{last} --queue-cpu-fanout"
+
+
+def _queue_chain_rules(config: HookConfig) -> list[str]:
+    """NFQPROXY-QUEUE: what the data path needs to know of the source, as mark bits
+    (datapath/marks.py), then the queue. kube-proxy's EXT chain asks the same questions
+    (nfqproxy.external): from a pod of the cluster, from this node, from outside."""
+    marks = config.marks
+    node, pod, off = marks.source_node, marks.source_pod, marks.source_off_cluster
+    rules = [f"-m addrtype --src-type LOCAL -j MARK --set-xmark {node:#x}/{node:#x}"]
+    if config.cluster_cidrs:
+        rules.append(f"-j MARK --set-xmark {off:#x}/{off:#x}")
+        # In the cluster: the pod bit set, the off-cluster bit cleared, in one step.
+        rules += [
+            f"-s {cidr} -j MARK --set-xmark {pod:#x}/{pod | off:#x}"
+            for cidr in config.cluster_cidrs
+        ]
+    return [*rules, _queue_target(config)]
+
+
+def _firewall_rule() -> str:
+    """loadBalancerSourceRanges: an ingress IP's port that lists them drops other sources."""
+    return (
+        f"-m set --match-set {ipsets.FIREWALLED} dst,dst "
+        f"-m set ! --match-set {ipsets.ALLOWED} dst,dst,src "
+        "-m comment --comment 'loadBalancerSourceRanges' -j DROP"
+    )
+
+
 def chain_rules(config: HookConfig) -> dict[tuple[str, str], list[list[str]]]:
     """The rules of each owned chain this configuration uses, as iptables argument lists."""
-    if config.queues == 1:
-        queue = f"-j NFQUEUE --queue-num {config.queue_num}"
-    else:
-        # By CPU, not by flow hash: each core's first packets go to its own worker.
-        last = config.queue_num + config.queues - 1
-        queue = f"-j NFQUEUE --queue-balance {config.queue_num}:{last} --queue-cpu-fanout"
     marks = config.marks
     proxied = f"{marks.proxied:#x}/{marks.proxied:#x}"
     reject = f"{marks.reject:#x}/{marks.reject:#x}"
-    hairpin = f"{marks.hairpin:#x}/{marks.hairpin:#x}"
+    masquerade = f"{marks.masquerade:#x}/{marks.masquerade:#x}"
+    frontends = f"-m set --match-set {ipsets.FRONTENDS} dst,dst"
     # shlex only splits these templates into arguments; nothing here reaches a shell.
     rules: dict[tuple[str, str], list[str]]
     if config.first_packets_only:
+        # NEW and not yet decided: a UDP flow stays NEW until its first reply, but once
+        # its connmark says proxied, its packets skip the queue.
+        first = f"-m conntrack --ctstate NEW -m connmark ! --mark {proxied}"
         rules = {
-            # NEW and not yet decided: a UDP flow stays NEW until its first reply, but once
-            # its connmark says proxied, its packets skip the queue.
             ("mangle", CHAIN_FIRST): [
-                f"-d {cidr} -m conntrack --ctstate NEW -m connmark ! --mark {proxied} "
-                f"-m comment --comment 'first packets to nfqproxy' {queue}"
-                for cidr in config.service_cidrs
+                _firewall_rule(),
+                *(
+                    f"-d {cidr} {first} -m comment --comment 'first packets to nfqproxy' "
+                    f"-j {CHAIN_QUEUE}"
+                    for cidr in config.service_cidrs
+                ),
+                f"{frontends} {first} -m comment --comment 'external frontends' -j {CHAIN_QUEUE}",
             ],
+            ("mangle", CHAIN_QUEUE): _queue_chain_rules(config),
             # The nat table sees a connection's first packet only: its mark, our bits only.
             ("nat", CHAIN_DECIDED): [
                 f"-m mark --mark {proxied} -j CONNMARK --save-mark "
@@ -135,17 +185,23 @@ def chain_rules(config: HookConfig) -> dict[tuple[str, str], list[list[str]]]:
     else:
         rules = {
             ("raw", CHAIN_SERVICES): [
-                f"-d {cidr} -m comment --comment 'service range to nfqproxy' {queue}"
-                for cidr in config.service_cidrs
+                _firewall_rule(),
+                *(
+                    f"-d {cidr} -m comment --comment 'service range to nfqproxy' -j {CHAIN_QUEUE}"
+                    for cidr in config.service_cidrs
+                ),
+                f"{frontends} -m comment --comment 'external frontends' -j {CHAIN_QUEUE}",
             ],
+            ("raw", CHAIN_QUEUE): _queue_chain_rules(config),
             ("mangle", CHAIN_MARK): [f"-m mark --mark {proxied} -j CONNMARK --set-xmark {proxied}"],
             ("mangle", CHAIN_REPLIES): [
-                f"-m connmark --mark {proxied} -m conntrack --ctdir REPLY {queue}"
+                f"-m connmark --mark {proxied} -m conntrack --ctdir REPLY {_queue_target(config)}"
             ],
         }
     rules |= {
-        # The backend would drop a packet from its own address; make it the node's.
-        ("nat", CHAIN_HAIRPIN): [f"-m mark --mark {hairpin} -j MASQUERADE"],
+        # The backend would drop a packet from its own address (a hairpin), and a backend
+        # elsewhere would answer an external client directly: make the source the node's.
+        ("nat", CHAIN_HAIRPIN): [f"-m mark --mark {masquerade} -j MASQUERADE"],
         # A packet conntrack finds out of window (a retransmission after a long stall,
         # say) gets no conntrack entry, so no reverse NAT: it would reach the client from
         # the backend's address and the client would reset the connection. kube-proxy
@@ -168,6 +224,7 @@ def _jump(builtin: str, chain: str) -> list[str]:
 class HookManager:
     def __init__(self, config: HookConfig) -> None:
         self.config = config
+        self.sets = ipsets.FrontendSets()
         # install() may run on a worker thread (the watchdog); remove() must not race it,
         # and nothing may be installed once remove() has run.
         self._lock = threading.Lock()
@@ -189,6 +246,7 @@ class HookManager:
                 self._install()
 
     def _install(self) -> None:
+        self.sets.ensure()  # the rules name them
         restore = self.config.iptables + "-restore"
         lines: list[str] = []
         rules = chain_rules(self.config)
@@ -249,10 +307,16 @@ class HookManager:
         for table, builtin, chain in JUMPS:
             while self._iptables(table, "-D", *_jump(builtin, chain), check=False):
                 removed += 1
-        for table, chain in OWNED_CHAINS:
-            if self._iptables(table, "-F", chain, check=False):
-                self._iptables(table, "-X", chain, check=False)
+        # Every chain emptied before any is deleted: ours jump to each other.
+        flushed = [
+            (table, chain)
+            for table, chain in OWNED_CHAINS
+            if self._iptables(table, "-F", chain, check=False)
+        ]
+        for table, chain in flushed:
+            self._iptables(table, "-X", chain, check=False)
         removed += remove_offload_table()
+        self.sets.destroy()  # after the rules that named them
         return removed
 
 

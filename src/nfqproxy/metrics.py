@@ -63,6 +63,24 @@ class DatapathCollector(Collector):
         yield GaugeMetricFamily(
             "nfqproxy_service_ports", "Service ports programmed", status.get("service_ports", 0)
         )
+        exposure = status.get("exposure", {})
+        external = GaugeMetricFamily(
+            "nfqproxy_external_frontends",
+            "External frontends programmed (address:port/protocol), by kind",
+            labels=["kind"],
+        )
+        for kind in ("NodePort", "ExternalIP", "LoadBalancer"):
+            external.add_metric([kind], exposure.get("external_frontends", {}).get(kind, 0))
+        yield external
+        health = GaugeMetricFamily(
+            "nfqproxy_health_check_local_endpoints",
+            "Local Ready endpoints each healthCheckNodePort reports",
+            labels=["address", "service"],
+        )
+        for address, row in exposure.get("health_checks", {}).items():
+            if isinstance(row, dict):
+                health.add_metric([address, row["service"]], row["localEndpoints"])
+        yield health
         queue = CounterMetricFamily(
             "nfqproxy_queue_events", "Queue loop events (compiled paths)", labels=["event"]
         )

@@ -1,19 +1,19 @@
-"""The model: which endpoints get traffic for each ClusterIP service port.
+"""The model: which endpoints get traffic for each service port, on each of its addresses.
 
 It reads Service and EndpointSlice objects as the API serves them (plain dicts) and
-applies kube-proxy's rules for ClusterIP, as pkg/proxy's endpointslicecache.go and
-topology.go (CategorizeEndpoints) state them. Validation lives here too, so that a
-manifest file, an API watch and a test all reject the same objects with the same message,
-naming the field at fault.
-"""
+applies kube-proxy's rules, as pkg/proxy's endpointslicecache.go and topology.go
+(CategorizeEndpoints) state them: for the ClusterIPs here, and for the external addresses
+(NodePorts, externalIPs, LoadBalancer ingress IPs) in nfqproxy.external. Validation lives
+here too, so that a manifest file, an API watch and a test all reject the same objects
+with the same message, naming the field at fault."""
 
 from __future__ import annotations
 
 import re
 import socket
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Any
 
 IPAddress = IPv4Address | IPv6Address
@@ -164,6 +164,10 @@ class ServicePortSpec:
     name: str
     protocol: str
     port: int
+    node_port: int = 0  # NodePort and LoadBalancer services; 0: none
+
+
+SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName")
 
 
 @dataclass(frozen=True)
@@ -175,10 +179,33 @@ class ServiceSpec:
     internal_traffic_local: bool
     skip_reason: str | None = None  # why kube-proxy would not program it
     affinity_seconds: int = 0  # sessionAffinity ClientIP: how long a client sticks; 0: off
+    type: str = "ClusterIP"
+    external_ips: tuple[IPAddress, ...] = ()  # spec.externalIPs
+    # status.loadBalancer.ingress[].ip, but not those with ipMode Proxy: the load balancer
+    # sends their traffic to the node itself, so kube-proxy does not capture them.
+    ingress_ips: tuple[IPAddress, ...] = ()
+    source_ranges: tuple[IPNetwork, ...] = ()  # spec.loadBalancerSourceRanges
+    external_traffic_local: bool = False  # spec.externalTrafficPolicy Local
+    health_check_node_port: int = 0  # spec.healthCheckNodePort; 0: none
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    @property
+    def needs_health_check(self) -> bool:
+        """kube-proxy's NeedsHealthCheck: a LoadBalancer with externalTrafficPolicy Local."""
+        return (
+            self.skip_reason is None
+            and self.type == "LoadBalancer"
+            and self.external_traffic_local
+            and self.health_check_node_port != 0
+        )
+
+    @property
+    def externally_accessible(self) -> bool:
+        """kube-proxy's ExternallyAccessible: a NodePort, an external IP or an ingress IP."""
+        return bool(any(p.node_port for p in self.ports) or self.external_ips or self.ingress_ips)
 
 
 @dataclass(frozen=True)
@@ -222,7 +249,7 @@ def parse_service(
     labels = _mapping(obj["metadata"].get("labels"), "metadata.labels", required=False)
     spec = _mapping(obj.get("spec"), "spec")
     svc_type = spec.get("type", "ClusterIP")
-    if svc_type not in ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName"):
+    if not isinstance(svc_type, str) or svc_type not in SERVICE_TYPES:
         raise ObjectError("spec.type", f"{svc_type!r:.40} is not a known Service type")
 
     skip_reason = None
@@ -276,13 +303,32 @@ def parse_service(
         if (protocol, port) in seen:
             raise ObjectError(f"{base}.port", f"{protocol} {port} is listed twice")
         seen.add((protocol, port))
-        ports.append(ServicePortSpec(str(port_name), protocol, port))
+        node_port = 0
+        if svc_type in ("NodePort", "LoadBalancer") and port_spec.get("nodePort") is not None:
+            # allocateLoadBalancerNodePorts: false leaves a LoadBalancer without them.
+            node_port = _port(port_spec.get("nodePort"), f"{base}.nodePort")
+        ports.append(ServicePortSpec(str(port_name), protocol, port, node_port))
 
     traffic_policy = spec.get("internalTrafficPolicy", "Cluster")
     if traffic_policy not in ("Cluster", "Local"):
         raise ObjectError(
             "spec.internalTrafficPolicy", f"{traffic_policy!r:.40} is not Cluster or Local"
         )
+    external_policy = spec.get("externalTrafficPolicy", "Cluster")
+    if external_policy not in ("Cluster", "Local"):
+        raise ObjectError(
+            "spec.externalTrafficPolicy", f"{external_policy!r:.40} is not Cluster or Local"
+        )
+    families: set[int] = {cidr.version for cidr in cidrs}
+    external_ips = [
+        address
+        for i, raw in enumerate(_list(spec.get("externalIPs"), "spec.externalIPs"))
+        if (address := _ip(raw, f"spec.externalIPs[{i}]")).version in families
+    ]
+    health_check_node_port = 0
+    if svc_type == "LoadBalancer" and spec.get("healthCheckNodePort") not in (None, 0):
+        health_check_node_port = _port(spec["healthCheckNodePort"], "spec.healthCheckNodePort")
+    load_balancer = svc_type == "LoadBalancer"
     return ServiceSpec(
         namespace,
         name,
@@ -291,7 +337,48 @@ def parse_service(
         traffic_policy == "Local",
         skip_reason,
         _affinity_seconds(spec),
+        str(svc_type),
+        tuple(dict.fromkeys(external_ips)),
+        _ingress_ips(obj, families) if load_balancer else (),
+        _source_ranges(spec, families) if load_balancer else (),
+        external_policy == "Local",
+        health_check_node_port,
     )
+
+
+def _ingress_ips(obj: Mapping[str, Any], families: set[int]) -> tuple[IPAddress, ...]:
+    """status.loadBalancer.ingress[].ip, less those with ipMode Proxy (kube-proxy's
+    LoadBalancerVIPs) and those of a family this proxy does not serve."""
+    status = _mapping(obj.get("status"), "status", required=False)
+    balancer = _mapping(status.get("loadBalancer"), "status.loadBalancer", required=False)
+    found: list[IPAddress] = []
+    for i, raw in enumerate(_list(balancer.get("ingress"), "status.loadBalancer.ingress")):
+        base = f"status.loadBalancer.ingress[{i}]"
+        ingress = _mapping(raw, base)
+        if ingress.get("ip") in (None, ""):
+            continue  # a hostname only: the load balancer resolves it, not us
+        address = _ip(ingress["ip"], f"{base}.ip")
+        mode = ingress.get("ipMode", "VIP")
+        if mode not in ("VIP", "Proxy"):
+            raise ObjectError(f"{base}.ipMode", f"{mode!r:.40} is not VIP or Proxy")
+        if mode == "VIP" and address.version in families:
+            found.append(address)
+    return tuple(dict.fromkeys(found))
+
+
+def _source_ranges(spec: Mapping[str, Any], families: set[int]) -> tuple[IPNetwork, ...]:
+    """spec.loadBalancerSourceRanges, as CIDRs (host bits allowed, as the API allows)."""
+    ranges: list[IPNetwork] = []
+    path = "spec.loadBalancerSourceRanges"
+    for i, raw in enumerate(_list(spec.get("loadBalancerSourceRanges"), path)):
+        text = _string(raw, f"{path}[{i}]").strip()
+        try:
+            network = ip_network(text, strict=False)
+        except ValueError:
+            raise ObjectError(f"{path}[{i}]", f"{text[:80]!r} is not a valid CIDR") from None
+        if network.version in families:
+            ranges.append(network)
+    return tuple(dict.fromkeys(ranges))
 
 
 def _affinity_seconds(spec: Mapping[str, Any]) -> int:
@@ -434,6 +521,19 @@ class ServicePort:
     # on other nodes: kube-proxy then drops new connections (the client times out), and
     # rejects them only when the service has no usable endpoint anywhere.
     no_local_endpoints: bool = False
+    # Where it is served: ClusterIP, NodePort (on a node address), ExternalIP, LoadBalancer.
+    kind: str = "ClusterIP"
+    # How sources are told apart (nfqproxy.external): POLICY_INTERNAL for a ClusterIP.
+    policy: str = "internal"
+    # externalTrafficPolicy Local: backends above are this node's; the cluster's own pods
+    # and the node itself go to these instead, as kube-proxy's EXT chain sends them.
+    cluster_backends: tuple[Backend, ...] = ()
+    source_ranges: tuple[IPNetwork, ...] = ()  # loadBalancerSourceRanges; (): any source
+
+    @property
+    def address_port(self) -> str:
+        host = f"[{self.vip}]" if self.vip.version == 6 else str(self.vip)
+        return f"{host}:{self.port}/{self.protocol}"
 
 
 ServicePortKey = tuple[IPAddress, str, int]
@@ -447,105 +547,15 @@ class Snapshot:
 
 
 @dataclass(frozen=True)
-class EndpointChoice:
-    chosen: list[EndpointSpec]
-    usable_elsewhere: bool = False  # none chosen, but some are usable on other nodes
+class HealthCheck:
+    """A healthCheckNodePort, and what it reports (nfqproxy.service_health)."""
+
+    port: int
+    local_endpoints: int  # distinct Ready endpoint addresses on this node
 
 
-def topology_mode(
-    endpoints: Iterable[EndpointSpec], node_name: str | None, zone: str | None
-) -> str:
-    """kube-proxy's topologyModeFromHints, decided from the Ready endpoints only:
-    PreferSameNode when every one has node hints and one names this node, else
-    PreferSameZone when every one has zone hints and one names this zone, else none.
-    Partial hints mean the EndpointSlice controller is mid-change: they are ignored."""
-    ready = [e for e in endpoints if e.ready]
+@dataclass(frozen=True)
+class NodeView:
+    """What the model needs to know about this node, beyond its name and zone."""
 
-    def every_one_hinted_and_one_for(
-        hints: Callable[[EndpointSpec], frozenset[str]], name: str | None
-    ) -> bool:
-        return bool(name) and all(hints(e) for e in ready) and any(name in hints(e) for e in ready)
-
-    if ready and every_one_hinted_and_one_for(lambda e: e.node_hints, node_name):
-        return "PreferSameNode"
-    if ready and every_one_hinted_and_one_for(lambda e: e.zone_hints, zone):
-        return "PreferSameZone"
-    return ""
-
-
-def _hinted_for(endpoint: EndpointSpec, mode: str, node_name: str | None, zone: str | None) -> bool:
-    if mode == "PreferSameNode":
-        return node_name in endpoint.node_hints
-    if mode == "PreferSameZone":
-        return zone in endpoint.zone_hints
-    return True
-
-
-def select_endpoints(
-    endpoints: Iterable[EndpointSpec],
-    node_name: str | None,
-    local_only: bool,
-    node_zone: str | None = None,
-) -> EndpointChoice:
-    """kube-proxy's CategorizeEndpoints for a ClusterIP.
-
-    Cluster policy: the Ready endpoints the topology hints allow, else (ignoring hints) the
-    serving-and-terminating ones. Local policy: this node's Ready endpoints, else its
-    serving-and-terminating ones; an endpoint is this node's only if both it and the proxy
-    name a node, and they agree. Hints play no part in Local.
-    """
-    endpoints = list(endpoints)
-    if not local_only:
-        mode = topology_mode(endpoints, node_name, node_zone)
-        chosen = [e for e in endpoints if e.ready and _hinted_for(e, mode, node_name, node_zone)]
-        return EndpointChoice(chosen or [e for e in endpoints if e.serving and e.terminating])
-    local = [e for e in endpoints if node_name and e.node_name == node_name]
-    chosen = [e for e in local if e.ready] or [e for e in local if e.serving and e.terminating]
-    usable = any(e.ready or (e.serving and e.terminating) for e in endpoints)
-    return EndpointChoice(chosen, usable_elsewhere=not chosen and usable)
-
-
-def service_ports(
-    service: ServiceSpec,
-    slices: Iterable[EndpointSliceSpec],
-    node_name: str | None,
-    node_zone: str | None,
-) -> list[ServicePort]:
-    """The frontends of one service, each with the backends kube-proxy would choose."""
-    if service.skip_reason is not None:
-        return []
-    slices = list(slices)
-    result = []
-    for vip in service.cluster_ips:
-        family = "IPv4" if vip.version == 4 else "IPv6"
-        for port in service.ports:
-            matching: list[tuple[EndpointSpec, int]] = []
-            for endpoint_slice in slices:
-                if endpoint_slice.address_type != family:
-                    continue
-                for slice_port in endpoint_slice.ports:
-                    if slice_port.name == port.name and slice_port.protocol == port.protocol:
-                        matching += [(e, slice_port.port) for e in endpoint_slice.endpoints]
-            choice = select_endpoints(
-                [e for e, _ in matching], node_name, service.internal_traffic_local, node_zone
-            )
-            chosen_ids = {id(e) for e in choice.chosen}
-            backends = sorted(
-                {Backend(e.addresses[0], p) for e, p in matching if id(e) in chosen_ids}
-            )
-            present = {Backend(e.addresses[0], p) for e, p in matching if e.addresses}
-            draining = tuple(sorted(present - set(backends)))
-            name = f"{service.key}:{port.name}" if port.name else service.key
-            result.append(
-                ServicePort(
-                    name,
-                    vip,
-                    port.protocol,
-                    port.port,
-                    tuple(backends),
-                    service.affinity_seconds,
-                    draining,
-                    choice.usable_elsewhere,
-                )
-            )
-    return result
+    nodeport_ips: tuple[IPAddress, ...] = ()  # --nodeport-addresses, resolved

@@ -20,7 +20,9 @@ from typing import Any
 from nfqproxy.model import (
     MAX_BACKENDS_PER_PORT,
     EndpointSliceSpec,
+    HealthCheck,
     IPNetwork,
+    NodeView,
     ObjectError,
     ObjectKey,
     ServicePort,
@@ -31,8 +33,8 @@ from nfqproxy.model import (
     object_ref,
     parse_endpoint_slice,
     parse_service,
-    service_ports,
 )
+from nfqproxy.selection import local_ready_endpoints, service_ports
 
 TRIGGER_TIME_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
 
@@ -117,6 +119,7 @@ class ChangeTracker:
         self.service_proxy_name = service_proxy_name
         self.node_name = node_name
         self.node_zone = node_zone
+        self.node_view = NodeView()
         # Raw objects reported since the last flush (None: deleted); only the latest counts.
         self._pending_services: dict[ObjectKey, Mapping[str, Any] | None] = {}
         self._pending_slices: dict[ObjectKey, Mapping[str, Any] | None] = {}
@@ -138,6 +141,7 @@ class ChangeTracker:
         self._claims: dict[ServicePortKey, dict[ObjectKey, ServicePort]] = {}
         self._conflicts: dict[ServicePortKey, list[str]] = {}
         self.ports: dict[ServicePortKey, ServicePort] = {}  # what the data path holds
+        self.health_checks: dict[ObjectKey, HealthCheck] = {}  # healthCheckNodePorts
         # For sources that hand over everything at once (manifests): what they gave last.
         self._last_services: dict[ObjectKey, Mapping[str, Any]] = {}
         self._last_slices: dict[ObjectKey, Mapping[str, Any]] = {}
@@ -208,6 +212,12 @@ class ChangeTracker:
         """The node's name or zone changed: every service's choice may change."""
         if (node_name, node_zone) != (self.node_name, self.node_zone):
             self.node_name, self.node_zone = node_name, node_zone
+            self._dirty.update(dict.fromkeys(self._services))
+
+    def set_node_view(self, view: NodeView) -> None:
+        """The node's NodePort addresses changed: every NodePort may change."""
+        if view != self.node_view:
+            self.node_view = view
             self._dirty.update(dict.fromkeys(self._services))
 
     # --- the current state ---------------------------------------------------------------
@@ -317,7 +327,9 @@ class ChangeTracker:
         errors: list[str] = []
         if service is not None:
             slices = self._slices_of.get(key, {}).values()
-            for port in service_ports(service, slices, self.node_name, self.node_zone):
+            for port in service_ports(
+                service, slices, self.node_name, self.node_zone, self.node_view
+            ):
                 if len(port.backends) > MAX_BACKENDS_PER_PORT:
                     errors.append(
                         f"{port.name}: {len(port.backends)} backends exceed the limit of "
@@ -325,6 +337,13 @@ class ChangeTracker:
                     )
                 else:
                     wanted[(port.vip, port.protocol, port.port)] = port
+        if service is not None and service.needs_health_check:
+            self.health_checks[key] = HealthCheck(
+                service.health_check_node_port,
+                local_ready_endpoints(self._slices_of.get(key, {}).values(), self.node_name),
+            )
+        else:
+            self.health_checks.pop(key, None)
         if errors:
             self._port_errors[key] = errors
             changes.errors += errors

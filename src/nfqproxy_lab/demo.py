@@ -8,8 +8,18 @@ from collections import Counter
 from nfqproxy.controller import STATUS_INTERVAL, status_summary
 from nfqproxy_lab.netns import NetnsThread
 from nfqproxy_lab.proxy import read_status, start_proxy, wait_ready
-from nfqproxy_lab.topology import DNS_PORT, HTTP_PORT, WEB_VIP, Lab, all_labs
-from nfqproxy_lab.traffic import KeepAlive, http_split, udp_query
+from nfqproxy_lab.topology import (
+    DNS_PORT,
+    EXTERNAL_CLIENT_IP,
+    HTTP_PORT,
+    NODE_IP,
+    NODEPORT,
+    WEB_VIP,
+    Lab,
+    all_labs,
+    lab_nodeport_manifest,
+)
+from nfqproxy_lab.traffic import KeepAlive, http_peers, http_split, udp_query
 
 DEMO_LAB = "nfqdemo"
 
@@ -26,12 +36,40 @@ def _fresh_status(lab: Lab) -> str:
     return status_summary(read_status(lab))
 
 
+def _wait_for_a_sync(lab: Lab, syncs: int) -> None:
+    deadline = time.monotonic() + 5
+    while read_status(lab).get("syncs", 0) == syncs and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _node_port_from_outside(lab: Lab, backends: int, requests: int) -> None:
+    """A NodePort service reached from the external client, under each traffic policy."""
+    indexes = list(range(1, backends + 1))
+    with NetnsThread(lab.external_ns) as outside:
+        for policy, meaning in (
+            ("Cluster", "any endpoint, the client masqueraded to the node"),
+            ("Local", "this node's endpoints, the client's address kept"),
+        ):
+            syncs = read_status(lab).get("syncs", 0)
+            (lab.manifests_dir / "web-np.yaml").write_text(lab_nodeport_manifest(indexes, policy))
+            _wait_for_a_sync(lab, syncs)
+            answers = outside.call(http_peers, NODE_IP, NODEPORT, requests)
+            print(
+                f"\nNodePort {NODE_IP}:{NODEPORT} from {EXTERNAL_CLIENT_IP}, outside the "
+                f"cluster, externalTrafficPolicy {policy} ({meaning}):"
+            )
+            for (name, peer), count in sorted(answers.items()):
+                print(f"  {name:<10} {count:>4}  saw the client as {peer}")
+    (lab.manifests_dir / "web-np.yaml").unlink()
+
+
 def run_demo(backends: int = 3, requests: int = 300) -> int:
     if DEMO_LAB in all_labs():
         Lab.load(DEMO_LAB).down()  # a demo killed earlier left its lab behind
     lab = Lab(DEMO_LAB, backends)
     print(
-        f"Building the lab: client, node, uplink and {backends} backends (namespaces {DEMO_LAB}-*)"
+        f"Building the lab: client, node, uplink, {backends} backends, an external client and "
+        f"a second node with one more backend (namespaces {DEMO_LAB}-*)"
     )
     try:
         lab.up()
@@ -50,6 +88,7 @@ def run_demo(backends: int = 3, requests: int = 300) -> int:
                 + ", ".join(client.call(udp_query, WEB_VIP, DNS_PORT) for _ in range(5))
             )
             print("\n" + _fresh_status(lab))
+            _node_port_from_outside(lab, backends, requests // 10)
 
             keep = client.call(KeepAlive, WEB_VIP, HTTP_PORT)
             pinned = client.call(keep.get)
@@ -60,9 +99,7 @@ def run_demo(backends: int = 3, requests: int = 300) -> int:
             print(f"Removing endpoint be{removed} from the EndpointSlice manifest...")
             syncs = read_status(lab).get("syncs", 0)
             lab.write_manifests([i for i in range(1, backends + 1) if i != removed])
-            deadline = time.monotonic() + 5
-            while read_status(lab).get("syncs", 0) == syncs and time.monotonic() < deadline:
-                time.sleep(0.05)
+            _wait_for_a_sync(lab, syncs)
             _print_split(
                 f"After removing be{removed}",
                 client.call(http_split, WEB_VIP, HTTP_PORT, requests // 3),

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from nfqproxy_lab import netns
-from nfqproxy_lab.topology import NODE_NAME, SERVICE_CIDR, Lab
+from nfqproxy_lab.topology import CLUSTER_CIDR, NODE_NAME, SERVICE_CIDR, Lab
 
 
 def proxy_command() -> list[str]:
@@ -35,6 +35,8 @@ def run_command(
         SERVICE_CIDR,
         "--hostname-override",
         NODE_NAME,
+        "--cluster-cidr",
+        CLUSTER_CIDR,
         *extra,
     ]
     return netns.exec_command(lab.node_ns, command)

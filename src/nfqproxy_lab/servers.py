@@ -21,9 +21,13 @@ class NameHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, so one connection can span many requests
 
     def do_GET(self) -> None:
-        """/ answers the backend's name; /blob/N sends N bytes of blob(N), for bulk tests."""
+        """/ answers the backend's name; /peer its name and the client address it sees (a
+        masqueraded client shows as the node); /blob/N sends N bytes of blob(N)."""
         if self.path.startswith("/blob/") and self.path[6:].isdigit():
             self._reply(blob(min(int(self.path[6:]), MAX_BLOB)), "application/octet-stream")
+        elif self.path == "/peer":
+            peer = f"{self.server.backend_name} {self.client_address[0]}\n"  # type: ignore[attr-defined]
+            self._reply(peer.encode(), "text/plain")
         else:
             self._reply(f"{self.server.backend_name}\n".encode(), "text/plain")  # type: ignore[attr-defined]
 

@@ -1,9 +1,13 @@
 """`nfqproxy lab up` / `lab down`: build and remove the namespace lab.
 
-    client (10.244.1.2) -- node -- backend i (10.244.1<i>.2), i = 1..K
-                            |
+    client (10.244.1.2) -- node -- backend i (10.244.1<i>.2), i = 1..K      (a pod each)
+                            | 10.255.255.1: the node's address, where NodePorts answer
                           uplink (10.255.255.2): the node's default route, a namespace of
-                          its own so that the route never points back at the client
+                            |    its own so that the route never points back at the client;
+                            |    a router for the rest:
+                            +-- external client (198.51.100.2), outside the cluster
+                            +-- node2 (10.255.254.1) -- remote backend (10.244.200.2), a pod
+                                on another node: the lab's "remote" endpoint
 
 Everything lives in namespaces named <lab>-*, joined by veth pairs; nothing touches the
 machine's own namespace. State (namespaces, pids, manifests) is kept under
@@ -43,6 +47,15 @@ DNS_PORT, DNS_TARGET = 53, 5353
 CLIENT_IP = "10.244.1.2"
 NODE_NAME = "lab-node"
 UPLINK_NODE_IP, UPLINK_IP = "10.255.255.1", "10.255.255.2"
+NODE_IP = UPLINK_NODE_IP  # the node's primary address: its default route's source
+CLUSTER_CIDR = "10.244.0.0/16"  # every pod, on either node
+EXTERNAL_CLIENT_IP, EXTERNAL_GATEWAY = "198.51.100.2", "198.51.100.1"
+NODE2_NAME, NODE2_IP, NODE2_UPLINK_IP = "lab-node2", "10.255.254.1", "10.255.254.2"
+REMOTE_BACKEND_IP, REMOTE_BACKEND_GATEWAY = "10.244.200.2", "10.244.200.1"
+REMOTE_BACKEND = "remote"
+# Routed to the node by the uplink, as a cloud load balancer or a BGP speaker would: the
+# lab's externalIPs and LoadBalancer ingress IPs come from these.
+EXTERNAL_IPS_RANGE, INGRESS_RANGE = "192.0.2.0/24", "203.0.113.0/24"
 
 
 def backend_ip(index: int) -> str:
@@ -84,6 +97,18 @@ class Lab:
     @property
     def uplink_ns(self) -> str:
         return f"{self.name}-uplink"
+
+    @property
+    def external_ns(self) -> str:
+        return f"{self.name}-ext"
+
+    @property
+    def node2_ns(self) -> str:
+        return f"{self.name}-node2"
+
+    @property
+    def remote_ns(self) -> str:
+        return f"{self.name}-remote"
 
     def backend_ns(self, index: int) -> str:
         return f"{self.name}-be{index}"
@@ -128,6 +153,9 @@ class Lab:
             self.node_ns,
             self.uplink_ns,
             *(self.backend_ns(i) for i in range(1, self.backends + 1)),
+            self.external_ns,
+            self.node2_ns,
+            self.remote_ns,
         ]
 
     def _build(self) -> None:
@@ -158,7 +186,7 @@ class Lab:
                 "route add default via 10.244.1.1",
             ],
         )
-        netns.ip_batch(self.uplink_ns, [f"addr add {UPLINK_IP}/30 dev eth0", "link set eth0 up"])
+        self._build_outside()
         for i in range(1, self.backends + 1):
             netns.ip_batch(
                 self.backend_ns(i),
@@ -168,12 +196,62 @@ class Lab:
                     f"route add default via 10.244.{10 + i}.1",
                 ],
             )
-            self._start_server(i)
+            self._start_server(self.backend_name(i), self.backend_ns(i))
+        self._start_server(REMOTE_BACKEND, self.remote_ns)
         self.write_manifests(list(range(1, self.backends + 1)))
         self._wait_for_servers()
 
-    def _start_server(self, index: int) -> None:
-        name = self.backend_name(index)
+    def _build_outside(self) -> None:
+        """The uplink as a router between the node, an external client and a second node
+        whose pod is reachable through it; nfqproxy runs on the first node only."""
+        netns.ip_batch(
+            self.uplink_ns,
+            [
+                f"addr add {UPLINK_IP}/30 dev eth0",
+                "link set eth0 up",
+                f"link add to-ext type veth peer name eth0 netns {self.external_ns}",
+                f"link add to-node2 type veth peer name eth0 netns {self.node2_ns}",
+                f"addr add {EXTERNAL_GATEWAY}/24 dev to-ext",
+                f"addr add {NODE2_UPLINK_IP}/30 dev to-node2",
+                "link set to-ext up",
+                "link set to-node2 up",
+                f"route add {REMOTE_BACKEND_IP.rsplit('.', 1)[0]}.0/24 via {NODE2_IP}",
+                f"route add {CLUSTER_CIDR} via {UPLINK_NODE_IP}",
+                f"route add {EXTERNAL_IPS_RANGE} via {UPLINK_NODE_IP}",
+                f"route add {INGRESS_RANGE} via {UPLINK_NODE_IP}",
+            ],
+        )
+        netns.sysctl(self.uplink_ns, "net.ipv4.ip_forward", "1")
+        netns.ip_batch(
+            self.external_ns,
+            [
+                f"addr add {EXTERNAL_CLIENT_IP}/24 dev eth0",
+                "link set eth0 up",
+                f"route add default via {EXTERNAL_GATEWAY}",
+            ],
+        )
+        netns.ip_batch(
+            self.node2_ns,
+            [
+                f"addr add {NODE2_IP}/30 dev eth0",
+                "link set eth0 up",
+                f"link add to-pod type veth peer name eth0 netns {self.remote_ns}",
+                f"addr add {REMOTE_BACKEND_GATEWAY}/24 dev to-pod",
+                "link set to-pod up",
+                f"route add default via {NODE2_UPLINK_IP}",
+            ],
+        )
+        netns.sysctl(self.node2_ns, "net.ipv4.ip_forward", "1")
+        netns.ip_batch(
+            self.remote_ns,
+            [
+                f"addr add {REMOTE_BACKEND_IP}/24 dev eth0",
+                "link set eth0 up",
+                f"route add default via {REMOTE_BACKEND_GATEWAY}",
+            ],
+        )
+
+    def _start_server(self, name: str, namespace: str) -> None:
         command = [
             sys.executable,
             "-m",
@@ -189,7 +267,7 @@ class Lab:
             "--ready-file",
             str(self.dir / f"{name}.ready"),
         ]
-        self.start_process(name, netns.exec_command(self.backend_ns(index), command))
+        self.start_process(name, netns.exec_command(namespace, command))
 
     def start_process(self, key: str, command: list[str]) -> subprocess.Popen[bytes]:
         """Starts a lab process, logging to the lab folder, and records its pid for `down`."""
@@ -208,11 +286,12 @@ class Lab:
 
     def _wait_for_servers(self, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
-        for i in range(1, self.backends + 1):
-            ready = self.dir / f"{self.backend_name(i)}.ready"
+        names = [self.backend_name(i) for i in range(1, self.backends + 1)] + [REMOTE_BACKEND]
+        for name in names:
+            ready = self.dir / f"{name}.ready"
             while not ready.exists():
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"backend server {i} did not start; see {self.dir}")
+                    raise RuntimeError(f"backend server {name} did not start; see {self.dir}")
                 time.sleep(0.05)
 
     def write_manifests(self, backend_indexes: list[int]) -> None:
@@ -354,3 +433,46 @@ def lab_endpoint_slices(backend_indexes: list[int]) -> dict[str, Any]:
             }
         ],
     }
+
+
+NODEPORT_VIP, NODEPORT = "10.96.0.50", 30080
+
+
+def lab_nodeport_manifest(backend_indexes: list[int], external_policy: str = "Cluster") -> str:
+    """A NodePort service, web-np, on the node's port 30080: the lab's backends on this
+    node and the remote one on node2, as one Kubernetes YAML stream."""
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web-np", "namespace": "default"},
+        "spec": {
+            "type": "NodePort",
+            "clusterIP": NODEPORT_VIP,
+            "clusterIPs": [NODEPORT_VIP],
+            "externalTrafficPolicy": external_policy,
+            "ports": [{"name": "http", "protocol": "TCP", "port": HTTP_PORT, "nodePort": NODEPORT}],
+        },
+    }
+    endpoints = [(backend_ip(i), NODE_NAME, f"be{i}") for i in backend_indexes]
+    endpoints.append((REMOTE_BACKEND_IP, NODE2_NAME, REMOTE_BACKEND))
+    endpoint_slice = {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": "web-np-lab",
+            "namespace": "default",
+            "labels": {"kubernetes.io/service-name": "web-np"},
+        },
+        "addressType": "IPv4",
+        "endpoints": [
+            {
+                "addresses": [ip],
+                "conditions": {"ready": True, "serving": True, "terminating": False},
+                "nodeName": node,
+                "targetRef": {"kind": "Pod", "namespace": "default", "name": pod},
+            }
+            for ip, node, pod in endpoints
+        ],
+        "ports": [{"name": "http", "protocol": "TCP", "port": HTTP_TARGET}],
+    }
+    return yaml.safe_dump_all([service, endpoint_slice])

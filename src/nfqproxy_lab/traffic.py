@@ -13,12 +13,36 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 
-def http_get(host: str, port: int, timeout: float = 3.0) -> str:
+def http_get(host: str, port: int, timeout: float = 3.0, path: str = "/") -> str:
     """One request on a new connection; returns the answering backend's name."""
     connection = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
-        connection.request("GET", "/", headers={"Connection": "close"})
+        connection.request("GET", path, headers={"Connection": "close"})
         return connection.getresponse().read().decode().strip()
+    finally:
+        connection.close()
+
+
+def http_peers(host: str, port: int, count: int, timeout: float = 3.0) -> Counter[tuple[str, str]]:
+    """(backend name, the client address it saw) -> answers, over count new connections;
+    failures count as ('error', <type>)."""
+    answers: Counter[tuple[str, str]] = Counter()
+    for _ in range(count):
+        try:
+            name, peer = http_get(host, port, timeout, "/peer").split()
+            answers[(name, peer)] += 1
+        except OSError as exc:
+            answers[("error", type(exc).__name__)] += 1
+    return answers
+
+
+def http_status(host: str, port: int, timeout: float = 3.0) -> tuple[int, dict[str, str], str]:
+    """(status, headers, body) of one GET /: the health check node port's answer."""
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request("GET", "/", headers={"Connection": "close"})
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read().decode()
     finally:
         connection.close()
 

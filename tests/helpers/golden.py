@@ -213,8 +213,8 @@ class Run:
             result["out"] = f"{out[1]}:{out[2]} > {out[3]}:{ip.data.dport}"
         if verdict.proxied:
             result["proxied"] = True
-        if verdict.hairpin:
-            result["hairpin"] = True
+        if verdict.masquerade:
+            result["masquerade"] = True
         return result
 
     def step(self, step: Any) -> dict[str, Any]:

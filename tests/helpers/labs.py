@@ -38,6 +38,7 @@ class RunningLab:
         self.proxy: subprocess.Popen[bytes] | None = None
         self.client = NetnsThread(lab.client_ns)
         self.node = NetnsThread(lab.node_ns)
+        self.external = NetnsThread(lab.external_ns)  # a client outside the cluster
 
     def start_proxy(self, *extra: str) -> subprocess.Popen[bytes]:
         self.proxy = start_proxy(self.lab, *extra)
@@ -56,6 +57,7 @@ class RunningLab:
         self.lab.down()
         self.client.close(wait=False)
         self.node.close(wait=False)
+        self.external.close(wait=False)
 
 
 @contextmanager

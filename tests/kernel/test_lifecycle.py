@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from nfqproxy import ipsets
 from nfqproxy.hooks import HookConfig, chain_rules, jumps
 from nfqproxy_lab import netns
 from nfqproxy_lab.proxy import proxy_command, read_status, run_command
@@ -53,10 +54,11 @@ def test_sigterm_removes_every_rule_and_kill_9_leftovers_go_with_cleanup(
     config = HookConfig((IPv4Network(SERVICE_CIDR),), 100, first_packets_only=not every_packet)
     rules = chain_rules(config)
     expected = len(rules) + len(jumps(config)) + sum(map(len, rules.values()))
-    assert len(installed) == expected == (24 if every_packet else 20), installed
+    assert len(installed) == expected == (29 if every_packet else 25), installed
+    assert nfqproxy_sets(lab.node_ns) == sorted(ipsets.SET_TYPES)
     proxy.send_signal(signal.SIGTERM)
     assert proxy.wait(10) == 0
-    assert nfqproxy_rules(lab.node_ns) == []
+    assert nfqproxy_rules(lab.node_ns) == [] and nfqproxy_sets(lab.node_ns) == []
 
     second = fresh_lab.start_proxy()
     assert nfqproxy_rules(lab.node_ns) == installed
@@ -64,7 +66,12 @@ def test_sigterm_removes_every_rule_and_kill_9_leftovers_go_with_cleanup(
     second.wait(10)
     assert nfqproxy_rules(lab.node_ns) == installed  # a killed proxy cannot clean up
     netns.run(netns.exec_command(lab.node_ns, [*proxy_command(), "cleanup"]))
-    assert nfqproxy_rules(lab.node_ns) == []
+    assert nfqproxy_rules(lab.node_ns) == [] and nfqproxy_sets(lab.node_ns) == []
+
+
+def nfqproxy_sets(namespace: str) -> list[str]:
+    listed = netns.run(netns.exec_command(namespace, ["ipset", "list", "-n"]))
+    return sorted(name for name in listed.split() if name.startswith("nfqproxy-"))
 
 
 def cleanup_daemonset_command() -> list[str]:

@@ -173,7 +173,7 @@ def run(datapath: Any, clock: FakeClock, ops: list[tuple[str, Any]]) -> list[Any
         if op in ("packet", "packets"):
             for packet in [arg] if op == "packet" else arg:
                 v = datapath.process(packet)
-                trace.append((v.action, v.reason, v.payload, v.proxied, v.hairpin))
+                trace.append((v.action, v.reason, v.payload, v.proxied, v.masquerade))
         elif op == "apply":
             trace.append(sorted(datapath.apply(snapshot(*arg))))
         elif op == "apply_snapshot":

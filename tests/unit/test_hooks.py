@@ -6,21 +6,44 @@ from ipaddress import IPv4Network
 
 import pytest
 
-from nfqproxy.hooks import JUMPS, OWNED_CHAINS, HookConfig, chain_rules, jumps
+from nfqproxy.datapath.marks import MarkLayout
+from nfqproxy.hooks import INNER_CHAINS, JUMPS, OWNED_CHAINS, HookConfig, chain_rules, jumps
 
 
 def test_the_rules_depend_only_on_the_ranges_and_queue_never_on_services() -> None:
     one = chain_rules(HookConfig((IPv4Network("10.96.0.0/12"),), 7))
-    assert sum(map(len, one.values())) == 7 and len(jumps(HookConfig((), 7))) == 11
-    assert len(JUMPS) == 15 and len(OWNED_CHAINS) == 8
-    assert one[("raw", "NFQPROXY-SERVICES")][0][:2] == ["-d", "10.96.0.0/12"]
-    assert one[("raw", "NFQPROXY-SERVICES")][0][-2:] == ["--queue-num", "7"]
+    assert sum(map(len, one.values())) == 11 and len(jumps(HookConfig((), 7))) == 11
+    assert len(JUMPS) == 15 and len(OWNED_CHAINS) == 10
+    services = [" ".join(rule) for rule in one[("raw", "NFQPROXY-SERVICES")]]
+    # The firewall first, then the service range and the external frontends' set.
+    assert "--match-set nfqproxy-fw dst,dst" in services[0] and services[0].endswith("DROP")
+    assert services[1].startswith("-d 10.96.0.0/12") and services[1].endswith("-j NFQPROXY-QUEUE")
+    assert "--match-set nfqproxy-frontends dst,dst" in services[2]
+    assert one[("raw", "NFQPROXY-QUEUE")][-1][-2:] == ["--queue-num", "7"]
     two = chain_rules(HookConfig((IPv4Network("10.96.0.0/16"), IPv4Network("10.100.0.0/16")), 7))
-    assert len(two[("raw", "NFQPROXY-SERVICES")]) == 2
+    assert len(two[("raw", "NFQPROXY-SERVICES")]) == 4
+
+
+def test_the_queue_chain_marks_the_source_as_kube_proxys_ext_chain_tells_them_apart() -> None:
+    """From this node (addrtype LOCAL); with --cluster-cidr, off the cluster unless the
+    source is inside a cluster CIDR, which sets the pod bit and clears that one."""
+    marks = MarkLayout()
+    bare = [" ".join(r) for r in chain_rules(HookConfig((), 7))[("raw", "NFQPROXY-QUEUE")]]
+    node = f"{marks.source_node:#x}"
+    assert bare[0] == f"-m addrtype --src-type LOCAL -j MARK --set-xmark {node}/{node}"
+    assert len(bare) == 2  # no cluster CIDR: no source is called in or out of the cluster
+    cidrs = (IPv4Network("10.244.0.0/16"), IPv4Network("10.245.0.0/16"))
+    rules = chain_rules(HookConfig((), 7, cluster_cidrs=cidrs))[("raw", "NFQPROXY-QUEUE")]
+    pod, off = marks.source_pod, marks.source_off_cluster
+    assert [" ".join(r) for r in rules[1:4]] == [
+        f"-j MARK --set-xmark {off:#x}/{off:#x}",
+        f"-s 10.244.0.0/16 -j MARK --set-xmark {pod:#x}/{pod | off:#x}",
+        f"-s 10.245.0.0/16 -j MARK --set-xmark {pod:#x}/{pod | off:#x}",
+    ]
 
 
 def test_every_jump_targets_an_owned_chain_in_its_own_table() -> None:
-    assert {(table, chain) for table, _, chain in JUMPS} == set(OWNED_CHAINS)
+    assert {(table, chain) for table, _, chain in JUMPS} | set(INNER_CHAINS) == set(OWNED_CHAINS)
 
 
 @pytest.mark.parametrize(
@@ -37,26 +60,28 @@ def test_bad_hook_settings_are_refused(queue: int, iptables: str, message: str) 
 
 
 def test_first_packets_only_queues_new_undecided_connections_over_every_queue() -> None:
-    from nfqproxy.datapath.marks import MarkLayout
-
     config = HookConfig(
         (IPv4Network("10.96.0.0/12"),),
         100,
-        marks=MarkLayout(0xFF00),
+        marks=MarkLayout(0xFFC0),
         queues=4,
         first_packets_only=True,
     )
     rules = chain_rules(config)
     assert set(rules) == {
         ("mangle", "NFQPROXY-FIRST"),
+        ("mangle", "NFQPROXY-QUEUE"),
         ("nat", "NFQPROXY-DECIDED"),
         ("nat", "NFQPROXY-HAIRPIN"),
         ("filter", "NFQPROXY-FORWARD"),
         ("filter", "NFQPROXY-REJECT"),
     }
-    first = " ".join(rules[("mangle", "NFQPROXY-FIRST")][0])
-    assert "--ctstate NEW -m connmark ! --mark 0x100/0x100" in first
-    assert first.endswith("--queue-balance 100:103 --queue-cpu-fanout")
+    first = " ".join(rules[("mangle", "NFQPROXY-FIRST")][1])
+    assert first.startswith("-d 10.96.0.0/12")
+    assert "--ctstate NEW -m connmark ! --mark 0x40/0x40" in first
+    assert first.endswith("-j NFQPROXY-QUEUE")
+    queue = " ".join(rules[("mangle", "NFQPROXY-QUEUE")][-1])
+    assert queue.endswith("--queue-balance 100:103 --queue-cpu-fanout")
     decided = " ".join(rules[("nat", "NFQPROXY-DECIDED")][0])
-    assert decided.endswith("--save-mark --nfmask 0xff00 --ctmask 0xff00")
+    assert decided.endswith("--save-mark --nfmask 0xffc0 --ctmask 0xffc0")
     assert len(jumps(config)) == 9

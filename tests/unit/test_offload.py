@@ -56,7 +56,7 @@ def test_offload_chooses_the_backend_the_fast_path_chooses_for_every_first_packe
         assert (Action(action), reason, hairpin) == (
             expected.action,
             expected.reason,
-            expected.hairpin,
+            expected.masquerade,
         )
         if expected.action is Action.ACCEPT:
             assert expected.payload is not None
@@ -130,19 +130,25 @@ def test_backend_ids_know_each_owner_and_reuse_released_ids_oldest_first() -> No
 
 
 def test_a_mark_layout_spreads_ids_over_any_mask_and_reads_them_back() -> None:
-    layout = MarkLayout(0xF0F0)
-    assert (layout.proxied, layout.reject, layout.hairpin) == (0x10, 0x20, 0x40)
-    assert layout.id_mask == 0xF080 and layout.max_backend_id == 31
-    for backend_id in range(1, 32):
+    layout = MarkLayout(0xFCF0)
+    assert (layout.proxied, layout.reject, layout.masquerade) == (0x10, 0x20, 0x40)
+    assert (layout.source_pod, layout.source_off_cluster, layout.source_node) == (
+        0x80,
+        0x400,
+        0x800,
+    )
+    assert layout.id_mask == 0xF000 and layout.max_backend_id == 15
+    for backend_id in range(1, 16):
         mark = layout.backend_mark(backend_id)
         assert mark & ~layout.id_mask == 0 and layout.backend_id(mark) == backend_id
-    with pytest.raises(ValueError, match="outside 1-31"):
-        layout.backend_mark(32)
+    with pytest.raises(ValueError, match="outside 1-15"):
+        layout.backend_mark(16)
+    assert layout.source_bits(0x80 | 0x800 | 0x1) == 1 | 4
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("0x7", "needs at least 7"), ("banana", "not a number"), ("0x1ffffffff", "32-bit")],
+    [("0x7", "needs at least 10"), ("banana", "not a number"), ("0x1ffffffff", "32-bit")],
 )
 def test_a_bad_mark_mask_is_refused_with_the_reason(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):

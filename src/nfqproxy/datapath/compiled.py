@@ -102,6 +102,7 @@ class CompiledTables:
                 list(frontend.draining),
                 frontend.no_local_endpoints,
                 marks(key, frontend) if marks else None,
+                frontend.policy,
             )
             self.frontends[key] = frontend
         if plan.names:

@@ -28,8 +28,9 @@ class Datapath(Protocol):
         """The frontend programmed for (VIP, protocol number, port), if any."""
         ...
 
-    def process(self, raw: bytes) -> Verdict:
-        """The verdict for one packet. Never raises."""
+    def process(self, raw: bytes, source: int = 0) -> Verdict:
+        """The verdict for one packet; source: the SOURCE_* bits of its mark
+        (datapath/marks.py). Never raises."""
         ...
 
     def expire(self) -> int:

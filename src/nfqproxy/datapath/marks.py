@@ -4,11 +4,13 @@ The hooks (nfqproxy.hooks) match these bits, every queue binding sets them, and 
 path's DNAT map is keyed by them. A verdict clears and sets bits inside the mask only; a bit
 outside it is never touched, so other users of the mark keep theirs.
 
-Inside the mask, the three lowest bits are flags (proxied, reject, hairpin) and the others
-hold the offload path's backend ids. The default mask keeps clear of kube-proxy's
-0x4000/0x8000 and Cilium's 0x0f00; docs/design.md ("Marks") says how to choose another, for
-example next to Calico, which takes 0xffff0000 unless told otherwise.
-"""
+Inside the mask, the six lowest bits are flags and the others hold the offload path's
+backend ids. Three flags are the verdict's (proxied, reject, masquerade). The other three
+are the hooks' rules' findings about a queued packet's source (pod, off-cluster, node),
+which the data path reads from the mark it receives and clears in its verdict. The default
+mask keeps clear of kube-proxy's 0x4000/0x8000 and Cilium's 0x0f00; docs/design.md
+("Marks") says how to choose another, for example next to Calico, which takes 0xffff0000
+unless told otherwise."""
 
 from __future__ import annotations
 
@@ -16,8 +18,13 @@ from dataclasses import dataclass, field
 
 from nfqproxy import defaults
 
-FLAG_BITS = 3  # proxied, reject, hairpin
+FLAG_BITS = 6  # proxied, reject, masquerade; the source's: pod, off-cluster, node
 MIN_ID_BITS = 4  # a mask must leave room for at least 15 backends
+# A queued packet's source, as the data paths take it (source_bits): what the hooks' rules
+# found before queueing it.
+SOURCE_POD = 1  # inside the cluster, by --cluster-cidr (kube-proxy's local traffic detector)
+SOURCE_OFF_CLUSTER = 2  # outside it; neither bit when no --cluster-cidr is given
+SOURCE_NODE = 4  # sent by this node (addrtype LOCAL)
 
 
 def _bits(mask: int) -> list[int]:
@@ -30,7 +37,10 @@ class MarkLayout:
     mask: int = defaults.MARK_MASK
     proxied: int = field(init=False)  # a request sent to a backend (fast: its replies queued)
     reject: int = field(init=False)  # the filter table's REJECT rule answers the packet
-    hairpin: int = field(init=False)  # client and backend are one host: masquerade
+    masquerade: int = field(init=False)  # a hairpin, or a source the policy masquerades
+    source_pod: int = field(init=False)  # the source is in --cluster-cidr
+    source_off_cluster: int = field(init=False)  # it is not (set only with --cluster-cidr)
+    source_node: int = field(init=False)  # the packet comes from this node
     id_mask: int = field(init=False)  # the offload path's backend ids
 
     def __post_init__(self) -> None:
@@ -44,7 +54,10 @@ class MarkLayout:
             )
         object.__setattr__(self, "proxied", bits[0])
         object.__setattr__(self, "reject", bits[1])
-        object.__setattr__(self, "hairpin", bits[2])
+        object.__setattr__(self, "masquerade", bits[2])
+        object.__setattr__(self, "source_pod", bits[3])
+        object.__setattr__(self, "source_off_cluster", bits[4])
+        object.__setattr__(self, "source_node", bits[5])
         object.__setattr__(self, "id_mask", sum(bits[FLAG_BITS:]))
 
     @property
@@ -60,6 +73,14 @@ class MarkLayout:
             if backend_id >> i & 1:
                 mark |= bit
         return mark
+
+    def source_bits(self, mark: int) -> int:
+        """The SOURCE_* flags a queued packet's mark carries."""
+        return (
+            (SOURCE_POD if mark & self.source_pod else 0)
+            | (SOURCE_OFF_CLUSTER if mark & self.source_off_cluster else 0)
+            | (SOURCE_NODE if mark & self.source_node else 0)
+        )
 
     def backend_id(self, mark: int) -> int:
         """backend_mark's inverse; 0 when the mark names no backend."""

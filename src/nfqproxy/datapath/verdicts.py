@@ -66,4 +66,6 @@ class Verdict:
     reason: str  # one of REASONS
     payload: bytes | None = None  # the rewritten packet, for ACCEPT
     proxied: bool = False  # a request that was DNATed: its conntrack entry gets marked
-    hairpin: bool = False  # client and backend are one host: the kernel must masquerade
+    # The kernel must masquerade the flow: a hairpin (client and backend are one host), or
+    # a source the service's policy masquerades (datapath/frontends.py routing()).
+    masquerade: bool = False

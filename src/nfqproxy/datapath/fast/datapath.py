@@ -71,9 +71,11 @@ class FastDatapath:
     def frontend(self, key: TableKey) -> Frontend | None:
         return self._frontends.get(key)
 
-    def process(self, raw: bytes) -> Verdict:
-        action, reason, payload, proxied, hairpin = self.core.process(raw, self.clock())
-        return Verdict(Action(action), reason, payload, proxied, hairpin)
+    def process(self, raw: bytes, source: int = 0) -> Verdict:
+        action, reason, payload, proxied, masquerade = self.core.process(
+            raw, self.clock(), source=source
+        )
+        return Verdict(Action(action), reason, payload, proxied, masquerade)
 
     def expire(self) -> int:
         return self.core.expire(self.clock())

@@ -29,8 +29,9 @@ class FastQueueBinding:
             marks.mask,
             marks.proxied,
             marks.reject,
-            marks.hairpin,
+            marks.masquerade,
             fail_open,
+            source_marks=(marks.source_pod, marks.source_off_cluster, marks.source_node),
         )
         self._workers = QueueWorkers([queue])
 

@@ -236,11 +236,13 @@ class OffloadDatapath:
     def frontend(self, key: TableKey) -> Frontend | None:
         return self.tables.frontends.get(key)
 
-    def process(self, raw: bytes) -> Verdict:
+    def process(self, raw: bytes, source: int = 0) -> Verdict:
         """The verdict for a flow's first packet. ACCEPT carries no payload: the packet goes
         back as it came, and the mark (proxied) sends it through the DNAT map."""
-        action, reason, _mark, proxied, hairpin = self.core.decide_first(raw, self.clock())
-        return Verdict(Action(action), reason, None, proxied, hairpin)
+        action, reason, _mark, proxied, masquerade = self.core.decide_first(
+            raw, self.clock(), source
+        )
+        return Verdict(Action(action), reason, None, proxied, masquerade)
 
     def expire(self) -> int:
         self._schedule_settle()

@@ -41,9 +41,10 @@ class OffloadQueueBinding:
                     marks.mask,
                     marks.proxied,
                     marks.reject,
-                    marks.hairpin,
+                    marks.masquerade,
                     fail_open,
                     True,  # offload: first packets, answered with a mark
+                    (marks.source_pod, marks.source_off_cluster, marks.source_node),
                 )
                 for i in range(queues)
             ]

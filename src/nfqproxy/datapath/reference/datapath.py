@@ -4,7 +4,8 @@ It is the executable specification of nfqproxy's packet handling. process() is a
 function of the packet, the tables and the clock, so tests can drive it with byte strings
 and the fast path can be compared with it packet for packet.
 
-Request (destination in the service range):
+Request (destination in the service range, or a NodePort, external or ingress address and
+port the tables hold):
   connection-table hit -> rewrite to the recorded backend;
   miss -> service table (VIP, protocol, port) -> Maglev -> record the flow -> rewrite;
   no such service port, or no endpoints -> REJECT (the kernel answers with a TCP RST or
@@ -33,12 +34,16 @@ from nfqproxy.datapath.flows import (
     is_connection_request,
 )
 from nfqproxy.datapath.frontends import (
+    PROTOCOL_MASK,
     Frontend,
     PortChanges,
     TableKey,
     plan_changes,
+    primary_key,
+    routing,
     snapshot_changes,
     update_ports,
+    variant_key,
 )
 from nfqproxy.datapath.hashing import flow_hash
 from nfqproxy.datapath.reference.conntable import (
@@ -101,7 +106,9 @@ class ReferenceDatapath:
             self._frontends[key] = frontend
             self._vips[key[0]] += 1
             for address, port_number in frontend.backends:
-                self._by_backend.setdefault((key[1], address, port_number), []).append(key)
+                self._by_backend.setdefault(
+                    (key[1] & PROTOCOL_MASK, address, port_number), []
+                ).append(primary_key(key))
         update_ports(self._ports, changes)
         if plan.backends_lost:
             self._retire_flows_to_removed_backends()
@@ -119,10 +126,11 @@ class ReferenceDatapath:
         if not self._vips[key[0]]:
             del self._vips[key[0]]
         for address, port_number in frontend.backends:
-            users = self._by_backend[(key[1], address, port_number)]
-            users.remove(key)
+            index = (key[1] & PROTOCOL_MASK, address, port_number)
+            users = self._by_backend[index]
+            users.remove(primary_key(key))
             if not users:
-                del self._by_backend[(key[1], address, port_number)]
+                del self._by_backend[index]
 
     def _retire_flows_to_removed_backends(self) -> None:
         """UDP flows whose backend is no longer chosen move on with their next datagram,
@@ -131,14 +139,17 @@ class ReferenceDatapath:
         draining (terminating) backend are left to finish."""
         now = self.clock()
         for flow in self.flows.flows():
-            frontend = self._frontends.get((flow.vip, flow.proto, flow.vport))
+            key = (flow.vip, flow.proto, flow.vport)
+            tables = [
+                f for f in (self._frontends.get(key), self._frontends.get(variant_key(key))) if f
+            ]
             backend = (flow.backend_ip, flow.backend_port)
             if flow.proto != IPPROTO_TCP:
-                if frontend is None or backend not in frontend.backends:
+                if not any(backend in f.backends for f in tables):
                     self.flows.remove(flow)
                     self.counters["udp_flow_resteered"] += 1
-            elif flow.state is not FlowState.TCP_BACKEND_GONE and (
-                frontend is None or not frontend.serves(backend)
+            elif flow.state is not FlowState.TCP_BACKEND_GONE and not any(
+                f.serves(backend) for f in tables
             ):
                 self.flows.retire(flow, now)
                 self.counters["tcp_flow_retired"] += 1
@@ -149,8 +160,19 @@ class ReferenceDatapath:
         value = int.from_bytes(address, "big")
         return any(value & mask == network for network, mask in self.service_ranges)
 
-    def process(self, raw: bytes) -> Verdict:
-        """The verdict for one queued packet. Never raises."""
+    def _is_request(self, packet: ParsedPacket) -> bool:
+        """To a service: a ClusterIP (the whole range), or an external frontend. The hooks
+        queue only the frontends' own ports outside the range, so any other packet is a
+        reply of a proxied flow."""
+        ip = packet.ip
+        return (
+            self._in_service_range(ip.dst)
+            or (ip.dst, packet.proto, packet.l4.dport) in self._frontends
+        )
+
+    def process(self, raw: bytes, source: int = 0) -> Verdict:
+        """The verdict for one queued packet; source: the SOURCE_* bits of its mark
+        (datapath/marks.py). Never raises."""
         try:
             parsed = parse(raw)
             if isinstance(parsed, str):
@@ -159,8 +181,8 @@ class ReferenceDatapath:
                 return self._count(self._icmp_error(parsed))
             if parsed.has_ip_options:
                 self.counters["ip_options"] += 1
-            if self._in_service_range(parsed.ip.dst):
-                return self._count(self._request(parsed))
+            if self._is_request(parsed):
+                return self._count(self._request(parsed, source))
             return self._count(self._reply(parsed))
         except Exception:  # the proxy must outlive any packet; the counter shows the bug
             return self._count(Verdict(Action.DROP, "internal_error"))
@@ -169,8 +191,9 @@ class ReferenceDatapath:
         self.counters[verdict_counter(verdict.action, verdict.reason)] += 1
         return verdict
 
-    def _request(self, packet: ParsedPacket) -> Verdict:
+    def _request(self, packet: ParsedPacket, source: int) -> Verdict:
         ip, l4, now = packet.ip, packet.l4, self.clock()
+        masquerade = False
         key = (packet.proto, ip.src, l4.sport, ip.dst, l4.dport)
         flow = self.flows.lookup_forward(key, now)
         reason = "request"
@@ -182,10 +205,14 @@ class ReferenceDatapath:
             # backend left): it gets a new backend, not a reset.
             flow = None
         if flow is None:
-            frontend = self._frontends.get((ip.dst, packet.proto, l4.dport))
+            frontend_key = (ip.dst, packet.proto, l4.dport)
+            frontend = self._frontends.get(frontend_key)
             if frontend is None:
                 unknown = "no_service" if ip.dst not in self._vips else "port_not_served"
                 return Verdict(Action.REJECT, unknown)
+            use_variant, masquerade = routing(frontend.policy, source)
+            if use_variant:
+                frontend = self._frontends[variant_key(frontend_key)]
             if not frontend.backends:
                 if frontend.no_local_endpoints:  # as kube-proxy: the client times out
                     return Verdict(Action.DROP, "no_local_endpoints")
@@ -207,8 +234,9 @@ class ReferenceDatapath:
         else:
             self.flows.observe(flow, True, packet.tcp_flags, now)
         payload = rewrite_destination(packet, flow.backend_ip, flow.backend_port)
-        hairpin = flow.backend_ip == flow.client_ip
-        return Verdict(Action.ACCEPT, reason, payload, proxied=True, hairpin=hairpin)
+        # Only a flow's first packet reaches the nat table: the masquerade it decides stays.
+        masquerade = masquerade or flow.backend_ip == flow.client_ip
+        return Verdict(Action.ACCEPT, reason, payload, proxied=True, masquerade=masquerade)
 
     def _choose(self, frontend: Frontend, packet: ParsedPacket, now: float) -> tuple[bytes, int]:
         """The backend for a new flow: the client's sticky one, else Maglev's."""
@@ -269,10 +297,12 @@ class ReferenceDatapath:
 
     def _recover_flow(self, packet: ParsedPacket) -> Flow | None:
         ip, l4 = packet.ip, packet.l4
-        candidates = self._by_backend.get((packet.proto, ip.src, l4.sport), [])
+        # A frontend and its cluster variant are one service port: counted once.
+        candidates = set(self._by_backend.get((packet.proto, ip.src, l4.sport), []))
         if len(candidates) != 1:
             return None
-        vip, proto, vport = candidates[0]
+        (key,) = candidates
+        vip, proto, vport = key
         state = FlowState.TCP_ESTABLISHED if proto == IPPROTO_TCP else FlowState.UDP_REPLIED
         return Flow(
             proto,
@@ -282,7 +312,7 @@ class ReferenceDatapath:
             vport,
             ip.src,
             l4.sport,
-            self._frontends[candidates[0]].name,
+            self._frontends[key].name,
             state,
         )
 

@@ -66,7 +66,9 @@ class NetfilterQueueBinding:
             packet.drop()
 
     def _give_verdict(self, packet: Any) -> None:
-        verdict = self.datapath.process(packet.get_payload())
+        verdict = self.datapath.process(
+            packet.get_payload(), self.marks.source_bits(packet.get_mark())
+        )
         if verdict.action is Action.DROP:
             packet.drop()
             return
@@ -77,7 +79,9 @@ class NetfilterQueueBinding:
             packet.set_mark(mark | marks.reject)  # the filter-table REJECT rule answers it
         else:
             if verdict.proxied:
-                packet.set_mark(mark | marks.proxied | (marks.hairpin if verdict.hairpin else 0))
+                packet.set_mark(
+                    mark | marks.proxied | (marks.masquerade if verdict.masquerade else 0)
+                )
             if verdict.payload is not None:
                 packet.set_payload(verdict.payload)
         packet.accept()

@@ -1,0 +1,129 @@
+"""The sets the hook rules match external frontends by, so that the rules stay fixed
+however many NodePorts, externalIPs and ingress IPs there are.
+
+  nfqproxy-frontends  hash:ip,port      every external address, protocol and port: to the queue
+  nfqproxy-fw         hash:ip,port      the ingress IPs with loadBalancerSourceRanges
+  nfqproxy-fw-allow   hash:ip,port,net  ... and the source ranges each allows
+
+Each sync that changes them fills fresh sets and swaps them in (`ipset swap`), so a rule
+never sees a half-written set. Entries are built from validated addresses, protocol names
+and port numbers only, and are handed to `ipset restore` on its standard input: no shell.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Network, ip_network
+
+from nfqproxy.model import IPNetwork, ServicePort
+
+FRONTENDS = "nfqproxy-frontends"
+FIREWALLED = "nfqproxy-fw"
+ALLOWED = "nfqproxy-fw-allow"
+SET_TYPES = {FRONTENDS: "hash:ip,port", FIREWALLED: "hash:ip,port", ALLOWED: "hash:ip,port,net"}
+NEXT = "-next"  # the suffix of the set being filled, before the swap
+MAX_ELEMENTS = 1 << 20  # ipset's default maxelem is 65536: 10k services x 3 node IPs pass it
+
+
+class IpsetError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class SetContents:
+    frontends: frozenset[str] = frozenset()
+    firewalled: frozenset[str] = frozenset()
+    allowed: frozenset[str] = frozenset()
+
+    def by_name(self) -> dict[str, frozenset[str]]:
+        return {FRONTENDS: self.frontends, FIREWALLED: self.firewalled, ALLOWED: self.allowed}
+
+
+def _halves(network: IPNetwork) -> list[IPNetwork]:
+    """A hash:net set takes prefixes of 1-32 bits: 0.0.0.0/0 goes in as its two halves."""
+    if network.prefixlen:
+        return [network]
+    return (
+        [ip_network("0.0.0.0/1"), ip_network("128.0.0.0/1")]
+        if isinstance(network, IPv4Network)
+        else [ip_network("::/1"), ip_network("8000::/1")]
+    )
+
+
+def set_contents(ports: Iterable[ServicePort]) -> SetContents:
+    """The sets' entries for these frontends; ClusterIPs are matched by the service range."""
+    frontends: set[str] = set()
+    firewalled: set[str] = set()
+    allowed: set[str] = set()
+    for port in ports:
+        if port.kind == "ClusterIP" or port.vip.version != 4:
+            continue
+        entry = f"{port.vip},{port.protocol.lower()}:{port.port}"
+        frontends.add(entry)
+        if port.source_ranges:
+            firewalled.add(entry)
+            allowed.update(f"{entry},{net}" for r in port.source_ranges for net in _halves(r))
+    return SetContents(frozenset(frontends), frozenset(firewalled), frozenset(allowed))
+
+
+class FrontendSets:
+    """The three sets in the kernel, and what they were last given."""
+
+    def __init__(self) -> None:
+        self.current: SetContents | None = None
+
+    def _restore(self, lines: list[str]) -> None:
+        result = subprocess.run(
+            ["ipset", "restore"],
+            input="\n".join(lines) + "\n",
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise IpsetError(f"ipset restore failed: {result.stderr.strip()}")
+
+    def ensure(self) -> None:
+        """Creates any missing set, empty (the rules name them, so they must exist first)."""
+        self._restore(
+            [
+                f"create {name} {kind} family inet maxelem {MAX_ELEMENTS} -exist"
+                for name, kind in SET_TYPES.items()
+            ]
+        )
+
+    def update(self, contents: SetContents) -> bool:
+        """Swaps in the sets that differ from what they hold; returns whether any did."""
+        old = self.current.by_name() if self.current is not None else {}
+        lines: list[str] = []
+        for name, entries in contents.by_name().items():
+            if old.get(name) == entries:
+                continue
+            fresh = name + NEXT
+            lines += [
+                f"create {fresh} {SET_TYPES[name]} family inet maxelem {MAX_ELEMENTS} -exist",
+                f"flush {fresh}",
+                *(f"add {fresh} {entry}" for entry in sorted(entries)),
+                f"create {name} {SET_TYPES[name]} family inet maxelem {MAX_ELEMENTS} -exist",
+                f"swap {fresh} {name}",
+                f"destroy {fresh}",
+            ]
+        if not lines:
+            return False
+        self._restore(lines)
+        self.current = contents
+        return True
+
+    def destroy(self) -> int:
+        """Removes the sets (once no rule names them); returns how many were there."""
+        removed = 0
+        for name in SET_TYPES:
+            for set_name in (name, name + NEXT):
+                result = subprocess.run(
+                    ["ipset", "destroy", set_name], capture_output=True, check=False
+                )
+                removed += name == set_name and result.returncode == 0
+        self.current = None
+        return removed
