@@ -240,7 +240,7 @@ def decisions(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]
     """measure -> mode -> N -> connections made and what the queue decided, over the
     rounds (benchkit.decision_totals); the modes with a proxy only."""
     table: dict[str, dict[str, dict[str, Any]]] = {}
-    for measure in ("connect_decisions", "connection_decisions"):
+    for measure in ("connect_decisions", "nodeport_decisions", "connection_decisions"):
         grouped: dict[tuple[str, int], list[dict[str, Any]]] = {}
         for run in runs:
             taken = run.get(measure)

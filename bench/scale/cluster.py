@@ -14,6 +14,8 @@ from bench.scale.settings import (
     IPERF_PORT,
     IPERF_VIP,
     NAMESPACE,
+    NODEPORT_BASE,
+    NODEPORT_MAX,
     SERVE_PORT,
     SERVICE_PORT,
 )
@@ -64,6 +66,14 @@ class Cluster:
     def port(self) -> int:
         return self.port_base + (self.change or 0)
 
+    @property
+    def has_node_ports(self) -> bool:
+        return self.size <= NODEPORT_MAX
+
+    def node_port(self, index: int) -> int:
+        """svc-index's NodePort; 0 when the run's services have none."""
+        return NODEPORT_BASE + index if self.has_node_ports else 0
+
     def kube_services(self) -> list[KubeService]:
         """In iptables order: the iperf3 and empty services first, then svc-0 .. svc-N-1."""
         extras = [
@@ -80,17 +90,24 @@ class Cluster:
                 SERVICE_PORT,
                 "tcp",
                 tuple(self.endpoints(i)),
+                self.node_port(i),
             )
             for i in range(self.size)
         ]
 
     def service_objects(self) -> list[dict[str, Any]]:
-        def service(name: str, vip: str, ports: list[dict[str, Any]]) -> dict[str, Any]:
+        def service(
+            name: str, vip: str, ports: list[dict[str, Any]], node_port: int = 0
+        ) -> dict[str, Any]:
+            spec = {"clusterIP": vip, "clusterIPs": [vip], "ports": ports}
+            if node_port:
+                spec["type"] = "NodePort"
+                spec["ports"] = [{**ports[0], "nodePort": node_port}]
             return {
                 "apiVersion": "v1",
                 "kind": "Service",
                 "metadata": {"name": name, "namespace": NAMESPACE},
-                "spec": {"clusterIP": vip, "clusterIPs": [vip], "ports": ports},
+                "spec": spec,
             }
 
         http = [{"name": "http", "protocol": "TCP", "port": SERVICE_PORT}]
@@ -98,7 +115,10 @@ class Cluster:
         return [
             service("iperf", IPERF_VIP, iperf),
             service("empty", EMPTY_VIP, http),
-            *(service(f"svc-{i}", service_vip(i), http) for i in range(self.size)),
+            *(
+                service(f"svc-{i}", service_vip(i), http, self.node_port(i))
+                for i in range(self.size)
+            ),
         ]
 
     def slice_objects(self) -> list[dict[str, Any]]:

@@ -14,6 +14,8 @@ from bench.scale.settings import (
     FLOOR_MODE,
     FLOOR_QUEUE,
     NFQPROXY_MODES,
+    NODEPORT_BASE,
+    NODEPORT_MAX,
     QUEUES,
     ProxyMode,
     RunSettings,
@@ -34,7 +36,7 @@ from nfqproxy_lab.kube_proxy_rules import (
 )
 from nfqproxy_lab.proxy import start_proxy, wait_ready
 from nfqproxy_lab.served_api import ServedApi
-from nfqproxy_lab.topology import SERVICE_CIDR, Lab
+from nfqproxy_lab.topology import NODE_IP, SERVICE_CIDR, Lab
 
 
 class Competitor(Protocol):
@@ -131,14 +133,23 @@ class QueuedFirstPackets(KubeProxyIptables):
         self.ceiling = ceiling
         self.processes: list[subprocess.Popen[bytes]] = []
 
-    def _queue_rule(self, action: str) -> list[str]:
+    def _queue_rules(self, action: str) -> list[list[str]]:
+        """First packets to the service range, and to the node's NodePorts."""
         spread = ["--queue-balance", f"{FLOOR_QUEUE}:{FLOOR_QUEUE + QUEUES - 1}"]
         target = (
             [*spread, "--queue-cpu-fanout"] if QUEUES > 1 else ["--queue-num", str(FLOOR_QUEUE)]
         )
+        last = NODEPORT_BASE + NODEPORT_MAX - 1
+        matches = [
+            ["-d", SERVICE_CIDR],
+            ["-d", NODE_IP, "-p", "tcp", "--dport", f"{NODEPORT_BASE}:{last}"],
+        ]
         return [
-            "iptables-legacy", "-t", "mangle", action, "PREROUTING", "-d", SERVICE_CIDR,
-            "-m", "conntrack", "--ctstate", "NEW", "-j", "NFQUEUE", *target,
+            [
+                "iptables-legacy", "-t", "mangle", action, "PREROUTING", *match,
+                "-m", "conntrack", "--ctstate", "NEW", "-j", "NFQUEUE", *target,
+            ]
+            for match in matches
         ]  # fmt: skip
 
     def load(self) -> dict[str, float]:
@@ -148,11 +159,13 @@ class QueuedFirstPackets(KubeProxyIptables):
             process = self.lab.start_process(f"ceiling{queue}", command)
             self.processes.append(process)
             wait_for_line(self.lab.dir / f"ceiling{queue}.log", "ready", process)
-        netns.run(netns.exec_command(self.lab.node_ns, self._queue_rule("-A")))
+        for rule in self._queue_rules("-A"):
+            netns.run(netns.exec_command(self.lab.node_ns, rule))
         return loaded
 
     def unload(self) -> None:
-        netns.run(netns.exec_command(self.lab.node_ns, self._queue_rule("-D")), check=False)
+        for rule in self._queue_rules("-D"):
+            netns.run(netns.exec_command(self.lab.node_ns, rule), check=False)
         for process in self.processes:
             process.terminate()
             process.wait(10)
@@ -167,7 +180,7 @@ class KubeProxyNftables(KubeProxyRules):
     remove_all = NFT_DELETE
 
     def render_all(self, services: list[KubeService]) -> str:
-        return nft_restore_all(services)
+        return nft_restore_all(services, (NODE_IP,))
 
     def render_change(self, services: list[KubeService], old: KubeService, new: KubeService) -> str:
         return nft_restore_change(old, new)

@@ -32,7 +32,7 @@ from bench.scale.settings import (
 from bench.traffic import counting_decisions, short_connections, tcp_gbits, tcpbench, udp_small
 from nfqproxy_lab import netns
 from nfqproxy_lab.netns import NetnsThread
-from nfqproxy_lab.topology import Lab
+from nfqproxy_lab.topology import NODE_IP, Lab
 
 POSITIONS = ("first", "middle", "last")  # of the services in iptables order
 
@@ -56,28 +56,29 @@ def pinned(processes: list[subprocess.Popen[bytes]], cpus: set[int]) -> Iterator
 
 
 def connect_latencies_us(
-    lab: Lab, vips: list[str], count: int
+    lab: Lab, targets: list[tuple[str, int]], count: int, namespace: str | None = None
 ) -> tuple[list[dict[str, float]], int]:
-    """connect() percentiles for each VIP, measured in alternating chunks so that any
-    drift (a proxy settling after its start, say) touches every VIP alike; and how many
-    connections were made, warm-ups included."""
-    port, binary = str(SERVICE_PORT), lab.dir / "tcpbench"
+    """connect() percentiles for each (address, port), from the lab's client or the given
+    namespace, measured in alternating chunks so that any drift (a proxy settling after
+    its start, say) touches every target alike; and how many connections were made,
+    warm-ups included."""
+    binary, client = lab.dir / "tcpbench", namespace or lab.client_ns
     made = 0
-    for vip in vips:
-        out = tcpbench(binary, lab.client_ns, "latency", vip, port, "20", cpu=0)  # ARP, caches
+    for host, port in targets:
+        out = tcpbench(binary, client, "latency", host, str(port), "20", cpu=0)  # ARP, caches
         made += len(out.split())
-    samples: list[list[float]] = [[] for _ in vips]
+    samples: list[list[float]] = [[] for _ in targets]
     chunks = 3
     for _ in range(chunks):
-        for vip, taken in zip(vips, samples, strict=True):
-            out = tcpbench(binary, lab.client_ns, "latency", vip, port, str(count // chunks), cpu=0)
+        for (host, port), taken in zip(targets, samples, strict=True):
+            out = tcpbench(binary, client, "latency", host, str(port), str(count // chunks), cpu=0)
             taken += [float(x) for x in out.split()]
     results = []
-    for vip, taken in zip(vips, samples, strict=True):
+    for (host, port), taken in zip(targets, samples, strict=True):
         made += len(taken)
         good = [s for s in taken if s >= 0]
         if not good:
-            raise RuntimeError(f"no connection to {vip} succeeded")
+            raise RuntimeError(f"no connection to {host}:{port} succeeded")
         results.append({**percentiles(good), "failed": float(len(taken) - len(good))})
     return results, made
 
@@ -227,12 +228,23 @@ def measure(
         # across CPUs costs 10-40 us, and where the scheduler puts them changes from one
         # run to the next: unpinned, that drowns whatever N does.
         indexes = (0, cluster.middle, cluster.last)
-        vips = [service_vip(i) for i in indexes]
+        targets = [(service_vip(i), SERVICE_PORT) for i in indexes]
         with pinned(answering, {0}), counting_decisions(lab, proxied) as decided:
-            found, made = connect_latencies_us(lab, vips, settings.connects)
+            found, made = connect_latencies_us(lab, targets, settings.connects)
         for position, cell in zip(POSITIONS, found, strict=True):
             result[f"connect_{position}_us"] = cell
         result["connect_decisions"] = {"made": made, **decided}
+
+    def nodeport_latencies() -> None:
+        # From the external client, outside the cluster, to the node's address: the same
+        # three services' NodePorts (kube-proxy's iptables mode reaches KUBE-NODEPORTS after
+        # every ClusterIP rule of KUBE-SERVICES, then walks it in order).
+        targets = [(NODE_IP, cluster.node_port(i)) for i in (0, cluster.middle, cluster.last)]
+        with pinned(answering, {0}), counting_decisions(lab, proxied) as decided:
+            found, made = connect_latencies_us(lab, targets, settings.connects, lab.external_ns)
+        for position, cell in zip(POSITIONS, found, strict=True):
+            result[f"nodeport_{position}_us"] = cell
+        result["nodeport_decisions"] = {"made": made, **decided}
 
     def connections() -> None:
         binary = lab.dir / "tcpbench"
@@ -250,6 +262,8 @@ def measure(
         attempt("memory_mb", competitor.memory_mb)
         if mode not in PROGRAMMING_ONLY:
             attempt("connect", latencies)
+            if cluster.has_node_ports:
+                attempt("nodeport", nodeport_latencies)
             attempt("connections", connections)
             if size == settings.throughput_size:
                 attempt(

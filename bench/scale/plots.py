@@ -19,6 +19,14 @@ FIGURES = (
         ],
     ),
     (
+        "nodeport",
+        [
+            ("nodeport_first_us.p50", "NodePort connect p50, first service (µs)"),
+            ("nodeport_middle_us.p50", "NodePort connect p50, middle service (µs)"),
+            ("nodeport_last_us.p50", "NodePort connect p50, last service (µs)"),
+        ],
+    ),
+    (
         "programming",
         [
             ("load_seconds", "full load: restore or first sync (s)"),

@@ -60,6 +60,30 @@ MEASURES: dict[str, tuple[str, str, str]] = {
         "as above, 99th percentile",
         PACKETS,
     ),
+    "nodeport_first_us.p50": (
+        "NodePort connect p50, first service (µs)",
+        "tcpbench latency from the external client (outside the cluster, behind the uplink) "
+        "to the node's address and the NodePort of the first, middle and last service, in "
+        "alternating chunks; externalTrafficPolicy Cluster; every service a NodePort "
+        "(20000 + i)",
+        PACKETS,
+    ),
+    "nodeport_middle_us.p50": (
+        "NodePort connect p50, middle service (µs)",
+        "as above, the middle service's NodePort: iptables walks all of KUBE-SERVICES, then "
+        "half of KUBE-NODEPORTS",
+        PACKETS,
+    ),
+    "nodeport_last_us.p50": (
+        "NodePort connect p50, last service (µs)",
+        "as above, the last service's NodePort: iptables' worst case",
+        PACKETS,
+    ),
+    "nodeport_last_us.p99": (
+        "NodePort connect p99, last service (µs)",
+        "as above, 99th percentile",
+        PACKETS,
+    ),
     "connections_per_second": (
         "new TCP connections per second",
         "tcpbench requests: 4 client threads of connect, a 32-byte request, its answer, close "
@@ -248,7 +272,8 @@ def report_markdown(results: dict[str, Any]) -> str:
         lines += ["", "## Measures that failed (after one retry)", "", *failures]
     lines += [
         "",
-        "Plots: latency.png, programming.png, throughput.png (error bars: the lowest and highest round).",
+        "Plots: latency.png, nodeport.png, programming.png, throughput.png (error bars: the lowest and "
+        "highest round).",
         "",
     ]
     return "\n".join(lines)
@@ -300,6 +325,7 @@ def _decisions(results: dict[str, Any], sizes: list[str]) -> list[str]:
     ]
     names = {
         "connect_decisions": "connect latency",
+        "nodeport_decisions": "NodePort connect latency",
         "connection_decisions": "new connections per second",
     }
 

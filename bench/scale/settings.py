@@ -57,6 +57,11 @@ MAX_CHANGES = 100  # per series; series take successive port ranges from CHANGE_
 # reach it about 1 ms after it is programmed, without saturating either competitor.
 CHANGE_TRAFFIC_PAUSE_US = 200
 IPERF_VIP, EMPTY_VIP, IPERF_PORT = "10.99.0.1", "10.99.0.2", 5201
+# Every service is a NodePort, svc-i on NODEPORT_BASE + i: 10,000 services need more than
+# the default range (30000-32767) holds, so the run's cluster uses
+# --service-node-port-range 20000-29999, as a kube-apiserver can be told. Beyond
+# NODEPORT_MAX services, none has a NodePort and the NodePort measures are left out.
+NODEPORT_BASE, NODEPORT_MAX = 20000, 10000
 NAMESPACE = "scale"
 LAB_PREFIX = "scale"
 # Modes that a machine may not take: nftables needs nft, and a kernel that takes

@@ -12,6 +12,9 @@ iptables mode:
   the last has no match. Each KUBE-SEP chain marks hairpin traffic for masquerade and
   DNATs.
 - A service port without endpoints gets a REJECT in the filter table's KUBE-SERVICES.
+- A NodePort (externalTrafficPolicy Cluster) is one rule in KUBE-NODEPORTS, which the
+  last rule of KUBE-SERVICES reaches for any local destination (after every ClusterIP
+  rule), jumping to its KUBE-EXT chain: mark for masquerade, then the KUBE-SVC chain.
 - One endpoint change is written as kube-proxy's partial sync (MinimizeIPTablesRestore)
   writes it: KUBE-SERVICES in full, the changed service's chains, and the deletion of
   endpoint chains no longer used, loaded with --noflush.
@@ -57,10 +60,27 @@ class KubeService:
     port: int
     protocol: str  # "tcp" or "udp"
     endpoints: tuple[tuple[str, int], ...]
+    node_port: int = 0  # 0: a ClusterIP service
 
     @property
     def chain(self) -> str:
         return "KUBE-SVC-" + chain_hash(self.name + self.protocol)
+
+    @property
+    def external_chain(self) -> str:
+        return "KUBE-EXT-" + chain_hash(self.name + self.protocol)
+
+    def nodeport_rules(self) -> list[str]:
+        """Its KUBE-NODEPORTS rule and its KUBE-EXT chain (externalTrafficPolicy Cluster)."""
+        if not self.node_port or not self.endpoints:
+            return []
+        return [
+            f'-A KUBE-NODEPORTS -m comment --comment "{self.name}" -m {self.protocol} '
+            f"-p {self.protocol} --dport {self.node_port} -j {self.external_chain}",
+            f'-A {self.external_chain} -m comment --comment "masquerade traffic for '
+            f'{self.name} external destinations" -j KUBE-MARK-MASQ',
+            f"-A {self.external_chain} -j {self.chain}",
+        ]
 
     def endpoint_chain(self, ip: str, port: int) -> str:
         return "KUBE-SEP-" + chain_hash(f"{self.name}{self.protocol}{ip}:{port}")
@@ -128,6 +148,9 @@ def restore_all(services: list[KubeService]) -> str:
         if svc.endpoints:
             nat_chains += _declare([svc.chain, *svc.endpoint_chains()])
             nat_rules += svc.chain_rules()
+        if svc.node_port and svc.endpoints:
+            nat_chains += _declare([svc.external_chain])
+            nat_rules += svc.nodeport_rules()
     return "\n".join(
         [
             "*filter",
@@ -183,6 +206,10 @@ def nft_endpoint_chain(svc: KubeService, ip: str, port: int) -> str:
     return f"endpoint-{digest}-{_nft_base(svc)}__{ip}/{port}"
 
 
+def nft_external_chain(svc: KubeService) -> str:
+    return f"external-{chain_hash(svc.name + svc.protocol)[:8]}-{_nft_base(svc)}"
+
+
 def _nft_service(svc: KubeService) -> tuple[list[str], list[str]]:
     """(chains to add, rules to add) for one service port with endpoints."""
     chains = [nft_service_chain(svc)]
@@ -201,8 +228,12 @@ def _nft_service(svc: KubeService) -> tuple[list[str], list[str]]:
     return chains, rules
 
 
-def nft_restore_all(services: list[KubeService]) -> str:
-    """`nft -f` input for the whole layout, in one transaction."""
+def nft_restore_all(services: list[KubeService], node_ips: tuple[str, ...] = ()) -> str:
+    """`nft -f` input for the whole layout, in one transaction. NodePorts answer on
+    node_ips (--nodeport-addresses primary, nftables mode's default): the services chain
+    looks the destination up in the nodeport-ips set, then protocol . port in the
+    service-nodeports map, whose external chain marks for masquerade and goes to the
+    service chain (externalTrafficPolicy Cluster)."""
     hooks = [
         (
             "nat-prerouting",
@@ -231,12 +262,14 @@ def nft_restore_all(services: list[KubeService]) -> str:
         f"add rule {NFT_TABLE} masquerading mark set mark xor 0x4000",
         f"add rule {NFT_TABLE} masquerading masquerade fully-random",
         f"add rule {NFT_TABLE} services ip daddr . meta l4proto . th dport vmap @service-ips",
+        f"add rule {NFT_TABLE} services ip daddr @nodeport-ips meta l4proto . th dport "
+        "vmap @service-nodeports",
         f"add rule {NFT_TABLE} service-endpoints-check ip daddr . meta l4proto . th dport "
         "vmap @no-endpoint-services",
         f"add rule {NFT_TABLE} reject-chain reject",
     ]
     rules += [f"add rule {NFT_TABLE} {name} {rule}" for name, _, rule in hooks if rule]
-    elements, rejects = [], []
+    elements, rejects, nodeports = [], [], []
     for svc in services:
         key = f"{svc.vip} . {svc.protocol} . {svc.port}"
         if not svc.endpoints:
@@ -246,10 +279,26 @@ def nft_restore_all(services: list[KubeService]) -> str:
         lines += [f"add chain {NFT_TABLE} {chain}" for chain in chains]
         rules += service_rules
         elements.append(f"{key} : goto {chains[0]}")
+        if svc.node_port:
+            external = nft_external_chain(svc)
+            lines.append(f"add chain {NFT_TABLE} {external}")
+            rules.append(f"add rule {NFT_TABLE} {external} jump mark-for-masquerade")
+            rules.append(f"add rule {NFT_TABLE} {external} goto {chains[0]}")
+            nodeports.append(f"{svc.protocol} . {svc.node_port} : goto {external}")
     lines.append(f"add map {NFT_TABLE} service-ips {{ {_NFT_MAP_TYPE}; }}")
     lines.append(f"add map {NFT_TABLE} no-endpoint-services {{ {_NFT_MAP_TYPE}; }}")
+    lines.append(
+        f"add map {NFT_TABLE} service-nodeports {{ type inet_proto . inet_service : verdict; }}"
+    )
+    lines.append(f"add set {NFT_TABLE} nodeport-ips {{ type ipv4_addr; }}")
+    if node_ips:
+        lines.append(f"add element {NFT_TABLE} nodeport-ips {{ {', '.join(node_ips)} }}")
     lines += rules
-    for name, items in (("service-ips", elements), ("no-endpoint-services", rejects)):
+    for name, items in (
+        ("service-ips", elements),
+        ("no-endpoint-services", rejects),
+        ("service-nodeports", nodeports),
+    ):
         for start in range(0, len(items), 1000):  # nft parses huge element lists slowly
             lines.append(
                 f"add element {NFT_TABLE} {name} {{ {', '.join(items[start : start + 1000])} }}"

@@ -72,3 +72,27 @@ def test_the_nftables_layout_maps_vips_to_service_chains_and_rejects_empty_servi
     moved = KubeService(WEB.name, WEB.vip, WEB.port, WEB.protocol, WEB.endpoints[:2])
     change = nft_restore_change(WEB, moved)
     assert "numgen random mod 2 vmap" in change and change.count("delete chain") == 1
+
+
+def test_a_node_port_is_one_rule_in_kube_nodeports_reached_after_every_cluster_ip() -> None:
+    """kube-proxy's iptables mode: KUBE-NODEPORTS, the last rule of KUBE-SERVICES (local
+    destinations), one rule per NodePort to its KUBE-EXT chain: masquerade, then KUBE-SVC."""
+    web = KubeService(WEB.name, WEB.vip, WEB.port, WEB.protocol, WEB.endpoints, 30080)
+    rules = restore_all([web, EMPTY]).splitlines()
+    portals = [r for r in rules if r.startswith("-A KUBE-SERVICES ")]
+    assert portals[-1].endswith("-m addrtype --dst-type LOCAL -j KUBE-NODEPORTS")
+    assert [r for r in rules if r.startswith("-A KUBE-NODEPORTS ")] == [
+        f'-A KUBE-NODEPORTS -m comment --comment "{web.name}" -m tcp -p tcp --dport 30080 '
+        f"-j {web.external_chain}"
+    ]
+    external = [r for r in rules if r.startswith(f"-A {web.external_chain} ")]
+    assert external[0].endswith("-j KUBE-MARK-MASQ") and external[1].endswith(f"-j {web.chain}")
+    assert f":{web.external_chain} - [0:0]" in rules
+
+
+def test_the_nftables_layout_maps_node_ports_on_the_node_addresses() -> None:
+    web = KubeService(WEB.name, WEB.vip, WEB.port, WEB.protocol, WEB.endpoints, 30080)
+    text = nft_restore_all([web, EMPTY], ("10.255.255.1",))
+    assert "ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports" in text
+    assert "add element ip kube-proxy nodeport-ips { 10.255.255.1 }" in text
+    assert "tcp . 30080 : goto external-" in text
