@@ -14,30 +14,32 @@ cdef Frontend *frontend_for_new_flow(Core *c, Headers *h, Verdict *v, int source
     routing()); NULL, with the verdict set to a reject or a drop, when no backend can take
     it."""
     cdef Frontend *f = frontend_find(&c.services, h.dst, h.proto, h.dport)
+    cdef bint masquerade = False
     v.masquerade = 0
     if f == NULL:
         v.action = ACT_REJECT
         v.reason = R_PORT_NOT_SERVED if map_slot(&c.services.vip_map, h.dst, False) != NULL else R_NO_SERVICE
         return NULL
     if f.policy == POLICY_EXTERNAL_CLUSTER:
-        v.masquerade = 1
+        masquerade = True
     elif f.policy == POLICY_EXTERNAL_LOCAL:
         if source & (SOURCE_POD | SOURCE_NODE):
             # The cluster's own pods and the node take every endpoint of the cluster; the
             # node's traffic is masqueraded (kube-proxy's EXT chain, nfqproxy.external).
-            v.masquerade = not (source & SOURCE_POD)
+            masquerade = not (source & SOURCE_POD)
             f = frontend_find(&c.services, h.dst, h.proto | VARIANT_CLUSTER, h.dport)
             if f == NULL:  # programmed with its primary, always; a bug if not
                 v.action, v.reason = ACT_DROP, R_INTERNAL_ERROR
                 return NULL
     elif source & SOURCE_OFF_CLUSTER:
-        v.masquerade = 1
+        masquerade = True
     if f.backend_count == 0:
         if f.drop_when_empty:
             v.action, v.reason = ACT_DROP, R_NO_LOCAL_ENDPOINTS
         else:
             v.action, v.reason = ACT_REJECT, R_NO_ENDPOINTS
         return NULL
+    v.masquerade = masquerade  # for a flow that goes ahead only, as the reference
     return f
 
 

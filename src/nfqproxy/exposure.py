@@ -71,31 +71,40 @@ class Exposure:
         reprogrammed: bool,
     ) -> None:
         """The ports a sync changed (or, reprogrammed, every port): logs the external ones
-        and swaps the hooks' sets when they changed. Raises if the sets cannot be written;
-        the next sync writes them whole."""
+        and brings the hooks' sets in step. Raises if the sets cannot be written; the next
+        sync then writes them whole."""
         if reprogrammed or self._sets_stale:
             changed = {key: None for key in self.external} | dict(every_port())
-        touched = False
+        added, removed = ipsets.SetContents(), ipsets.SetContents()
         for key, port in changed.items():
             old = self.external.get(key)
-            if port is not None and port.kind != "ClusterIP":
+            new = port if port is not None and port.kind != "ClusterIP" else None
+            if new is not None:
                 if old is None or (old.kind, old.policy, old.name) != (
-                    port.kind,
-                    port.policy,
-                    port.name,
+                    new.kind,
+                    new.policy,
+                    new.name,
                 ):
                     log.info(
-                        "%s %s serves %s (%s)", port.kind, port.address_port, port.name, port.policy
+                        "%s %s serves %s (%s)", new.kind, new.address_port, new.name, new.policy
                     )
-                self.external[key] = port
-                touched = touched or old != port
+                self.external[key] = new
             elif old is not None:
                 log.info("%s %s no longer serves %s", old.kind, old.address_port, old.name)
                 del self.external[key]
-                touched = True
-        if self.sets is not None and (touched or self._sets_stale):
-            self._sets_stale = True
-            self.sets.update(ipsets.set_contents(self.external.values()))
+            # Only the address, port and source ranges are in the sets: an endpoint change
+            # leaves them alone.
+            if old is None or new is None or old.source_ranges != new.source_ranges:
+                before, after = ipsets.port_entries(old), ipsets.port_entries(new)
+                added, removed = added | (after - before), removed | (before - after)
+        if self.sets is None:
+            return
+        if self._sets_stale:
+            self.sets.replace(ipsets.set_contents(self.external.values()))
+            self._sets_stale = False
+        elif added or removed:
+            self._sets_stale = True  # until this change is known to have gone in
+            self.sets.change(added, removed)
             self._sets_stale = False
 
     async def update_health(self, checks: Mapping[ObjectKey, HealthCheck]) -> None:

@@ -5,9 +5,12 @@ however many NodePorts, externalIPs and ingress IPs there are.
   nfqproxy-fw         hash:ip,port      the ingress IPs with loadBalancerSourceRanges
   nfqproxy-fw-allow   hash:ip,port,net  ... and the source ranges each allows
 
-Each sync that changes them fills fresh sets and swaps them in (`ipset swap`), so a rule
-never sees a half-written set. Entries are built from validated addresses, protocol names
-and port numbers only, and are handed to `ipset restore` on its standard input: no shell.
+The first sync, and any after a failed one, fills fresh sets and swaps them in (`ipset
+swap`), so a rule never sees a half-written set; other syncs add and delete the entries
+that changed, in one `ipset restore`, each entry atomically. An endpoint change touches no
+set at all: the entries name frontends, not backends. Entries are built from validated
+addresses, protocol names and port numbers only, and are handed to `ipset restore` on its
+standard input: no shell.
 """
 
 from __future__ import annotations
@@ -40,6 +43,23 @@ class SetContents:
     def by_name(self) -> dict[str, frozenset[str]]:
         return {FRONTENDS: self.frontends, FIREWALLED: self.firewalled, ALLOWED: self.allowed}
 
+    def __or__(self, other: SetContents) -> SetContents:
+        return SetContents(
+            self.frontends | other.frontends,
+            self.firewalled | other.firewalled,
+            self.allowed | other.allowed,
+        )
+
+    def __sub__(self, other: SetContents) -> SetContents:
+        return SetContents(
+            self.frontends - other.frontends,
+            self.firewalled - other.firewalled,
+            self.allowed - other.allowed,
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self.frontends or self.firewalled or self.allowed)
+
 
 def _halves(network: IPNetwork) -> list[IPNetwork]:
     """A hash:net set takes prefixes of 1-32 bits: 0.0.0.0/0 goes in as its two halves."""
@@ -52,20 +72,23 @@ def _halves(network: IPNetwork) -> list[IPNetwork]:
     )
 
 
+def port_entries(port: ServicePort | None) -> SetContents:
+    """One frontend's entries; none for a ClusterIP, which the service range matches."""
+    if port is None or port.kind == "ClusterIP" or port.vip.version != 4:
+        return SetContents()
+    entry = f"{port.vip},{port.protocol.lower()}:{port.port}"
+    if not port.source_ranges:
+        return SetContents(frozenset([entry]))
+    allowed = frozenset(f"{entry},{net}" for r in port.source_ranges for net in _halves(r))
+    return SetContents(frozenset([entry]), frozenset([entry]), allowed)
+
+
 def set_contents(ports: Iterable[ServicePort]) -> SetContents:
-    """The sets' entries for these frontends; ClusterIPs are matched by the service range."""
-    frontends: set[str] = set()
-    firewalled: set[str] = set()
-    allowed: set[str] = set()
+    """The sets' entries for these frontends."""
+    contents = SetContents()
     for port in ports:
-        if port.kind == "ClusterIP" or port.vip.version != 4:
-            continue
-        entry = f"{port.vip},{port.protocol.lower()}:{port.port}"
-        frontends.add(entry)
-        if port.source_ranges:
-            firewalled.add(entry)
-            allowed.update(f"{entry},{net}" for r in port.source_ranges for net in _halves(r))
-    return SetContents(frozenset(frontends), frozenset(firewalled), frozenset(allowed))
+        contents = contents | port_entries(port)
+    return contents
 
 
 class FrontendSets:
@@ -94,7 +117,25 @@ class FrontendSets:
             ]
         )
 
-    def update(self, contents: SetContents) -> bool:
+    def change(self, added: SetContents, removed: SetContents) -> None:
+        """Adds and deletes entries in place, in one restore (after replace())."""
+        if self.current is None:
+            raise IpsetError("the sets were never filled; replace() them first")
+        lines = [
+            f"del {name} {entry} -exist"
+            for name, entries in removed.by_name().items()
+            for entry in sorted(entries)
+        ]
+        lines += [
+            f"add {name} {entry} -exist"
+            for name, entries in added.by_name().items()
+            for entry in sorted(entries)
+        ]
+        if lines:
+            self._restore(lines)
+        self.current = (self.current - removed) | added
+
+    def replace(self, contents: SetContents) -> bool:
         """Swaps in the sets that differ from what they hold; returns whether any did."""
         old = self.current.by_name() if self.current is not None else {}
         lines: list[str] = []

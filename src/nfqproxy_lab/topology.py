@@ -54,7 +54,8 @@ NODE2_NAME, NODE2_IP, NODE2_UPLINK_IP = "lab-node2", "10.255.254.1", "10.255.254
 REMOTE_BACKEND_IP, REMOTE_BACKEND_GATEWAY = "10.244.200.2", "10.244.200.1"
 REMOTE_BACKEND = "remote"
 # Routed to the node by the uplink, as a cloud load balancer or a BGP speaker would: the
-# lab's externalIPs and LoadBalancer ingress IPs come from these.
+# lab's externalIPs and LoadBalancer ingress IPs come from these. (The service range is
+# routed there too, so that a client outside the cluster can reach a ClusterIP.)
 EXTERNAL_IPS_RANGE, INGRESS_RANGE = "192.0.2.0/24", "203.0.113.0/24"
 
 
@@ -219,6 +220,7 @@ class Lab:
                 f"route add {CLUSTER_CIDR} via {UPLINK_NODE_IP}",
                 f"route add {EXTERNAL_IPS_RANGE} via {UPLINK_NODE_IP}",
                 f"route add {INGRESS_RANGE} via {UPLINK_NODE_IP}",
+                f"route add {SERVICE_CIDR} via {UPLINK_NODE_IP}",
             ],
         )
         netns.sysctl(self.uplink_ns, "net.ipv4.ip_forward", "1")

@@ -36,11 +36,13 @@ def http_peers(host: str, port: int, count: int, timeout: float = 3.0) -> Counte
     return answers
 
 
-def http_status(host: str, port: int, timeout: float = 3.0) -> tuple[int, dict[str, str], str]:
-    """(status, headers, body) of one GET /: the health check node port's answer."""
+def http_status(
+    host: str, port: int, timeout: float = 3.0, path: str = "/"
+) -> tuple[int, dict[str, str], str]:
+    """(status, headers, body) of one GET: the health check node port's answer, say."""
     connection = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
-        connection.request("GET", "/", headers={"Connection": "close"})
+        connection.request("GET", path, headers={"Connection": "close"})
         response = connection.getresponse()
         return response.status, dict(response.getheaders()), response.read().decode()
     finally:

@@ -210,6 +210,16 @@ def test_local_policy_without_a_local_endpoint_drops_external_clients_only(
     assert external.client.call(http_get, NODE_IP, 30082) == REMOTE_BACKEND  # a pod still gets in
 
 
+def test_cluster_ip_traffic_from_outside_the_cluster_cidr_is_masqueraded(
+    external: RunningLab,
+) -> None:
+    """kube-proxy with a local traffic detector (--cluster-cidr): a ClusterIP reached from
+    off the cluster is masqueraded; from a pod, the source is kept."""
+    seen = {peer for _, peer in peers(outside(external), "10.96.0.40", 80, 20)}
+    assert seen and seen <= {NODE_IP, "10.244.11.1"}, seen
+    assert {peer for _, peer in peers(external.client, "10.96.0.40", 80, 20)} == {CLIENT_IP}
+
+
 def test_an_external_ip_and_an_ingress_ip_are_served(external: RunningLab) -> None:
     answers = peers(outside(external), EXTERNAL_IP, 80, 20)
     assert {name for name, _ in answers} == {LOCAL_BACKEND, REMOTE_BACKEND}, answers
@@ -283,3 +293,7 @@ def test_the_status_says_what_is_served_on_which_address(external: RunningLab) -
     assert served[f"{LB_IP}:80/TCP"] == "LoadBalancer default/lb:http (external-local)"
     assert served[f"{EXTERNAL_IP}:80/TCP"] == "ExternalIP default/eip:http (external-cluster)"
     assert exposure["health_checks"][f"0.0.0.0:{HEALTH_PORT}"]["localEndpoints"] == 1
+    _, _, metrics = external.node.call(http_status, "127.0.0.1", 10249, 3.0, "/metrics")
+    # np (TCP and UDP), npl, remoteonly, lb and lbfw on the node; eip and two ingress IPs.
+    assert 'nfqproxy_external_frontends{kind="NodePort"} 6.0' in metrics
+    assert 'nfqproxy_external_frontends{kind="LoadBalancer"} 2.0' in metrics

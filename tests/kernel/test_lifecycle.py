@@ -17,7 +17,14 @@ from nfqproxy import ipsets
 from nfqproxy.hooks import HookConfig, chain_rules, jumps
 from nfqproxy_lab import netns
 from nfqproxy_lab.proxy import proxy_command, read_status, run_command
-from nfqproxy_lab.topology import HTTP_PORT, HTTP_TARGET, SERVICE_CIDR, WEB_VIP, backend_ip
+from nfqproxy_lab.topology import (
+    CLUSTER_CIDR,
+    HTTP_PORT,
+    HTTP_TARGET,
+    SERVICE_CIDR,
+    WEB_VIP,
+    backend_ip,
+)
 from nfqproxy_lab.traffic import KeepAlive, http_get, http_split
 from tests.helpers.labs import RunningLab, nfqproxy_rules
 from tests.helpers.paths import ROOT
@@ -51,10 +58,15 @@ def test_sigterm_removes_every_rule_and_kill_9_leftovers_go_with_cleanup(
     assert proxy is not None
     installed = nfqproxy_rules(lab.node_ns)
     every_packet = fresh_lab.sees_every_packet  # the default data path's rule set
-    config = HookConfig((IPv4Network(SERVICE_CIDR),), 100, first_packets_only=not every_packet)
+    config = HookConfig(
+        (IPv4Network(SERVICE_CIDR),),
+        100,
+        first_packets_only=not every_packet,
+        cluster_cidrs=(IPv4Network(CLUSTER_CIDR),),  # as the lab runs it
+    )
     rules = chain_rules(config)
     expected = len(rules) + len(jumps(config)) + sum(map(len, rules.values()))
-    assert len(installed) == expected == (29 if every_packet else 25), installed
+    assert len(installed) == expected == (31 if every_packet else 27), installed
     assert nfqproxy_sets(lab.node_ns) == sorted(ipsets.SET_TYPES)
     proxy.send_signal(signal.SIGTERM)
     assert proxy.wait(10) == 0

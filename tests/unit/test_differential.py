@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nfqproxy.datapath.fast.datapath import FastDatapath, fast_path_available
+from nfqproxy.datapath.marks import SOURCE_NODE, SOURCE_OFF_CLUSTER, SOURCE_POD
 from nfqproxy.datapath.verdicts import Action
 from nfqproxy.model import Backend, ServicePort, Snapshot
 from nfqproxy_lab.packets import checksums_verify, icmp_error, tcp_packet, udp_packet
@@ -39,6 +40,17 @@ TARGETS = [
     ("10.96.0.10", 443),
     ("10.96.9.9", 80),
     ("10.97.0.1", 80),
+    ("192.168.0.1", 30080),  # a NodePort, externalTrafficPolicy Local (with external frontends)
+    ("192.0.2.9", 80),  # an external IP, Cluster
+]
+# The source bits the hooks put on a queued packet's mark: none, pod, off-cluster, node
+# (off-cluster too, as with --cluster-cidr), and a node address inside the cluster CIDR.
+SOURCES = [
+    0,
+    SOURCE_POD,
+    SOURCE_OFF_CLUSTER,
+    SOURCE_NODE | SOURCE_OFF_CLUSTER,
+    SOURCE_NODE | SOURCE_POD,
 ]
 FLAGS = [
     dpkt.tcp.TH_SYN,
@@ -69,7 +81,7 @@ valid_requests = st.builds(
     request,
     st.integers(0, 2),
     sports,
-    st.integers(0, 5),
+    st.integers(0, len(TARGETS) - 1),
     protos,
     st.sampled_from(FLAGS),
     st.binary(max_size=8),
@@ -144,6 +156,7 @@ operations = st.lists(
         st.tuples(st.just("packet"), valid),
         st.tuples(st.just("packet"), st.one_of(mutated(), truncated(), st.binary(max_size=64))),
         st.tuples(st.just("packet"), bad_headers()),
+        st.tuples(st.just("sourced"), st.tuples(st.sampled_from(SOURCES), valid_requests)),
         # Several new flows from one client to web: what session affinity acts on.
         st.tuples(
             st.just("packets"),
@@ -158,7 +171,9 @@ operations = st.lists(
         ),
         st.tuples(
             st.just("apply"),
-            st.tuples(st.frozensets(st.integers(0, 3)), st.sampled_from([0, 30, 100])),
+            st.tuples(
+                st.frozensets(st.integers(0, 3)), st.sampled_from([0, 30, 100]), st.booleans()
+            ),
         ),
         st.tuples(st.just("tick"), st.sampled_from([1.0, 20.0, 29.0, 31.0, 121.0, 25000.0])),
         st.tuples(st.just("expire"), st.none()),
@@ -170,9 +185,10 @@ operations = st.lists(
 def run(datapath: Any, clock: FakeClock, ops: list[tuple[str, Any]]) -> list[Any]:
     trace: list[Any] = []
     for op, arg in ops:
-        if op in ("packet", "packets"):
-            for packet in [arg] if op == "packet" else arg:
-                v = datapath.process(packet)
+        if op in ("packet", "packets", "sourced"):
+            source, packets = (arg[0], [arg[1]]) if op == "sourced" else (0, [arg])
+            for packet in packets if op != "packets" else arg:
+                v = datapath.process(packet, source)
                 trace.append((v.action, v.reason, v.payload, v.proxied, v.masquerade))
         elif op == "apply":
             trace.append(sorted(datapath.apply(snapshot(*arg))))
@@ -193,16 +209,16 @@ def run(datapath: Any, clock: FakeClock, ops: list[tuple[str, Any]]) -> list[Any
 
 
 @each_candidate
-@given(operations, st.integers(1, 12), st.sampled_from([0, 30, 100]))
+@given(operations, st.integers(1, 12), st.sampled_from([0, 30, 100]), st.booleans())
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_every_path_agrees_with_the_reference_on_every_packet(
-    candidate: str, ops: list[tuple[str, Any]], capacity: int, affinity: int
+    candidate: str, ops: list[tuple[str, Any]], capacity: int, affinity: int, external: bool
 ) -> None:
     traces = []
     for name in (REFERENCE, candidate):
         clock = FakeClock(NOW)
         datapath = new_datapath(name, capacity=capacity, clock=clock)
-        datapath.apply(snapshot(frozenset({0, 1, 2}), affinity))
+        datapath.apply(snapshot(frozenset({0, 1, 2}), affinity, external))
         traces.append(run(datapath, clock, ops))
     assert traces[0] == traces[1]
 

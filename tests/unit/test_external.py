@@ -301,6 +301,24 @@ def test_terminating_local_endpoints_serve_external_traffic_when_no_local_one_is
     assert reached(datapath, lb, POD) == ({REMOTE}, False)
 
 
+def test_a_local_endpoint_that_is_not_ready_serves_no_one(datapath: Datapath) -> None:
+    """topology_test.go: an endpoint neither ready nor serving is no endpoint at all. With
+    the only local one not ready, external traffic to a Local NodePort is dropped (usable
+    endpoints elsewhere), and pods reach the ready remote one."""
+    not_ready = {"ready": False, "serving": False, "terminating": False}
+    slices = endpoint_slice((LOCAL, "node-a", not_ready), (REMOTE, "node-b", READY))
+    ports = tracker_for(service("Local"), slices).ports
+    datapath.apply(Snapshot(dict(ports)))
+    node_port = next(p for p in ports.values() if p.kind == "NodePort")
+    assert reached(datapath, node_port, EXTERNAL) == ({"drop no_local_endpoints"}, False)
+    assert reached(datapath, node_port, POD) == ({REMOTE}, False)
+    cluster = next(
+        p for p in frontends(service("Cluster"), slices).values() if p.kind == "NodePort"
+    )
+    datapath.apply(Snapshot(dict(tracker_for(service("Cluster"), slices).ports)))
+    assert reached(datapath, cluster, EXTERNAL) == ({REMOTE}, True)
+
+
 def test_a_flow_to_a_remote_endpoint_through_the_cluster_variant_survives_a_change(
     datapath: Datapath,
 ) -> None:

@@ -12,30 +12,47 @@ import pytest
 
 from nfqproxy.datapath.compiled import compiled_available
 from nfqproxy.datapath.frontends import Frontend
-from nfqproxy.datapath.marks import MarkLayout, parse_mask
+from nfqproxy.datapath.marks import (
+    SOURCE_NODE,
+    SOURCE_OFF_CLUSTER,
+    SOURCE_POD,
+    MarkLayout,
+    parse_mask,
+)
 from nfqproxy.datapath.offload.backends import BackendIds, IdPlan
 from nfqproxy.datapath.verdicts import Action
 from nfqproxy.model import Backend, ServicePort
 from nfqproxy_lab.packets import tcp_packet, udp_packet
 from tests.helpers.clock import FakeClock
 from tests.helpers.datapaths import new_datapath
-from tests.helpers.snapshots import EMPTY_VIP, WEB_VIP, snapshot
+from tests.helpers.snapshots import EMPTY_VIP, EXTERNAL_IP, NODE_IP, WEB_VIP, snapshot
 
 pytestmark = pytest.mark.skipif(not compiled_available(), reason="the extension is not built")
 
 CLIENTS = ["10.244.1.2", "10.244.1.3", "10.244.2.9", "10.244.11.2"]  # the last is a backend
 
 
-def first_packets() -> list[bytes]:
+def first_packets() -> list[tuple[bytes, int]]:
+    """(packet, its mark's source bits): ClusterIP traffic, and traffic to the external
+    frontends from each kind of source."""
     packets = []
     for client in CLIENTS:
         for sport in range(40000, 40030):
-            packets.append(tcp_packet(client, sport, WEB_VIP, 80, dpkt.tcp.TH_SYN, b""))
-            packets.append(udp_packet(client, sport, WEB_VIP, 53, b"q"))
-    packets.append(tcp_packet(CLIENTS[0], 1, EMPTY_VIP, 80, dpkt.tcp.TH_SYN, b""))
-    packets.append(udp_packet(CLIENTS[0], 1, EMPTY_VIP, 53, b"q"))
-    packets.append(tcp_packet(CLIENTS[0], 1, WEB_VIP, 443, dpkt.tcp.TH_SYN, b""))
-    packets.append(tcp_packet(CLIENTS[0], 1, "10.96.9.9", 80, dpkt.tcp.TH_SYN, b""))
+            packets.append((tcp_packet(client, sport, WEB_VIP, 80, dpkt.tcp.TH_SYN, b""), 0))
+            packets.append((udp_packet(client, sport, WEB_VIP, 53, b"q"), 0))
+            # A flow of its own (the fast path keeps flows) for each source and frontend.
+            sources = (SOURCE_POD, SOURCE_OFF_CLUSTER, SOURCE_NODE | SOURCE_OFF_CLUSTER)
+            for k, source in enumerate(sources, 1):
+                for host, port in ((NODE_IP, 30080), (EXTERNAL_IP, 80), (WEB_VIP, 80)):
+                    syn = tcp_packet(client, sport + 1000 * k, host, port, dpkt.tcp.TH_SYN, b"")
+                    packets.append((syn, source))
+    for raw in (
+        tcp_packet(CLIENTS[0], 1, EMPTY_VIP, 80, dpkt.tcp.TH_SYN, b""),
+        udp_packet(CLIENTS[0], 1, EMPTY_VIP, 53, b"q"),
+        tcp_packet(CLIENTS[0], 1, WEB_VIP, 443, dpkt.tcp.TH_SYN, b""),
+        tcp_packet(CLIENTS[0], 1, "10.96.9.9", 80, dpkt.tcp.TH_SYN, b""),
+    ):
+        packets.append((raw, 0))
     return packets
 
 
@@ -47,13 +64,13 @@ def test_offload_chooses_the_backend_the_fast_path_chooses_for_every_first_packe
     fast = new_datapath("fast", clock=clock)
     offload = new_datapath("offload", clock=clock)
     for datapath in (fast, offload):
-        datapath.apply(snapshot(frozenset({0, 1, 2, 3}), affinity))
+        datapath.apply(snapshot(frozenset({0, 1, 2, 3}), affinity, external=True))
     names = {i: backend for (_, backend), i in offload.ids.ids.items()}  # type: ignore[attr-defined]
-    for raw in first_packets():
-        expected = fast.process(raw)
+    for raw, source in first_packets():
+        expected = fast.process(raw, source)
         # One decision, as the queue worker makes it: the verdict and the backend's mark.
-        action, reason, mark, _, hairpin = offload.core.decide_first(raw, clock())  # type: ignore[attr-defined]
-        assert (Action(action), reason, hairpin) == (
+        action, reason, mark, _, masquerade = offload.core.decide_first(raw, clock(), source)  # type: ignore[attr-defined]
+        assert (Action(action), reason, masquerade) == (
             expected.action,
             expected.reason,
             expected.masquerade,
