@@ -68,6 +68,7 @@ cdef void decide_request(Core *c, uint8_t *pkt, Headers *h, double now, bint par
         flow.vip, flow.vport = h.dst, h.dport
         f.decided[choose_backend(c, f, &flow, now)] += 1
         flow.state = initial_state(h.proto, h.flags)
+        flow.masquerade = v.masquerade
         index = flow_add(t, &flow, now)
         v.reason = R_NEW_FLOW
     else:
@@ -75,8 +76,11 @@ cdef void decide_request(Core *c, uint8_t *pkt, Headers *h, double now, bint par
     rewrite(pkt, h.hl, h.proto, t.entries[index].backend_ip, t.entries[index].backend_port,
             True, partial)
     v.action, v.proxied = ACT_ACCEPT, 1
-    # Only a flow's first packet reaches the nat table: the masquerade it decides stays.
-    v.masquerade = v.masquerade or t.entries[index].backend_ip == t.entries[index].client_ip
+    # The nat table decides on a connection's first packet, which need not be the flow's:
+    # a client that reuses a 5-tuple still in the table starts a new conntrack entry on a
+    # known flow. So every request carries the flow's masquerade, as it was decided.
+    v.masquerade = (t.entries[index].masquerade
+                    or t.entries[index].backend_ip == t.entries[index].client_ip)
 
 
 cdef void decide_reply(Core *c, uint8_t *pkt, Headers *h, double now, bint partial,
@@ -97,6 +101,7 @@ cdef void decide_reply(Core *c, uint8_t *pkt, Headers *h, double now, bint parti
         flow.vip, flow.vport = f.vip, f.port
         flow.backend_ip, flow.backend_port = h.src, h.sport
         flow.state = S_ESTABLISHED if h.proto == PROTO_TCP else S_UDP_REPLIED
+        flow.masquerade = 0  # its conntrack entry, which holds the NAT, lives on
         index = flow_add(t, &flow, now)
         v.reason = R_REPLY_RECOVERED
     flow_observe(t, index, False, h.flags, now)

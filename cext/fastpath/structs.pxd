@@ -20,6 +20,7 @@ cdef struct Flow:
     uint16_t backend_port
     uint8_t proto
     uint8_t state
+    uint8_t masquerade    # decided with the flow: every new connection on its 5-tuple gets it
     uint32_t older        # FIFO links: insertion order, for eviction when full
     uint32_t newer
     double expires

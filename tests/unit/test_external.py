@@ -319,6 +319,23 @@ def test_a_local_endpoint_that_is_not_ready_serves_no_one(datapath: Datapath) ->
     assert reached(datapath, cluster, EXTERNAL) == ({REMOTE}, True)
 
 
+def test_a_new_connection_on_a_5_tuple_still_in_the_table_is_masqueraded_again(
+    datapath: Datapath,
+) -> None:
+    """The kernel masquerades on a connection's first packet. A client that reuses its
+    source port while the old flow is still in the table (its server closed first, so the
+    client has no TIME_WAIT) starts a new conntrack entry on a known flow: the masquerade
+    must come with the flow, or a remote backend answers the client directly. (Found by
+    the kernel test: one in 20 connections to an external IP timed out.)"""
+    ports = tracker_for(service(), *BOTH).ports
+    datapath.apply(Snapshot(dict(ports)))
+    syn = tcp_packet(SOURCE_ADDRESS[EXTERNAL], 45000, EXTERNAL_IP, 80)
+    first, again = datapath.process(syn, EXTERNAL), datapath.process(syn, EXTERNAL)
+    assert (first.reason, first.masquerade) == ("new_flow", True)
+    assert (again.reason, again.masquerade) == ("request", True)
+    assert again.payload == first.payload
+
+
 def test_a_flow_to_a_remote_endpoint_through_the_cluster_variant_survives_a_change(
     datapath: Datapath,
 ) -> None:

@@ -35,6 +35,8 @@ class Flow:
     service: str
     state: FlowState
     expires: float = 0.0
+    # Decided with the flow: a new connection that reuses its 5-tuple gets it too.
+    masquerade: bool = False
 
     @property
     def forward_key(self) -> FlowKey:

@@ -228,14 +228,17 @@ class ReferenceDatapath:
                 backend_port,
                 frontend.name,
                 initial_state(packet.proto, packet.tcp_flags),
+                masquerade=masquerade,
             )
             self.flows.add(flow, now)
             reason = "new_flow"
         else:
             self.flows.observe(flow, True, packet.tcp_flags, now)
         payload = rewrite_destination(packet, flow.backend_ip, flow.backend_port)
-        # Only a flow's first packet reaches the nat table: the masquerade it decides stays.
-        masquerade = masquerade or flow.backend_ip == flow.client_ip
+        # The nat table decides on a connection's first packet, which need not be the
+        # flow's: a client that reuses a 5-tuple still in the table starts a new conntrack
+        # entry on a known flow. So every request carries the flow's masquerade.
+        masquerade = flow.masquerade or flow.backend_ip == flow.client_ip
         return Verdict(Action.ACCEPT, reason, payload, proxied=True, masquerade=masquerade)
 
     def _choose(self, frontend: Frontend, packet: ParsedPacket, now: float) -> tuple[bytes, int]:
