@@ -34,9 +34,9 @@ ACTION_NAMES = ("accept", "drop", "reject")
 REASON_NAMES = (
     "request", "new_flow", "reply", "reply_recovered", "unknown_reply", "no_service",
     "port_not_served", "no_endpoints", "truncated_ip_header", "bad_ihl", "bad_total_length",
-    "not_ipv4", "fragment", "truncated_l4_header", "unsupported_protocol", "backend_removed",
+    "not_ip", "fragment", "truncated_l4_header", "unsupported_protocol", "backend_removed",
     "icmp_error", "icmp_unknown_flow", "icmp_bad_inner_header", "no_local_endpoints",
-    "internal_error",
+    "internal_error", "bad_extension_headers",
 )
 STATE_NAMES = ("syn_sent", "established", "closing", "reset", "unreplied", "replied",
                "backend_gone")

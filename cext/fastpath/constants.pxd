@@ -38,6 +38,8 @@ cdef enum:  # reasons: verdicts.REASONS, REASON_NAMES
     # Only the reference path gives it (for an exception it caught); C never does, but the
     # enum keeps it so that the reasons match the contract's one for one.
     R_INTERNAL_ERROR
+    # IPv6 only: the fast path does not parse IPv6 yet (issue 15), so it never gives it.
+    R_BAD_EXTENSION_HEADERS
     R_COUNT
 
 cdef enum:  # flow states: flows.FlowState, STATE_NAMES; timeouts in Timeouts.in_state_order()

@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, ip_network
 from pathlib import Path
 from types import ModuleType
 
@@ -17,6 +17,7 @@ from nfqproxy.controller import Proxy, ProxyConfig
 from nfqproxy.datapath import factory
 from nfqproxy.datapath.marks import MarkLayout, parse_mask
 from nfqproxy.health import parse_bind_address
+from nfqproxy.model import IPNetwork
 from nfqproxy.node_addresses import parse_nodeport_addresses
 
 log = logging.getLogger("nfqproxy")
@@ -46,6 +47,28 @@ def _cidr(text: str) -> IPv4Network:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
     return network
+
+
+def _service_cidrs(text: str) -> tuple[IPNetwork, ...]:
+    """kube-apiserver's --service-cluster-ip-range: one range, or an IPv4 and an IPv6 one
+    separated by a comma (either order)."""
+    networks: list[IPNetwork] = []
+    for part in text.split(","):
+        try:
+            networks.append(ip_network(part.strip(), strict=True))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{part.strip()!r}: {exc}") from None
+    return check_service_cidrs(networks)
+
+
+def check_service_cidrs(networks: Sequence[IPNetwork]) -> tuple[IPNetwork, ...]:
+    """At most one range per family, as kube-apiserver allows."""
+    versions = [n.version for n in networks]
+    if len(set(versions)) != len(versions):
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(map(str, networks))}: at most one IPv4 and one IPv6 service range"
+        )
+    return tuple(networks)
 
 
 def _ipv4(text: str) -> IPv4Address:
@@ -106,10 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--service-cidr",
-        type=_cidr,
+        type=_service_cidrs,
         action="append",
         dest="service_cidrs",
-        help="the ClusterIP range (repeatable; default "
+        help="the ClusterIP range, or an IPv4 and an IPv6 range separated by a comma, as "
+        "kube-apiserver's --service-cluster-ip-range (default "
         f"{', '.join(map(str, defaults.SERVICE_CIDRS))})",
     )
     run.add_argument(
@@ -249,16 +273,30 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 2
         try:
             nodeport_addresses = parse_nodeport_addresses(args.nodeport_addresses or [])
-        except ValueError as exc:
+            service_cidrs = check_service_cidrs(
+                [n for given in args.service_cidrs or [] for n in given]
+            ) or tuple(defaults.SERVICE_CIDRS)
+        except (ValueError, argparse.ArgumentTypeError) as exc:
             log.error("%s", exc)
             return 2
+        for network in service_cidrs:
+            if network.version not in factory.DATAPATHS[args.datapath].families:
+                log.error(
+                    "the %s data path does not serve IPv%d yet; --service-cidr %s needs "
+                    "--datapath %s",
+                    args.datapath,
+                    network.version,
+                    network,
+                    " or ".join(factory.serving_family(network.version)),
+                )
+                return 2
         config = ProxyConfig(
             manifests=args.manifests,
             api_server=args.api_server,
             kubeconfig=args.kubeconfig,
             service_proxy_name=args.service_proxy_name,
             node_zone=args.node_zone,
-            service_cidrs=tuple(args.service_cidrs or defaults.SERVICE_CIDRS),
+            service_cidrs=service_cidrs,
             queue_num=args.queue_num,
             node_name=args.hostname_override,
             status_file=args.status_file,

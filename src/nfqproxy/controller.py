@@ -31,7 +31,7 @@ from nfqproxy.files import atomic_write
 from nfqproxy.health import HealthServer, Liveness
 from nfqproxy.hooks import HookConfig, HookError, HookManager
 from nfqproxy.metrics import ProxyMetrics
-from nfqproxy.model import ObjectKey
+from nfqproxy.model import IPNetwork, ObjectKey
 from nfqproxy.sources.kubernetes import KubernetesSource, api_client, node_zone
 from nfqproxy.sources.manifests import ManifestObjects, ManifestSource
 from nfqproxy.sync_runner import BoundedFrequencyRunner
@@ -48,7 +48,7 @@ ZONE_GRACE = 5.0  # seconds the first sync waits for the node's zone once the li
 @dataclass(frozen=True)
 class ProxyConfig:
     manifests: Path | None = None  # None: the Kubernetes API
-    service_cidrs: tuple[IPv4Network, ...] = defaults.SERVICE_CIDRS
+    service_cidrs: tuple[IPNetwork, ...] = defaults.SERVICE_CIDRS
     queue_num: int = defaults.QUEUE_NUM
     node_name: str | None = None
     status_file: Path | None = None

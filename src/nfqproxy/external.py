@@ -24,7 +24,8 @@ restated in tests/unit/test_external.py.
 
 from __future__ import annotations
 
-from nfqproxy.model import Backend, IPAddress, ServicePort, ServicePortSpec, ServiceSpec
+from nfqproxy.fields import IPAddress
+from nfqproxy.model import Backend, ServicePort, ServicePortSpec, ServiceSpec
 
 # ServicePort.policy: how the data path treats a frontend's sources.
 POLICY_INTERNAL = "internal"  # a ClusterIP: masquerade sources outside the cluster

@@ -24,6 +24,9 @@ Both:
   Before queueing, packets to an ingress IP with loadBalancerSourceRanges from any other
   source are dropped (the nfqproxy-fw sets), as kube-proxy's firewall chain does.
 
+IPv6 service ranges get the same rules through ip6tables (and the "-v6" sets), IPv4 ones
+through iptables: one rule set per family served, each as fixed as the other.
+
 nfqproxy owns the NFQPROXY-* chains and one jump rule to each of them from each built-in
 chain listed above. It never
 flushes a chain it does not own. Every argument is built from validated numbers and
@@ -38,10 +41,10 @@ import subprocess
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network
 
 from nfqproxy import ipsets
 from nfqproxy.datapath.marks import MarkLayout
+from nfqproxy.model import IPNetwork
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +97,7 @@ class HookError(RuntimeError):
 
 @dataclass(frozen=True)
 class HookConfig:
-    service_cidrs: tuple[IPv4Network, ...]
+    service_cidrs: tuple[IPNetwork, ...]
     queue_num: int
     iptables: str = "iptables"
     marks: MarkLayout = field(default_factory=MarkLayout)
@@ -102,7 +105,7 @@ class HookConfig:
     first_packets_only: bool = False  # the offload path's rule set
     # --cluster-cidr: sources inside are the cluster's own (kube-proxy's local traffic
     # detector). Empty: no source is called either, and nothing is masqueraded for it.
-    cluster_cidrs: tuple[IPv4Network, ...] = ()
+    cluster_cidrs: tuple[IPNetwork, ...] = ()
 
     def __post_init__(self) -> None:
         last = self.queue_num + self.queues - 1
@@ -110,6 +113,25 @@ class HookConfig:
             raise ValueError(f"queues {self.queue_num}-{last} are out of range 0-65535")
         if self.iptables not in ("iptables", "iptables-legacy", "iptables-nft"):
             raise ValueError(f"unsupported iptables command {self.iptables!r}")
+
+
+# The IPv6 twin of each iptables command.
+IP6TABLES = {
+    "iptables": "ip6tables",
+    "iptables-legacy": "ip6tables-legacy",
+    "iptables-nft": "ip6tables-nft",
+}
+REJECT_WITH = {4: "icmp-port-unreachable", 6: "icmp6-port-unreachable"}
+
+
+def command(config: HookConfig, family: int) -> str:
+    """The iptables command of that family: iptables-nft, ip6tables-nft, ..."""
+    return config.iptables if family == 4 else IP6TABLES[config.iptables]
+
+
+def families(config: HookConfig) -> list[int]:
+    """The families hooked: those of the service ranges (IPv4 when none is given)."""
+    return sorted({cidr.version for cidr in config.service_cidrs}) or [4]
 
 
 def jumps(config: HookConfig) -> tuple[tuple[str, str, str], ...]:
@@ -126,39 +148,41 @@ def _queue_target(config: HookConfig) -> str:
     return f"-j NFQUEUE --queue-balance {config.queue_num}:{last} --queue-cpu-fanout"
 
 
-def _queue_chain_rules(config: HookConfig) -> list[str]:
+def _queue_chain_rules(config: HookConfig, family: int) -> list[str]:
     """NFQPROXY-QUEUE: what the data path needs to know of the source, as mark bits
     (datapath/marks.py), then the queue. kube-proxy's EXT chain asks the same questions
     (nfqproxy.external): from a pod of the cluster, from this node, from outside."""
     marks = config.marks
     node, pod, off = marks.source_node, marks.source_pod, marks.source_off_cluster
     rules = [f"-m addrtype --src-type LOCAL -j MARK --set-xmark {node:#x}/{node:#x}"]
-    if config.cluster_cidrs:
+    cluster_cidrs = [c for c in config.cluster_cidrs if c.version == family]
+    if cluster_cidrs:
         rules.append(f"-j MARK --set-xmark {off:#x}/{off:#x}")
         # In the cluster: the pod bit set, the off-cluster bit cleared, in one step.
         rules += [
-            f"-s {cidr} -j MARK --set-xmark {pod:#x}/{pod | off:#x}"
-            for cidr in config.cluster_cidrs
+            f"-s {cidr} -j MARK --set-xmark {pod:#x}/{pod | off:#x}" for cidr in cluster_cidrs
         ]
     return [*rules, _queue_target(config)]
 
 
-def _firewall_rule() -> str:
+def _firewall_rule(family: int) -> str:
     """loadBalancerSourceRanges: an ingress IP's port that lists them drops other sources."""
     return (
-        f"-m set --match-set {ipsets.FIREWALLED} dst,dst "
-        f"-m set ! --match-set {ipsets.ALLOWED} dst,dst,src "
+        f"-m set --match-set {ipsets.set_name(ipsets.FIREWALLED, family)} dst,dst "
+        f"-m set ! --match-set {ipsets.set_name(ipsets.ALLOWED, family)} dst,dst,src "
         "-m comment --comment 'loadBalancerSourceRanges' -j DROP"
     )
 
 
-def chain_rules(config: HookConfig) -> dict[tuple[str, str], list[list[str]]]:
-    """The rules of each owned chain this configuration uses, as iptables argument lists."""
+def chain_rules(config: HookConfig, family: int = 4) -> dict[tuple[str, str], list[list[str]]]:
+    """The rules of each owned chain this configuration uses in one family, as iptables
+    argument lists."""
     marks = config.marks
     proxied = f"{marks.proxied:#x}/{marks.proxied:#x}"
     reject = f"{marks.reject:#x}/{marks.reject:#x}"
     masquerade = f"{marks.masquerade:#x}/{marks.masquerade:#x}"
-    frontends = f"-m set --match-set {ipsets.FRONTENDS} dst,dst"
+    frontends = f"-m set --match-set {ipsets.set_name(ipsets.FRONTENDS, family)} dst,dst"
+    service_cidrs = [c for c in config.service_cidrs if c.version == family]
     # shlex only splits these templates into arguments; nothing here reaches a shell.
     rules: dict[tuple[str, str], list[str]]
     if config.first_packets_only:
@@ -167,15 +191,15 @@ def chain_rules(config: HookConfig) -> dict[tuple[str, str], list[list[str]]]:
         first = f"-m conntrack --ctstate NEW -m connmark ! --mark {proxied}"
         rules = {
             ("mangle", CHAIN_FIRST): [
-                _firewall_rule(),
+                _firewall_rule(family),
                 *(
                     f"-d {cidr} {first} -m comment --comment 'first packets to nfqproxy' "
                     f"-j {CHAIN_QUEUE}"
-                    for cidr in config.service_cidrs
+                    for cidr in service_cidrs
                 ),
                 f"{frontends} {first} -m comment --comment 'external frontends' -j {CHAIN_QUEUE}",
             ],
-            ("mangle", CHAIN_QUEUE): _queue_chain_rules(config),
+            ("mangle", CHAIN_QUEUE): _queue_chain_rules(config, family),
             # The nat table sees a connection's first packet only: its mark, our bits only.
             ("nat", CHAIN_DECIDED): [
                 f"-m mark --mark {proxied} -j CONNMARK --save-mark "
@@ -185,14 +209,14 @@ def chain_rules(config: HookConfig) -> dict[tuple[str, str], list[list[str]]]:
     else:
         rules = {
             ("raw", CHAIN_SERVICES): [
-                _firewall_rule(),
+                _firewall_rule(family),
                 *(
                     f"-d {cidr} -m comment --comment 'service range to nfqproxy' -j {CHAIN_QUEUE}"
-                    for cidr in config.service_cidrs
+                    for cidr in service_cidrs
                 ),
                 f"{frontends} -m comment --comment 'external frontends' -j {CHAIN_QUEUE}",
             ],
-            ("raw", CHAIN_QUEUE): _queue_chain_rules(config),
+            ("raw", CHAIN_QUEUE): _queue_chain_rules(config, family),
             ("mangle", CHAIN_MARK): [f"-m mark --mark {proxied} -j CONNMARK --set-xmark {proxied}"],
             ("mangle", CHAIN_REPLIES): [
                 f"-m connmark --mark {proxied} -m conntrack --ctdir REPLY {_queue_target(config)}"
@@ -209,7 +233,7 @@ def chain_rules(config: HookConfig) -> dict[tuple[str, str], list[list[str]]]:
         ("filter", CHAIN_FORWARD): ["-m conntrack --ctstate INVALID -j DROP"],
         ("filter", CHAIN_REJECT): [
             f"-p tcp -m mark --mark {reject} -j REJECT --reject-with tcp-reset",
-            f"-m mark --mark {reject} -j REJECT --reject-with icmp-port-unreachable",
+            f"-m mark --mark {reject} -j REJECT --reject-with {REJECT_WITH[family]}",
         ],
     }
     return {
@@ -236,20 +260,26 @@ class HookManager:
             raise HookError(f"{' '.join(command)} failed: {result.stderr.strip()}")
         return result.returncode == 0
 
-    def _iptables(self, table: str, *args: str, check: bool = True) -> bool:
-        return self._run([self.config.iptables, "-w", "5", "-t", table, *args], check=check)
+    def _iptables(self, family: int, table: str, *args: str, check: bool = True) -> bool:
+        return self._run([command(self.config, family), "-w", "5", "-t", table, *args], check=check)
 
     def install(self) -> None:
         """Creates or refreshes the owned chains, then adds missing jumps. Idempotent."""
         with self._lock:
             if not self._removed:
-                self._install()
+                self.sets.ensure()  # the rules name them
+                for family in families(self.config):
+                    self._install(family)
+                log.info(
+                    "hooks installed: queue %d for %s",
+                    self.config.queue_num,
+                    ", ".join(map(str, self.config.service_cidrs)),
+                )
 
-    def _install(self) -> None:
-        self.sets.ensure()  # the rules name them
-        restore = self.config.iptables + "-restore"
+    def _install(self, family: int) -> None:
+        restore = command(self.config, family) + "-restore"
         lines: list[str] = []
-        rules = chain_rules(self.config)
+        rules = chain_rules(self.config, family)
         for table in sorted({t for t, _ in rules}):
             lines.append(f"*{table}")
             chains = sorted(c for t, c in rules if t == table)
@@ -260,63 +290,62 @@ class HookManager:
             lines.append("COMMIT")
         self._run([restore, "-w", "5", "--noflush"], stdin="\n".join(lines) + "\n")
         for table, builtin, chain in jumps(self.config):
-            if not self._iptables(table, "-C", *_jump(builtin, chain), check=False):
-                self._iptables(table, "-I", builtin, "1", *_jump(builtin, chain)[1:])
-        log.info(
-            "hooks installed: queue %d for %s",
-            self.config.queue_num,
-            ", ".join(map(str, self.config.service_cidrs)),
-        )
+            if not self._iptables(family, table, "-C", *_jump(builtin, chain), check=False):
+                self._iptables(family, table, "-I", builtin, "1", *_jump(builtin, chain)[1:])
 
     def missing(self) -> list[str]:
-        """What of our rule set is not in place, from one iptables-save: like kube-proxy's
-        canary chains, this notices a flush by someone else. Empty when all is well."""
-        result = subprocess.run(
-            [self.config.iptables + "-save"], capture_output=True, text=True, check=False
-        )
-        if result.returncode != 0:
-            raise HookError(f"{self.config.iptables}-save failed: {result.stderr.strip()}")
-        rules: dict[str, list[str]] = {}
-        table = ""
-        for line in result.stdout.splitlines():
-            if line.startswith("*"):
-                table = line[1:]
-            elif line.startswith("-A "):
-                rules.setdefault(table, []).append(line)
+        """What of our rule set is not in place, from one iptables-save per family: like
+        kube-proxy's canary chains, this notices a flush by someone else. Empty when all
+        is well."""
         gone = []
-        for table, builtin, chain in jumps(self.config):
-            if not any(
-                r.startswith(f"-A {builtin} ") and r.endswith(f"-j {chain}") and COMMENT in r
-                for r in rules.get(table, [])
-            ):
-                gone.append(f"{table} {builtin} -> {chain}")
-        for (table, chain), wanted in chain_rules(self.config).items():
-            present = sum(r.startswith(f"-A {chain} ") for r in rules.get(table, []))
-            if present != len(wanted):
-                gone.append(f"{table} {chain}: {present} of {len(wanted)} rules")
+        for family in families(self.config):
+            save = command(self.config, family) + "-save"
+            result = subprocess.run([save], capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                raise HookError(f"{save} failed: {result.stderr.strip()}")
+            rules: dict[str, list[str]] = {}
+            table = ""
+            for line in result.stdout.splitlines():
+                if line.startswith("*"):
+                    table = line[1:]
+                elif line.startswith("-A "):
+                    rules.setdefault(table, []).append(line)
+            where = "" if family == 4 else " (IPv6)"
+            for table, builtin, chain in jumps(self.config):
+                if not any(
+                    r.startswith(f"-A {builtin} ") and r.endswith(f"-j {chain}") and COMMENT in r
+                    for r in rules.get(table, [])
+                ):
+                    gone.append(f"{table} {builtin} -> {chain}{where}")
+            for (table, chain), wanted in chain_rules(self.config, family).items():
+                present = sum(r.startswith(f"-A {chain} ") for r in rules.get(table, []))
+                if present != len(wanted):
+                    gone.append(f"{table} {chain}: {present} of {len(wanted)} rules{where}")
         return gone
 
     def remove(self) -> int:
-        """Deletes our jumps and chains wherever they are. Returns how many rules went."""
+        """Deletes our jumps and chains wherever they are, in both families. Returns how
+        many jump rules went."""
         with self._lock:
             self._removed = True
-            return self._remove()
+            removed = sum(self._remove(family) for family in (4, 6))
+            removed += remove_offload_table()
+            self.sets.destroy()  # after the rules that named them
+            return removed
 
-    def _remove(self) -> int:
+    def _remove(self, family: int) -> int:
         removed = 0
         for table, builtin, chain in JUMPS:
-            while self._iptables(table, "-D", *_jump(builtin, chain), check=False):
+            while self._iptables(family, table, "-D", *_jump(builtin, chain), check=False):
                 removed += 1
         # Every chain emptied before any is deleted: ours jump to each other.
         flushed = [
             (table, chain)
             for table, chain in OWNED_CHAINS
-            if self._iptables(table, "-F", chain, check=False)
+            if self._iptables(family, table, "-F", chain, check=False)
         ]
         for table, chain in flushed:
-            self._iptables(table, "-X", chain, check=False)
-        removed += remove_offload_table()
-        self.sets.destroy()  # after the rules that named them
+            self._iptables(family, table, "-X", chain, check=False)
         return removed
 
 

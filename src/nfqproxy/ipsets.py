@@ -5,6 +5,9 @@ however many NodePorts, externalIPs and ingress IPs there are.
   nfqproxy-fw         hash:ip,port      the ingress IPs with loadBalancerSourceRanges
   nfqproxy-fw-allow   hash:ip,port,net  ... and the source ranges each allows
 
+A set holds one family: IPv6 frontends go to the same sets named with "-v6" (set_name()),
+which ip6tables' rules match.
+
 The first sync, and any after a failed one, fills fresh sets and swaps them in (`ipset
 swap`), so a rule never sees a half-written set; other syncs add and delete the entries
 that changed, in one `ipset restore`, each entry atomically. An endpoint change touches no
@@ -27,6 +30,7 @@ FIREWALLED = "nfqproxy-fw"
 ALLOWED = "nfqproxy-fw-allow"
 SET_TYPES = {FRONTENDS: "hash:ip,port", FIREWALLED: "hash:ip,port", ALLOWED: "hash:ip,port,net"}
 NEXT = "-next"  # the suffix of the set being filled, before the swap
+FAMILIES = {4: ("", "inet"), 6: ("-v6", "inet6")}  # name suffix, ipset family
 MAX_ELEMENTS = 1 << 20  # ipset's default maxelem is 65536: 10k services x 3 node IPs pass it
 
 
@@ -74,7 +78,7 @@ def _halves(network: IPNetwork) -> list[IPNetwork]:
 
 def port_entries(port: ServicePort | None) -> SetContents:
     """One frontend's entries; none for a ClusterIP, which the service range matches."""
-    if port is None or port.kind == "ClusterIP" or port.vip.version != 4:
+    if port is None or port.kind == "ClusterIP":
         return SetContents()
     entry = f"{port.vip},{port.protocol.lower()}:{port.port}"
     if not port.source_ranges:
@@ -93,8 +97,21 @@ def set_contents(ports: Iterable[ServicePort]) -> SetContents:
     return SetContents(*(frozenset(gathered[n]) for n in (FRONTENDS, FIREWALLED, ALLOWED)))
 
 
+def set_name(name: str, family: int) -> str:
+    """The kernel set of that family: nfqproxy-frontends, nfqproxy-frontends-v6, ..."""
+    return name + FAMILIES[family][0]
+
+
+def _family(entry: str) -> int:
+    return 6 if ":" in entry.split(",", 1)[0] else 4
+
+
+def _create(name: str, kind: str, family: int) -> str:
+    return f"create {name} {kind} family {FAMILIES[family][1]} maxelem {MAX_ELEMENTS} -exist"
+
+
 class FrontendSets:
-    """The three sets in the kernel, and what they were last given."""
+    """The sets in the kernel, both families, and what they were last given."""
 
     def __init__(self) -> None:
         self.current: SetContents | None = None
@@ -114,7 +131,8 @@ class FrontendSets:
         """Creates any missing set, empty (the rules name them, so they must exist first)."""
         self._restore(
             [
-                f"create {name} {kind} family inet maxelem {MAX_ELEMENTS} -exist"
+                _create(set_name(name, family), kind, family)
+                for family in FAMILIES
                 for name, kind in SET_TYPES.items()
             ]
         )
@@ -124,12 +142,12 @@ class FrontendSets:
         if self.current is None:
             raise IpsetError("the sets were never filled; replace() them first")
         lines = [
-            f"del {name} {entry} -exist"
+            f"del {set_name(name, _family(entry))} {entry} -exist"
             for name, entries in removed.by_name().items()
             for entry in sorted(entries)
         ]
         lines += [
-            f"add {name} {entry} -exist"
+            f"add {set_name(name, _family(entry))} {entry} -exist"
             for name, entries in added.by_name().items()
             for entry in sorted(entries)
         ]
@@ -142,17 +160,20 @@ class FrontendSets:
         old = self.current.by_name() if self.current is not None else {}
         lines: list[str] = []
         for name, entries in contents.by_name().items():
-            if old.get(name) == entries:
-                continue
-            fresh = name + NEXT
-            lines += [
-                f"create {fresh} {SET_TYPES[name]} family inet maxelem {MAX_ELEMENTS} -exist",
-                f"flush {fresh}",
-                *(f"add {fresh} {entry}" for entry in sorted(entries)),
-                f"create {name} {SET_TYPES[name]} family inet maxelem {MAX_ELEMENTS} -exist",
-                f"swap {fresh} {name}",
-                f"destroy {fresh}",
-            ]
+            for family in FAMILIES:
+                wanted = {e for e in entries if _family(e) == family}
+                if name in old and {e for e in old[name] if _family(e) == family} == wanted:
+                    continue
+                target = set_name(name, family)
+                fresh = target + NEXT
+                lines += [
+                    _create(fresh, SET_TYPES[name], family),
+                    f"flush {fresh}",
+                    *(f"add {fresh} {entry}" for entry in sorted(wanted)),
+                    _create(target, SET_TYPES[name], family),
+                    f"swap {fresh} {target}",
+                    f"destroy {fresh}",
+                ]
         if not lines:
             return False
         self._restore(lines)
@@ -162,11 +183,13 @@ class FrontendSets:
     def destroy(self) -> int:
         """Removes the sets (once no rule names them); returns how many were there."""
         removed = 0
-        for name in SET_TYPES:
-            for set_name in (name, name + NEXT):
-                result = subprocess.run(
-                    ["ipset", "destroy", set_name], capture_output=True, check=False
-                )
-                removed += name == set_name and result.returncode == 0
+        for family in FAMILIES:
+            for name in SET_TYPES:
+                target = set_name(name, family)
+                for kernel_set in (target, target + NEXT):
+                    result = subprocess.run(
+                        ["ipset", "destroy", kernel_set], capture_output=True, check=False
+                    )
+                    removed += kernel_set == target and result.returncode == 0
         self.current = None
         return removed

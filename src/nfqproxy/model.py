@@ -4,30 +4,40 @@ It reads Service and EndpointSlice objects as the API serves them (plain dicts) 
 applies kube-proxy's rules, as pkg/proxy's endpointslicecache.go and topology.go
 (CategorizeEndpoints) state them: for the ClusterIPs here, and for the external addresses
 (NodePorts, externalIPs, LoadBalancer ingress IPs) in nfqproxy.external. Validation lives
-here too, so that a manifest file, an API watch and a test all reject the same objects
-with the same message, naming the field at fault."""
+here too (with nfqproxy.fields and nfqproxy.families), so that a manifest file, an API
+watch and a test all reject the same objects with the same message, naming the field at
+fault."""
 
 from __future__ import annotations
 
-import re
-import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Any
 
-IPAddress = IPv4Address | IPv6Address
+from nfqproxy.families import check_ip_families
+from nfqproxy.fields import (
+    DEFAULT_NAMESPACE,
+    DNS_1035_LABEL,
+    DNS_1123_SUBDOMAIN,
+    PORT_NAME,
+    IPAddress,
+    ObjectError,
+    printable,
+    read_bool,
+    read_ip,
+    read_list,
+    read_mapping,
+    read_metadata,
+    read_port,
+    read_protocol,
+    read_string,
+)
+
 IPNetwork = IPv4Network | IPv6Network
 
-PROTOCOLS = {"TCP": 6, "UDP": 17, "SCTP": 132}
 LABEL_SERVICE_NAME = "kubernetes.io/service-name"
 LABEL_SERVICE_PROXY_NAME = "service.kubernetes.io/service-proxy-name"
-
-# RFC 1035 / RFC 1123 labels, as Kubernetes validates names.
-DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
-DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-DNS_1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
-PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$")
 MAX_ENDPOINTS_PER_SLICE = 1000  # the API server's maxItems for EndpointSlice.endpoints
 MAX_BACKENDS_PER_PORT = 65534  # Maglev slots hold uint16 backend indexes
 DEFAULT_AFFINITY_SECONDS = 10800  # the API's default for sessionAffinity ClientIP
@@ -36,9 +46,6 @@ MAX_AFFINITY_SECONDS = 86400  # the API's limit
 
 # (namespace, name): how every source and the tracker key an object.
 ObjectKey = tuple[str, str]
-# A manifest without metadata.namespace means the default namespace, as kubectl applies it;
-# objects from the API always carry theirs.
-DEFAULT_NAMESPACE = "default"
 
 
 def object_key(obj: Mapping[str, Any]) -> ObjectKey:
@@ -46,15 +53,6 @@ def object_key(obj: Mapping[str, Any]) -> ObjectKey:
     if not isinstance(meta, Mapping):
         return ("", "")
     return (str(meta.get("namespace", DEFAULT_NAMESPACE)), str(meta.get("name", "")))
-
-
-class ObjectError(ValueError):
-    """An object that cannot be used, with the path of the field at fault."""
-
-    def __init__(self, field_path: str, message: str) -> None:
-        super().__init__(f"{field_path}: {message}")
-        self.field_path = field_path
-        self.message = message
 
 
 def object_ref(obj: object) -> str:
@@ -67,93 +65,7 @@ def object_ref(obj: object) -> str:
         return f"{kind} <no metadata>"
     ns = meta.get("namespace", DEFAULT_NAMESPACE)
     name = meta.get("name", "<no name>")
-    return f"{_printable(kind)} {_printable(ns)}/{_printable(name)}"
-
-
-def _printable(value: object) -> str:
-    """value for a log line: hostile names must not forge lines or colour terminals."""
-    text = value if isinstance(value, str) else repr(value)
-    return ascii(text[:64])[1:-1] + ("..." if len(text) > 64 else "")
-
-
-# --- field readers: each names the field path in its error ---------------------------
-
-
-def _mapping(value: object, path: str, required: bool = True) -> Mapping[str, Any]:
-    if value is None and not required:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ObjectError(path, f"must be a mapping, got {type(value).__name__}")
-    return value
-
-
-def _list(value: object, path: str) -> list[Any]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise ObjectError(path, f"must be a list, got {type(value).__name__}")
-    return value
-
-
-def _string(value: object, path: str, pattern: re.Pattern[str] | None = None) -> str:
-    if not isinstance(value, str):
-        raise ObjectError(path, f"must be a string, got {type(value).__name__}")
-    if pattern is not None and not pattern.match(value):
-        raise ObjectError(path, f"{value[:80]!r} is not a valid name ({pattern.pattern})")
-    return value
-
-
-def _port(value: object, path: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ObjectError(path, f"must be an integer port, got {value!r:.40}")
-    if not 1 <= value <= 65535:
-        raise ObjectError(path, f"{value} is out of range 1-65535")
-    return value
-
-
-def _protocol(value: object, path: str) -> str:
-    protocol = "TCP" if value is None else value
-    if not isinstance(protocol, str) or protocol not in PROTOCOLS:  # a list is unhashable
-        raise ObjectError(path, f"{protocol!r:.40} is not one of TCP, UDP, SCTP")
-    return str(protocol)
-
-
-def _ip(value: object, path: str) -> IPAddress:
-    if not isinstance(value, str):
-        raise ObjectError(path, f"must be an IP address string, got {type(value).__name__}")
-    try:
-        # The common case in C: a canonical dotted quad, which is exactly what
-        # ipaddress accepts for IPv4. Anything else takes ipaddress's own parser.
-        packed = socket.inet_pton(socket.AF_INET, value)
-        if socket.inet_ntop(socket.AF_INET, packed) == value:
-            return IPv4Address(packed)
-    except (OSError, ValueError):  # not IPv4, or not even text inet_pton takes (a NUL)
-        pass
-    try:
-        return ip_address(value)
-    except ValueError:
-        raise ObjectError(path, f"{value[:80]!r} is not a valid IP address") from None
-
-
-def _bool(value: object, path: str, default: bool) -> bool:
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise ObjectError(path, f"must be true or false, got {value!r:.40}")
-    return value
-
-
-def _metadata(obj: Mapping[str, Any], name_pattern: re.Pattern[str]) -> tuple[str, str]:
-    meta = _mapping(obj.get("metadata"), "metadata")
-    name = _string(meta.get("name"), "metadata.name", name_pattern)
-    namespace = _string(
-        meta.get("namespace", DEFAULT_NAMESPACE), "metadata.namespace", DNS_1123_LABEL
-    )
-    labels = _mapping(meta.get("labels"), "metadata.labels", required=False)
-    for key, value in labels.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise ObjectError(f"metadata.labels[{key!r:.64}]", "labels must map strings to strings")
-    return namespace, name
+    return f"{printable(kind)} {printable(ns)}/{printable(name)}"
 
 
 # --- parsed objects -------------------------------------------------------------------
@@ -245,9 +157,9 @@ def parse_service(
     service_proxy_name: str | None = None,
 ) -> ServiceSpec:
     """A Service as the model needs it. Raises ObjectError naming the bad field."""
-    namespace, name = _metadata(obj, DNS_1035_LABEL)
-    labels = _mapping(obj["metadata"].get("labels"), "metadata.labels", required=False)
-    spec = _mapping(obj.get("spec"), "spec")
+    namespace, name = read_metadata(obj, DNS_1035_LABEL)
+    labels = read_mapping(obj["metadata"].get("labels"), "metadata.labels", required=False)
+    spec = read_mapping(obj.get("spec"), "spec")
     svc_type = spec.get("type", "ClusterIP")
     if not isinstance(svc_type, str) or svc_type not in SERVICE_TYPES:
         raise ObjectError("spec.type", f"{svc_type!r:.40} is not a known Service type")
@@ -259,11 +171,11 @@ def parse_service(
     elif svc_type == "ExternalName":
         skip_reason = "type ExternalName"
 
-    raw_ips: list[Any] = _list(spec.get("clusterIPs"), "spec.clusterIPs")
+    raw_ips: list[Any] = read_list(spec.get("clusterIPs"), "spec.clusterIPs")
     ip_path = "spec.clusterIPs[{}]"
     single = spec.get("clusterIP")
     if single not in (None, "", "None"):
-        _ip(single, "spec.clusterIP")
+        read_ip(single, "spec.clusterIP")
     if not raw_ips and single is not None:
         raw_ips, ip_path = [single], "spec.clusterIP"
     elif raw_ips and single is not None and single != raw_ips[0]:
@@ -277,10 +189,11 @@ def parse_service(
         skip_reason = skip_reason or "headless (clusterIP None)"
         raw_ips = []
     cidrs = list(service_cidrs)
+    all_ips = [read_ip(raw, ip_path.format(i)) for i, raw in enumerate(raw_ips)]
+    check_ip_families(spec, all_ips)
     cluster_ips = []
-    for i, raw in enumerate(raw_ips):
+    for i, vip in enumerate(all_ips):
         path = ip_path.format(i)
-        vip = _ip(raw, path)
         family_ranges = [cidr for cidr in cidrs if cidr.version == vip.version]
         if not family_ranges:
             continue  # e.g. the IPv6 half of a dual-stack service on an IPv4-only proxy
@@ -290,23 +203,23 @@ def parse_service(
         cluster_ips.append(vip)
 
     ports = []
-    raw_ports = _list(spec.get("ports"), "spec.ports")
+    raw_ports = read_list(spec.get("ports"), "spec.ports")
     seen: set[tuple[str, int]] = set()
     for i, raw_port in enumerate(raw_ports):
         base = f"spec.ports[{i}]"
-        port_spec = _mapping(raw_port, base)
+        port_spec = read_mapping(raw_port, base)
         port_name = port_spec.get("name", "")
         if port_name != "" or len(raw_ports) > 1:
-            _string(port_name, f"{base}.name", PORT_NAME)
-        protocol = _protocol(port_spec.get("protocol"), f"{base}.protocol")
-        port = _port(port_spec.get("port"), f"{base}.port")
+            read_string(port_name, f"{base}.name", PORT_NAME)
+        protocol = read_protocol(port_spec.get("protocol"), f"{base}.protocol")
+        port = read_port(port_spec.get("port"), f"{base}.port")
         if (protocol, port) in seen:
             raise ObjectError(f"{base}.port", f"{protocol} {port} is listed twice")
         seen.add((protocol, port))
         node_port = 0
         if svc_type in ("NodePort", "LoadBalancer") and port_spec.get("nodePort") is not None:
             # allocateLoadBalancerNodePorts: false leaves a LoadBalancer without them.
-            node_port = _port(port_spec.get("nodePort"), f"{base}.nodePort")
+            node_port = read_port(port_spec.get("nodePort"), f"{base}.nodePort")
         ports.append(ServicePortSpec(str(port_name), protocol, port, node_port))
 
     traffic_policy = spec.get("internalTrafficPolicy", "Cluster")
@@ -322,12 +235,12 @@ def parse_service(
     families: set[int] = {cidr.version for cidr in cidrs}
     external_ips = [
         address
-        for i, raw in enumerate(_list(spec.get("externalIPs"), "spec.externalIPs"))
-        if (address := _ip(raw, f"spec.externalIPs[{i}]")).version in families
+        for i, raw in enumerate(read_list(spec.get("externalIPs"), "spec.externalIPs"))
+        if (address := read_ip(raw, f"spec.externalIPs[{i}]")).version in families
     ]
     health_check_node_port = 0
     if svc_type == "LoadBalancer" and spec.get("healthCheckNodePort") not in (None, 0):
-        health_check_node_port = _port(spec["healthCheckNodePort"], "spec.healthCheckNodePort")
+        health_check_node_port = read_port(spec["healthCheckNodePort"], "spec.healthCheckNodePort")
     load_balancer = svc_type == "LoadBalancer"
     return ServiceSpec(
         namespace,
@@ -349,15 +262,15 @@ def parse_service(
 def _ingress_ips(obj: Mapping[str, Any], families: set[int]) -> tuple[IPAddress, ...]:
     """status.loadBalancer.ingress[].ip, less those with ipMode Proxy (kube-proxy's
     LoadBalancerVIPs) and those of a family this proxy does not serve."""
-    status = _mapping(obj.get("status"), "status", required=False)
-    balancer = _mapping(status.get("loadBalancer"), "status.loadBalancer", required=False)
+    status = read_mapping(obj.get("status"), "status", required=False)
+    balancer = read_mapping(status.get("loadBalancer"), "status.loadBalancer", required=False)
     found: list[IPAddress] = []
-    for i, raw in enumerate(_list(balancer.get("ingress"), "status.loadBalancer.ingress")):
+    for i, raw in enumerate(read_list(balancer.get("ingress"), "status.loadBalancer.ingress")):
         base = f"status.loadBalancer.ingress[{i}]"
-        ingress = _mapping(raw, base)
+        ingress = read_mapping(raw, base)
         if ingress.get("ip") in (None, ""):
             continue  # a hostname only: the load balancer resolves it, not us
-        address = _ip(ingress["ip"], f"{base}.ip")
+        address = read_ip(ingress["ip"], f"{base}.ip")
         mode = ingress.get("ipMode", "VIP")
         if mode not in ("VIP", "Proxy"):
             raise ObjectError(f"{base}.ipMode", f"{mode!r:.40} is not VIP or Proxy")
@@ -370,8 +283,8 @@ def _source_ranges(spec: Mapping[str, Any], families: set[int]) -> tuple[IPNetwo
     """spec.loadBalancerSourceRanges, as CIDRs (host bits allowed, as the API allows)."""
     ranges: list[IPNetwork] = []
     path = "spec.loadBalancerSourceRanges"
-    for i, raw in enumerate(_list(spec.get("loadBalancerSourceRanges"), path)):
-        text = _string(raw, f"{path}[{i}]").strip()
+    for i, raw in enumerate(read_list(spec.get("loadBalancerSourceRanges"), path)):
+        text = read_string(raw, f"{path}[{i}]").strip()
         try:
             network = ip_network(text, strict=False)
         except ValueError:
@@ -388,8 +301,8 @@ def _affinity_seconds(spec: Mapping[str, Any]) -> int:
         raise ObjectError("spec.sessionAffinity", f"{affinity!r:.40} is not None or ClientIP")
     if affinity == "None":
         return 0
-    config = _mapping(spec.get("sessionAffinityConfig"), "spec.sessionAffinityConfig", False)
-    client_ip = _mapping(
+    config = read_mapping(spec.get("sessionAffinityConfig"), "spec.sessionAffinityConfig", False)
+    client_ip = read_mapping(
         config.get("clientIP"), "spec.sessionAffinityConfig.clientIP", required=False
     )
     path = "spec.sessionAffinityConfig.clientIP.timeoutSeconds"
@@ -403,25 +316,25 @@ def _affinity_seconds(spec: Mapping[str, Any]) -> int:
 
 def parse_endpoint_slice(obj: Mapping[str, Any]) -> EndpointSliceSpec:
     """An EndpointSlice as the model needs it. Raises ObjectError naming the bad field."""
-    namespace, name = _metadata(obj, DNS_1123_SUBDOMAIN)
-    labels = _mapping(obj["metadata"].get("labels"), "metadata.labels", required=False)
+    namespace, name = read_metadata(obj, DNS_1123_SUBDOMAIN)
+    labels = read_mapping(obj["metadata"].get("labels"), "metadata.labels", required=False)
     service_name = labels.get(LABEL_SERVICE_NAME)
     if service_name is not None:
-        _string(service_name, f"metadata.labels[{LABEL_SERVICE_NAME}]", DNS_1035_LABEL)
+        read_string(service_name, f"metadata.labels[{LABEL_SERVICE_NAME}]", DNS_1035_LABEL)
     address_type = obj.get("addressType")
     if address_type not in ("IPv4", "IPv6", "FQDN"):
         raise ObjectError("addressType", f"{address_type!r:.40} is not IPv4, IPv6 or FQDN")
 
     ports, ignored = [], []
-    for i, raw_port in enumerate(_list(obj.get("ports"), "ports")):
+    for i, raw_port in enumerate(read_list(obj.get("ports"), "ports")):
         base = f"ports[{i}]"
-        port_spec = _mapping(raw_port, base)
+        port_spec = read_mapping(raw_port, base)
         port_name = port_spec.get("name")
         if port_name:
-            _string(port_name, f"{base}.name", PORT_NAME)
+            read_string(port_name, f"{base}.name", PORT_NAME)
         elif port_name is not None and port_name != "":
             raise ObjectError(f"{base}.name", f"must be a string, got {port_name!r:.40}")
-        protocol = _protocol(port_spec.get("protocol"), f"{base}.protocol")
+        protocol = read_protocol(port_spec.get("protocol"), f"{base}.protocol")
         number = port_spec.get("port")
         # kube-proxy skips such a port and uses the rest of the slice.
         if port_name is None:
@@ -430,9 +343,9 @@ def parse_endpoint_slice(obj: Mapping[str, Any]) -> EndpointSliceSpec:
             given = "absent" if number is None else "0"
             ignored.append(f"{base}.port: {given}, so kube-proxy ignores this port")
         else:
-            ports.append(SlicePortSpec(port_name, protocol, _port(number, f"{base}.port")))
+            ports.append(SlicePortSpec(port_name, protocol, read_port(number, f"{base}.port")))
 
-    raw_endpoints = _list(obj.get("endpoints"), "endpoints")
+    raw_endpoints = read_list(obj.get("endpoints"), "endpoints")
     if len(raw_endpoints) > MAX_ENDPOINTS_PER_SLICE:
         raise ObjectError(
             "endpoints", f"{len(raw_endpoints)} endpoints exceed the API's limit of 1000 per slice"
@@ -440,28 +353,30 @@ def parse_endpoint_slice(obj: Mapping[str, Any]) -> EndpointSliceSpec:
     endpoints = []
     for i, raw_endpoint in enumerate(raw_endpoints):
         base = f"endpoints[{i}]"
-        endpoint = _mapping(raw_endpoint, base)
+        endpoint = read_mapping(raw_endpoint, base)
         addresses: list[IPAddress] = []
-        raw_addresses = _list(endpoint.get("addresses"), f"{base}.addresses")
+        raw_addresses = read_list(endpoint.get("addresses"), f"{base}.addresses")
         if not raw_addresses:
             raise ObjectError(f"{base}.addresses", "must list at least one address")
         if address_type != "FQDN":
             want = 4 if address_type == "IPv4" else 6
             for j, raw in enumerate(raw_addresses):
-                address = _ip(raw, f"{base}.addresses[{j}]")
+                address = read_ip(raw, f"{base}.addresses[{j}]")
                 if address.version != want:
                     raise ObjectError(f"{base}.addresses[{j}]", f"{address} is not {address_type}")
                 addresses.append(address)
-        conditions = _mapping(endpoint.get("conditions"), f"{base}.conditions", required=False)
+        conditions = read_mapping(endpoint.get("conditions"), f"{base}.conditions", required=False)
         # As kube-proxy reads them: an absent 'ready' or 'serving' is true, an absent
         # 'terminating' false.
-        ready = _bool(conditions.get("ready"), f"{base}.conditions.ready", True)
-        serving = _bool(conditions.get("serving"), f"{base}.conditions.serving", True)
-        terminating = _bool(conditions.get("terminating"), f"{base}.conditions.terminating", False)
+        ready = read_bool(conditions.get("ready"), f"{base}.conditions.ready", True)
+        serving = read_bool(conditions.get("serving"), f"{base}.conditions.serving", True)
+        terminating = read_bool(
+            conditions.get("terminating"), f"{base}.conditions.terminating", False
+        )
         node_name = endpoint.get("nodeName")
         if node_name is not None:
-            _string(node_name, f"{base}.nodeName", DNS_1123_SUBDOMAIN)
-        hints = _mapping(endpoint.get("hints"), f"{base}.hints", required=False)
+            read_string(node_name, f"{base}.nodeName", DNS_1123_SUBDOMAIN)
+        hints = read_mapping(endpoint.get("hints"), f"{base}.hints", required=False)
         zones, nodes = (
             _hint_names(hints, kind, f"{base}.hints") for kind in ("forZones", "forNodes")
         )
@@ -482,9 +397,11 @@ def parse_endpoint_slice(obj: Mapping[str, Any]) -> EndpointSliceSpec:
 def _hint_names(hints: Mapping[str, Any], kind: str, path: str) -> frozenset[str]:
     """The names in hints.forZones or hints.forNodes."""
     names = []
-    for j, hint in enumerate(_list(hints.get(kind), f"{path}.{kind}")):
+    for j, hint in enumerate(read_list(hints.get(kind), f"{path}.{kind}")):
         names.append(
-            _string(_mapping(hint, f"{path}.{kind}[{j}]").get("name"), f"{path}.{kind}[{j}].name")
+            read_string(
+                read_mapping(hint, f"{path}.{kind}[{j}]").get("name"), f"{path}.{kind}[{j}].name"
+            )
         )
     return frozenset(names)
 

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from nfqproxy.fields import ObjectError
 from nfqproxy.model import (
     MAX_BACKENDS_PER_PORT,
     EndpointSliceSpec,
     HealthCheck,
     IPNetwork,
     NodeView,
-    ObjectError,
     ObjectKey,
     ServicePort,
     ServicePortKey,

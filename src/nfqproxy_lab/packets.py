@@ -76,3 +76,113 @@ def icmp_checksums_verify(raw: bytes) -> bool:
         and internet_checksum(raw[hl:]) == 0
         and internet_checksum(raw[inner : inner + inner_hl]) == 0
     )
+
+
+# --- IPv6 -----------------------------------------------------------------------------
+
+
+def addr6(text: str) -> bytes:
+    return socket.inet_pton(socket.AF_INET6, text)
+
+
+def _pseudo_sum6(src: bytes, dst: bytes, proto: int, upper: bytes) -> int:
+    """The checksum of an upper-layer message over IPv6 (RFC 8200 section 8.1)."""
+    pseudo = src + dst + len(upper).to_bytes(4, "big") + bytes(3) + bytes([proto])
+    return internet_checksum(pseudo + upper)
+
+
+def ip6_packet(
+    src: str, dst: str, proto: int, upper: bytes, extensions: bytes = b"", first: int = 0
+) -> bytes:
+    """An IPv6 packet. extensions: extension headers, already chained, the first of type
+    first (then proto is the type the last one names)."""
+    header = (
+        bytes([0x60, 0, 0, 0])
+        + (len(extensions) + len(upper)).to_bytes(2, "big")
+        + bytes([first if extensions else proto, 64])
+        + addr6(src)
+        + addr6(dst)
+    )
+    return header + extensions + upper
+
+
+def _with_checksum(src: str, dst: str, proto: int, upper: bytes, at: int) -> bytes:
+    value = _pseudo_sum6(addr6(src), addr6(dst), proto, upper)
+    if proto == 17 and value == 0:
+        value = 0xFFFF
+    return upper[:at] + value.to_bytes(2, "big") + upper[at + 2 :]
+
+
+def tcp6_segment(
+    src: str, sport: int, dst: str, dport: int, flags: int = dpkt.tcp.TH_SYN, payload: bytes = b""
+) -> bytes:
+    segment = bytes(dpkt.tcp.TCP(sport=sport, dport=dport, flags=flags, seq=1000, data=payload))
+    return _with_checksum(src, dst, 6, segment[:16] + b"\0\0" + segment[18:], 16)
+
+
+def udp6_datagram(src: str, sport: int, dst: str, dport: int, payload: bytes = b"q") -> bytes:
+    datagram = (
+        sport.to_bytes(2, "big") + dport.to_bytes(2, "big") + (8 + len(payload)).to_bytes(2, "big")
+    )
+    return _with_checksum(src, dst, 17, datagram + b"\0\0" + payload, 6)
+
+
+def tcp6_packet(
+    src: str,
+    sport: int,
+    dst: str,
+    dport: int,
+    flags: int = dpkt.tcp.TH_SYN,
+    payload: bytes = b"",
+    extensions: bytes = b"",
+    first: int = 0,
+) -> bytes:
+    segment = tcp6_segment(src, sport, dst, dport, flags, payload)
+    return ip6_packet(src, dst, 6, segment, extensions, first)
+
+
+def udp6_packet(
+    src: str,
+    sport: int,
+    dst: str,
+    dport: int,
+    payload: bytes = b"q",
+    extensions: bytes = b"",
+    first: int = 0,
+) -> bytes:
+    datagram = udp6_datagram(src, sport, dst, dport, payload)
+    return ip6_packet(src, dst, 17, datagram, extensions, first)
+
+
+def extension_header(next_header: int, length_units: int = 0) -> bytes:
+    """A hop-by-hop or destination options header of (length_units + 1) * 8 bytes, padded
+    with PadN."""
+    size = (length_units + 1) * 8
+    return bytes([next_header, length_units, 1, size - 4]) + bytes(size - 4)
+
+
+def fragment_header(next_header: int, offset: int, more: bool, ident: int = 7) -> bytes:
+    return (
+        bytes([next_header, 0])
+        + ((offset << 3) | int(more)).to_bytes(2, "big")
+        + ident.to_bytes(4, "big")
+    )
+
+
+def icmp6_error(src: str, dst: str, quoted: bytes, icmp_type: int = 1, code: int = 4) -> bytes:
+    """An ICMPv6 error from src to dst quoting the packet (as much as fits in 1280 bytes,
+    RFC 4443). Type 2 (Packet Too Big) carries an MTU of 1280."""
+    body = quoted[: 1280 - 48]
+    word = (1280).to_bytes(4, "big") if icmp_type == 2 else bytes(4)
+    message = bytes([icmp_type, code, 0, 0]) + word + body
+    message = _with_checksum(src, dst, 58, message, 2)
+    return ip6_packet(src, dst, 58, message)
+
+
+def checksums6_verify(raw: bytes) -> bool:
+    """Whether the upper-layer checksum of an IPv6 packet without extension headers (TCP,
+    UDP or ICMPv6) is right, by full recompute over the pseudo-header."""
+    proto, upper = raw[6], raw[40:]
+    return _pseudo_sum6(raw[8:24], raw[24:40], proto, upper) == 0 and len(upper) == int.from_bytes(
+        raw[4:6], "big"
+    )

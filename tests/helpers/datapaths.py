@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from ipaddress import IPv4Network
 from typing import Any, Protocol
 
 import pytest
@@ -19,6 +18,7 @@ from nfqproxy.datapath import factory
 from nfqproxy.datapath.factory import DatapathSettings
 from nfqproxy.datapath.flows import Timeouts
 from nfqproxy.datapath.interface import Datapath
+from nfqproxy.model import IPNetwork
 
 # Flows a test's data path holds unless it asks for more: the proxy's default (1M, 56 MB on
 # the fast path) would cost every test 20 ms to allocate.
@@ -44,7 +44,7 @@ def new_datapath(
     timeouts: Timeouts | None = None,
     seed: int = defaults.SEED,
     clock: Callable[[], float] = time.monotonic,
-    service_cidrs: Iterable[IPv4Network] = defaults.SERVICE_CIDRS,
+    service_cidrs: Iterable[IPNetwork] = defaults.SERVICE_CIDRS,
 ) -> Datapath:
     """A data path of that name with no service ports, on the clock given."""
     settings = DatapathSettings(
@@ -108,5 +108,5 @@ class MakeDatapath(Protocol):
         timeouts: Timeouts | None = ...,
         seed: int = ...,
         clock: Callable[[], float] = ...,
-        service_cidrs: Iterable[IPv4Network] = ...,
+        service_cidrs: Iterable[IPNetwork] = ...,
     ) -> Datapath: ...

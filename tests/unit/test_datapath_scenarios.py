@@ -199,7 +199,7 @@ MALFORMED: dict[str, bytes | bytearray] = {
     "truncated_l4_header": bytes(
         dpkt.ip.IP(src=addr(CLIENT), dst=addr(VIP), p=6, data=b"\x00" * 8)
     ),
-    "not_ipv4": bytes.fromhex("60000000") + bytes(36),
+    "not_ip": bytes.fromhex("50000000") + bytes(36),
     "unsupported_protocol": bytes(
         dpkt.ip.IP(src=addr(CLIENT), dst=addr(VIP), p=1, data=b"\x08\x00" + bytes(6))
     ),

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from nfqproxy.datapath import factory
 from nfqproxy.datapath.fast.datapath import FastDatapath, fast_path_available
 from nfqproxy.datapath.marks import SOURCE_NODE, SOURCE_OFF_CLUSTER, SOURCE_POD
 from nfqproxy.datapath.verdicts import Action
@@ -182,6 +183,14 @@ operations = st.lists(
 )
 
 
+def _holds_ipv6(op: tuple[str, Any]) -> bool:
+    kind, arg = op
+    packets = arg if kind == "packets" else [arg[1]] if kind == "sourced" else [arg]
+    return kind in ("packet", "packets", "sourced") and any(
+        len(p) >= 20 and p[0] >> 4 == 6 for p in packets
+    )
+
+
 def run(datapath: Any, clock: FakeClock, ops: list[tuple[str, Any]]) -> list[Any]:
     trace: list[Any] = []
     for op, arg in ops:
@@ -214,6 +223,10 @@ def run(datapath: Any, clock: FakeClock, ops: list[tuple[str, Any]]) -> list[Any
 def test_every_path_agrees_with_the_reference_on_every_packet(
     candidate: str, ops: list[tuple[str, Any]], capacity: int, affinity: int, external: bool
 ) -> None:
+    if 6 not in factory.DATAPATHS[candidate].families:
+        # It does not parse IPv6 yet (issue 15): it drops every IPv6 packet as not IPv4,
+        # and the reference serves them. Their IPv6 handling is compared once it has it.
+        ops = [op for op in ops if not _holds_ipv6(op)]
     traces = []
     for name in (REFERENCE, candidate):
         clock = FakeClock(NOW)

@@ -17,7 +17,8 @@ from nfqproxy import ipsets
 from nfqproxy.datapath.interface import Datapath
 from nfqproxy.datapath.marks import SOURCE_NODE, SOURCE_OFF_CLUSTER, SOURCE_POD
 from nfqproxy.datapath.verdicts import Action
-from nfqproxy.model import NodeView, ObjectError, ServicePort, Snapshot, parse_service
+from nfqproxy.fields import ObjectError
+from nfqproxy.model import NodeView, ServicePort, Snapshot, parse_service
 from nfqproxy.tracker import ChangeTracker
 from nfqproxy_lab.packets import tcp_packet
 

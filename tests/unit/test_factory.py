@@ -72,3 +72,36 @@ def test_a_plugin_that_fails_to_import_for_another_reason_is_not_hidden(
     monkeypatch.setattr(cli, "entry_points", broken)
     with pytest.raises(ModuleNotFoundError):
         cli.command_plugins()
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        (["10.96.0.0/12,10.100.0.0/16"], "at most one IPv4 and one IPv6"),
+        (["10.96.0.0/12", "10.100.0.0/16"], "at most one IPv4 and one IPv6"),
+        (["10.96.0.1/12"], "has host bits set"),
+        (["fd00::/108,nonsense"], "'nonsense'"),
+    ],
+)
+def test_service_ranges_are_one_per_family_as_kube_apiserver_takes_them(
+    given: list[str], message: str, caplog: pytest.LogCaptureFixture, capsys: Any
+) -> None:
+    argv = ["run", "--datapath", "reference", "--manifests", "/nonexistent"]
+    for value in given:
+        argv += ["--service-cidr", value]
+    with pytest.raises(SystemExit):
+        if cli.main(argv) == 2:
+            raise SystemExit(2)
+    assert message in caplog.text + capsys.readouterr().err
+
+
+def test_an_ipv6_range_is_refused_by_a_data_path_without_ipv6(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    names = [n for n, i in factory.DATAPATHS.items() if 6 not in i.families and i.available()]
+    for name in names:
+        argv = ["run", "--datapath", name, "--manifests", "/x", "--service-cidr"]
+        assert cli.main([*argv, "10.96.0.0/12,fd00::/108"]) == 2
+        assert f"the {name} data path does not serve IPv6 yet" in caplog.text
+        assert "needs --datapath reference" in caplog.text
+    assert "reference" in factory.serving_family(6)

@@ -85,3 +85,47 @@ def test_first_packets_only_queues_new_undecided_connections_over_every_queue() 
     decided = " ".join(rules[("nat", "NFQPROXY-DECIDED")][0])
     assert decided.endswith("--save-mark --nfmask 0xffc0 --ctmask 0xffc0")
     assert len(jumps(config)) == 9
+
+
+def test_an_ipv6_range_gets_the_same_rules_through_ip6tables_and_its_own_sets() -> None:
+    from ipaddress import IPv6Network
+
+    from nfqproxy.hooks import command, families
+
+    config = HookConfig(
+        (IPv4Network("10.96.0.0/12"), IPv6Network("fd00:96::/108")),
+        7,
+        "iptables-nft",
+        cluster_cidrs=(IPv4Network("10.244.0.0/16"), IPv6Network("fd00:244::/56")),
+    )
+    assert families(config) == [4, 6] and command(config, 6) == "ip6tables-nft"
+    v4 = {k: [" ".join(r) for r in v] for k, v in chain_rules(config, 4).items()}
+    v6 = {k: [" ".join(r) for r in v] for k, v in chain_rules(config, 6).items()}
+    assert v4.keys() == v6.keys()
+    assert all(len(v4[chain]) == len(v6[chain]) for chain in v4)  # as fixed as IPv4's
+    text6 = "\n".join(r for rules in v6.values() for r in rules)
+    assert "-d fd00:96::/108 " in text6 and "10.96.0.0/12" not in text6
+    assert "-s fd00:244::/56 " in text6 and "10.244.0.0/16" not in text6
+    assert "nfqproxy-frontends-v6 dst,dst" in text6 and "nfqproxy-fw-v6 " in text6
+    assert "icmp6-port-unreachable" in text6 and "icmp-port-unreachable" not in text6
+    assert families(HookConfig((IPv6Network("fd00:96::/108"),), 7)) == [6]
+
+
+def test_ipv6_frontends_go_to_the_v6_sets() -> None:
+    from ipaddress import ip_address
+
+    from nfqproxy import ipsets
+    from nfqproxy.model import ServicePort
+
+    port = ServicePort(
+        "d/web:http",
+        ip_address("2001:db8::9"),
+        "TCP",
+        80,
+        (),
+        kind="ExternalIP",
+        policy="external-cluster",
+    )
+    entries = ipsets.port_entries(port)
+    assert entries.frontends == frozenset({"2001:db8::9,tcp:80"})
+    assert ipsets.set_name(ipsets.FRONTENDS, 6) == "nfqproxy-frontends-v6"

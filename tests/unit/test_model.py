@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 import yaml
 
+from nfqproxy.fields import ObjectError
 from nfqproxy.model import (
-    ObjectError,
+    IPNetwork,
     object_ref,
     parse_endpoint_slice,
     parse_service,
@@ -309,3 +310,112 @@ def test_bad_session_affinity_is_named(spec: dict[str, Any], path: str, message:
     with pytest.raises(ObjectError) as error:
         parse_service(doc, CIDRS)
     assert error.value.field_path == path and message in error.value.message
+
+
+DUAL: list[IPNetwork] = [*CIDRS, IPv6Network("fd00::/108")]
+
+
+@pytest.mark.parametrize(
+    ("spec", "served"),
+    [
+        ({"ipFamilyPolicy": "SingleStack", "clusterIPs": ["fd00::10"]}, ["fd00::10"]),
+        ({"ipFamilyPolicy": "PreferDualStack", "clusterIPs": ["10.96.0.10"]}, ["10.96.0.10"]),
+        (
+            {
+                "ipFamilyPolicy": "PreferDualStack",
+                "ipFamilies": ["IPv6", "IPv4"],
+                "clusterIPs": ["fd00::10", "10.96.0.10"],
+            },
+            ["fd00::10", "10.96.0.10"],
+        ),
+        (
+            {"ipFamilyPolicy": "RequireDualStack", "clusterIPs": ["10.96.0.10", "fd00::10"]},
+            ["10.96.0.10", "fd00::10"],
+        ),
+        ({"ipFamilyPolicy": "RequireDualStack", "clusterIPs": ["None"]}, []),  # headless
+    ],
+    ids=["single-v6", "prefer-one", "prefer-v6-first", "require-both", "require-headless"],
+)
+def test_each_cluster_ip_of_a_served_family_is_a_frontend(
+    spec: dict[str, Any], served: list[str]
+) -> None:
+    doc = yaml.safe_load(service())
+    del doc["spec"]["clusterIP"]
+    doc["spec"].update(spec)
+    assert [str(ip) for ip in parse_service(doc, DUAL).cluster_ips] == served
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "message"),
+    [
+        ({"ipFamilyPolicy": "DualStack"}, "spec.ipFamilyPolicy", "is not one of"),
+        ({"ipFamilies": ["IPv4", "IPv4"]}, "spec.ipFamilies[1]", "listed twice"),
+        ({"ipFamilies": ["IPv5"]}, "spec.ipFamilies[0]", "is not IPv4 or IPv6"),
+        ({"ipFamilies": ["IPv6"]}, "spec.clusterIPs[0]", "is not IPv6"),
+        ({"clusterIPs": ["10.96.0.10", "10.96.0.11"]}, "spec.clusterIPs", "one of each"),
+        (
+            {"clusterIPs": ["10.96.0.10", "fd00::10", "fd00::11"]},
+            "spec.clusterIPs",
+            "at most 2",
+        ),
+        (
+            {"ipFamilyPolicy": "SingleStack", "clusterIPs": ["10.96.0.10", "fd00::10"]},
+            "spec.ipFamilyPolicy",
+            "SingleStack allows one",
+        ),
+        (
+            {"ipFamilyPolicy": "RequireDualStack", "clusterIPs": ["10.96.0.10"]},
+            "spec.clusterIPs",
+            "RequireDualStack needs an IPv4 and an IPv6",
+        ),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "",
+)
+def test_dual_stack_fields_that_disagree_are_named(
+    spec: dict[str, Any], field: str, message: str
+) -> None:
+    doc = yaml.safe_load(service())
+    del doc["spec"]["clusterIP"]
+    doc["spec"].setdefault("clusterIPs", ["10.96.0.10"])
+    doc["spec"].update(spec)
+    with pytest.raises(ObjectError) as error:
+        parse_service(doc, DUAL)
+    assert error.value.field_path == field and message in error.value.message
+
+
+def dual_stack_table(slices: str) -> dict[str, list[str]]:
+    doc = yaml.safe_load(service())
+    del doc["spec"]["clusterIP"]
+    doc["spec"]["clusterIPs"] = ["10.96.0.10", "fd00::10"]
+    parsed = [parse_endpoint_slice(d) for d in yaml.safe_load_all(slices)]
+    snapshot = build_snapshot([parse_service(doc, DUAL)], parsed, "node-a")
+    return {
+        f"{p.vip}:{p.port}/{p.protocol}": [b.name for b in p.backends]
+        for p in snapshot.ports.values()
+    }
+
+
+def test_each_family_is_served_from_its_own_slices_and_rejects_without_them() -> None:
+    """kube-proxy's per-family proxiers: an IPv6 ClusterIP gets the IPv6 slice's endpoints
+    only, and with none (IPv4 endpoints only) it has no backends: rejected, not sent to
+    the other family."""
+    v4 = endpoint_slice("web-v4", "[{addresses: [10.244.1.5]}]")
+    v6 = endpoint_slice("web-v6", "[{addresses: ['fd00:244::5']}]").replace(
+        "addressType: IPv4", "addressType: IPv6"
+    )
+    both = dual_stack_table(v4 + v6)
+    assert both["10.96.0.10:80/TCP"] == ["10.244.1.5:8080"]
+    assert both["fd00::10:80/TCP"] == ["[fd00:244::5]:8080"]
+    only_v4 = dual_stack_table(v4)
+    assert only_v4["10.96.0.10:80/TCP"] == ["10.244.1.5:8080"]
+    assert only_v4["fd00::10:80/TCP"] == [] and only_v4["fd00::10:53/UDP"] == []
+
+
+def test_a_slice_of_the_wrong_family_is_ignored_by_an_ipv4_only_proxy() -> None:
+    v6 = endpoint_slice("web-v6", "[{addresses: ['fd00:244::5']}]").replace(
+        "addressType: IPv4", "addressType: IPv6"
+    )
+    assert table(service() + v6) == {
+        "10.96.0.10:53/UDP shop/web:dns": [],
+        "10.96.0.10:80/TCP shop/web:http": [],
+    }

@@ -11,7 +11,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nfqproxy.model import ObjectError, parse_endpoint_slice, parse_service
+from nfqproxy.fields import ObjectError
+from nfqproxy.model import parse_endpoint_slice, parse_service
 from nfqproxy.sources.manifests import ManifestError, load_manifest_file
 from nfqproxy.tracker import ChangeTracker
 from nfqproxy_lab.topology import lab_endpoint_slices, lab_services

@@ -9,10 +9,11 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
-from ipaddress import IPv4Network, ip_address
+from ipaddress import ip_address
 
 from nfqproxy.datapath.flows import Timeouts
 from nfqproxy.datapath.frontends import Frontend, TableChanges, TableKey
+from nfqproxy.model import IPNetwork
 
 # Why the extension could not be loaded, for the error that asks for a data path using it.
 _load_error: str | None = None
@@ -56,15 +57,19 @@ class CompiledTables:
 
     def __init__(
         self,
-        service_cidrs: Iterable[IPv4Network],
+        service_cidrs: Iterable[IPNetwork],
         capacity: int,
         timeouts: Timeouts | None,
         seed: int,
         affinity_limit: int = 0,  # 0: affinity_capacity(capacity)
     ) -> None:
         t = timeouts or Timeouts()
+        ranges = list(service_cidrs)
+        if any(c.version != 4 for c in ranges):
+            # Its tables hold 4-byte addresses; the CLI refuses this before we get here.
+            raise ValueError("the compiled data paths serve IPv4 only so far (issue 15)")
         self.core = FastCore(
-            [(int(c.network_address), int(c.netmask)) for c in service_cidrs],
+            [(int(c.network_address), int(c.netmask)) for c in ranges],
             capacity,
             t.in_state_order(),
             seed,

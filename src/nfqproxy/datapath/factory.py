@@ -8,18 +8,18 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network
 from typing import Protocol, cast
 
 from nfqproxy import defaults
 from nfqproxy.datapath.flows import Timeouts
 from nfqproxy.datapath.interface import Datapath, QueueBinding
 from nfqproxy.datapath.marks import MarkLayout
+from nfqproxy.model import IPNetwork
 
 
 @dataclass(frozen=True)
 class DatapathSettings:
-    service_cidrs: tuple[IPv4Network, ...]
+    service_cidrs: tuple[IPNetwork, ...]
     flow_capacity: int = defaults.FLOW_CAPACITY
     seed: int = defaults.SEED
     fail_open: bool = False  # a full queue passes packets unproxied (where supported)
@@ -40,6 +40,7 @@ class Implementation:
     # the hooks differ, and so do the tests that look at rewritten packets.
     every_packet: bool = True
     max_queues: int = 1  # queues it can spread over; 1: one (replies must find their flow)
+    families: frozenset[int] = frozenset({4})  # the IP versions it parses and rewrites
 
 
 class DatapathClass(Protocol):
@@ -47,7 +48,7 @@ class DatapathClass(Protocol):
 
     def __call__(
         self,
-        service_cidrs: Iterable[IPv4Network],
+        service_cidrs: Iterable[IPNetwork],
         capacity: int,
         timeouts: Timeouts | None,
         seed: int,
@@ -146,8 +147,17 @@ DATAPATHS: dict[str, Implementation] = {
         every_packet=False,
         max_queues=65536,
     ),
-    "reference": Implementation(_reference_datapath, _reference_binding),
+    "reference": Implementation(
+        _reference_datapath, _reference_binding, families=frozenset({4, 6})
+    ),
 }
+
+
+def serving_family(version: int) -> list[str]:
+    """The data paths that parse and rewrite this IP version."""
+    return [
+        name for name, implementation in DATAPATHS.items() if version in implementation.families
+    ]
 
 
 def queues_for(name: str, asked: int | None) -> int:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from nfqproxy.datapath.maglev import MaglevSelector
 from nfqproxy.datapath.marks import SOURCE_NODE, SOURCE_OFF_CLUSTER, SOURCE_POD
 from nfqproxy.external import POLICIES, POLICY_EXTERNAL_LOCAL
-from nfqproxy.model import PROTOCOLS, Backend, ServicePort, ServicePortKey, Snapshot
+from nfqproxy.fields import PROTOCOLS
+from nfqproxy.model import Backend, ServicePort, ServicePortKey, Snapshot
 
 # Frontend.policy, as numbers the compiled paths share (nfqproxy.external names them).
 POLICY_NUMBERS = {name: number for number, name in enumerate(POLICIES)}

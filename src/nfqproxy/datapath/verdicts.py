@@ -34,7 +34,7 @@ REASONS: tuple[str, ...] = (
     "truncated_ip_header",
     "bad_ihl",
     "bad_total_length",
-    "not_ipv4",
+    "not_ip",  # neither IPv4 nor IPv6 (the fast path: not IPv4)
     "fragment",
     "truncated_l4_header",
     "unsupported_protocol",
@@ -44,6 +44,7 @@ REASONS: tuple[str, ...] = (
     "icmp_bad_inner_header",
     "no_local_endpoints",  # internalTrafficPolicy Local: endpoints only on other nodes
     "internal_error",  # a bug: the reference path caught an exception for this packet
+    "bad_extension_headers",  # IPv6: more than ipv6.MAX_EXTENSION_HEADERS, or one cut short
 )
 
 # Counters beside the verdict counters, named alike on every data path.

@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from nfqproxy.model import IPNetwork, ObjectError, object_ref, parse_endpoint_slice, parse_service
+from nfqproxy.fields import ObjectError
+from nfqproxy.model import IPNetwork, object_ref, parse_endpoint_slice, parse_service
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from ipaddress import IPv4Network, ip_address
+from ipaddress import ip_address
 
 from nfqproxy import defaults
 from nfqproxy.datapath.compiled import CompiledTables, compiled_available, require_compiled
@@ -24,7 +24,7 @@ from nfqproxy.datapath.frontends import (
     update_ports,
 )
 from nfqproxy.datapath.verdicts import Action, Verdict
-from nfqproxy.model import ServicePort, ServicePortKey, Snapshot
+from nfqproxy.model import IPNetwork, ServicePort, ServicePortKey, Snapshot
 
 
 def fast_path_available() -> bool:
@@ -35,7 +35,7 @@ def fast_path_available() -> bool:
 class FastDatapath:
     def __init__(
         self,
-        service_cidrs: Iterable[IPv4Network],
+        service_cidrs: Iterable[IPNetwork],
         capacity: int = defaults.FLOW_CAPACITY,
         timeouts: Timeouts | None = None,
         seed: int = 0,

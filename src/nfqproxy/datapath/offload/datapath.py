@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from ipaddress import IPv4Network, ip_address
+from ipaddress import ip_address
 from typing import Protocol
 
 from nfqproxy import defaults
@@ -33,7 +33,7 @@ from nfqproxy.datapath.offload.backends import Assignment, BackendIds, present
 from nfqproxy.datapath.offload.conntrack import TrackedFlow
 from nfqproxy.datapath.offload.nft import Element
 from nfqproxy.datapath.verdicts import Action, Verdict
-from nfqproxy.model import ServicePort, ServicePortKey, Snapshot
+from nfqproxy.model import IPNetwork, ServicePort, ServicePortKey, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ OPEN_FLOWS_LIMIT = 5_000
 class OffloadDatapath:
     def __init__(
         self,
-        service_cidrs: Iterable[IPv4Network],
+        service_cidrs: Iterable[IPNetwork],
         capacity: int = defaults.FLOW_CAPACITY,
         timeouts: Timeouts | None = None,
         seed: int = 0,

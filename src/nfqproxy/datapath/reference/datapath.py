@@ -22,7 +22,6 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from ipaddress import IPv4Network
 
 from nfqproxy import defaults
 from nfqproxy.datapath.flows import (
@@ -52,29 +51,30 @@ from nfqproxy.datapath.reference.conntable import (
     ConnectionTable,
     Flow,
 )
+from nfqproxy.datapath.reference.icmp import IcmpError, translate_icmp_error
 from nfqproxy.datapath.reference.packet import (
-    IcmpError,
     ParsedPacket,
     parse,
     rewrite_destination,
     rewrite_source,
-    translate_icmp_error,
 )
 from nfqproxy.datapath.verdicts import Action, Verdict, verdict_counter
-from nfqproxy.model import ServicePort, ServicePortKey, Snapshot
+from nfqproxy.model import IPNetwork, ServicePort, ServicePortKey, Snapshot
 
 
 class ReferenceDatapath:
     def __init__(
         self,
-        service_cidrs: Iterable[IPv4Network],
+        service_cidrs: Iterable[IPNetwork],
         capacity: int = defaults.FLOW_CAPACITY,
         timeouts: Timeouts | None = None,
         seed: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        # (address length, network, mask), to test a packed address of either family.
         self.service_ranges = [
-            (int(cidr.network_address), int(cidr.netmask)) for cidr in service_cidrs
+            (cidr.max_prefixlen // 8, int(cidr.network_address), int(cidr.netmask))
+            for cidr in service_cidrs
         ]
         self.flows = ConnectionTable(capacity, timeouts)
         self.affinity = AffinityTable(affinity_capacity(capacity))
@@ -158,16 +158,18 @@ class ReferenceDatapath:
 
     def _in_service_range(self, address: bytes) -> bool:
         value = int.from_bytes(address, "big")
-        return any(value & mask == network for network, mask in self.service_ranges)
+        return any(
+            len(address) == size and value & mask == network
+            for size, network, mask in self.service_ranges
+        )
 
     def _is_request(self, packet: ParsedPacket) -> bool:
         """To a service: a ClusterIP (the whole range), or an external frontend. The hooks
         queue only the frontends' own ports outside the range, so any other packet is a
         reply of a proxied flow."""
-        ip = packet.ip
         return (
-            self._in_service_range(ip.dst)
-            or (ip.dst, packet.proto, packet.l4.dport) in self._frontends
+            self._in_service_range(packet.dst)
+            or (packet.dst, packet.proto, packet.dport) in self._frontends
         )
 
     def process(self, raw: bytes, source: int = 0) -> Verdict:
@@ -192,9 +194,9 @@ class ReferenceDatapath:
         return verdict
 
     def _request(self, packet: ParsedPacket, source: int) -> Verdict:
-        ip, l4, now = packet.ip, packet.l4, self.clock()
+        now = self.clock()
         masquerade = False
-        key = (packet.proto, ip.src, l4.sport, ip.dst, l4.dport)
+        key = (packet.proto, packet.src, packet.sport, packet.dst, packet.dport)
         flow = self.flows.lookup_forward(key, now)
         reason = "request"
         if flow is not None and flow.state is FlowState.TCP_BACKEND_GONE:
@@ -205,10 +207,10 @@ class ReferenceDatapath:
             # backend left): it gets a new backend, not a reset.
             flow = None
         if flow is None:
-            frontend_key = (ip.dst, packet.proto, l4.dport)
+            frontend_key = (packet.dst, packet.proto, packet.dport)
             frontend = self._frontends.get(frontend_key)
             if frontend is None:
-                unknown = "no_service" if ip.dst not in self._vips else "port_not_served"
+                unknown = "no_service" if packet.dst not in self._vips else "port_not_served"
                 return Verdict(Action.REJECT, unknown)
             use_variant, masquerade = routing(frontend.policy, source)
             if use_variant:
@@ -220,10 +222,10 @@ class ReferenceDatapath:
             backend_ip, backend_port = self._choose(frontend, packet, now)
             flow = Flow(
                 packet.proto,
-                ip.src,
-                l4.sport,
-                ip.dst,
-                l4.dport,
+                packet.src,
+                packet.sport,
+                packet.dst,
+                packet.dport,
                 backend_ip,
                 backend_port,
                 frontend.name,
@@ -243,17 +245,16 @@ class ReferenceDatapath:
 
     def _choose(self, frontend: Frontend, packet: ParsedPacket, now: float) -> tuple[bytes, int]:
         """The backend for a new flow: the client's sticky one, else Maglev's."""
-        ip, l4 = packet.ip, packet.l4
         sticky = None
         if frontend.affinity_seconds:
-            key = (packet.proto, ip.src, ip.dst, l4.dport)
+            key = (packet.proto, packet.src, packet.dst, packet.dport)
             sticky = self.affinity.lookup(key, now)
             if sticky is not None and (sticky.backend_ip, sticky.backend_port) in frontend.backends:
                 sticky.expires = now + frontend.affinity_seconds
                 self.counters["affinity_hit"] += 1
                 return sticky.backend_ip, sticky.backend_port
         index = frontend.selector.select(
-            flow_hash(packet.proto, ip.src, l4.sport, ip.dst, l4.dport, self.seed)
+            flow_hash(packet.proto, packet.src, packet.sport, packet.dst, packet.dport, self.seed)
         )
         backend = frontend.backends[index]
         if frontend.affinity_seconds:
@@ -269,7 +270,7 @@ class ReferenceDatapath:
         fragmentation needed from the node on the way to it), translated so that the
         client's kernel matches it to its socket: PMTU discovery and refused ports then
         work through the VIP. Errors about other traffic are not ours to pass."""
-        if self._in_service_range(error.raw[16:20]):
+        if self._in_service_range(error.outer_dst):
             return Verdict(Action.DROP, "icmp_unknown_flow")
         key = (
             error.inner_proto,
@@ -285,8 +286,8 @@ class ReferenceDatapath:
         return Verdict(Action.ACCEPT, "icmp_error", payload)
 
     def _reply(self, packet: ParsedPacket) -> Verdict:
-        ip, l4, now = packet.ip, packet.l4, self.clock()
-        key = (packet.proto, ip.src, l4.sport, ip.dst, l4.dport)
+        now = self.clock()
+        key = (packet.proto, packet.src, packet.sport, packet.dst, packet.dport)
         flow = self.flows.lookup_reply(key, now)
         reason = "reply"
         if flow is None:
@@ -299,9 +300,8 @@ class ReferenceDatapath:
         return Verdict(Action.ACCEPT, reason, rewrite_source(packet, flow.vip, flow.vport))
 
     def _recover_flow(self, packet: ParsedPacket) -> Flow | None:
-        ip, l4 = packet.ip, packet.l4
         # A frontend and its cluster variant are one service port: counted once.
-        candidates = set(self._by_backend.get((packet.proto, ip.src, l4.sport), []))
+        candidates = set(self._by_backend.get((packet.proto, packet.src, packet.sport), []))
         if len(candidates) != 1:
             return None
         (key,) = candidates
@@ -309,12 +309,12 @@ class ReferenceDatapath:
         state = FlowState.TCP_ESTABLISHED if proto == IPPROTO_TCP else FlowState.UDP_REPLIED
         return Flow(
             proto,
-            ip.dst,
-            l4.dport,
+            packet.dst,
+            packet.dport,
             vip,
             vport,
-            ip.src,
-            l4.sport,
+            packet.src,
+            packet.sport,
             self._frontends[key].name,
             state,
         )

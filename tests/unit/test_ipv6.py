@@ -1,0 +1,209 @@
+"""IPv6 through the data paths: DNAT and its reverse with the pseudo-header checksum,
+extension headers walked with a bound, fragments, ICMPv6 errors translated.
+
+Parametrised over every data path that sees every packet; one that does not parse IPv6
+yet is skipped with that reason, and gets these scenarios once it declares the family in
+the factory."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Network, IPv6Network, ip_address
+
+import dpkt
+import pytest
+
+from nfqproxy import defaults
+from nfqproxy.datapath import factory
+from nfqproxy.datapath.interface import Datapath
+from nfqproxy.datapath.reference import ipv6
+from nfqproxy.datapath.verdicts import Action
+from nfqproxy.model import Backend, ServicePort, Snapshot
+from nfqproxy_lab.packets import (
+    addr6,
+    checksums6_verify,
+    extension_header,
+    fragment_header,
+    icmp6_error,
+    tcp6_packet,
+    udp6_packet,
+)
+from tests.helpers.clock import FakeClock
+from tests.helpers.datapaths import datapath_params, new_datapath
+
+CIDRS = (IPv4Network("10.96.0.0/12"), IPv6Network("fd00:96::/108"))
+VIP, EMPTY_VIP = "fd00:96::10", "fd00:96::20"
+CLIENT = "fd00:244:1::2"
+BACKENDS = ["fd00:244:11::2", "fd00:244:12::2", "fd00:244:13::2"]
+
+
+@pytest.fixture(params=datapath_params(every_packet_only=True))
+def datapath(request: pytest.FixtureRequest) -> Datapath:
+    name: str = request.param
+    if 6 not in factory.DATAPATHS[name].families:
+        pytest.skip(f"the {name} data path does not parse IPv6 yet (issue 15)")
+    dp = new_datapath(name, clock=FakeClock(), service_cidrs=CIDRS)
+    vip, empty = ip_address(VIP), ip_address(EMPTY_VIP)
+    backends = tuple(Backend(ip_address(b), 8080) for b in BACKENDS)
+    dns = tuple(Backend(ip_address(b), 5353) for b in BACKENDS)
+    dp.apply(
+        Snapshot(
+            {
+                (vip, "TCP", 80): ServicePort("d/web:http", vip, "TCP", 80, backends),
+                (vip, "UDP", 53): ServicePort("d/web:dns", vip, "UDP", 53, dns),
+                (empty, "TCP", 80): ServicePort("d/empty:http", empty, "TCP", 80, ()),
+            }
+        )
+    )
+    return dp
+
+
+def backend_of(payload: bytes) -> str:
+    return str(ip_address(payload[24:40]))
+
+
+def test_a_tcp_flow_is_dnated_to_a_backend_and_its_replies_come_from_the_vip(
+    datapath: Datapath,
+) -> None:
+    syn = datapath.process(tcp6_packet(CLIENT, 40000, VIP, 80))
+    assert (syn.action, syn.reason, syn.proxied) == (Action.ACCEPT, "new_flow", True)
+    assert syn.payload is not None and checksums6_verify(syn.payload)
+    backend = backend_of(syn.payload)
+    assert backend in BACKENDS and int.from_bytes(syn.payload[42:44], "big") == 8080
+    answer = tcp6_packet(backend, 8080, CLIENT, 40000, dpkt.tcp.TH_SYN | dpkt.tcp.TH_ACK)
+    reply = datapath.process(answer)
+    assert (reply.action, reply.reason) == (Action.ACCEPT, "reply")
+    assert reply.payload is not None and checksums6_verify(reply.payload)
+    assert reply.payload[8:24] == addr6(VIP) and int.from_bytes(reply.payload[40:42], "big") == 80
+    again = datapath.process(tcp6_packet(CLIENT, 40000, VIP, 80, dpkt.tcp.TH_ACK, b"GET /"))
+    assert again.reason == "request" and again.payload is not None
+    assert backend_of(again.payload) == backend and checksums6_verify(again.payload)
+
+
+def test_udp_flows_spread_over_the_backends(datapath: Datapath) -> None:
+    chosen = set()
+    for sport in range(2000, 2060):
+        verdict = datapath.process(udp6_packet(CLIENT, sport, VIP, 53))
+        assert verdict.reason == "new_flow" and verdict.payload is not None
+        assert checksums6_verify(verdict.payload)
+        chosen.add(backend_of(verdict.payload))
+    assert chosen == set(BACKENDS)
+
+
+def test_no_endpoints_and_no_service_are_rejected(datapath: Datapath) -> None:
+    assert datapath.process(tcp6_packet(CLIENT, 1, EMPTY_VIP, 80)).action is Action.REJECT
+    unknown = datapath.process(udp6_packet(CLIENT, 1, "fd00:96::99", 53))
+    assert (unknown.action, unknown.reason) == (Action.REJECT, "no_service")
+
+
+def test_extension_headers_are_walked_to_the_ports(datapath: Datapath) -> None:
+    chain = extension_header(60) + extension_header(6, 1)  # hop-by-hop, destination options
+    verdict = datapath.process(tcp6_packet(CLIENT, 40001, VIP, 80, extensions=chain, first=0))
+    assert verdict.reason == "new_flow" and verdict.payload is not None
+    assert verdict.payload[40 : 40 + len(chain)] == chain
+    assert int.from_bytes(verdict.payload[40 + len(chain) + 2 :][:2], "big") == 8080
+    assert datapath.counters["ip_options"] == 1
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        (ipv6.MAX_EXTENSION_HEADERS + 1, "bad_extension_headers"),
+        (ipv6.MAX_EXTENSION_HEADERS, "new_flow"),
+    ],
+)
+def test_a_chain_of_extension_headers_is_walked_up_to_its_bound(
+    datapath: Datapath, headers: int, reason: str
+) -> None:
+    chain = b"".join(extension_header(60) for _ in range(headers - 1)) + extension_header(17)
+    packet = udp6_packet(CLIENT, 3000, VIP, 53, extensions=chain, first=60)
+    assert datapath.process(packet).reason == reason
+
+
+@pytest.mark.parametrize(
+    "chain",
+    [
+        extension_header(60)[:-8] + bytes([60, 5]),  # says 48 bytes, the packet ends first
+        bytes([60, 0, 1, 4, 0, 0]),  # shorter than any extension header
+    ],
+    ids=["length-past-the-end", "cut-short"],
+)
+def test_a_malformed_extension_header_chain_is_dropped_with_a_counter(
+    datapath: Datapath, chain: bytes
+) -> None:
+    packet = udp6_packet(CLIENT, 3000, VIP, 53, extensions=chain, first=0)[: 40 + len(chain)]
+    packet = packet[:4] + len(chain).to_bytes(2, "big") + packet[6:]
+    verdict = datapath.process(packet)
+    assert (verdict.action, verdict.reason) == (Action.DROP, "bad_extension_headers")
+
+
+def test_a_first_fragment_is_decided_by_its_ports_and_a_later_one_is_dropped_and_counted(
+    datapath: Datapath,
+) -> None:
+    first = udp6_packet(CLIENT, 4000, VIP, 53, b"x" * 64, fragment_header(17, 0, True), first=44)
+    # The UDP length counts the whole datagram; this fragment holds part of it.
+    first = first[:52] + (8 + 64 + 400).to_bytes(2, "big") + first[54:]
+    decided = datapath.process(first)
+    assert decided.reason == "new_flow" and decided.payload is not None
+    assert backend_of(decided.payload) in BACKENDS
+    later = udp6_packet(CLIENT, 4000, VIP, 53, b"y" * 64, fragment_header(17, 9, False), first=44)
+    verdict = datapath.process(later)
+    assert (verdict.action, verdict.reason) == (Action.DROP, "fragment")
+    assert datapath.counters["drop_fragment"] == 1
+
+
+@pytest.mark.parametrize(("icmp_type", "code"), [(2, 0), (1, 4), (3, 0)])
+def test_icmpv6_errors_about_a_flow_are_translated_for_the_client(
+    datapath: Datapath, icmp_type: int, code: int
+) -> None:
+    """Packet Too Big (PMTU through the VIP), port unreachable, time exceeded: the quoted
+    packet says VIP:port again, the error comes from the VIP, the checksum holds."""
+    syn = datapath.process(tcp6_packet(CLIENT, 40002, VIP, 80, payload=b"z" * 100))
+    assert syn.payload is not None
+    backend = backend_of(syn.payload)
+    error = icmp6_error(backend, CLIENT, syn.payload, icmp_type, code)
+    verdict = datapath.process(error)
+    assert (verdict.action, verdict.reason) == (Action.ACCEPT, "icmp_error")
+    out = verdict.payload
+    assert out is not None and checksums6_verify(out)
+    assert out[8:24] == addr6(VIP)  # from the VIP, as the client expects
+    quoted = out[48:]
+    assert quoted[24:40] == addr6(VIP) and int.from_bytes(quoted[42:44], "big") == 80
+    # The quoted TCP checksum still matches the quoted packet as the client sent it.
+    assert checksums6_verify(quoted)
+
+
+def test_an_icmpv6_error_about_no_flow_or_not_an_error_is_dropped(datapath: Datapath) -> None:
+    stray = icmp6_error(BACKENDS[0], CLIENT, tcp6_packet(CLIENT, 9, BACKENDS[0], 8080), 2, 0)
+    assert datapath.process(stray).reason == "icmp_unknown_flow"
+    echo = icmp6_error(BACKENDS[0], CLIENT, b"ping", 128, 0)
+    assert datapath.process(echo).reason == "unsupported_protocol"
+
+
+@pytest.mark.parametrize(
+    ("packet", "reason"),
+    [
+        (tcp6_packet(CLIENT, 1, VIP, 80)[:39], "truncated_ip_header"),
+        (tcp6_packet(CLIENT, 1, VIP, 80)[:50], "bad_total_length"),
+        (bytes([0x60, 0, 0, 0, 0, 0, 6, 64]) + bytes(32), "bad_total_length"),  # jumbogram
+        (
+            tcp6_packet(CLIENT, 1, VIP, 80)[:4]
+            + b"\x00\x08"
+            + tcp6_packet(CLIENT, 1, VIP, 80)[6:48],
+            "truncated_l4_header",
+        ),
+    ],
+    ids=["header-cut", "payload-length-past-the-end", "zero-payload-length", "tcp-cut"],
+)
+def test_malformed_ipv6_packets_are_dropped_with_named_counters(
+    datapath: Datapath, packet: bytes, reason: str
+) -> None:
+    verdict = datapath.process(packet)
+    assert (verdict.action, verdict.reason) == (Action.DROP, reason)
+
+
+def test_an_ipv4_only_data_path_is_refused_an_ipv6_service_range() -> None:
+    for name, implementation in factory.DATAPATHS.items():
+        if 6 in implementation.families or not implementation.available():
+            continue
+        with pytest.raises(ValueError, match="IPv4 only"):
+            new_datapath(name, service_cidrs=(*defaults.SERVICE_CIDRS, CIDRS[1]))
