@@ -67,7 +67,7 @@ for _name, _c_value, _py_value in (
     ("SOURCE_POD", SOURCE_POD, _marks.SOURCE_POD),
     ("SOURCE_OFF_CLUSTER", SOURCE_OFF_CLUSTER, _marks.SOURCE_OFF_CLUSTER),
     ("SOURCE_NODE", SOURCE_NODE, _marks.SOURCE_NODE),
-    ("VARIANT_CLUSTER", VARIANT_CLUSTER, _frontends.VARIANT_CLUSTER),
+    ("VARIANT_CLUSTER", VARIANT_CLUSTER, _frontends.COMPILED_VARIANT_CLUSTER),
 ):
     if _c_value != _py_value:
         raise ImportError(f"nfqproxy._fastpath: {_name} is {_c_value} in C, {_py_value} in Python")

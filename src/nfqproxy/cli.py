@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
-from ipaddress import IPv4Address, IPv4Network, ip_network
+from ipaddress import IPv4Address, ip_network
 from pathlib import Path
 from types import ModuleType
 
@@ -41,12 +41,11 @@ def command_plugins() -> list[ModuleType]:
     return plugins
 
 
-def _cidr(text: str) -> IPv4Network:
+def _cidr(text: str) -> IPNetwork:
     try:
-        network = IPv4Network(text, strict=True)
+        return ip_network(text, strict=True)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
-    return network
 
 
 def _service_cidrs(text: str) -> tuple[IPNetwork, ...]:
@@ -141,8 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_cidr,
         action="append",
         dest="cluster_cidrs",
-        help="the pods' range (repeatable), as kube-proxy's flag: sources inside are the "
-        "cluster's own. ClusterIP traffic from outside it is masqueraded, and "
+        help="the pods' range (repeatable, one per family), as kube-proxy's flag: sources "
+        "inside are the cluster's own. ClusterIP traffic from outside it is masqueraded, and "
         "externalTrafficPolicy Local sends pods to every endpoint. Default: none",
     )
     run.add_argument(

@@ -72,7 +72,7 @@ class ProxyConfig:
     healthz_bind: tuple[str, int] | None = defaults.HEALTHZ_BIND
     metrics_bind: tuple[str, int] | None = defaults.METRICS_BIND
     # --cluster-cidr: which sources are the cluster's own (masquerade, externalTrafficPolicy)
-    cluster_cidrs: tuple[IPv4Network, ...] = ()
+    cluster_cidrs: tuple[IPNetwork, ...] = ()
     nodeport_addresses: tuple[str | IPv4Network, ...] = defaults.NODEPORT_ADDRESSES
     node_ip: IPv4Address | None = None  # the node's primary address (--node-ip)
 

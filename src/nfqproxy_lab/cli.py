@@ -20,6 +20,7 @@ def add_commands(commands: Any) -> None:
     up = lab_commands.add_parser("up")
     up.add_argument("--name", default="nfqlab")
     up.add_argument("--backends", type=int, default=3)
+    up.add_argument("--dual-stack", action="store_true", help="IPv6 addresses on every link too")
     down = lab_commands.add_parser("down")
     down.add_argument("--name", default="nfqlab")
     down.add_argument("--all", action="store_true", help="remove every lab")
@@ -50,7 +51,8 @@ def dispatch(args: argparse.Namespace) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, _terminate_as_interrupt)
         return run_demo(args.backends, args.requests)
-    from nfqproxy_lab.topology import Lab, all_labs
+    from nfqproxy_lab.dualstack import SERVICE_CIDR6
+    from nfqproxy_lab.topology import SERVICE_CIDR, Lab, all_labs
 
     if args.lab_command == "serve":
         from nfqproxy_lab.servers import serve
@@ -58,12 +60,16 @@ def dispatch(args: argparse.Namespace) -> int:
         serve(args.name, args.tcp_port, args.udp_port, args.ready_file)
         return 0
     if args.lab_command == "up":
-        lab = Lab(args.name, args.backends)
+        lab = Lab(args.name, args.backends, args.dual_stack)
         lab.up()
         print(f"lab {lab.name} is up: namespaces {', '.join(lab.state.namespaces)}")
         print(f"manifests: {lab.manifests_dir}")
         print(f"start the proxy: ip netns exec {lab.node_ns} nfqproxy run \\")
-        print(f"  --manifests {lab.manifests_dir}")
+        print(f"  --manifests {lab.manifests_dir}", end="")
+        if lab.dual_stack:  # the reference data path serves IPv6 so far
+            ranges = f"{SERVICE_CIDR},{SERVICE_CIDR6}"
+            print(f" \\\n  --datapath reference --service-cidr {ranges}", end="")
+        print()
         return 0
     names = all_labs() if args.all else [args.name]
     for name in names:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import time
 from collections import Counter
 
 from nfqproxy.controller import STATUS_INTERVAL, status_summary
+from nfqproxy.datapath import factory
+from nfqproxy_lab.dualstack import WEB_VIP6
 from nfqproxy_lab.netns import NetnsThread
 from nfqproxy_lab.proxy import read_status, start_proxy, wait_ready
 from nfqproxy_lab.topology import (
@@ -63,13 +67,35 @@ def _node_port_from_outside(lab: Lab, backends: int, requests: int) -> None:
     (lab.manifests_dir / "web-np.yaml").unlink()
 
 
+def _dual_stack(lab: Lab, proxy: subprocess.Popen[bytes], datapath: str, requests: int) -> None:
+    """The web service is dual-stack: one ClusterIP per family, each served from its own
+    EndpointSlice. A data path without IPv6 serves the IPv4 half; the demo then moves to
+    the reference path, which serves both."""
+    if 6 not in factory.DATAPATHS[datapath].families:
+        print(
+            f"\nThe {datapath} data path serves IPv4 only so far; restarting nfqproxy on the "
+            "reference path, which serves both families."
+        )
+        proxy.send_signal(signal.SIGTERM)
+        proxy.wait(10)
+        proxy = start_proxy(lab, "--datapath", "reference")
+        wait_ready(lab, proxy)
+    with NetnsThread(lab.client_ns) as client:
+        for vip in (WEB_VIP, WEB_VIP6):
+            answers = client.call(http_peers, vip, HTTP_PORT, requests)
+            print(f"\nDual-stack service web on its ClusterIP {vip}:")
+            for (name, peer), count in sorted(answers.items()):
+                print(f"  {name:<10} {count:>4}  saw the client as {peer}")
+
+
 def run_demo(backends: int = 3, requests: int = 300) -> int:
     if DEMO_LAB in all_labs():
         Lab.load(DEMO_LAB).down()  # a demo killed earlier left its lab behind
-    lab = Lab(DEMO_LAB, backends)
+    lab = Lab(DEMO_LAB, backends, dual_stack=True)
     print(
         f"Building the lab: client, node, uplink, {backends} backends, an external client and "
-        f"a second node with one more backend (namespaces {DEMO_LAB}-*)"
+        f"a second node with one more backend, IPv4 and IPv6 on every link (namespaces "
+        f"{DEMO_LAB}-*)"
     )
     try:
         lab.up()
@@ -109,6 +135,7 @@ def run_demo(backends: int = 3, requests: int = 300) -> int:
             )
             client.call(keep.close)
         print("\n" + _fresh_status(lab))
+        _dual_stack(lab, proxy, datapath, requests // 30)
         return 0
     except KeyboardInterrupt:
         print("\nInterrupted.")

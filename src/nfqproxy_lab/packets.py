@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 
 import dpkt
+import google_crc32c
 
 from nfqproxy.datapath.reference.checksum import internet_checksum
 
@@ -186,3 +187,39 @@ def checksums6_verify(raw: bytes) -> bool:
     return _pseudo_sum6(raw[8:24], raw[24:40], proto, upper) == 0 and len(upper) == int.from_bytes(
         raw[4:6], "big"
     )
+
+
+# --- SCTP (built by hand: this kernel has no SCTP sockets) ------------------------------
+
+
+def sctp_chunk(chunk_type: int, body: bytes = b"", flags: int = 0) -> bytes:
+    """One chunk, padded to 4 bytes. INIT (1) and INIT ACK (2) bodies: initiate tag, a_rwnd,
+    stream counts, initial TSN; DATA (0): TSN, stream, sequence, protocol id, user data."""
+    length = 4 + len(body)
+    return bytes([chunk_type, flags]) + length.to_bytes(2, "big") + body + bytes(-length % 4)
+
+
+def sctp_init_body(tag: int) -> bytes:
+    return tag.to_bytes(4, "big") + (65536).to_bytes(4, "big") + b"\x00\x0a\x00\x0a" + bytes(4)
+
+
+def sctp_common(sport: int, dport: int, tag: int, chunks: bytes) -> bytes:
+    """The SCTP packet with its CRC32c, stored as Linux stores it (little-endian bytes)."""
+    header = sport.to_bytes(2, "big") + dport.to_bytes(2, "big") + tag.to_bytes(4, "big")
+    crc = int(google_crc32c.value(header + bytes(4) + chunks))
+    return header + crc.to_bytes(4, "little") + chunks
+
+
+def sctp_checksum_verifies(segment: bytes) -> bool:
+    crc = int(google_crc32c.value(segment[:8] + bytes(4) + segment[12:]))
+    return segment[8:12] == crc.to_bytes(4, "little")
+
+
+def sctp_packet(src: str, sport: int, dst: str, dport: int, tag: int, chunks: bytes) -> bytes:
+    segment = sctp_common(sport, dport, tag, chunks)
+    if ":" in src:
+        return ip6_packet(src, dst, 132, segment)
+    ip = dpkt.ip.IP(src=addr(src), dst=addr(dst), p=132, ttl=64)
+    ip.data = segment
+    ip.len = 20 + len(segment)
+    return bytes(ip)

@@ -11,13 +11,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from nfqproxy.datapath import factory
 from nfqproxy_lab import netns
+from nfqproxy_lab.dualstack import CLUSTER_CIDR6, SERVICE_CIDR6
 from nfqproxy_lab.topology import CLUSTER_CIDR, NODE_NAME, SERVICE_CIDR, Lab
 
 
 def proxy_command() -> list[str]:
     installed = Path(sys.executable).with_name("nfqproxy")
     return [str(installed)] if installed.exists() else [shutil.which("nfqproxy") or "nfqproxy"]
+
+
+def _serves_ipv6(lab: Lab, args: Sequence[str]) -> bool:
+    """Whether the proxy gets the lab's IPv6 ranges: in a dual-stack lab, when its data path
+    (--datapath, else the default) parses IPv6. An IPv4-only one serves the IPv4 half."""
+    if not lab.dual_stack:
+        return False
+    chosen = list(args)
+    name = chosen[chosen.index("--datapath") + 1] if "--datapath" in chosen[:-1] else None
+    implementation = factory.DATAPATHS.get(name or factory.default_datapath())
+    return implementation is not None and 6 in implementation.families
 
 
 def run_command(
@@ -32,11 +45,12 @@ def run_command(
         "run",
         *source,
         "--service-cidr",
-        SERVICE_CIDR,
+        f"{SERVICE_CIDR},{SERVICE_CIDR6}" if _serves_ipv6(lab, extra) else SERVICE_CIDR,
         "--hostname-override",
         NODE_NAME,
         "--cluster-cidr",
         CLUSTER_CIDR,
+        *(["--cluster-cidr", CLUSTER_CIDR6] if _serves_ipv6(lab, extra) else []),
         *extra,
     ]
     return netns.exec_command(lab.node_ns, command)

@@ -68,14 +68,34 @@ class BacklogHTTPServer(ThreadingHTTPServer):
     request_queue_size = 1024
 
 
+class BacklogHTTPServer6(BacklogHTTPServer):
+    """IPv6 only: IPv4 clients reach the IPv4 server and are seen by their own address,
+    not as an IPv4-mapped one."""
+
+    address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        super().server_bind()
+
+
 def serve(name: str, tcp_port: int, udp_port: int, ready_file: Path | None = None) -> None:
-    """Serves until killed."""
-    http = BacklogHTTPServer(("0.0.0.0", tcp_port), NameHandler)
-    http.daemon_threads = True
-    http.backend_name = name  # type: ignore[attr-defined]
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind(("0.0.0.0", udp_port))
-    threading.Thread(target=_udp_loop, args=(udp, name.encode()), daemon=True).start()
+    """Serves on both families until killed (a lab without IPv6 addresses only gets IPv4
+    traffic)."""
+    servers: list[ThreadingHTTPServer] = [
+        BacklogHTTPServer(("0.0.0.0", tcp_port), NameHandler),
+        BacklogHTTPServer6(("::", tcp_port), NameHandler),
+    ]
+    for http in servers:
+        http.daemon_threads = True
+        http.backend_name = name  # type: ignore[attr-defined]
+    for family, anywhere in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        udp = socket.socket(family, socket.SOCK_DGRAM)
+        if family == socket.AF_INET6:
+            udp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        udp.bind((anywhere, udp_port))
+        threading.Thread(target=_udp_loop, args=(udp, name.encode()), daemon=True).start()
+    threading.Thread(target=servers[1].serve_forever, daemon=True).start()
     if ready_file is not None:
         ready_file.write_text("ready\n")
-    http.serve_forever()
+    servers[0].serve_forever()

@@ -9,6 +9,9 @@
                             +-- node2 (10.255.254.1) -- remote backend (10.244.200.2), a pod
                                 on another node: the lab's "remote" endpoint
 
+With dual_stack (`lab up --dual-stack`) every link carries an IPv6 address too, and the
+Services are dual-stack (nfqproxy_lab.dualstack has the IPv6 plan).
+
 Everything lives in namespaces named <lab>-*, joined by veth pairs; nothing touches the
 machine's own namespace. State (namespaces, pids, manifests) is kept under
 /run/nfqproxy/labs/<lab>/ so that `lab down` can remove a lab another process built.
@@ -32,7 +35,7 @@ from typing import Any
 import yaml
 
 from nfqproxy.files import atomic_write
-from nfqproxy_lab import netns
+from nfqproxy_lab import dualstack, netns
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +75,11 @@ class LabState:
     # Each process's start time (clock ticks since boot): proves a pid is still the
     # process we started, whatever program it runs, however pids are reused.
     started: dict[str, int] = field(default_factory=dict)
+    dual_stack: bool = False
 
 
 class Lab:
-    def __init__(self, name: str = "nfqlab", backends: int = 3) -> None:
+    def __init__(self, name: str = "nfqlab", backends: int = 3, dual_stack: bool = False) -> None:
         if not LAB_NAME.match(name):
             raise ValueError(f"lab name {name!r} must match {LAB_NAME.pattern}")
         if not 1 <= backends <= 200:
@@ -83,7 +87,11 @@ class Lab:
         self.name = name
         self.backends = backends
         self.dir = LABS_DIR / name
-        self.state = LabState(name, backends)
+        self.state = LabState(name, backends, dual_stack=dual_stack)
+
+    @property
+    def dual_stack(self) -> bool:
+        return self.state.dual_stack
 
     # names -----------------------------------------------------------------------------
 
@@ -162,6 +170,10 @@ class Lab:
     def _build(self) -> None:
         for name in self._all_names():
             self._add_namespace(name)
+            if self.dual_stack:
+                # Links made from now on skip duplicate address detection: their link-local
+                # addresses, which neighbour discovery answers from, are usable at once.
+                netns.sysctl(name, "net.ipv6.conf.default.accept_dad", "0")
         node = [
             f"link add to-client type veth peer name eth0 netns {self.client_ns}",
             f"link add uplink type veth peer name eth0 netns {self.uplink_ns}",
@@ -177,7 +189,7 @@ class Lab:
                 f"link set to-be{i} up",
             ]
         node.append(f"route add default via {UPLINK_IP}")
-        netns.ip_batch(self.node_ns, node)
+        netns.ip_batch(self.node_ns, node + self._v6(dualstack.node_commands(self.backends)))
         netns.sysctl(self.node_ns, "net.ipv4.ip_forward", "1")
         netns.ip_batch(
             self.client_ns,
@@ -185,6 +197,7 @@ class Lab:
                 f"addr add {CLIENT_IP}/24 dev eth0",
                 "link set eth0 up",
                 "route add default via 10.244.1.1",
+                *self._v6(dualstack.client_commands()),
             ],
         )
         self._build_outside()
@@ -195,6 +208,7 @@ class Lab:
                     f"addr add {backend_ip(i)}/24 dev eth0",
                     "link set eth0 up",
                     f"route add default via 10.244.{10 + i}.1",
+                    *self._v6(dualstack.backend_commands(i)),
                 ],
             )
             self._start_server(self.backend_name(i), self.backend_ns(i))
@@ -221,6 +235,7 @@ class Lab:
                 f"route add {EXTERNAL_IPS_RANGE} via {UPLINK_NODE_IP}",
                 f"route add {INGRESS_RANGE} via {UPLINK_NODE_IP}",
                 f"route add {SERVICE_CIDR} via {UPLINK_NODE_IP}",
+                *self._v6(dualstack.uplink_commands()),
             ],
         )
         netns.sysctl(self.uplink_ns, "net.ipv4.ip_forward", "1")
@@ -230,6 +245,7 @@ class Lab:
                 f"addr add {EXTERNAL_CLIENT_IP}/24 dev eth0",
                 "link set eth0 up",
                 f"route add default via {EXTERNAL_GATEWAY}",
+                *self._v6(dualstack.external_commands()),
             ],
         )
         netns.ip_batch(
@@ -241,6 +257,7 @@ class Lab:
                 f"addr add {REMOTE_BACKEND_GATEWAY}/24 dev to-pod",
                 "link set to-pod up",
                 f"route add default via {NODE2_UPLINK_IP}",
+                *self._v6(dualstack.node2_commands()),
             ],
         )
         netns.sysctl(self.node2_ns, "net.ipv4.ip_forward", "1")
@@ -250,8 +267,16 @@ class Lab:
                 f"addr add {REMOTE_BACKEND_IP}/24 dev eth0",
                 "link set eth0 up",
                 f"route add default via {REMOTE_BACKEND_GATEWAY}",
+                *self._v6(dualstack.remote_commands()),
             ],
         )
+        if self.dual_stack:
+            for router in (self.node_ns, self.uplink_ns, self.node2_ns):
+                netns.sysctl(router, dualstack.FORWARDING, "1")
+
+    def _v6(self, commands: list[str]) -> list[str]:
+        """The IPv6 commands of a namespace, in a dual-stack lab only."""
+        return commands if self.dual_stack else []
 
     def _start_server(self, name: str, namespace: str) -> None:
         command = [
@@ -298,17 +323,19 @@ class Lab:
 
     def write_manifests(self, backend_indexes: list[int]) -> None:
         """Writes the lab's Services and its EndpointSlice with the given backends."""
-        atomic_write(self.manifests_dir / "services.yaml", yaml.safe_dump(lab_services()))
+        atomic_write(
+            self.manifests_dir / "services.yaml", yaml.safe_dump(lab_services(self.dual_stack))
+        )
         atomic_write(
             self.manifests_dir / "endpointslices.yaml",
-            yaml.safe_dump(lab_endpoint_slices(backend_indexes)),
+            yaml.safe_dump(lab_endpoint_slices(backend_indexes, self.dual_stack)),
         )
 
     @classmethod
     def load(cls, name: str) -> Lab:
         lab_dir = LABS_DIR / name
         state = LabState(**json.loads((lab_dir / "state.json").read_text()))
-        lab = cls(state.name, state.backends)
+        lab = cls(state.name, state.backends, state.dual_stack)
         lab.state = state
         return lab
 
@@ -375,8 +402,11 @@ def all_labs() -> list[str]:
     return sorted(p.name for p in LABS_DIR.iterdir()) if LABS_DIR.is_dir() else []
 
 
-def lab_services() -> dict[str, Any]:
-    def service(name: str, vip: str) -> dict[str, Any]:
+def lab_services(dual_stack: bool = False) -> dict[str, Any]:
+    def service(name: str, vip: str, vip6: str) -> dict[str, Any]:
+        families = {"ipFamilyPolicy": "SingleStack", "ipFamilies": ["IPv4"]}
+        if dual_stack:
+            families = {"ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv4", "IPv6"]}
         return {
             "apiVersion": "v1",
             "kind": "Service",
@@ -384,7 +414,8 @@ def lab_services() -> dict[str, Any]:
             "spec": {
                 "type": "ClusterIP",
                 "clusterIP": vip,
-                "clusterIPs": [vip],
+                "clusterIPs": [vip, vip6] if dual_stack else [vip],
+                **families,
                 "ports": [
                     {
                         "name": "http",
@@ -400,41 +431,46 @@ def lab_services() -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "List",
-        "items": [service("web", WEB_VIP), service("empty", EMPTY_VIP)],
-    }
-
-
-def lab_endpoint_slices(backend_indexes: list[int]) -> dict[str, Any]:
-    endpoints = [
-        {
-            "addresses": [backend_ip(i)],
-            "conditions": {"ready": True, "serving": True, "terminating": False},
-            "nodeName": NODE_NAME,
-            "targetRef": {"kind": "Pod", "namespace": "default", "name": f"be{i}"},
-        }
-        for i in backend_indexes
-    ]
-    return {
-        "apiVersion": "v1",
-        "kind": "List",
         "items": [
-            {
-                "apiVersion": "discovery.k8s.io/v1",
-                "kind": "EndpointSlice",
-                "metadata": {
-                    "name": "web-lab",
-                    "namespace": "default",
-                    "labels": {"kubernetes.io/service-name": "web"},
-                },
-                "addressType": "IPv4",
-                "endpoints": endpoints,
-                "ports": [
-                    {"name": "http", "protocol": "TCP", "port": HTTP_TARGET},
-                    {"name": "dns", "protocol": "UDP", "port": DNS_TARGET},
-                ],
-            }
+            service("web", WEB_VIP, dualstack.WEB_VIP6),
+            service("empty", EMPTY_VIP, dualstack.EMPTY_VIP6),
         ],
     }
+
+
+def lab_endpoint_slices(backend_indexes: list[int], dual_stack: bool = False) -> dict[str, Any]:
+    """web's EndpointSlice, and in a dual-stack lab its IPv6 one: a slice per family, as
+    the EndpointSlice controller writes them."""
+
+    def endpoint_slice(name: str, family: str, address: Any) -> dict[str, Any]:
+        return {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": name,
+                "namespace": "default",
+                "labels": {"kubernetes.io/service-name": "web"},
+            },
+            "addressType": family,
+            "endpoints": [
+                {
+                    "addresses": [address(i)],
+                    "conditions": {"ready": True, "serving": True, "terminating": False},
+                    "nodeName": NODE_NAME,
+                    "targetRef": {"kind": "Pod", "namespace": "default", "name": f"be{i}"},
+                }
+                for i in backend_indexes
+            ],
+            "ports": [
+                {"name": "http", "protocol": "TCP", "port": HTTP_TARGET},
+                {"name": "dns", "protocol": "UDP", "port": DNS_TARGET},
+            ],
+        }
+
+    items = [endpoint_slice("web-lab", "IPv4", backend_ip)]
+    if dual_stack:
+        items.append(endpoint_slice("web-lab-v6", "IPv6", dualstack.backend_ip6))
+    return {"apiVersion": "v1", "kind": "List", "items": items}
 
 
 NODEPORT_VIP, NODEPORT = "10.96.0.50", 30080

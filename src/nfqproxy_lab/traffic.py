@@ -1,4 +1,6 @@
-"""Client traffic for the lab. Run these inside a namespace with NetnsThread.call."""
+"""Client traffic for the lab. Run these inside a namespace with NetnsThread.call.
+
+Hosts are IPv4 or IPv6 addresses as text."""
 
 from __future__ import annotations
 
@@ -76,9 +78,13 @@ class KeepAlive:
         self.connection.close()
 
 
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def udp_query(host: str, port: int, timeout: float = 2.0, payload: bytes = b"who?") -> str:
     """A connected UDP socket: the kernel accepts replies only from host:port."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    with socket.socket(_family(host), socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
         sock.connect((host, port))
         sock.send(payload)

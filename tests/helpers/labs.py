@@ -26,8 +26,8 @@ from nfqproxy_lab.topology import Lab, lab_endpoint_slices, lab_services
 _lab_numbers = itertools.count()
 
 
-def new_lab(backends: int = 3) -> Lab:
-    return Lab(f"t{os.getpid() % 10000}n{next(_lab_numbers)}", backends)
+def new_lab(backends: int = 3, dual_stack: bool = False) -> Lab:
+    return Lab(f"t{os.getpid() % 10000}n{next(_lab_numbers)}", backends, dual_stack)
 
 
 class RunningLab:
@@ -61,8 +61,8 @@ class RunningLab:
 
 
 @contextmanager
-def lab_with_proxy(*proxy_args: str) -> Iterator[RunningLab]:
-    running = RunningLab(new_lab())
+def lab_with_proxy(*proxy_args: str, dual_stack: bool = False) -> Iterator[RunningLab]:
+    running = RunningLab(new_lab(dual_stack=dual_stack))
     try:
         running.lab.up()
         running.start_proxy(*proxy_args)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from ipaddress import ip_address
 
 from nfqproxy.datapath.flows import Timeouts
-from nfqproxy.datapath.frontends import Frontend, TableChanges, TableKey
+from nfqproxy.datapath.frontends import Frontend, TableChanges, TableKey, compiled_protocol
 from nfqproxy.model import IPNetwork
 
 # Why the extension could not be loaded, for the error that asks for a data path using it.
@@ -99,7 +99,7 @@ class CompiledTables:
             self.core.set_frontend(
                 self._slots[key],
                 int.from_bytes(vip, sys.byteorder),
-                proto,
+                compiled_protocol(proto),
                 port,
                 list(frontend.backends),
                 frontend.selector.table,

@@ -41,6 +41,7 @@ class Implementation:
     every_packet: bool = True
     max_queues: int = 1  # queues it can spread over; 1: one (replies must find their flow)
     families: frozenset[int] = frozenset({4})  # the IP versions it parses and rewrites
+    protocols: frozenset[int] = frozenset({6, 17})  # the transports it proxies (IANA numbers)
 
 
 class DatapathClass(Protocol):
@@ -148,7 +149,10 @@ DATAPATHS: dict[str, Implementation] = {
         max_queues=65536,
     ),
     "reference": Implementation(
-        _reference_datapath, _reference_binding, families=frozenset({4, 6})
+        _reference_datapath,
+        _reference_binding,
+        families=frozenset({4, 6}),
+        protocols=frozenset({6, 17, 132}),
     ),
 }
 

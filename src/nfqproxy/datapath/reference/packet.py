@@ -5,6 +5,10 @@ reference/icmp.py) or names the reason it cannot; it never raises on any byte st
 rewrite_destination() and rewrite_source() change one address and port and patch the
 checksums incrementally (RFC 1624): IPv4's header checksum, and the TCP/UDP checksum, whose
 pseudo-header covers the addresses in both families. IPv6 has no header checksum.
+
+SCTP is routed by its common header's ports like UDP. Its CRC32c (RFC 9260) covers the
+ports but no address, and cannot be patched incrementally: a port change recomputes it
+over the SCTP packet; an address change leaves it alone.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import dpkt
+import google_crc32c
 
 from nfqproxy.datapath.reference import ipv6
 from nfqproxy.datapath.reference.checksum import checksum_replace
@@ -19,19 +24,20 @@ from nfqproxy.datapath.reference.icmp import IcmpError, parse_icmp6_error, parse
 from nfqproxy.datapath.reference.reasons import Reason
 
 IPV4_MIN_HEADER = 20
-IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP, IPPROTO_ICMPV6 = 6, 17, 1, 58
+IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP = 6, 17, 1, 58, 132
+SCTP_COMMON_HEADER = 12  # ports, verification tag, checksum
 
 __all__ = ["IcmpError", "ParsedPacket", "Reason", "parse", "rewrite_destination", "rewrite_source"]
 
 
 @dataclass(slots=True)
 class ParsedPacket:
-    """A TCP or UDP packet: its bytes up to the IP length, and where its fields are."""
+    """A TCP, UDP or SCTP packet: its bytes up to the IP length, and where its fields are."""
 
     raw: bytes
     version: int  # 4 or 6
-    proto: int  # IPPROTO_TCP or IPPROTO_UDP
-    l4: int  # offset of the TCP/UDP header
+    proto: int  # IPPROTO_TCP, IPPROTO_UDP or IPPROTO_SCTP
+    l4: int  # offset of the TCP/UDP/SCTP header
     has_ip_options: bool  # IPv4 options, or IPv6 extension headers
 
     @property
@@ -119,12 +125,15 @@ def _parse6(raw: bytes) -> ParsedPacket | IcmpError | str:
 def _l4(
     raw: bytes, version: int, proto: int, l4: int, options: bool, first_fragment: bool = False
 ) -> ParsedPacket | str:
-    """The TCP or UDP header at l4 checked against the IP length. A first fragment holds
-    only part of the datagram UDP's length counts, and is decided by its ports."""
-    if proto not in (IPPROTO_TCP, IPPROTO_UDP):
+    """The TCP, UDP or SCTP header at l4 checked against the IP length. A first fragment
+    holds only part of the datagram UDP's length counts, and is decided by its ports."""
+    if proto not in (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP):
         return Reason.UNSUPPORTED_PROTOCOL
     l4_length = len(raw) - l4
-    if proto == IPPROTO_UDP:
+    if proto == IPPROTO_SCTP:
+        if l4_length < SCTP_COMMON_HEADER:
+            return Reason.TRUNCATED_L4
+    elif proto == IPPROTO_UDP:
         if l4_length < 8:
             return Reason.TRUNCATED_L4
         ulen = int.from_bytes(raw[l4 + 4 : l4 + 6], "big")
@@ -147,6 +156,13 @@ def _rewrite(packet: ParsedPacket, address: bytes, port: int, destination: bool)
         pkt[10:12] = checksum_replace(
             int.from_bytes(pkt[10:12], "big"), old_address, address
         ).to_bytes(2, "big")
+    if packet.proto == IPPROTO_SCTP:
+        pkt[at : at + size] = address
+        if pkt[port_at : port_at + 2] != new_port:
+            error = _sctp_checksum_error(pkt, packet.l4)
+            pkt[port_at : port_at + 2] = new_port
+            _set_sctp_checksum(pkt, packet.l4, error)
+        return bytes(pkt)
     # The TCP/UDP checksum covers the pseudo-header's addresses as well as the port.
     sum_at = packet.l4 + (16 if packet.proto == IPPROTO_TCP else 6)
     old_sum = int.from_bytes(pkt[sum_at : sum_at + 2], "big")
@@ -158,6 +174,23 @@ def _rewrite(packet: ParsedPacket, address: bytes, port: int, destination: bool)
     pkt[at : at + size] = address
     pkt[port_at : port_at + 2] = new_port
     return bytes(pkt)
+
+
+def _sctp_crc(pkt: bytearray, l4: int) -> int:
+    """CRC32c over the SCTP packet with its checksum field taken as zero."""
+    return int(google_crc32c.value(bytes(pkt[l4 : l4 + 8]) + bytes(4) + bytes(pkt[l4 + 12 :])))
+
+
+def _sctp_checksum_error(pkt: bytearray, l4: int) -> int:
+    """How far the checksum field is from right: 0 for a sound packet. Linux stores the
+    CRC's little-endian bytes."""
+    return int.from_bytes(pkt[l4 + 8 : l4 + 12], "little") ^ _sctp_crc(pkt, l4)
+
+
+def _set_sctp_checksum(pkt: bytearray, l4: int, error: int) -> None:
+    """The new CRC, off by the same error as before: a corrupt packet stays corrupt, as an
+    incremental update would leave it, and the receiver still drops it."""
+    pkt[l4 + 8 : l4 + 12] = (_sctp_crc(pkt, l4) ^ error).to_bytes(4, "little")
 
 
 def rewrite_destination(packet: ParsedPacket, address: bytes, port: int) -> bytes:
