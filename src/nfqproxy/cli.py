@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
-from ipaddress import IPv4Address, ip_network
+from ipaddress import ip_network
 from pathlib import Path
 from types import ModuleType
 
@@ -18,7 +18,7 @@ from nfqproxy.datapath import factory
 from nfqproxy.datapath.marks import MarkLayout, parse_mask
 from nfqproxy.health import parse_bind_address
 from nfqproxy.model import IPNetwork
-from nfqproxy.node_addresses import parse_nodeport_addresses
+from nfqproxy.node_addresses import parse_node_ips, parse_nodeport_addresses
 
 log = logging.getLogger("nfqproxy")
 
@@ -68,13 +68,6 @@ def check_service_cidrs(networks: Sequence[IPNetwork]) -> tuple[IPNetwork, ...]:
             f"{', '.join(map(str, networks))}: at most one IPv4 and one IPv6 service range"
         )
     return tuple(networks)
-
-
-def _ipv4(text: str) -> IPv4Address:
-    try:
-        return IPv4Address(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
 
 
 def _positive_int(text: str) -> int:
@@ -152,9 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--node-ip",
-        type=_ipv4,
-        help="the node's primary address, for --nodeport-addresses primary (default: the "
-        "default route's source address)",
+        action="append",
+        help="the node's primary address, or one per family separated by a comma, for "
+        "--nodeport-addresses primary (default: each family's default route's source "
+        "address)",
     )
     run.add_argument("--queue-num", type=_queue_num, default=defaults.QUEUE_NUM)
     run.add_argument(
@@ -272,6 +266,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 2
         try:
             nodeport_addresses = parse_nodeport_addresses(args.nodeport_addresses or [])
+            node_ips = parse_node_ips(args.node_ip or [])
             service_cidrs = check_service_cidrs(
                 [n for given in args.service_cidrs or [] for n in given]
             ) or tuple(defaults.SERVICE_CIDRS)
@@ -312,7 +307,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             queues=factory.queues_for(args.datapath, args.queues),
             cluster_cidrs=tuple(args.cluster_cidrs or ()),
             nodeport_addresses=nodeport_addresses,
-            node_ip=args.node_ip,
+            node_ips=node_ips,
         )
         import uvloop
 

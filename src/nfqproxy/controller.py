@@ -19,7 +19,6 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from nfqproxy import defaults
 from nfqproxy.datapath import factory
 from nfqproxy.datapath.marks import MarkLayout
 from nfqproxy.exposure import Exposure
+from nfqproxy.fields import IPAddress
 from nfqproxy.files import atomic_write
 from nfqproxy.health import HealthServer, Liveness
 from nfqproxy.hooks import HookConfig, HookError, HookManager
@@ -73,8 +73,8 @@ class ProxyConfig:
     metrics_bind: tuple[str, int] | None = defaults.METRICS_BIND
     # --cluster-cidr: which sources are the cluster's own (masquerade, externalTrafficPolicy)
     cluster_cidrs: tuple[IPNetwork, ...] = ()
-    nodeport_addresses: tuple[str | IPv4Network, ...] = defaults.NODEPORT_ADDRESSES
-    node_ip: IPv4Address | None = None  # the node's primary address (--node-ip)
+    nodeport_addresses: tuple[str | IPNetwork, ...] = defaults.NODEPORT_ADDRESSES
+    node_ips: tuple[IPAddress, ...] = ()  # the node's primary addresses (--node-ip)
 
 
 @contextmanager
@@ -119,10 +119,11 @@ class Proxy:
         )
         self.exposure = Exposure(
             config.nodeport_addresses,
-            config.node_ip,
+            config.node_ips,
             self.hooks.sets if config.install_hooks else None,
             lambda: self.health.healthy()[0],
             config.sync_period,
+            versions=tuple(sorted({cidr.version for cidr in config.service_cidrs})),
         )
         self.source = (
             ManifestSource(config.manifests, config.service_cidrs) if config.manifests else None

@@ -12,10 +12,17 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from ipaddress import IPv4Address, IPv4Network
 
 from nfqproxy import ipsets, node_addresses
-from nfqproxy.model import HealthCheck, NodeView, ObjectKey, ServicePort, ServicePortKey
+from nfqproxy.fields import IPAddress
+from nfqproxy.model import (
+    HealthCheck,
+    IPNetwork,
+    NodeView,
+    ObjectKey,
+    ServicePort,
+    ServicePortKey,
+)
 from nfqproxy.service_health import ServiceHealthServers
 
 log = logging.getLogger(__name__)
@@ -26,15 +33,17 @@ STATUS_LIST_LIMIT = 1000  # external frontends listed one by one in the status f
 class Exposure:
     def __init__(
         self,
-        nodeport_addresses: tuple[str | IPv4Network, ...],
-        node_ip: IPv4Address | None,
+        nodeport_addresses: tuple[str | IPNetwork, ...],
+        node_ips: tuple[IPAddress, ...],
         sets: ipsets.FrontendSets | None,  # None: no hooks (the controller benchmark)
         proxy_healthy: Callable[[], bool],
         refresh_every: float,
         clock: Callable[[], float] = time.monotonic,
+        versions: tuple[int, ...] = (4,),  # the IP families served (the service ranges')
     ) -> None:
         self.nodeport_addresses = nodeport_addresses
-        self.node_ip = node_ip
+        self.node_ips = node_ips
+        self.versions = versions
         self.sets = sets
         self.refresh_every = refresh_every
         self.clock = clock
@@ -51,7 +60,11 @@ class Exposure:
         now = self.clock()
         if self.view is None or now - self._resolved_at >= self.refresh_every:
             addresses = await asyncio.get_running_loop().run_in_executor(
-                None, node_addresses.resolve, self.nodeport_addresses, self.node_ip
+                None,
+                node_addresses.resolve,
+                self.nodeport_addresses,
+                self.node_ips,
+                self.versions,
             )
             if self.view is not None and addresses != self.view.nodeport_ips:
                 log.info("NodePort addresses changed: %s", ", ".join(map(str, addresses)) or "none")

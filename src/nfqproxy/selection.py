@@ -130,8 +130,13 @@ def service_ports(
         return []
     slices = list(slices)
     result = []
+    # A family the service has no ClusterIP in is not served at all, external addresses
+    # included: kube-proxy's per-family proxiers skip such a service.
+    families = [
+        f for f in ("IPv4", "IPv6") if any(f"IPv{v.version}" == f for v in service.cluster_ips)
+    ]
     for port in service.ports:
-        for family in ("IPv4", "IPv6"):
+        for family in families:
             matching = matching_endpoints(slices, family, port)
             endpoints = [e for e, _ in matching]
             present = {Backend(e.addresses[0], p) for e, p in matching if e.addresses}

@@ -17,13 +17,29 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import yaml
 
 from nfqproxy.datapath import factory
 from nfqproxy_lab import netns
-from nfqproxy_lab.dualstack import CLIENT_IP6, EMPTY_VIP6, WEB_VIP6
+from nfqproxy_lab.dualstack import (
+    CLIENT_IP6,
+    EMPTY_VIP6,
+    EXTERNAL_CLIENT_IP6,
+    UPLINK_NODE_IP6,
+    WEB_VIP6,
+    backend_ip6,
+)
 from nfqproxy_lab.proxy import read_status
 from nfqproxy_lab.servers import blob
-from nfqproxy_lab.topology import CLIENT_IP, DNS_PORT, HTTP_PORT, WEB_VIP
+from nfqproxy_lab.topology import (
+    CLIENT_IP,
+    DNS_PORT,
+    HTTP_PORT,
+    HTTP_TARGET,
+    NODE_NAME,
+    WEB_VIP,
+    backend_ip,
+)
 from nfqproxy_lab.traffic import (
     http_get,
     http_peers,
@@ -170,3 +186,58 @@ def test_ipv6_transfers_survive_a_kill_9_and_a_restart(datapath: str) -> None:
         client.join(90)
     expected = hashlib.sha256(blob(size)).hexdigest()
     assert results.count(expected) == transfers, [r for r in results if r != expected][:3]
+
+
+def dual_stack_nodeport(policy: str) -> str:
+    """web-np6: a dual-stack NodePort service on port 30081, be1-be3 in both families."""
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web-np6", "namespace": "default"},
+        "spec": {
+            "type": "NodePort",
+            "ipFamilyPolicy": "RequireDualStack",
+            "clusterIPs": ["10.96.0.51", "fd00:96::51"],
+            "externalTrafficPolicy": policy,
+            "ports": [{"name": "http", "protocol": "TCP", "port": 80, "nodePort": 30081}],
+        },
+    }
+    slices = [
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": f"web-np6-v{family}",
+                "namespace": "default",
+                "labels": {"kubernetes.io/service-name": "web-np6"},
+            },
+            "addressType": f"IPv{family}",
+            "ports": [{"name": "http", "protocol": "TCP", "port": HTTP_TARGET}],
+            "endpoints": [{"addresses": [address(i)], "nodeName": NODE_NAME} for i in (1, 2, 3)],
+        }
+        for family, address in ((4, backend_ip), (6, backend_ip6))
+    ]
+    return yaml.safe_dump_all([service, *slices])
+
+
+@pytest.mark.parametrize("policy", ["Cluster", "Local"])
+def test_an_ipv6_nodeport_answers_an_external_client(dual_lab: RunningLab, policy: str) -> None:
+    """On the node's IPv6 address (its default route's source): Cluster masquerades the
+    client to the node, Local keeps its address."""
+    lab = dual_lab.lab
+    path = lab.manifests_dir / "web-np6.yaml"
+    try:
+        syncs = read_status(lab)["syncs"]
+        path.write_text(dual_stack_nodeport(policy))
+        wait_for_sync_after(lab, syncs)
+        peers = dual_lab.external.call(http_peers, UPLINK_NODE_IP6, 30081, 12)
+        assert {name for name, _ in peers} <= BACKENDS, peers
+        seen = {peer for _, peer in peers}
+        if policy == "Local":
+            assert seen == {EXTERNAL_CLIENT_IP6}, peers
+        else:
+            assert seen <= {f"fd00:244:{10 + i}::1" for i in (1, 2, 3)}, peers
+    finally:
+        syncs = read_status(lab)["syncs"]
+        path.unlink()
+        wait_for_sync_after(lab, syncs)

@@ -419,3 +419,19 @@ def test_a_slice_of_the_wrong_family_is_ignored_by_an_ipv4_only_proxy() -> None:
         "10.96.0.10:53/UDP shop/web:dns": [],
         "10.96.0.10:80/TCP shop/web:http": [],
     }
+
+
+def test_a_family_without_a_cluster_ip_is_not_served_even_on_external_addresses() -> None:
+    """kube-proxy's per-family proxiers skip a service that has no ClusterIP of their
+    family: an IPv6 external IP of an IPv4 single-stack service gets no frontend."""
+    doc = yaml.safe_load(service())
+    doc["spec"]["externalIPs"] = ["192.0.2.9", "2001:db8::9"]
+    v6 = endpoint_slice("web-v6", "[{addresses: ['fd00:244::5']}]").replace(
+        "addressType: IPv4", "addressType: IPv6"
+    )
+    parsed = [parse_endpoint_slice(d) for d in yaml.safe_load_all(v6)]
+    snapshot = build_snapshot([parse_service(doc, DUAL)], parsed, "node-a")
+    assert {str(p.vip) for p in snapshot.ports.values()} == {"10.96.0.10", "192.0.2.9"}
+    doc["spec"]["clusterIPs"] = ["10.96.0.10", "fd00::10"]
+    snapshot = build_snapshot([parse_service(doc, DUAL)], parsed, "node-a")
+    assert "2001:db8::9" in {str(p.vip) for p in snapshot.ports.values()}
