@@ -136,7 +136,9 @@ class Exposure:
         else:
             listed = {
                 port.address_port: f"{port.kind} {port.name} ({port.policy})"
-                for port in sorted(self.external.values(), key=lambda p: (p.vip, p.port))
+                for port in sorted(
+                    self.external.values(), key=lambda p: (p.vip.version, p.vip, p.port)
+                )
             }
         return {
             "nodeport_addresses": [str(a) for a in (self.view.nodeport_ips if self.view else ())],

@@ -248,7 +248,7 @@ def _jump(builtin: str, chain: str) -> list[str]:
 class HookManager:
     def __init__(self, config: HookConfig) -> None:
         self.config = config
-        self.sets = ipsets.FrontendSets()
+        self.sets = ipsets.FrontendSets(tuple(families(config)))
         # install() may run on a worker thread (the watchdog); remove() must not race it,
         # and nothing may be installed once remove() has run.
         self._lock = threading.Lock()

@@ -111,9 +111,10 @@ def _create(name: str, kind: str, family: int) -> str:
 
 
 class FrontendSets:
-    """The sets in the kernel, both families, and what they were last given."""
+    """The sets in the kernel, in the families served, and what they were last given."""
 
-    def __init__(self) -> None:
+    def __init__(self, families: tuple[int, ...] = (4,)) -> None:
+        self.families = families
         self.current: SetContents | None = None
 
     def _restore(self, lines: list[str]) -> None:
@@ -132,7 +133,7 @@ class FrontendSets:
         self._restore(
             [
                 _create(set_name(name, family), kind, family)
-                for family in FAMILIES
+                for family in self.families
                 for name, kind in SET_TYPES.items()
             ]
         )
@@ -160,7 +161,7 @@ class FrontendSets:
         old = self.current.by_name() if self.current is not None else {}
         lines: list[str] = []
         for name, entries in contents.by_name().items():
-            for family in FAMILIES:
+            for family in self.families:
                 wanted = {e for e in entries if _family(e) == family}
                 if name in old and {e for e in old[name] if _family(e) == family} == wanted:
                     continue
@@ -181,7 +182,8 @@ class FrontendSets:
         return True
 
     def destroy(self) -> int:
-        """Removes the sets (once no rule names them); returns how many were there."""
+        """Removes the sets of both families (once no rule names them), whatever is served:
+        `nfqproxy cleanup` finds them all. Returns how many were there."""
         removed = 0
         for family in FAMILIES:
             for name in SET_TYPES:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 SERVICE_CIDR6 = "fd00:96::/108"
 WEB_VIP6, EMPTY_VIP6 = "fd00:96::10", "fd00:96::20"
-CLUSTER_CIDR6 = "fd00:244::/48"  # every pod, on either node
+CLUSTER_CIDR6 = "fd00:244::/32"  # every pod, on either node: fd00:244:<link>::/64 each
 CLIENT_IP6, CLIENT_GATEWAY6 = "fd00:244:1::2", "fd00:244:1::1"
 UPLINK_NODE_IP6, UPLINK_IP6 = "fd00:255:ff::1", "fd00:255:ff::2"
 EXTERNAL_CLIENT_IP6, EXTERNAL_GATEWAY6 = "2001:db8:51::2", "2001:db8:51::1"

@@ -396,3 +396,20 @@ def test_the_health_check_counts_local_ready_endpoints_only() -> None:
         ("shop", "web"): (32000, 1)
     }
     assert tracker_for(service("Cluster", healthCheckNodePort=32000), slices).health_checks == {}
+
+
+def test_the_status_lists_external_frontends_of_both_families() -> None:
+    """Addresses of two families do not compare: the list is ordered by family first."""
+    from ipaddress import ip_address
+
+    from nfqproxy.exposure import Exposure
+
+    exposure = Exposure(("primary",), (), None, lambda: True, 30.0, versions=(4, 6))
+    for address in ("fd00::1", "10.0.0.1"):
+        vip = ip_address(address)
+        exposure.external[(vip, "TCP", 30080)] = ServicePort(
+            "d/web:http", vip, "TCP", 30080, (), kind="NodePort", policy="external-cluster"
+        )
+    served = exposure.status()["served"]
+    assert isinstance(served, dict)
+    assert list(served) == ["10.0.0.1:30080/TCP", "[fd00::1]:30080/TCP"]
