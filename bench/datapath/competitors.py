@@ -18,7 +18,9 @@ from bench.datapath.settings import (
     PORT,
     QUEUE,
     REQUEST_PORT,
+    V6_MODES,
     VIP,
+    VIP6,
     Settings,
 )
 from bench.traffic import (
@@ -32,6 +34,7 @@ from bench.traffic import (
 )
 from nfqproxy_lab import netns
 from nfqproxy_lab.benchkit import wait_for_line
+from nfqproxy_lab.dualstack import backend_ip6
 from nfqproxy_lab.kube_proxy_rules import (
     KubeService,
     nft_layout_refused,
@@ -61,7 +64,8 @@ def build_binaries(out_dir: Path) -> Binaries:
     )
 
 
-def bench_manifest() -> str:
+def bench_manifest(dual_stack: bool = False) -> str:
+    """The iperf service and its slice; dual-stack, a second ClusterIP and an IPv6 slice."""
     ports = (
         f"  - {{name: tcp, protocol: TCP, port: {PORT}}}\n"
         f"  - {{name: udp, protocol: UDP, port: {PORT}}}\n"
@@ -72,6 +76,7 @@ kind: Service
 metadata: {{name: iperf, namespace: bench}}
 spec:
   clusterIP: {VIP}
+  clusterIPs: [{VIP}{f", '{VIP6}'" if dual_stack else ""}]
   ports:
 {ports}---
 apiVersion: discovery.k8s.io/v1
@@ -85,14 +90,31 @@ ports:
 {ports.replace("  - ", "- ")}endpoints:
 - addresses: [{backend_ip(1)}]
   nodeName: {NODE_NAME}
+""" + (_v6_slice(ports) if dual_stack else "")
+
+
+def _v6_slice(ports: str) -> str:
+    return f"""---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: iperf-1-v6
+  namespace: bench
+  labels: {{kubernetes.io/service-name: iperf}}
+addressType: IPv6
+ports:
+{ports.replace("  - ", "- ")}endpoints:
+- addresses: ['{backend_ip6(1)}']
+  nodeName: {NODE_NAME}
 """
 
 
-def kube_services() -> list[KubeService]:
-    """The one service's ports as kube-proxy's rule layouts take them."""
+def kube_services(family: int = 4) -> list[KubeService]:
+    """The one service's ports as kube-proxy's rule layouts take them, in one family."""
     ports = [("tcp", "tcp", PORT), ("udp", "udp", PORT), ("requests", "tcp", REQUEST_PORT)]
+    vip, backend = (VIP, backend_ip(1)) if family == 4 else (VIP6, backend_ip6(1))
     return [
-        KubeService(f"bench/iperf:{name}", VIP, port, protocol, ((backend_ip(1), port),))
+        KubeService(f"bench/iperf:{name}", vip, port, protocol, ((backend, port),))
         for name, protocol, port in ports
     ]
 
@@ -102,6 +124,7 @@ class Running:
     lab: Lab
     process: subprocess.Popen[bytes] | None = None  # nfqproxy, in its modes
     ready_seconds: float | None = None
+    vip: str = VIP  # the address the client measures through
 
 
 def _queue_to_ceiling(lab: Lab, mode: str, ceiling: Path) -> None:
@@ -125,11 +148,12 @@ def competitor(mode: str, binaries: Binaries, name: str) -> Iterator[Running]:
     taken down) when the machine cannot run it."""
     if name in all_labs():
         Lab.load(name).down()  # left by a benchmark that was killed
-    lab = Lab(name, 1)
+    ipv6 = mode in V6_MODES
+    lab = Lab(name, 1, dual_stack=ipv6)
     try:
         lab.up()
         widen_client_ports(lab)
-        (lab.manifests_dir / "iperf.yaml").write_text(bench_manifest())
+        (lab.manifests_dir / "iperf.yaml").write_text(bench_manifest(dual_stack=ipv6))
         serve = {
             "iperf3": ["iperf3", "-s", "-p", str(PORT)],
             "tcpbench": [str(binaries.tcpbench), "serve", str(REQUEST_PORT)],
@@ -137,7 +161,11 @@ def competitor(mode: str, binaries: Binaries, name: str) -> Iterator[Running]:
         for key, command in serve.items():
             lab.start_process(key, netns.exec_command(lab.backend_ns(1), command))
         in_node = ["ip", "netns", "exec", lab.node_ns]
-        running = Running(lab)
+        running = Running(lab, vip=VIP6 if ipv6 else VIP)
+        if mode == "kernel-v6":
+            netns.run(
+                [*in_node, "ip6tables-restore", "--noflush"], stdin=restore_all(kube_services(6))
+            )
         if mode in ("kernel", "ceiling", "ceiling-copy"):
             netns.run(
                 [*in_node, "iptables-restore", "--noflush"], stdin=restore_all(kube_services())
@@ -183,12 +211,12 @@ def measure(running: Running, settings: Settings, binaries: Binaries) -> dict[st
 
     def tcp(streams: int) -> Callable[[], None]:
         def take() -> None:
-            result[f"tcp{streams}"] = tcp_gbits(lab, seconds, streams, vip=VIP, port=PORT)
+            result[f"tcp{streams}"] = tcp_gbits(lab, seconds, streams, vip=running.vip, port=PORT)
 
         return take
 
     def udp() -> None:
-        small = udp_small(lab, seconds, vip=VIP, port=PORT)
+        small = udp_small(lab, seconds, vip=running.vip, port=PORT)
         result["udp_pps"], result["udp_loss"] = small["delivered_pps"], small["loss_percent"]
 
     def connections() -> None:
@@ -199,7 +227,8 @@ def measure(running: Running, settings: Settings, binaries: Binaries) -> dict[st
     attempt("tcp1", tcp(1))
     attempt("tcp4", tcp(4))
     attempt("udp", udp)
-    attempt("connections", connections)
+    if running.vip == VIP:  # tcpbench speaks IPv4 only: no IPv6 connection rate yet
+        attempt("connections", connections)
     if running.process is not None:
         pid = running.process.pid
         result["ready_seconds"] = running.ready_seconds

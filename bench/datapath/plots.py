@@ -11,7 +11,18 @@ from bench.datapath.settings import MEASURES, MODES
 COLOURS = dict(
     zip(
         MODES,
-        ["#888888", "#aa7744", "#4477aa", "#66ccee", "#228833", "#ee6677", "#aa3377", "#ccbb44"],
+        [
+            "#888888",
+            "#aa7744",
+            "#4477aa",
+            "#66ccee",
+            "#228833",
+            "#ee6677",
+            "#aa3377",
+            "#ccbb44",
+            "#444444",  # kernel-v6: as kernel, darker
+            "#887722",  # reference-v6: as reference, darker
+        ],
         strict=True,
     )
 )

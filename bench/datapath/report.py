@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.datapath.settings import MEASURES, MODE_TITLES, MODES, NFQPROXY_MODES
+from bench.datapath.settings import MEASURES, MODE_TITLES, MODES, NFQPROXY_MODES, V6_MODES
 from nfqproxy_lab.benchkit import (
     MET,
     NOISE,
@@ -145,11 +145,13 @@ def results_json(
     if maglev is None:
         maglev = {k: spread(v) for k, v in (maglev_samples or {}).items() if v}
     versus: dict[str, dict[str, Any]] = {}
-    for baseline in ("kernel", "fast"):
+    for baseline in ("kernel", "kernel-v6", "fast"):
         for mode in measured:
             for key in MEASURES:
                 if (
                     mode == baseline
+                    # each family against its own kernel DNAT
+                    or (baseline.startswith("kernel") and _v6(mode) != _v6(baseline))
                     or baseline not in summary
                     or key not in summary[mode]
                     or key not in summary[baseline]
@@ -233,7 +235,11 @@ def report_markdown(results: dict[str, Any]) -> str:
         cells = [_cell(s[mode].get(k), MEASURES[k][2], digits.get(k, 2)) for k in MEASURES]
         lines.append(f"| {MODE_TITLES[mode]} | " + " | ".join(cells) + " |")
     lines += ["", "How:", *(f"- {t}: {how}." for t, _, _, how in MEASURES.values())]
-    for baseline, title in (("kernel", "kernel DNAT (iptables layout)"), ("fast", "nfqproxy fast")):
+    for baseline, title in (
+        ("kernel", "kernel DNAT (iptables layout)"),
+        ("kernel-v6", "IPv6 kernel DNAT (ip6tables, kube-proxy's iptables layout)"),
+        ("fast", "nfqproxy fast"),
+    ):
         table = results["versus"].get(baseline, {})
         keys = [
             k for k in ("tcp1", "tcp4", "udp_pps", "cps") if any(k in row for row in table.values())
@@ -339,3 +345,7 @@ def _memory_markdown(results: dict[str, Any]) -> list[str]:
             f"- Maglev build, {name}: {cell['median']:.2f} ms ({cell['min']:.2f}–{cell['max']:.2f}, {cell['n']} builds)"
         )
     return lines
+
+
+def _v6(mode: str) -> bool:
+    return mode in V6_MODES

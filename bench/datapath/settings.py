@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from nfqproxy_lab.benchkit import datapath_unavailable
 
 VIP, PORT = "10.96.0.50", 5201  # the iperf3 service, TCP and UDP
+VIP6 = "fd00:96::50"  # its IPv6 ClusterIP, in the dual-stack lab of the -v6 modes
 REQUEST_PORT = 9000  # the same VIP's port for short connections (tcpbench serve)
 QUEUE = 100  # the first NFQUEUE queue of every mode that uses one
 QUEUES = os.cpu_count() or 1  # offload-nq's queues: one per CPU, as nfqproxy's default
@@ -24,16 +25,23 @@ MODES = (
     "offload-1q",
     "offload-nq",
     "reference",
+    "kernel-v6",
+    "reference-v6",
 )
+# IPv6 through the same service (its second ClusterIP) in a dual-stack lab. Only the
+# reference path serves IPv6 so far: these are asked for, with "reference" beside them
+# for the IPv4 ratio, until the compiled paths serve it too.
+V6_MODES = ("kernel-v6", "reference-v6")
 # The reference path is the readable specification, slow by design: only when asked for.
-DEFAULT_MODES = tuple(m for m in MODES if m != "reference")
-KERNEL_MODES = ("kernel", "nftables", "ceiling", "ceiling-copy")
+DEFAULT_MODES = tuple(m for m in MODES if m != "reference" and m not in V6_MODES)
+KERNEL_MODES = ("kernel", "nftables", "ceiling", "ceiling-copy", "kernel-v6")
 # nfqproxy's modes: the data path and the extra flags of `nfqproxy run`.
 NFQPROXY_MODES: dict[str, tuple[str, tuple[str, ...]]] = {
     "fast": ("fast", ()),
     "offload-1q": ("offload", ("--queues", "1")),
     "offload-nq": ("offload", ("--queues", str(QUEUES))),
     "reference": ("reference", ()),
+    "reference-v6": ("reference", ()),
 }
 # Modes a machine may not take: they are left out of a run, with the reason, not failed.
 OPTIONAL_MODES = ("nftables", "offload-1q", "offload-nq")
@@ -47,6 +55,8 @@ MODE_TITLES = {
     "offload-1q": "nfqproxy offload, 1 queue",
     "offload-nq": f"nfqproxy offload, {QUEUES} queues",
     "reference": "nfqproxy reference",
+    "kernel-v6": "IPv6: kernel DNAT, kube-proxy's iptables layout (ip6tables)",
+    "reference-v6": "IPv6: nfqproxy reference",
 }
 
 # key: (title, unit, scale for display, how it is measured)

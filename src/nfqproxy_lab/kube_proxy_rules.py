@@ -66,6 +66,11 @@ class KubeService:
     def chain(self) -> str:
         return "KUBE-SVC-" + chain_hash(self.name + self.protocol)
 
+    @staticmethod
+    def _host(ip: str) -> str:
+        """One address as a CIDR, in its family (ip6tables takes the same rules)."""
+        return f"{ip}/128" if ":" in ip else f"{ip}/32"
+
     @property
     def external_chain(self) -> str:
         return "KUBE-EXT-" + chain_hash(self.name + self.protocol)
@@ -91,14 +96,14 @@ class KubeService:
     def portal_rule(self) -> str:
         return (
             f'-A KUBE-SERVICES -m comment --comment "{self.name} cluster IP" '
-            f"-m {self.protocol} -p {self.protocol} -d {self.vip}/32 --dport {self.port} "
+            f"-m {self.protocol} -p {self.protocol} -d {self._host(self.vip)} --dport {self.port} "
             f"-j {self.chain}"
         )
 
     def reject_rule(self) -> str:
         return (
             f'-A KUBE-SERVICES -m comment --comment "{self.name} has no endpoints" '
-            f"-m {self.protocol} -p {self.protocol} -d {self.vip}/32 --dport {self.port} "
+            f"-m {self.protocol} -p {self.protocol} -d {self._host(self.vip)} --dport {self.port} "
             "-j REJECT"
         )
 
@@ -117,11 +122,12 @@ class KubeService:
                 f'-A {self.chain} -m comment --comment "{self.name} -> {ip}:{port}" {pick}-j {sep}'
             )
             rules.append(
-                f'-A {sep} -m comment --comment "{self.name}" -s {ip}/32 -j KUBE-MARK-MASQ'
+                f'-A {sep} -m comment --comment "{self.name}" -s {self._host(ip)} -j KUBE-MARK-MASQ'
             )
+            target = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
             rules.append(
                 f'-A {sep} -m comment --comment "{self.name}" -m {self.protocol} '
-                f"-p {self.protocol} -j DNAT --to-destination {ip}:{port}"
+                f"-p {self.protocol} -j DNAT --to-destination {target}"
             )
         return rules
 
