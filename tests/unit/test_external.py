@@ -17,6 +17,7 @@ from nfqproxy import ipsets
 from nfqproxy.datapath.interface import Datapath
 from nfqproxy.datapath.marks import SOURCE_NODE, SOURCE_OFF_CLUSTER, SOURCE_POD
 from nfqproxy.datapath.verdicts import Action
+from nfqproxy.exposure import Exposure
 from nfqproxy.fields import ObjectError
 from nfqproxy.model import NodeView, ServicePort, Snapshot, parse_service
 from nfqproxy.tracker import ChangeTracker
@@ -400,10 +401,6 @@ def test_the_health_check_counts_local_ready_endpoints_only() -> None:
 
 def test_the_status_lists_external_frontends_of_both_families() -> None:
     """Addresses of two families do not compare: the list is ordered by family first."""
-    from ipaddress import ip_address
-
-    from nfqproxy.exposure import Exposure
-
     exposure = Exposure(("primary",), (), None, lambda: True, 30.0, versions=(4, 6))
     for address in ("fd00::1", "10.0.0.1"):
         vip = ip_address(address)

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network, ip_address
 
 import pytest
 
+from nfqproxy import ipsets
 from nfqproxy.datapath.marks import MarkLayout
-from nfqproxy.hooks import INNER_CHAINS, JUMPS, OWNED_CHAINS, HookConfig, chain_rules, jumps
+from nfqproxy.hooks import (
+    INNER_CHAINS,
+    JUMPS,
+    OWNED_CHAINS,
+    HookConfig,
+    chain_rules,
+    command,
+    families,
+    jumps,
+)
+from nfqproxy.model import ServicePort
 
 
 def test_the_rules_depend_only_on_the_ranges_and_queue_never_on_services() -> None:
@@ -88,10 +99,6 @@ def test_first_packets_only_queues_new_undecided_connections_over_every_queue() 
 
 
 def test_an_ipv6_range_gets_the_same_rules_through_ip6tables_and_its_own_sets() -> None:
-    from ipaddress import IPv6Network
-
-    from nfqproxy.hooks import command, families
-
     config = HookConfig(
         (IPv4Network("10.96.0.0/12"), IPv6Network("fd00:96::/108")),
         7,
@@ -112,11 +119,6 @@ def test_an_ipv6_range_gets_the_same_rules_through_ip6tables_and_its_own_sets() 
 
 
 def test_ipv6_frontends_go_to_the_v6_sets() -> None:
-    from ipaddress import ip_address
-
-    from nfqproxy import ipsets
-    from nfqproxy.model import ServicePort
-
     port = ServicePort(
         "d/web:http",
         ip_address("2001:db8::9"),
