@@ -293,8 +293,14 @@ class Proxy:
             self._queue_sync()  # the first sync went without it: apply the hints now
 
     def write_status(self) -> None:
-        if self.config.status_file is not None:
+        """The status file; a failure to build or write it is logged, never fatal: the
+        tables and hooks keep serving (a full disk, or a bug in a status section)."""
+        if self.config.status_file is None:
+            return
+        try:
             atomic_write(self.config.status_file, json.dumps(self.status(), indent=1))
+        except Exception:
+            log.exception("cannot write the status file %s", self.config.status_file)
 
     async def _housekeeping(self) -> None:
         last_expiry = time.monotonic()

@@ -148,3 +148,24 @@ def test_manifests_read_again_unchanged_ask_for_no_sync() -> None:
     assert not subject.runner.pending
     asyncio.run(subject.on_change(manifests("10.1.0.2")))
     assert subject.runner.pending
+
+
+def test_a_status_file_that_cannot_be_written_is_logged_and_the_proxy_goes_on(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full disk, or a bug in one status section, must not stop the routing."""
+    unwritable = tmp_path / "status-is-a-folder"
+    unwritable.mkdir()
+    controller = Proxy(
+        ProxyConfig(
+            datapath="reference",
+            install_hooks=False,
+            healthz_bind=None,
+            metrics_bind=None,
+            status_file=unwritable,
+        )
+    )
+    report(controller.tracker, service("a", "10.96.0.10"))
+    asyncio.run(controller.sync())
+    controller.write_status()
+    assert "cannot write the status file" in caplog.text
