@@ -23,11 +23,14 @@ from nfqproxy.model import Backend, ServicePort, Snapshot
 from nfqproxy_lab.packets import (
     addr6,
     checksums6_verify,
+    checksums_verify,
     extension_header,
     fragment_header,
     icmp6_error,
     tcp6_packet,
+    tcp_packet,
     udp6_packet,
+    udp_packet,
 )
 from tests.helpers.clock import FakeClock
 from tests.helpers.datapaths import datapath_params, new_datapath
@@ -35,6 +38,7 @@ from tests.helpers.datapaths import datapath_params, new_datapath
 CIDRS = (IPv4Network("10.96.0.0/12"), IPv6Network("fd00:96::/108"))
 VIP, EMPTY_VIP = "fd00:96::10", "fd00:96::20"
 CLIENT = "fd00:244:1::2"
+CLIENTS6 = [CLIENT, "fd00:244:1::3"]
 BACKENDS = ["fd00:244:11::2", "fd00:244:12::2", "fd00:244:13::2"]
 
 
@@ -261,3 +265,71 @@ def test_any_extension_header_chain_gets_a_named_verdict_and_sound_checksums(
         if verdict.payload is not None and packet[6] in (6, 17) and len(packet) >= 40:
             # No extension headers: the checksum can be verified whole.
             assert checksums6_verify(verdict.payload) == checksums6_verify(packet), packet.hex()
+
+
+V4_VIP, V4_CLIENTS = "10.96.0.10", ["10.244.1.2", "10.244.1.3"]
+V4_BACKENDS = ["10.244.11.2", "10.244.12.2", "10.244.13.2"]
+flow_steps = st.lists(
+    st.tuples(
+        st.sampled_from([4, 6]),  # family
+        st.integers(0, 1),  # client
+        st.integers(30000, 30005),  # client port
+        st.sampled_from(["request", "reply"]),
+        st.sampled_from([6, 17]),
+    ),
+    max_size=60,
+)
+
+
+@pytest.mark.parametrize("name", datapath_params(every_packet_only=True))
+@given(steps=flow_steps)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_flows_of_both_families_keep_their_backend_and_answer_from_their_vip(
+    name: str, steps: list[tuple[int, int, int, str, int]]
+) -> None:
+    """A dual-stack service's flows, interleaved at random: each flow's packets go to one
+    backend of its own family, each reply leaves from its VIP:port, every checksum holds."""
+    if 6 not in factory.DATAPATHS[name].families:
+        pytest.skip(f"the {name} data path does not parse IPv6 yet (issue 15)")
+    dp = new_datapath(name, clock=FakeClock(), service_cidrs=CIDRS)
+    ports = {}
+    for vip_text, backends in ((V4_VIP, V4_BACKENDS), (VIP, BACKENDS)):
+        address = ip_address(vip_text)
+        for protocol, port, target in (("TCP", 80, 8080), ("UDP", 53, 5353)):
+            chosen = tuple(Backend(ip_address(b), target) for b in backends)
+            ports[(address, protocol, port)] = ServicePort(
+                f"d/web:{port}", address, protocol, port, chosen
+            )
+    dp.apply(Snapshot(ports))
+    backend_of_flow: dict[tuple[int, int, int, int], tuple[str, int]] = {}
+    for family, client_index, sport, kind, proto in steps:
+        vip = VIP if family == 6 else V4_VIP
+        client = (CLIENTS6 if family == 6 else V4_CLIENTS)[client_index]
+        port = 80 if proto == 6 else 53
+        flow = (family, client_index, sport, proto)
+        tcp, udp = (tcp6_packet, udp6_packet) if family == 6 else (tcp_packet, udp_packet)
+        if kind == "request" or flow not in backend_of_flow:
+            packet = tcp(client, sport, vip, port) if proto == 6 else udp(client, sport, vip, port)
+            verdict = dp.process(packet)
+            assert verdict.action is Action.ACCEPT and verdict.payload is not None
+            out = verdict.payload
+            backend = str(ip_address(out[24:40] if family == 6 else out[16:20]))
+            assert backend in (BACKENDS if family == 6 else V4_BACKENDS)
+            assert backend_of_flow.setdefault(flow, (backend, 0))[0] == backend
+        else:
+            backend = backend_of_flow[flow][0]
+            target = 8080 if proto == 6 else 5353
+            flags = dpkt.tcp.TH_SYN | dpkt.tcp.TH_ACK
+            packet = (
+                tcp(backend, target, client, sport, flags)
+                if proto == 6
+                else udp(backend, target, client, sport)
+            )
+            verdict = dp.process(packet)
+            assert verdict.reason == "reply" and verdict.payload is not None
+            out = verdict.payload
+            source = out[8:24] if family == 6 else out[12:16]
+            l4 = 40 if family == 6 else 20
+            assert str(ip_address(source)) == vip
+            assert int.from_bytes(out[l4 : l4 + 2], "big") == port
+        assert (checksums6_verify if family == 6 else checksums_verify)(out)
