@@ -6,7 +6,12 @@ Inputs are mutations of valid packets in both directions (bit flips, byte sets, 
 splices, header fields set to edge values) and plain random bytes, fed to FastCore with
 and without the partial-checksum flag. A crash in C ends the process, so the caller sees
 it. Every K-th input also goes to the reference path, and the two must agree.
-It prints one JSON line: inputs run, verdict counts, disagreements.
+
+IPv6 packets (extension-header chains among them, fragments, ICMPv6 errors) and SCTP ones
+are in the corpus too. The fast path does not serve them yet (issue 15): it gets them
+for crashes, and the reference path, which serves them, gets every one of them and must
+give each a named verdict (no internal_error).
+It prints one JSON line: inputs run, verdict counts, disagreements, reference errors.
 """
 
 from __future__ import annotations
@@ -16,34 +21,79 @@ import json
 import random
 import time
 from collections import Counter
-from ipaddress import IPv4Network, ip_address
+from ipaddress import IPv4Network, IPv6Network, ip_address
 
 from nfqproxy.datapath.fast.datapath import FastDatapath
 from nfqproxy.datapath.reference.datapath import ReferenceDatapath
 from nfqproxy.model import Backend, ServicePort, Snapshot
-from nfqproxy_lab.packets import icmp_error, tcp_packet, udp_packet
+from nfqproxy_lab.packets import (
+    extension_header,
+    fragment_header,
+    icmp6_error,
+    icmp_error,
+    sctp_chunk,
+    sctp_init_body,
+    sctp_packet,
+    tcp6_packet,
+    tcp_packet,
+    udp6_packet,
+    udp_packet,
+)
 
-VIP = "10.96.0.10"
+VIP, VIP6 = "10.96.0.10", "fd00:96::10"
 BACKENDS = ["10.244.11.2", "10.244.12.2"]
+BACKENDS6 = ["fd00:244:11::2", "fd00:244:12::2"]
+CLIENT6 = "fd00:244:1::2"
 
 
-def snapshot() -> Snapshot:
-    vip = ip_address(VIP)
-    return Snapshot(
-        {
-            (vip, "TCP", 80): ServicePort(
-                "f/web:http", vip, "TCP", 80, tuple(Backend(ip_address(b), 8080) for b in BACKENDS)
-            ),
-            (vip, "UDP", 53): ServicePort(
-                "f/web:dns",
+def snapshot(ipv6: bool = False) -> Snapshot:
+    """web's ports on its IPv4 VIP, and with ipv6 on its IPv6 VIP too, with SCTP."""
+    ports = {}
+    families = [(VIP, BACKENDS)] + ([(VIP6, BACKENDS6)] if ipv6 else [])
+    for address, backends in families:
+        vip = ip_address(address)
+        ports[(vip, "TCP", 80)] = ServicePort(
+            "f/web:http", vip, "TCP", 80, tuple(Backend(ip_address(b), 8080) for b in backends)
+        )
+        ports[(vip, "UDP", 53)] = ServicePort(
+            "f/web:dns",
+            vip,
+            "UDP",
+            53,
+            tuple(Backend(ip_address(b), 5353) for b in backends),
+            affinity_seconds=60,  # so that the affinity table is fuzzed too
+        )
+        if ipv6:
+            ports[(vip, "SCTP", 3868)] = ServicePort(
+                "f/web:sctp",
                 vip,
-                "UDP",
-                53,
-                tuple(Backend(ip_address(b), 5353) for b in BACKENDS),
-                affinity_seconds=60,  # so that the affinity table is fuzzed too
-            ),
-        }
-    )
+                "SCTP",
+                3868,
+                tuple(Backend(ip_address(b), 3869) for b in backends),
+            )
+    return Snapshot(ports)
+
+
+def corpus6() -> list[bytes]:
+    """IPv6 and SCTP seeds: extension-header chains, fragments, ICMPv6 errors."""
+    chain = extension_header(60) + extension_header(44, 1)
+    fragment = fragment_header(17, 0, True)
+    seeds = [
+        tcp6_packet(CLIENT6, 1000, VIP6, 80, 0x02, b"payload"),
+        tcp6_packet(
+            CLIENT6, 1001, VIP6, 80, 0x02, b"payload", chain + fragment_header(6, 0, False), 0
+        ),
+        udp6_packet(CLIENT6, 1002, VIP6, 53, b"query", fragment, 44),
+        udp6_packet(CLIENT6, 1003, VIP6, 53, b"later", fragment_header(17, 9, False), 44),
+        udp6_packet(BACKENDS6[0], 5353, CLIENT6, 1002, b"reply"),
+        tcp6_packet(BACKENDS6[1], 8080, CLIENT6, 1000, 0x12, b"answer"),
+        sctp_packet("10.244.1.2", 5000, VIP, 3868, 0, sctp_chunk(1, sctp_init_body(1))),
+        sctp_packet(CLIENT6, 5000, VIP6, 3868, 0, sctp_chunk(1, sctp_init_body(2))),
+    ]
+    for icmp_type in (1, 2, 3, 4):
+        quoted = tcp6_packet(CLIENT6, 1000, BACKENDS6[0], 8080, 0x10, b"payload" * 8)
+        seeds.append(icmp6_error(BACKENDS6[0], CLIENT6, quoted, icmp_type, 0))
+    return seeds
 
 
 def corpus() -> list[bytes]:
@@ -102,20 +152,32 @@ def main(argv: list[str] | None = None) -> int:
 
     fast = FastDatapath([IPv4Network("10.96.0.0/12")], capacity=4096)
     reference = ReferenceDatapath([IPv4Network("10.96.0.0/12")], capacity=4096)
+    # The IPv6 and SCTP inputs' own reference, which serves them, with tables of its own.
+    reference6 = ReferenceDatapath(
+        [IPv4Network("10.96.0.0/12"), IPv6Network("fd00:96::/108")], capacity=4096
+    )
     fast.apply(snapshot())
     reference.apply(snapshot())
+    reference6.apply(snapshot(ipv6=True))
     rng = random.Random(args.seed)
-    seeds = corpus()
+    seeds = corpus() + corpus6()
     verdicts: Counter[str] = Counter()
     disagreements: list[str] = []
+    reference_errors: list[str] = []
     started = time.monotonic()
     for n in range(args.inputs):
         data = mutate(rng, seeds)
         action, reason, _, _, _ = fast.core.process(data, 1000.0, rng.random() < 0.2)
         verdicts[f"{action}_{reason}"] += 1
         # The fast path does not parse IPv6 or SCTP yet (issue 15); the reference does:
-        # those packets are fuzzed on the fast path for crashes but not compared.
+        # those packets are fuzzed on the fast path for crashes, not compared, and go to
+        # the reference's own tables.
         beyond = len(data) >= 20 and (data[0] >> 4 == 6 or data[9] == 132)
+        if beyond:
+            verdict = reference6.process(data)
+            verdicts[f"reference_{verdict.action.value}_{verdict.reason}"] += 1
+            if verdict.reason == "internal_error" and len(reference_errors) < 10:
+                reference_errors.append(data.hex())
         if args.compare_every and n % args.compare_every == 0 and not beyond:
             # Separate tables would drift apart on flow state, so compare stateless verdicts
             # on a fresh pair: the parse and the first decision must match exactly.
@@ -137,10 +199,11 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds": round(time.monotonic() - started, 1),
                 "verdicts": dict(verdicts.most_common()),
                 "disagreements": disagreements,
+                "reference_errors": reference_errors,
             }
         )
     )
-    return 1 if disagreements else 0
+    return 1 if disagreements or reference_errors else 0
 
 
 if __name__ == "__main__":
