@@ -17,6 +17,9 @@
  *       those that failed, and how many of the completed ones had a source port (so a
  *       5-tuple) that an earlier connection of this run had used
  *
+ * HOST is an IPv4 or an IPv6 address; `serve` listens on both families (one IPv6 socket
+ * per port that takes IPv4 too, where IPv6 is on).
+ *
  * Connections are closed with SO_LINGER 0 (an RST), so the client leaves no TIME_WAIT
  * behind and never runs out of ports however many it opens. `requests` binds each
  * connection to the next source port of 1024-65535 in turn, so that no 5-tuple is used twice
@@ -45,7 +48,9 @@
 #define MAX_PORTS 256
 #define REQUEST_BYTES 32
 
-static struct sockaddr_in target;
+static struct sockaddr_storage target; /* IPv4 or IPv6 */
+static socklen_t target_length;
+static int family;
 static double deadline;
 static useconds_t pause_us;
 static atomic_long completed, failed, reused;
@@ -57,16 +62,25 @@ static atomic_uint next_port;         /* requests: source ports taken in turn */
 
 /* Binds to the next free source port in turn; 0, or -1 when none of 64 tries is free. */
 static int bind_next_port(int fd) {
-    struct sockaddr_in local;
+    struct sockaddr_storage local;
     memset(&local, 0, sizeof(local));
-    local.sin_family = AF_INET;
+    local.ss_family = (sa_family_t)family;
     for (int tries = 0; tries < 64; tries++) {
-        unsigned port = FIRST_PORT + atomic_fetch_add(&next_port, 1) % PORT_COUNT;
-        local.sin_port = htons((uint16_t)port);
-        if (bind(fd, (struct sockaddr *)&local, sizeof(local)) == 0)
+        uint16_t port = htons((uint16_t)(FIRST_PORT + atomic_fetch_add(&next_port, 1) % PORT_COUNT));
+        if (family == AF_INET6)
+            ((struct sockaddr_in6 *)&local)->sin6_port = port;
+        else
+            ((struct sockaddr_in *)&local)->sin_port = port;
+        if (bind(fd, (struct sockaddr *)&local, target_length) == 0)
             return 0;
     }
     return -1;
+}
+
+static uint16_t port_of(const struct sockaddr_storage *address) {
+    if (address->ss_family == AF_INET6)
+        return ntohs(((const struct sockaddr_in6 *)address)->sin6_port);
+    return ntohs(((const struct sockaddr_in *)address)->sin_port);
 }
 
 static double now(void) {
@@ -83,13 +97,13 @@ static void close_with_reset(int fd) {
 
 /* One connection; returns its connect() time in seconds, or -1. */
 static double connect_once(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int fd = socket(family, SOCK_STREAM, 0);
     if (fd < 0)
         return -1;
     struct timeval timeout = {1, 0};
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
     double started = now();
-    int ok = connect(fd, (struct sockaddr *)&target, sizeof(target)) == 0;
+    int ok = connect(fd, (struct sockaddr *)&target, target_length) == 0;
     double took = now() - started;
     close_with_reset(fd);
     return ok ? took : -1;
@@ -97,7 +111,7 @@ static double connect_once(void) {
 
 /* One short connection: connect, a request, its answer, close. Returns 0, or -1. */
 static int request_once(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int fd = socket(family, SOCK_STREAM, 0);
     if (fd < 0)
         return -1;
     struct timeval timeout = {1, 0};
@@ -106,12 +120,12 @@ static int request_once(void) {
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     int ok = bind_next_port(fd) == 0 &&
-             connect(fd, (struct sockaddr *)&target, sizeof(target)) == 0;
+             connect(fd, (struct sockaddr *)&target, target_length) == 0;
     if (ok) {
-        struct sockaddr_in local;
+        struct sockaddr_storage local;
         socklen_t length = sizeof(local);
         if (getsockname(fd, (struct sockaddr *)&local, &length) == 0 &&
-            atomic_exchange(&port_used[ntohs(local.sin_port)], 1))
+            atomic_exchange(&port_used[port_of(&local)], 1))
             atomic_fetch_add(&reused, 1);
         char request[REQUEST_BYTES], answer[REQUEST_BYTES];
         memset(request, 'q', sizeof(request));
@@ -138,12 +152,25 @@ static int serve(int count, char **ports) {
     if (count > MAX_PORTS)
         count = MAX_PORTS;
     for (int i = 0; i < count; i++) {
-        int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-        int one = 1;
-        struct sockaddr_in address = {.sin_family = AF_INET, .sin_port = htons(atoi(ports[i]))};
+        /* One IPv6 socket that takes IPv4 too (v4-mapped), so one server serves both
+         * families; where IPv6 is off, an IPv4 one. */
+        int fd = socket(AF_INET6, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        int one = 1, zero = 0;
+        struct sockaddr_in6 address6 = {.sin6_family = AF_INET6,
+                                        .sin6_port = htons(atoi(ports[i])),
+                                        .sin6_addr = IN6ADDR_ANY_INIT};
+        struct sockaddr_in address4 = {.sin_family = AF_INET, .sin_port = htons(atoi(ports[i]))};
+        struct sockaddr *address = (struct sockaddr *)&address6;
+        socklen_t length = sizeof(address6);
+        if (fd >= 0)
+            setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
+        else {
+            fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+            address = (struct sockaddr *)&address4;
+            length = sizeof(address4);
+        }
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        if (fd < 0 || bind(fd, (struct sockaddr *)&address, sizeof(address)) < 0 ||
-            listen(fd, 4096) < 0) {
+        if (fd < 0 || bind(fd, address, length) < 0 || listen(fd, 4096) < 0) {
             fprintf(stderr, "tcpbench: cannot listen on port %s: %s\n", ports[i], strerror(errno));
             return 1;
         }
@@ -213,10 +240,20 @@ int main(int argc, char **argv) {
                         "requests HOST PORT SECONDS THREADS\n");
         return 2;
     }
-    target.sin_family = AF_INET;
-    target.sin_port = htons(atoi(argv[3]));
-    if (inet_pton(AF_INET, argv[2], &target.sin_addr) != 1) {
-        fprintf(stderr, "tcpbench: %s is not an IPv4 address\n", argv[2]);
+    struct sockaddr_in *target4 = (struct sockaddr_in *)&target;
+    struct sockaddr_in6 *target6 = (struct sockaddr_in6 *)&target;
+    if (inet_pton(AF_INET, argv[2], &target4->sin_addr) == 1) {
+        family = AF_INET;
+        target4->sin_family = AF_INET;
+        target4->sin_port = htons(atoi(argv[3]));
+        target_length = sizeof(*target4);
+    } else if (inet_pton(AF_INET6, argv[2], &target6->sin6_addr) == 1) {
+        family = AF_INET6;
+        target6->sin6_family = AF_INET6;
+        target6->sin6_port = htons(atoi(argv[3]));
+        target_length = sizeof(*target6);
+    } else {
+        fprintf(stderr, "tcpbench: %s is not an IP address\n", argv[2]);
         return 2;
     }
     if (strcmp(argv[1], "latency") == 0) {

@@ -221,14 +221,15 @@ def measure(running: Running, settings: Settings, binaries: Binaries) -> dict[st
 
     def connections() -> None:
         proxied = running.process is not None
-        made = short_connections(lab, binaries.tcpbench, VIP, REQUEST_PORT, seconds, proxied)
+        made = short_connections(
+            lab, binaries.tcpbench, running.vip, REQUEST_PORT, seconds, proxied
+        )
         result["cps"], result["connections"] = made["per_second"], made
 
     attempt("tcp1", tcp(1))
     attempt("tcp4", tcp(4))
     attempt("udp", udp)
-    if running.vip == VIP:  # tcpbench speaks IPv4 only: no IPv6 connection rate yet
-        attempt("connections", connections)
+    attempt("connections", connections)
     if running.process is not None:
         pid = running.process.pid
         result["ready_seconds"] = running.ready_seconds
