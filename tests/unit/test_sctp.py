@@ -81,6 +81,8 @@ def test_an_association_is_dnated_and_its_replies_come_from_the_vip(
     later = datapath.process(sctp_packet(client, 5000, vip, PORT, 0xB2, data))
     assert later.reason == "request" and later.payload is not None
     assert str(ip_address(fields(later.payload)[1])) == backend
+    table = datapath.status()["connection_table"]
+    assert isinstance(table, dict) and table["by_state"] == {"sctp/replied": 1}
 
 
 def test_a_corrupt_checksum_stays_corrupt_after_the_rewrite(datapath: Datapath) -> None:

@@ -12,6 +12,7 @@ from enum import Enum
 
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
+IPPROTO_SCTP = 132
 
 TCP_FIN = 0x01
 TCP_SYN = 0x02
@@ -116,7 +117,9 @@ def flow_summary(
     by_state: Counter[str] = Counter()
     by_backend: Counter[str] = Counter()
     for proto, state, service, backend in rows:
-        by_state[f"{'tcp' if proto == IPPROTO_TCP else 'udp'}/{state}"] += 1
+        # SCTP flows take UDP's states (the reference path's; docs/design.md).
+        name = {IPPROTO_TCP: "tcp", IPPROTO_SCTP: "sctp"}.get(proto, "udp")
+        by_state[f"{name}/{state}"] += 1
         by_backend[f"{service} -> {backend}"] += 1
     return {
         "flows": len(rows),
