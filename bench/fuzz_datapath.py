@@ -34,6 +34,7 @@ from nfqproxy_lab.packets import (
     icmp_error,
     sctp_chunk,
     sctp_init_body,
+    sctp_or_about_sctp,
     sctp_packet,
     tcp6_packet,
     tcp_packet,
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         # The fast path does not parse IPv6 or SCTP yet (issue 15); the reference does:
         # those packets are fuzzed on the fast path for crashes, not compared, and go to
         # the reference's own tables.
-        beyond = len(data) >= 20 and (data[0] >> 4 == 6 or data[9] == 132)
+        beyond = len(data) >= 20 and (data[0] >> 4 == 6 or sctp_or_about_sctp(data))
         if beyond:
             verdict = reference6.process(data)
             reference_verdicts[f"{verdict.action.value}_{verdict.reason}"] += 1

@@ -43,6 +43,8 @@ def command_plugins() -> list[ModuleType]:
 
 def _cidr(text: str) -> IPNetwork:
     try:
+        if "%" in text:  # an IPv6 zone: any text, which str() keeps
+            raise ValueError("an IPv6 zone (%...) is not allowed")
         return ip_network(text, strict=True)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
@@ -50,23 +52,16 @@ def _cidr(text: str) -> IPNetwork:
 
 def _service_cidrs(text: str) -> tuple[IPNetwork, ...]:
     """kube-apiserver's --service-cluster-ip-range: one range, or an IPv4 and an IPv6 one
-    separated by a comma (either order)."""
+    separated by a comma (either order). The flag repeats for more ranges, as a cluster
+    with extra ServiceCIDR objects has."""
     networks: list[IPNetwork] = []
     for part in text.split(","):
         try:
+            if "%" in part:
+                raise ValueError("an IPv6 zone (%...) is not allowed")
             networks.append(ip_network(part.strip(), strict=True))
         except ValueError as exc:
             raise argparse.ArgumentTypeError(f"{part.strip()!r}: {exc}") from None
-    return check_service_cidrs(networks)
-
-
-def check_service_cidrs(networks: Sequence[IPNetwork]) -> tuple[IPNetwork, ...]:
-    """At most one range per family, as kube-apiserver allows."""
-    versions = [n.version for n in networks]
-    if len(set(versions)) != len(versions):
-        raise argparse.ArgumentTypeError(
-            f"{', '.join(map(str, networks))}: at most one IPv4 and one IPv6 service range"
-        )
     return tuple(networks)
 
 
@@ -267,10 +262,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         try:
             nodeport_addresses = parse_nodeport_addresses(args.nodeport_addresses or [])
             node_ips = parse_node_ips(args.node_ip or [])
-            service_cidrs = check_service_cidrs(
-                [n for given in args.service_cidrs or [] for n in given]
-            ) or tuple(defaults.SERVICE_CIDRS)
-        except (ValueError, argparse.ArgumentTypeError) as exc:
+            given = [n for ranges in args.service_cidrs or [] for n in ranges]
+            service_cidrs = tuple(dict.fromkeys(given)) or tuple(defaults.SERVICE_CIDRS)
+        except ValueError as exc:
             log.error("%s", exc)
             return 2
         for network in service_cidrs:

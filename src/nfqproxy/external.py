@@ -83,7 +83,11 @@ def external_ports(
             kind,
             policy,
             alternate,
-            service.source_ranges if kind == "LoadBalancer" else (),
+            # Of the address's family only, as kube-proxy's per-family proxiers filter them:
+            # a family left with none has no firewall.
+            tuple(r for r in service.source_ranges if r.version == address.version)
+            if kind == "LoadBalancer"
+            else (),
         )
         for kind, address, number in addresses
     ]

@@ -90,6 +90,11 @@ def read_ip(value: object, path: str) -> IPAddress:
             return IPv4Address(packed)
     except (OSError, ValueError):  # not IPv4, or not even text inet_pton takes (a NUL)
         pass
+    if "%" in value:
+        # ipaddress takes an IPv6 zone ("fe80::1%eth0") of any text, spaces and newlines
+        # included, and keeps it in str(): it would reach ipset's input. The API server
+        # refuses zones; so do we.
+        raise ObjectError(path, f"{value[:80]!r}: an IPv6 zone (%...) is not allowed")
     try:
         return ip_address(value)
     except ValueError:

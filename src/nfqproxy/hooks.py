@@ -255,7 +255,15 @@ class HookManager:
         self._removed = False
 
     def _run(self, command: Sequence[str], stdin: str | None = None, check: bool = True) -> bool:
-        result = subprocess.run(command, input=stdin, capture_output=True, text=True, check=False)
+        try:
+            result = subprocess.run(
+                command, input=stdin, capture_output=True, text=True, check=False
+            )
+        except FileNotFoundError:
+            # ip6tables missing where only IPv4 is served: nothing of ours can be there.
+            if check:
+                raise HookError(f"{command[0]} is not installed") from None
+            return False
         if check and result.returncode != 0:
             raise HookError(f"{' '.join(command)} failed: {result.stderr.strip()}")
         return result.returncode == 0

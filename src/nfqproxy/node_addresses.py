@@ -34,6 +34,8 @@ def parse_nodeport_addresses(values: Sequence[str]) -> tuple[str | IPNetwork, ..
                 parsed.append(PRIMARY)
                 continue
             try:
+                if "%" in item:  # an IPv6 zone: any text, which str() keeps
+                    raise ValueError(item)
                 parsed.append(ip_network(item, strict=False))
             except ValueError:
                 raise ValueError(
@@ -50,6 +52,8 @@ def parse_node_ips(values: Sequence[str]) -> tuple[IPAddress, ...]:
     for value in values:
         for item in filter(None, (part.strip() for part in value.split(","))):
             try:
+                if "%" in item:  # an IPv6 zone: it would reach the sets' input
+                    raise ValueError(item)
                 found.append(ip_address(item))
             except ValueError:
                 raise ValueError(f"--node-ip: {item!r} is not an IP address") from None

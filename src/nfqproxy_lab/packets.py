@@ -223,3 +223,14 @@ def sctp_packet(src: str, sport: int, dst: str, dport: int, tag: int, chunks: by
     ip.data = segment
     ip.len = 20 + len(segment)
     return bytes(ip)
+
+
+def sctp_or_about_sctp(packet: bytes) -> bool:
+    """Whether an IPv4 packet is SCTP, or an ICMP error quoting an SCTP packet: what a data
+    path without SCTP handles differently from one with it."""
+    if len(packet) < 20 or packet[0] >> 4 != 4:
+        return False
+    if packet[9] == 132:
+        return True
+    inner = (packet[0] & 0x0F) * 4 + 8
+    return packet[9] == 1 and len(packet) > inner + 9 and packet[inner + 9] == 132

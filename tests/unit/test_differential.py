@@ -22,7 +22,13 @@ from nfqproxy.datapath.fast.datapath import FastDatapath, fast_path_available
 from nfqproxy.datapath.marks import SOURCE_NODE, SOURCE_OFF_CLUSTER, SOURCE_POD
 from nfqproxy.datapath.verdicts import Action
 from nfqproxy.model import Backend, ServicePort, Snapshot
-from nfqproxy_lab.packets import checksums_verify, icmp_error, tcp_packet, udp_packet
+from nfqproxy_lab.packets import (
+    checksums_verify,
+    icmp_error,
+    sctp_or_about_sctp,
+    tcp_packet,
+    udp_packet,
+)
 from tests.helpers.clock import FakeClock
 from tests.helpers.datapaths import REFERENCE, candidate_params, new_datapath
 from tests.helpers.snapshots import BACKENDS, snapshot
@@ -192,12 +198,10 @@ def _beyond(candidate: str, op: tuple[str, Any]) -> bool:
     implementation = factory.DATAPATHS[candidate]
     packets = arg if kind == "packets" else [arg[1]] if kind == "sourced" else [arg]
     return any(
-        len(p) >= 20
-        and (
-            (p[0] >> 4 == 6 and 6 not in implementation.families)
-            or (p[0] >> 4 == 4 and p[9] == 132 and 132 not in implementation.protocols)
-        )
+        (p[0] >> 4 == 6 and 6 not in implementation.families)
+        or (sctp_or_about_sctp(p) and 132 not in implementation.protocols)
         for p in packets
+        if len(p) >= 20
     )
 
 

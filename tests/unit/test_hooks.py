@@ -131,3 +131,17 @@ def test_ipv6_frontends_go_to_the_v6_sets() -> None:
     entries = ipsets.port_entries(port)
     assert entries.frontends == frozenset({"2001:db8::9,tcp:80"})
     assert ipsets.set_name(ipsets.FRONTENDS, 6) == "nfqproxy-frontends-v6"
+
+
+def test_a_missing_ip6tables_is_nothing_to_remove_but_an_error_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """remove() and `nfqproxy cleanup` try both families: on a host without ip6tables the
+    IPv6 half has nothing of ours, and the IPv4 half must still go."""
+    from nfqproxy import hooks
+
+    monkeypatch.setitem(hooks.IP6TABLES, "iptables", "/nonexistent/ip6tables")
+    manager = hooks.HookManager(HookConfig((IPv4Network("10.96.0.0/12"),), 7))
+    assert manager._iptables(6, "filter", "-F", "NFQPROXY-REJECT", check=False) is False
+    with pytest.raises(hooks.HookError, match="is not installed"):
+        manager._iptables(6, "filter", "-F", "NFQPROXY-REJECT")

@@ -435,3 +435,40 @@ def test_a_family_without_a_cluster_ip_is_not_served_even_on_external_addresses(
     doc["spec"]["clusterIPs"] = ["10.96.0.10", "fd00::10"]
     snapshot = build_snapshot([parse_service(doc, DUAL)], parsed, "node-a")
     assert "2001:db8::9" in {str(p.vip) for p in snapshot.ports.values()}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("externalIPs", ["2001:db8::5%x -exist\ndestroy nfqproxy-frontends-v6"]),
+        ("loadBalancerSourceRanges", ["2001:db8::%x\nflush nfqproxy-fw-v6/32"]),
+    ],
+)
+def test_an_ipv6_zone_is_refused_it_would_carry_text_into_the_sets(
+    field: str, value: list[str]
+) -> None:
+    """ipaddress takes any text after % as a zone and keeps it in str(): such an address
+    would write lines of its own into ipset's input. The API server refuses zones."""
+    doc = yaml.safe_load(service())
+    doc["spec"].update({"type": "LoadBalancer", field: value})
+    with pytest.raises(ObjectError) as error:
+        parse_service(doc, DUAL)
+    assert error.value.field_path == f"spec.{field}[0]"
+
+
+def test_source_ranges_go_to_the_ingress_ips_of_their_own_family() -> None:
+    """As kube-proxy's per-family proxiers filter them: an ingress IP whose family has no
+    range is not firewalled."""
+    from nfqproxy.selection import service_ports
+
+    doc = yaml.safe_load(service())
+    doc["spec"].update(
+        type="LoadBalancer",
+        clusterIPs=["10.96.0.10", "fd00::10"],
+        loadBalancerSourceRanges=["198.51.100.0/24"],
+    )
+    doc["status"] = {"loadBalancer": {"ingress": [{"ip": "203.0.113.5"}, {"ip": "2001:db8::5"}]}}
+    ports = service_ports(parse_service(doc, DUAL), [], "node-a", None)
+    ranges = {str(p.vip): [str(r) for r in p.source_ranges] for p in ports if p.port == 80}
+    assert ranges["203.0.113.5"] == ["198.51.100.0/24"]
+    assert ranges["2001:db8::5"] == []

@@ -18,6 +18,8 @@ from nfqproxy.model import Backend, ServicePort, Snapshot
 from nfqproxy_lab.packets import (
     addr,
     addr6,
+    icmp6_error,
+    icmp_error,
     sctp_checksum_verifies,
     sctp_chunk,
     sctp_init_body,
@@ -108,3 +110,41 @@ def test_an_sctp_header_cut_short_is_dropped(datapath: Datapath) -> None:
     packet = packet[:2] + (28).to_bytes(2, "big") + packet[4:]
     verdict = datapath.process(packet)
     assert (verdict.action, verdict.reason) == (Action.DROP, "truncated_l4_header")
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_an_icmp_error_about_an_association_is_translated_for_the_client(
+    datapath: Datapath, family: int
+) -> None:
+    """Fragmentation needed / Packet Too Big from the node about an SCTP flow: the quote
+    says VIP:port again, so that the client's path MTU for the VIP drops."""
+    vip, client, _, _ = FAMILIES[family]
+    init = sctp_packet(client, 5004, vip, PORT, 0, sctp_chunk(1, sctp_init_body(3)))
+    sent = datapath.process(init).payload
+    assert sent is not None
+    node = "10.244.1.1" if family == 4 else "fd00:244:1::1"
+    error = (
+        icmp_error(node, client, sent, 3, 4, quote=len(sent))
+        if family == 4
+        else icmp6_error(node, client, sent, 2, 0)
+    )
+    verdict = datapath.process(error)
+    assert (verdict.action, verdict.reason) == (Action.ACCEPT, "icmp_error")
+    assert verdict.payload is not None
+    quoted = verdict.payload[28:] if family == 4 else verdict.payload[48:]
+    _, dst, segment = fields(quoted)
+    assert dst == (addr if family == 4 else addr6)(vip)
+    assert int.from_bytes(segment[2:4], "big") == PORT
+
+
+def test_an_sctp_first_fragment_is_dropped_its_crc_covers_the_whole_datagram(
+    datapath: Datapath,
+) -> None:
+    vip, client, _, _ = FAMILIES[6]
+    packet = bytearray(sctp_packet(client, 5005, vip, PORT, 0, sctp_chunk(1, sctp_init_body(4))))
+    # A fragment header (offset 0, more to come) between the IPv6 header and SCTP.
+    fragment = bytes([132, 0, 0, 1, 0, 0, 0, 9])
+    packet = packet[:6] + bytes([44]) + packet[7:40] + fragment + packet[40:]
+    packet[4:6] = (len(packet) - 40).to_bytes(2, "big")
+    verdict = datapath.process(bytes(packet))
+    assert (verdict.action, verdict.reason) == (Action.DROP, "fragment")

@@ -20,6 +20,9 @@ ICMP_ERROR_TYPES = (3, 11, 12)
 # ICMPv6: destination unreachable, packet too big, time exceeded, parameter problem.
 ICMPV6_ERROR_TYPES = (1, 2, 3, 4)
 ICMPV6 = 58
+# The flows an error can be about: TCP, UDP, SCTP. (SCTP's quoted CRC32c is left stale by
+# the port change: receivers match an error by its addresses, ports and verification tag.)
+QUOTED_PROTOCOLS = (6, 17, 132)
 
 
 @dataclass(slots=True)
@@ -75,7 +78,7 @@ def parse_icmp_error(raw: bytes, hl: int, total: int) -> IcmpError | str:
         return Reason.ICMP_BAD_INNER
     inner_l4 = inner + (raw[inner] & 0x0F) * 4
     offset = int.from_bytes(raw[inner + 6 : inner + 8], "big") & 0x1FFF
-    if inner_l4 + 8 > total or offset or raw[inner + 9] not in (6, 17):
+    if inner_l4 + 8 > total or offset or raw[inner + 9] not in QUOTED_PROTOCOLS:
         return Reason.ICMP_BAD_INNER
     return IcmpError(bytes(raw[:total]), 4, hl, inner, inner_l4, raw[inner + 9])
 
@@ -93,7 +96,7 @@ def parse_icmp6_error(raw: bytes, hl: int, total: int) -> IcmpError | str:
     if (
         isinstance(quoted, str)
         or quoted.later_fragment
-        or quoted.proto not in (6, 17)
+        or quoted.proto not in QUOTED_PROTOCOLS
         or quoted.l4 + 8 > total
     ):
         return Reason.ICMP_BAD_INNER
@@ -120,7 +123,7 @@ def translate_icmp_error(error: IcmpError, vip: bytes, vport: int, backend: byte
     old_dst, old_port = bytes(pkt[dst_at : dst_at + error._size]), bytes(pkt[l4 + 2 : l4 + 4])
     new_port = vport.to_bytes(2, "big")
     sum_at = l4 + (16 if error.inner_proto == 6 else 6)
-    if sum_at + 2 <= len(pkt):  # TCP's checksum may lie past what the error quotes
+    if error.inner_proto != 132 and sum_at + 2 <= len(pkt):  # TCP's may lie past the quote
         old_sum = int.from_bytes(pkt[sum_at : sum_at + 2], "big")
         if error.inner_proto == 6 or old_sum != 0:
             new_sum = checksum_replace(old_sum, old_dst + old_port, vip + new_port)

@@ -131,6 +131,9 @@ def _l4(
         return Reason.UNSUPPORTED_PROTOCOL
     l4_length = len(raw) - l4
     if proto == IPPROTO_SCTP:
+        if first_fragment:
+            # Its CRC32c covers the whole datagram and cannot be recomputed from a part.
+            return Reason.FRAGMENT
         if l4_length < SCTP_COMMON_HEADER:
             return Reason.TRUNCATED_L4
     elif proto == IPPROTO_UDP:
