@@ -6,6 +6,7 @@ reasons, counter names), frontends (service ports as tables, change planning), f
 maglev and hashing (backend selection, identical on every node), and interface (the
 Datapath and QueueBinding protocols). factory turns `--datapath NAME` into both.
 
-The implementations are siblings: reference/ (plain Python on NetfilterQueue and dpkt,
-the executable specification) and fast/ (the same semantics in C, cext/).
+The implementations are siblings: reference/ (plain Python on NetfilterQueue, reading
+headers at their RFC offsets, the executable specification; the tests build packets with
+dpkt), fast/ (the same semantics in C, cext/) and offload/ (first packets only).
 """

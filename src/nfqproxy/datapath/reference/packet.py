@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import dpkt
 import google_crc32c
 
 from nfqproxy.datapath.reference import ipv6
@@ -88,18 +87,14 @@ def _parse4(raw: bytes) -> ParsedPacket | IcmpError | str:
     total_length = int.from_bytes(raw[2:4], "big")
     if total_length < ihl * 4 or total_length > len(raw):
         return Reason.BAD_LENGTH
-    try:
-        ip = dpkt.ip.IP(raw)  # dpkt's layout checks the header as a whole
-    except (dpkt.Error, ValueError):
-        return Reason.TRUNCATED_IP
-    if ip.mf or ip.offset:
+    if int.from_bytes(raw[6:8], "big") & 0x3FFF:  # more fragments, or an offset
         # With conntrack loaded the kernel reassembles before our hooks; a fragment here
         # has no ports to route by.
         return Reason.FRAGMENT
-    hl = ihl * 4
-    if ip.p == IPPROTO_ICMP:
+    hl, proto = ihl * 4, raw[9]
+    if proto == IPPROTO_ICMP:
         return parse_icmp_error(raw, hl, total_length)
-    return _l4(raw[:total_length], 4, ip.p, hl, ihl > 5)
+    return _l4(raw[:total_length], 4, proto, hl, ihl > 5)
 
 
 def _parse6(raw: bytes) -> ParsedPacket | IcmpError | str:
