@@ -31,39 +31,23 @@ __all__ = ["IcmpError", "ParsedPacket", "Reason", "parse", "rewrite_destination"
 
 @dataclass(slots=True)
 class ParsedPacket:
-    """A TCP, UDP or SCTP packet: its bytes up to the IP length, and where its fields are."""
+    """A TCP, UDP or SCTP packet: its bytes up to the IP length, and its fields, read once
+    (every packet's lookups use them several times)."""
 
     raw: bytes
     version: int  # 4 or 6
     proto: int  # IPPROTO_TCP, IPPROTO_UDP or IPPROTO_SCTP
     l4: int  # offset of the TCP/UDP/SCTP header
     has_ip_options: bool  # IPv4 options, or IPv6 extension headers
+    src: bytes
+    dst: bytes
+    sport: int
+    dport: int
+    tcp_flags: int
 
     @property
     def _address(self) -> tuple[int, int]:  # (offset of the source, address length)
         return (12, 4) if self.version == 4 else (8, 16)
-
-    @property
-    def src(self) -> bytes:
-        at, size = self._address
-        return self.raw[at : at + size]
-
-    @property
-    def dst(self) -> bytes:
-        at, size = self._address
-        return self.raw[at + size : at + 2 * size]
-
-    @property
-    def sport(self) -> int:
-        return int.from_bytes(self.raw[self.l4 : self.l4 + 2], "big")
-
-    @property
-    def dport(self) -> int:
-        return int.from_bytes(self.raw[self.l4 + 2 : self.l4 + 4], "big")
-
-    @property
-    def tcp_flags(self) -> int:
-        return self.raw[self.l4 + 13] if self.proto == IPPROTO_TCP else 0
 
 
 def parse(raw: bytes) -> ParsedPacket | IcmpError | str:
@@ -139,7 +123,19 @@ def _l4(
             return Reason.TRUNCATED_L4
     elif l4_length < 20 or (raw[l4 + 12] >> 4) * 4 > l4_length or raw[l4 + 12] >> 4 < 5:
         return Reason.TRUNCATED_L4  # options cut short, or a data offset below the header
-    return ParsedPacket(raw, version, proto, l4, options)
+    at, size = (12, 4) if version == 4 else (8, 16)
+    return ParsedPacket(
+        raw,
+        version,
+        proto,
+        l4,
+        options,
+        raw[at : at + size],
+        raw[at + size : at + 2 * size],
+        int.from_bytes(raw[l4 : l4 + 2], "big"),
+        int.from_bytes(raw[l4 + 2 : l4 + 4], "big"),
+        raw[l4 + 13] if proto == IPPROTO_TCP else 0,
+    )
 
 
 def _rewrite(packet: ParsedPacket, address: bytes, port: int, destination: bool) -> bytes:
