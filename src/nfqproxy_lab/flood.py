@@ -64,17 +64,21 @@ NEW_FLOW_RATE = 20_000  # first packets per second: below conntrack's early-drop
 
 
 def start_flood(
-    lab: Lab, kind: FloodKind, seconds: int, new_flows: bool = False
+    lab: Lab, kind: FloodKind, seconds: int, new_flows: bool = False, cpu: int | None = None
 ) -> subprocess.Popen[bytes]:
     """A flood from the client namespace through the VIP; the lab stops it. By default an
     iperf3 client (every packet of a few flows); new_flows: a stream of first packets (SYNs
-    or datagrams, each from a new source port), what reaches a proxy that sees only those."""
+    or datagrams, each from a new source port), what reaches a proxy that sees only those.
+    cpu: the one CPU the flood runs on, as a pod limited to one core would."""
     if new_flows:
         command = [sys.executable, "-m", "nfqproxy_lab.flood", kind, str(seconds)]
     else:
         command = ["iperf3", "-c", IPERF_VIP, "-p", str(IPERF_PORT), "-t", str(seconds)]
         command += FLOOD_OPTIONS[kind]
-    return lab.start_process(f"flood-{kind}", netns.exec_command(lab.client_ns, command))
+    command = netns.exec_command(lab.client_ns, command)
+    if cpu is not None:
+        command = ["taskset", "--cpu-list", str(cpu), *command]
+    return lab.start_process(f"flood-{kind}", command)
 
 
 def new_flow_flood(kind: FloodKind, seconds: float, rate: int = NEW_FLOW_RATE) -> None:

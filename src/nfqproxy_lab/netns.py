@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
@@ -75,7 +75,11 @@ class NetnsThread:
         )
 
     def call(self, function: Callable[..., T], *args: object, timeout: float = 120.0) -> T:
-        return self._executor.submit(function, *args).result(timeout)
+        return self.submit(function, *args).result(timeout)
+
+    def submit(self, function: Callable[..., T], *args: object) -> Future[T]:
+        """Runs function in the namespace without waiting for it."""
+        return self._executor.submit(function, *args)
 
     def close(self, wait: bool = True) -> None:
         self._executor.shutdown(wait=wait, cancel_futures=True)
