@@ -14,7 +14,7 @@ lists the parts.
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memcpy, memset, strerror
+from libc.string cimport memcmp, memcpy, memset, strerror
 
 from includes cimport hashing
 from includes.hashing cimport mix64
@@ -67,7 +67,7 @@ for _name, _c_value, _py_value in (
     ("SOURCE_POD", SOURCE_POD, _marks.SOURCE_POD),
     ("SOURCE_OFF_CLUSTER", SOURCE_OFF_CLUSTER, _marks.SOURCE_OFF_CLUSTER),
     ("SOURCE_NODE", SOURCE_NODE, _marks.SOURCE_NODE),
-    ("VARIANT_CLUSTER", VARIANT_CLUSTER, _frontends.COMPILED_VARIANT_CLUSTER),
+    ("VARIANT_CLUSTER", VARIANT_CLUSTER, _frontends.VARIANT_CLUSTER),
 ):
     if _c_value != _py_value:
         raise ImportError(f"nfqproxy._fastpath: {_name} is {_c_value} in C, {_py_value} in Python")
@@ -87,6 +87,8 @@ include "fastpath/status.pxi"
 include "fastpath/core.pxi"
 include "fastpath/queue.pxi"
 
+crc32c_init()
+
 # --- the hash, for the contract tests -------------------------------------------------------
 
 
@@ -97,9 +99,9 @@ def hash64(bytes data, uint64_t seed):
 
 def flow_hash(uint8_t proto, bytes src, uint16_t sport, bytes dst, uint16_t dport, uint64_t seed):
     """hashing.flow_hash as the C of includes/hashing.pxd computes it, seeded as FastCore
-    seeds it (seed ^ SEED_FLOW); src and dst are packed IPv4 addresses."""
-    if len(src) != 4 or len(dst) != 4:
-        raise ValueError("the fast path hashes IPv4 addresses only")
-    return hashing.flow_hash(proto, rd32raw(<const uint8_t *> <const char *> src), sport,
-                             rd32raw(<const uint8_t *> <const char *> dst), dport,
+    seeds it (seed ^ SEED_FLOW); src and dst are packed addresses of one family."""
+    if len(src) not in (4, 16) or len(dst) != len(src):
+        raise ValueError("src and dst: 4 or 16 bytes each, one family")
+    return hashing.flow_hash(proto, <const uint8_t *> <const char *> src, sport,
+                             <const uint8_t *> <const char *> dst, dport, len(src),
                              seed ^ SEED_FLOW)

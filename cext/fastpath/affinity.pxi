@@ -21,13 +21,14 @@ cdef inline uint64_t affinity_home(AffinityTable *a, Affinity *e) noexcept nogil
     return index_hash(e.proto, e.client_ip, 0, e.vip, e.vport) & a.mask
 
 
-cdef Affinity *affinity_find(AffinityTable *a, uint8_t proto, uint32_t client, uint32_t vip,
+cdef Affinity *affinity_find(AffinityTable *a, uint8_t proto, Addr client, Addr vip,
                              uint16_t vport) noexcept nogil:
     cdef uint64_t i = index_hash(proto, client, 0, vip, vport) & a.mask
     cdef Affinity *e
     while a.entries[i].used:
         e = &a.entries[i]
-        if e.client_ip == client and e.vip == vip and e.vport == vport and e.proto == proto:
+        if (e.vport == vport and e.proto == proto and addr_eq(e.client_ip, client)
+                and addr_eq(e.vip, vip)):
             return e
         i = (i + 1) & a.mask
     return NULL
@@ -64,13 +65,13 @@ cdef uint32_t affinity_expire(AffinityTable *a, double now) noexcept nogil:
     return removed
 
 
-cdef uint32_t choose_backend(Core *c, Frontend *f, Flow *flow, double now) noexcept nogil:
+cdef uint32_t choose_backend(Core *c, Frontend *f, FlowSpec *flow, double now) noexcept nogil:
     """The backend for a new flow: the client's sticky one, else Maglev's. Fills the flow's
     backend and returns its index in the frontend's backends."""
     cdef AffinityTable *a = &c.affinity
     cdef Affinity *sticky = NULL
     cdef uint64_t i
-    cdef uint32_t j, value
+    cdef uint32_t j, value, size
     if f.affinity_timeout > 0:
         sticky = affinity_find(a, flow.proto, flow.client_ip, flow.vip, flow.vport)
         if sticky != NULL and sticky.expires <= now:
@@ -78,13 +79,16 @@ cdef uint32_t choose_backend(Core *c, Frontend *f, Flow *flow, double now) noexc
             sticky = NULL
         if sticky != NULL:
             for j in range(f.backend_count):
-                if f.backend_ips[j] == sticky.backend_ip and f.backend_ports[j] == sticky.backend_port:
+                if (f.backend_ports[j] == sticky.backend_port
+                        and addr_eq(f.backend_ips[j], sticky.backend_ip)):
                     sticky.expires = now + f.affinity_timeout
                     flow.backend_ip, flow.backend_port = sticky.backend_ip, sticky.backend_port
                     c.events[E_AFFINITY_HIT] += 1
                     return j
-    value = f.table[hashing.flow_hash(flow.proto, flow.client_ip, flow.client_port, flow.vip,
-                                      flow.vport, c.flow_seed) % f.table_size]
+    size = address_size(4 if is_v4_mapped(<const uint8_t *> &flow.vip) else 6)
+    value = f.table[hashing.flow_hash(flow.proto, addr_bytes(&flow.client_ip, size),
+                                      flow.client_port, addr_bytes(&flow.vip, size), flow.vport,
+                                      size, c.flow_seed) % f.table_size]
     flow.backend_ip, flow.backend_port = f.backend_ips[value], f.backend_ports[value]
     if f.affinity_timeout <= 0:
         return value
@@ -105,8 +109,8 @@ cdef uint32_t choose_backend(Core *c, Frontend *f, Flow *flow, double now) noexc
     return value
 
 
-cdef bint affinity_remember(AffinityTable *a, uint8_t proto, uint32_t client, uint32_t vip,
-                            uint16_t vport, uint32_t backend_ip, uint16_t backend_port,
+cdef bint affinity_remember(AffinityTable *a, uint8_t proto, Addr client, Addr vip,
+                            uint16_t vport, Addr backend_ip, uint16_t backend_port,
                             double expires) noexcept nogil:
     """Records a client's backend (after a restart, from conntrack); False when full."""
     cdef Affinity *e = affinity_find(a, proto, client, vip, vport)

@@ -44,20 +44,66 @@ cdef inline uint16_t fold_to_big_endian(uint64_t acc) noexcept nogil:
     return <uint16_t> acc
 
 
-cdef inline uint16_t full_l4_checksum(uint8_t *pkt, uint32_t hl, uint8_t proto) noexcept nogil:
-    """The TCP or UDP checksum of the segment, computed from scratch with its field zeroed."""
-    cdef uint32_t total = rd16(pkt + 2)
-    cdef uint32_t length = total - hl
-    cdef uint8_t *l4 = pkt + hl
-    cdef int sum_at = 16 if proto == PROTO_TCP else 6
+cdef inline uint16_t full_l4_checksum(uint8_t *pkt, Headers *h) noexcept nogil:
+    """The TCP or UDP checksum of the segment, computed from scratch with its field zeroed;
+    the pseudo-header of either family (the addresses, the upper-layer length, proto)."""
+    cdef uint32_t length = h.total - h.hl, i, at = source_at(h.version)
+    cdef uint8_t *l4 = pkt + h.hl
+    cdef int sum_at = 16 if h.proto == PROTO_TCP else 6
     cdef uint64_t acc
     wr16(l4 + sum_at, 0)
     acc = fold_to_big_endian(native_sum(l4, length))
-    acc += rd16(pkt + 12) + rd16(pkt + 14) + rd16(pkt + 16) + rd16(pkt + 18) + proto + length
+    for i in range(0, 2 * address_size(h.version), 2):
+        acc += rd16(pkt + at + i)
+    acc += h.proto + length
     while acc >> 16:
         acc = (acc & 0xFFFF) + (acc >> 16)
     acc = (~acc) & 0xFFFF
-    if proto == PROTO_UDP and acc == 0:
+    if h.proto == PROTO_UDP and acc == 0:
         acc = 0xFFFF
     return <uint16_t> acc
 
+
+# --- SCTP's CRC32c (RFC 9260 appendix B): Castagnoli, reflected, table-driven -------------
+
+cdef uint32_t CRC32C_TABLE[256]
+
+
+cdef void crc32c_init() noexcept:
+    cdef uint32_t i, crc
+    cdef int bit
+    for i in range(256):
+        crc = i
+        for bit in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+        CRC32C_TABLE[i] = crc
+
+
+cdef inline uint32_t crc32c_update(uint32_t crc, const uint8_t *p, uint32_t n) noexcept nogil:
+    cdef uint32_t i
+    for i in range(n):
+        crc = CRC32C_TABLE[(crc ^ p[i]) & 0xFF] ^ (crc >> 8)
+    return crc
+
+
+cdef inline uint32_t sctp_crc(const uint8_t *l4, uint32_t length) noexcept nogil:
+    """CRC32c over the SCTP packet with its checksum field taken as zero (reference
+    packet._sctp_crc)."""
+    cdef uint8_t zero[4]
+    cdef uint32_t crc = 0xFFFFFFFF
+    memset(zero, 0, 4)
+    crc = crc32c_update(crc, l4, 8)
+    crc = crc32c_update(crc, zero, 4)
+    crc = crc32c_update(crc, l4 + 12, length - 12)
+    return ~crc
+
+
+cdef inline uint32_t rd32le(const uint8_t *p) noexcept nogil:
+    return (<uint32_t> p[3] << 24) | (<uint32_t> p[2] << 16) | (<uint32_t> p[1] << 8) | p[0]
+
+
+cdef inline void wr32le(uint8_t *p, uint32_t v) noexcept nogil:
+    p[0] = v & 0xFF
+    p[1] = (v >> 8) & 0xFF
+    p[2] = (v >> 16) & 0xFF
+    p[3] = v >> 24

@@ -38,8 +38,7 @@ cdef enum:  # reasons: verdicts.REASONS, REASON_NAMES
     # Only the reference path gives it (for an exception it caught); C never does, but the
     # enum keeps it so that the reasons match the contract's one for one.
     R_INTERNAL_ERROR
-    # IPv6 only: the fast path does not parse IPv6 yet (issue 15), so it never gives it.
-    R_BAD_EXTENSION_HEADERS
+    R_BAD_EXTENSION_HEADERS  # IPv6: too many, or running past the packet
     R_COUNT
 
 cdef enum:  # flow states: flows.FlowState, STATE_NAMES; timeouts in Timeouts.in_state_order()
@@ -78,10 +77,18 @@ cdef enum:  # TCP flags: as flows.TCP_*
     TCP_RST = 0x04
     TCP_ACK = 0x10
 
-cdef enum:  # IP protocol numbers
+cdef enum:  # IP protocol numbers, and IPv6's extension headers (reference/ipv6.py)
     PROTO_ICMP = 1
     PROTO_TCP = 6
     PROTO_UDP = 17
+    PROTO_ICMPV6 = 58
+    PROTO_SCTP = 132
+    EXT_HOP_BY_HOP = 0
+    EXT_ROUTING = 43
+    EXT_FRAGMENT = 44
+    EXT_AUTHENTICATION = 51
+    EXT_DESTINATION_OPTIONS = 60
+    MAX_EXTENSION_HEADERS = 8  # reference/ipv6.py: a longer chain is refused
 
 cdef enum:
     MAX_RANGES = 16  # service CIDRs
@@ -93,7 +100,7 @@ cdef enum:  # as nfqproxy.datapath.frontends and marks name them (checked when l
     SOURCE_POD = 1               # the mark's source bits, as the queue hands them over
     SOURCE_OFF_CLUSTER = 2
     SOURCE_NODE = 4
-    VARIANT_CLUSTER = 0x80       # in a frontend key's protocol: the cluster variant
+    VARIANT_CLUSTER = 0x100      # in a frontend key's protocol: the cluster variant
 
 # Sentinels that do not fit an enum (a C int): typed compile-time constants.
 cdef extern from *:

@@ -59,16 +59,19 @@ cdef class FastCore:
 
     # --- frontends (slow path, with the GIL) ---------------------------------------------
 
-    def set_frontend(self, uint32_t slot, uint32_t vip, uint8_t proto, uint16_t port,
+    def set_frontend(self, uint32_t slot, bytes vip, uint16_t proto, uint16_t port,
                      list backends, table, double affinity_timeout=0, list draining=None,
                      bint drop_when_empty=False, list marks=None, uint8_t policy=0):
-        """Installs a frontend in a slot: backends [(packed ip, port)], table array('H'),
+        """Installs a frontend in a slot for a packed VIP (4 or 16 bytes): backends
+        [(packed ip, port)] of its family, table array('H'),
         and the draining backends, which keep their open flows but get no new ones.
         drop_when_empty: with no backends, drop new flows instead of rejecting them.
         marks: the offload path's mark for each backend, chosen then draining.
         policy: POLICY_*, how the frontend's sources are told apart."""
         cdef Frontend *f
         with self.hold():
+            if len(vip) == 16:
+                flows_widen(&self.c.flows)  # before any IPv6 flow can be made
             f = frontend_install(&self.c.services, slot, vip, proto, port, backends,
                                  backends + (draining or []), table, marks)
             f.affinity_timeout = affinity_timeout
@@ -136,15 +139,15 @@ cdef class FastCore:
                           bytes backend, uint16_t backend_port, double expires):
         """Records a client's sticky backend (packed addresses); False when the table is
         full or no frontend has session affinity (the table is not allocated)."""
-        if len(client) != 4 or len(vip) != 4 or len(backend) != 4:
-            raise ValueError("the compiled core handles IPv4 addresses only")
+        if len(client) not in (4, 16) or len(vip) != len(client) or len(backend) != len(client):
+            raise ValueError("client, VIP and backend: 4 or 16 bytes each, one family")
         with self.hold():
             if self.c.affinity.entries == NULL:
                 return False
             return affinity_remember(&self.c.affinity, proto,
-                                     rd32raw(<const uint8_t *> <const char *> client),
-                                     rd32raw(<const uint8_t *> <const char *> vip), vport,
-                                     rd32raw(<const uint8_t *> <const char *> backend),
+                                     addr_read(<const uint8_t *> <const char *> client, len(client)),
+                                     addr_read(<const uint8_t *> <const char *> vip, len(vip)), vport,
+                                     addr_read(<const uint8_t *> <const char *> backend, len(backend)),
                                      backend_port, expires)
 
     def expire(self, double now):
@@ -189,6 +192,9 @@ cdef class FastCore:
         return self.c.affinity.limit
 
     @staticmethod
-    def bytes_per_flow():
-        """What one tracked flow costs: its entry plus two index slots at load factor 0.5."""
-        return sizeof(Flow) + 2 * 2 * sizeof(uint32_t)
+    def bytes_per_flow(int version=4):
+        """What one tracked flow costs: its entry plus two index slots at load factor 0.5;
+        an IPv6 flow also its addresses whole, in the table's second array."""
+        if version not in (4, 6):
+            raise ValueError(f"IP version 4 or 6, not {version}")
+        return sizeof(Flow) + 2 * 2 * sizeof(uint32_t) + (sizeof(WideAddrs) if version == 6 else 0)

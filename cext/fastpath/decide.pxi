@@ -2,10 +2,10 @@
 # reference's process() (nfqproxy.datapath.reference.datapath), with the same reasons in the
 # same order of checks. The packet is rewritten in place; nothing here takes the GIL.
 
-cdef inline bint is_request(ServiceTable *s, uint8_t *pkt, Headers *h) noexcept nogil:
+cdef inline bint is_request(ServiceTable *s, Headers *h) noexcept nogil:
     """To a service: a ClusterIP (the whole range), or an external frontend. The hooks queue
     only the frontends' own ports outside the range, so any other packet is a reply."""
-    return in_service_ranges(s, rd32(pkt + 16)) or frontend_find(s, h.dst, h.proto, h.dport) != NULL
+    return in_service_ranges(s, h.dst) or frontend_find(s, h.dst, h.proto, h.dport) != NULL
 
 
 cdef Frontend *frontend_for_new_flow(Core *c, Headers *h, Verdict *v, int source) noexcept nogil:
@@ -18,7 +18,7 @@ cdef Frontend *frontend_for_new_flow(Core *c, Headers *h, Verdict *v, int source
     v.masquerade = 0
     if f == NULL:
         v.action = ACT_REJECT
-        v.reason = R_PORT_NOT_SERVED if map_slot(&c.services.vip_map, h.dst, False) != NULL else R_NO_SERVICE
+        v.reason = R_PORT_NOT_SERVED if map_slot(&c.services.vip_map, h.dst, 0, False) != NULL else R_NO_SERVICE
         return NULL
     if f.policy == POLICY_EXTERNAL_CLUSTER:
         masquerade = True
@@ -47,9 +47,11 @@ cdef void decide_request(Core *c, uint8_t *pkt, Headers *h, double now, bint par
                          int source, Verdict *v) noexcept nogil:
     """A packet to a service address: a known flow's, or a new flow's, DNATed."""
     cdef FlowTable *t = &c.flows
-    cdef uint32_t index = flow_live(t, flow_find(t, False, h.proto, h.src, h.sport, h.dst, h.dport), now)
+    cdef uint32_t index = flow_live(t, flow_find(t, False, h.proto, h.src, h.sport, h.dst, h.dport,
+                                                 h.version), now)
     cdef Frontend *f
-    cdef Flow flow
+    cdef FlowSpec flow
+    cdef Addr backend
     v.reason = R_REQUEST
     v.masquerade = 0
     if index != NIL and t.entries[index].state == S_BACKEND_GONE:
@@ -65,7 +67,7 @@ cdef void decide_request(Core *c, uint8_t *pkt, Headers *h, double now, bint par
         if f == NULL:
             return
         flow.proto, flow.client_ip, flow.client_port = h.proto, h.src, h.sport
-        flow.vip, flow.vport = h.dst, h.dport
+        flow.vip, flow.vport, flow.version = h.dst, h.dport, h.version
         f.decided[choose_backend(c, f, &flow, now)] += 1
         flow.state = initial_state(h.proto, h.flags)
         flow.masquerade = v.masquerade
@@ -73,14 +75,15 @@ cdef void decide_request(Core *c, uint8_t *pkt, Headers *h, double now, bint par
         v.reason = R_NEW_FLOW
     else:
         flow_observe(t, index, True, h.flags, now)
-    rewrite(pkt, h.hl, h.proto, t.entries[index].backend_ip, t.entries[index].backend_port,
-            True, partial)
+    backend = flow_backend(t, index)
+    rewrite(pkt, h, &backend, t.entries[index].backend_port, True, partial)
     v.action, v.proxied = ACT_ACCEPT, 1
     # The nat table decides on a connection's first packet, which need not be the flow's:
     # a client that reuses a 5-tuple still in the table starts a new conntrack entry on a
     # known flow. So every request carries the flow's masquerade, as it was decided.
     v.masquerade = (t.entries[index].masquerade
-                    or t.entries[index].backend_ip == t.entries[index].client_ip)
+                    or t.entries[index].backend_ip == t.entries[index].client_ip
+                    and addr_eq(backend, flow_client(t, index)))
 
 
 cdef void decide_reply(Core *c, uint8_t *pkt, Headers *h, double now, bint partial,
@@ -88,9 +91,11 @@ cdef void decide_reply(Core *c, uint8_t *pkt, Headers *h, double now, bint parti
     """Any other packet is a reply of a proxied connection (the hooks queue no others):
     un-NATed, its flow rebuilt from the backend when the table lost it (after a restart)."""
     cdef FlowTable *t = &c.flows
-    cdef uint32_t index = flow_live(t, flow_find(t, True, h.proto, h.src, h.sport, h.dst, h.dport), now)
+    cdef uint32_t index = flow_live(t, flow_find(t, True, h.proto, h.src, h.sport, h.dst, h.dport,
+                                                 h.version), now)
     cdef Frontend *f
-    cdef Flow flow
+    cdef FlowSpec flow
+    cdef Addr vip
     v.reason = R_REPLY
     if index == NIL:
         f = frontend_of_backend(&c.services, h.proto, h.src, h.sport)
@@ -99,32 +104,56 @@ cdef void decide_reply(Core *c, uint8_t *pkt, Headers *h, double now, bint parti
             return
         flow.proto, flow.client_ip, flow.client_port = h.proto, h.dst, h.dport
         flow.vip, flow.vport = f.vip, f.port
-        flow.backend_ip, flow.backend_port = h.src, h.sport
+        flow.backend_ip, flow.backend_port, flow.version = h.src, h.sport, h.version
         flow.state = S_ESTABLISHED if h.proto == PROTO_TCP else S_UDP_REPLIED
         flow.masquerade = 0  # its conntrack entry, which holds the NAT, lives on
         index = flow_add(t, &flow, now)
         v.reason = R_REPLY_RECOVERED
     flow_observe(t, index, False, h.flags, now)
-    rewrite(pkt, h.hl, h.proto, t.entries[index].vip, t.entries[index].vport, False, partial)
+    vip = flow_vip(t, index)
+    rewrite(pkt, h, &vip, t.entries[index].vport, False, partial)
     v.action = ACT_ACCEPT
+
+
+cdef inline bint has_options(Headers *h) noexcept nogil:
+    """IPv4 options, or IPv6 extension headers: counted as ip_options."""
+    return h.hl > 20 if h.version == 4 else h.extensions > 0
+
+
+cdef inline bint parse_packet(Core *c, uint8_t *pkt, uint32_t length, double now,
+                              Headers *h, Verdict *v, bint icmp) noexcept nogil:
+    """reference packet.parse, both families: True for a TCP, UDP or SCTP packet with h
+    filled; False with the verdict's reason set otherwise, or with an ICMP error about a
+    proxied flow translated (only if icmp: the offload path gets none)."""
+    if not parse_ip(pkt, length, h, v):
+        return False
+    if h.later_fragment:
+        # The kernel reassembles IPv6 before the raw table when conntrack is loaded (it is
+        # with our hooks): a later fragment has no ports. Counted, dropped.
+        v.reason = R_FRAGMENT
+        return False
+    if h.proto == (PROTO_ICMP if h.version == 4 else PROTO_ICMPV6):
+        if not icmp:
+            # ICMP errors about a flow are RELATED, not NEW, and conntrack translates
+            # them; what comes here (an echo request to a VIP, say) is no service's.
+            v.reason = R_UNSUPPORTED
+        else:
+            icmp_error(c, pkt, h, now, v)
+        return False
+    if h.proto != PROTO_TCP and h.proto != PROTO_UDP and h.proto != PROTO_SCTP:
+        v.reason = R_UNSUPPORTED
+        return False
+    return parse_ports(pkt, h, v)
 
 
 cdef inline void decide(Core *c, uint8_t *pkt, uint32_t length, double now, bint partial,
                         int source, Verdict *v) noexcept nogil:
     cdef Headers h
-    if not parse_ip(pkt, length, &h, v):
+    if not parse_packet(c, pkt, length, now, &h, v, True):
         return
-    if h.proto == PROTO_ICMP:
-        icmp_error(c, pkt, h.hl, h.total, now, v)
-        return
-    if h.proto != PROTO_TCP and h.proto != PROTO_UDP:
-        v.reason = R_UNSUPPORTED
-        return
-    if not parse_ports(pkt, &h, v):
-        return
-    if h.hl > 20:
+    if has_options(&h):
         c.events[E_IP_OPTIONS] += 1
-    if is_request(&c.services, pkt, &h):
+    if is_request(&c.services, &h):
         decide_request(c, pkt, &h, now, partial, source, v)
     else:
         decide_reply(c, pkt, &h, now, partial, v)
@@ -151,21 +180,17 @@ cdef void decide_first(Core *c, uint8_t *pkt, uint32_t length, double now, int s
     DNAT map and conntrack do the rest. No flow is recorded here: conntrack holds them."""
     cdef Headers h
     cdef Frontend *f
-    cdef Flow flow
+    cdef FlowSpec flow
     cdef uint32_t chosen
-    if not parse_ip(pkt, length, &h, v):
+    if not parse_packet(c, pkt, length, now, &h, v, False):
         return
-    if h.proto != PROTO_TCP and h.proto != PROTO_UDP:
-        # ICMP errors about a flow are RELATED, not NEW, and conntrack translates them;
-        # what comes here (an echo request to a VIP, say) is no service's.
-        v.reason = R_UNSUPPORTED
+    if h.proto == PROTO_SCTP:
+        v.reason = R_UNSUPPORTED  # the kernel's DNAT map holds TCP and UDP (offload/nft.py)
         return
-    if not parse_ports(pkt, &h, v):
-        return
-    if h.hl > 20:
+    if has_options(&h):
         c.events[E_IP_OPTIONS] += 1
     v.reason = R_UNKNOWN_REPLY
-    if not is_request(&c.services, pkt, &h):
+    if not is_request(&c.services, &h):
         return  # the hooks queue only the frontends; as the fast path, drop the unplaceable
     if h.proto == PROTO_TCP and not (h.flags & TCP_SYN and not h.flags & TCP_ACK):
         # Conntrack no longer knows this connection: its backend was removed (its entries
@@ -177,12 +202,12 @@ cdef void decide_first(Core *c, uint8_t *pkt, uint32_t length, double now, int s
     if f == NULL:
         return
     flow.proto, flow.client_ip, flow.client_port = h.proto, h.src, h.sport
-    flow.vip, flow.vport = h.dst, h.dport
+    flow.vip, flow.vport, flow.version = h.dst, h.dport, h.version
     chosen = choose_backend(c, f, &flow, now)
     f.decided[chosen] += 1
     v.action, v.reason, v.proxied = ACT_ACCEPT, R_NEW_FLOW, 1
     v.mark = f.backend_marks[chosen]
-    v.masquerade = v.masquerade or flow.backend_ip == flow.client_ip
+    v.masquerade = v.masquerade or addr_eq(flow.backend_ip, flow.client_ip)
 
 
 cdef Verdict process_first_packet(Core *c, uint8_t *pkt, uint32_t length,

@@ -61,32 +61,88 @@ cdef int flows_init(FlowTable *t, uint32_t capacity, tuple timeouts) except -1:
 
 cdef void flows_free(FlowTable *t) noexcept nogil:
     free(t.entries)
+    free(t.wide)
     free(t.forward_index)
     free(t.reply_index)
 
 
+cdef int flows_widen(FlowTable *t) except -1:
+    """Makes room for IPv6 flows' addresses, once: the first IPv6 frontend calls it."""
+    if t.wide == NULL:
+        # calloc: untouched pages cost no memory until IPv6 flows land in them.
+        t.wide = <WideAddrs *> calloc(t.capacity, sizeof(WideAddrs))
+        if t.wide == NULL:
+            raise MemoryError()
+    return 0
+
+
+cdef inline uint32_t compact(Addr a, uint8_t version) noexcept nogil:
+    """What a Flow entry holds of an address: IPv4's 4 bytes, or a fold of IPv6's 16."""
+    cdef uint32_t raw
+    cdef uint64_t folded
+    if version == 4:
+        memcpy(&raw, (<const uint8_t *> &a) + 12, 4)
+        return raw
+    folded = mix64(a.hi) ^ a.lo
+    return <uint32_t> (folded ^ (folded >> 32))
+
+
+cdef inline Addr widen(uint32_t raw) noexcept nogil:
+    return addr_read(<const uint8_t *> &raw, 4)
+
+
+cdef inline Addr flow_client(FlowTable *t, uint32_t i) noexcept nogil:
+    return t.wide[i].client_ip if t.entries[i].version == 6 else widen(t.entries[i].client_ip)
+
+
+cdef inline Addr flow_vip(FlowTable *t, uint32_t i) noexcept nogil:
+    return t.wide[i].vip if t.entries[i].version == 6 else widen(t.entries[i].vip)
+
+
+cdef inline Addr flow_backend(FlowTable *t, uint32_t i) noexcept nogil:
+    return t.wide[i].backend_ip if t.entries[i].version == 6 else widen(t.entries[i].backend_ip)
+
+
+cdef inline uint64_t flow_index_hash(uint8_t proto, uint32_t a, uint16_t pa, uint32_t b,
+                                     uint16_t pb) noexcept nogil:
+    # For the internal indexes only: any good mix will do. Backend choice uses the
+    # specified hash instead (hashing.flow_hash).
+    return mix64(((<uint64_t> a) << 32 | b) ^ mix64((<uint64_t> pa) << 24 | (<uint64_t> pb) << 8 | proto))
+
+
 cdef inline uint64_t forward_home(FlowTable *t, Flow *f) noexcept nogil:
-    return index_hash(f.proto, f.client_ip, f.client_port, f.vip, f.vport) & t.index_mask
+    return flow_index_hash(f.proto, f.client_ip, f.client_port, f.vip, f.vport) & t.index_mask
 
 
 cdef inline uint64_t reply_home(FlowTable *t, Flow *f) noexcept nogil:
-    return index_hash(f.proto, f.backend_ip, f.backend_port, f.client_ip, f.client_port) & t.index_mask
+    return flow_index_hash(f.proto, f.backend_ip, f.backend_port, f.client_ip, f.client_port) & t.index_mask
 
 
-cdef uint32_t flow_find(FlowTable *t, bint reply, uint8_t proto, uint32_t a, uint16_t pa,
-                        uint32_t b, uint16_t pb) noexcept nogil:
+cdef uint32_t flow_find(FlowTable *t, bint reply, uint8_t proto, Addr a, uint16_t pa,
+                        Addr b, uint16_t pb, uint8_t version) noexcept nogil:
     """The flow of a request (a: client, b: VIP) or of a reply (a: backend, b: client)."""
     cdef uint32_t *index = t.reply_index if reply else t.forward_index
-    cdef uint64_t i = index_hash(proto, a, pa, b, pb) & t.index_mask
+    cdef uint32_t ca = compact(a, version), cb = compact(b, version)
+    cdef uint64_t i = flow_index_hash(proto, ca, pa, cb, pb) & t.index_mask
     cdef Flow *f
+    cdef WideAddrs *w
     while index[i] != NIL:
         f = &t.entries[index[i]]
-        if f.proto == proto:
+        if f.proto == proto and f.version == version:
             if reply:
-                if f.backend_ip == a and f.backend_port == pa and f.client_ip == b and f.client_port == pb:
+                if (f.backend_port == pa and f.client_port == pb and f.backend_ip == ca
+                        and f.client_ip == cb):
+                    if version == 4:
+                        return index[i]
+                    w = &t.wide[index[i]]
+                    if addr_eq(w.backend_ip, a) and addr_eq(w.client_ip, b):
+                        return index[i]
+            elif f.client_port == pa and f.vport == pb and f.client_ip == ca and f.vip == cb:
+                if version == 4:
                     return index[i]
-            elif f.client_ip == a and f.client_port == pa and f.vip == b and f.vport == pb:
-                return index[i]
+                w = &t.wide[index[i]]
+                if addr_eq(w.client_ip, a) and addr_eq(w.vip, b):
+                    return index[i]
         i = (i + 1) & t.index_mask
     return NIL
 
@@ -163,9 +219,12 @@ cdef uint32_t flow_live(FlowTable *t, uint32_t index, double now) noexcept nogil
     return index
 
 
-cdef uint32_t flow_add(FlowTable *t, Flow *new_flow, double now) noexcept nogil:
-    """Adds a copy of new_flow, replacing any flow it clashes with on either index."""
+cdef uint32_t flow_add(FlowTable *t, FlowSpec *new_flow, double now) noexcept nogil:
+    """Adds new_flow, replacing any flow it clashes with on either index. An IPv6 flow
+    needs t.wide (flows_widen, done with its frontend)."""
     cdef uint32_t index
+    cdef uint8_t version = new_flow.version
+    cdef Flow *f
     # A full table is scanned for expired flows at most once per FULL_SCAN_INTERVAL
     # (as the reference does): a scan for every new flow made a SYN flood cost O(table)
     # per packet, and the queue overflowed.
@@ -176,19 +235,28 @@ cdef uint32_t flow_add(FlowTable *t, Flow *new_flow, double now) noexcept nogil:
         flow_remove(t, t.oldest)
         t.evicted += 1
     index = flow_find(t, False, new_flow.proto, new_flow.client_ip, new_flow.client_port,
-                      new_flow.vip, new_flow.vport)
+                      new_flow.vip, new_flow.vport, version)
     if index != NIL:
         flow_remove(t, index)
     index = flow_find(t, True, new_flow.proto, new_flow.backend_ip, new_flow.backend_port,
-                      new_flow.client_ip, new_flow.client_port)
+                      new_flow.client_ip, new_flow.client_port, version)
     if index != NIL:
         flow_remove(t, index)
     index = t.free_head
-    t.free_head = t.entries[index].newer
-    t.entries[index] = new_flow[0]
-    t.entries[index].expires = now + t.timeouts[new_flow.state]
-    t.entries[index].older = t.newest
-    t.entries[index].newer = NIL
+    f = &t.entries[index]
+    t.free_head = f.newer
+    f.client_ip = compact(new_flow.client_ip, version)
+    f.vip = compact(new_flow.vip, version)
+    f.backend_ip = compact(new_flow.backend_ip, version)
+    f.client_port, f.vport, f.backend_port = new_flow.client_port, new_flow.vport, new_flow.backend_port
+    f.proto, f.state, f.masquerade, f.version = new_flow.proto, new_flow.state, new_flow.masquerade, version
+    if version == 6:
+        t.wide[index].client_ip = new_flow.client_ip
+        t.wide[index].vip = new_flow.vip
+        t.wide[index].backend_ip = new_flow.backend_ip
+    f.expires = now + t.timeouts[new_flow.state]
+    f.older = t.newest
+    f.newer = NIL
     if t.newest != NIL:
         t.entries[t.newest].newer = index
     else:

@@ -19,25 +19,35 @@ cdef dict named_counters(Core *c):
 cdef list flow_rows(FlowTable *t):
     """Every flow, oldest first: (proto, client ip, client port, vip, vport, backend ip,
     backend port, state name, expires), addresses packed."""
-    cdef uint32_t index = t.oldest
+    cdef uint32_t index = t.oldest, size
     cdef Flow *f
+    cdef Addr client, vip, backend
     out = []
     while index != NIL:
         f = &t.entries[index]
-        out.append((f.proto, (<char *> &f.client_ip)[:4], f.client_port, (<char *> &f.vip)[:4],
-                    f.vport, (<char *> &f.backend_ip)[:4], f.backend_port, STATE_NAMES[f.state],
+        size = address_size(f.version)
+        client, vip, backend = flow_client(t, index), flow_vip(t, index), flow_backend(t, index)
+        out.append((f.proto, packed(&client, size), f.client_port, packed(&vip, size),
+                    f.vport, packed(&backend, size), f.backend_port, STATE_NAMES[f.state],
                     f.expires))
         index = f.newer
     return out
 
 
+cdef inline bytes packed(const Addr *a, uint32_t size):
+    return (<const char *> addr_bytes(a, size))[:size]
+
+
 cdef dict flow_state_counts(FlowTable *t):
     """{"tcp/established": n, ...} over every flow, without a Python object per flow."""
-    cdef uint64_t counts[2][S_COUNT]
+    cdef uint64_t counts[3][S_COUNT]
     cdef uint32_t index = t.oldest
+    cdef uint8_t proto
     memset(counts, 0, sizeof(counts))
     while index != NIL:
-        counts[0 if t.entries[index].proto == PROTO_TCP else 1][t.entries[index].state] += 1
+        proto = t.entries[index].proto
+        counts[0 if proto == PROTO_TCP else 2 if proto == PROTO_SCTP else 1][t.entries[index].state] += 1
         index = t.entries[index].newer
-    return {f"{'tcp' if p == 0 else 'udp'}/{STATE_NAMES[st]}": counts[p][st]
-            for p in range(2) for st in range(S_COUNT) if counts[p][st]}
+    names = ("tcp", "udp", "sctp")  # as flows.flow_summary names them
+    return {f"{names[p]}/{STATE_NAMES[st]}": counts[p][st]
+            for p in range(3) for st in range(S_COUNT) if counts[p][st]}

@@ -2,17 +2,30 @@
 # FastCore wraps for Python. The per-packet functions take a Core (or one of its tables) by
 # pointer, without the GIL.
 #
+# Addresses are one 16-byte Addr in both families, IPv4 mapped into IPv6 (::ffff:a.b.c.d),
+# everywhere but in the connection table, whose size is per flow. There an IPv4 flow keeps
+# its three 4-byte addresses in its 40-byte entry, and an IPv6 flow keeps 32-bit folds of
+# its addresses there (to find it) and the addresses whole in a second array at the same
+# index, allocated with the first IPv6 frontend: a table per family in effect, and IPv4
+# flows cost what they did.
+#
 # Connection table: a fixed array of 40-byte Flow entries on a FIFO list (oldest first, for
 # eviction), and two open-addressing indexes (client side and backend side) of uint32 slots
-# at load factor <= 0.5: at most 40 + 2 * 2 * 4 = 56 bytes per flow, allocated once.
+# at load factor <= 0.5: at most 40 + 2 * 2 * 4 = 56 bytes per IPv4 flow, allocated once;
+# 56 + 48 = 104 per IPv6 flow.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 from fastpath.constants cimport ACT_COUNT, E_COUNT, MAX_RANGES, R_COUNT, S_COUNT
 from includes.threads cimport pthread_mutex_t
 
 
+cdef struct Addr:         # the 16 bytes of an IPv6 address, or of an IPv4-mapped one
+    uint64_t hi           # bytes 0-7 as they sit in memory
+    uint64_t lo           # bytes 8-15
+
+
 cdef struct Flow:
-    uint32_t client_ip    # addresses as they sit in the packet (network order)
+    uint32_t client_ip    # IPv4: as it sits in the packet; IPv6: a fold (wide holds it whole)
     uint32_t vip
     uint32_t backend_ip
     uint16_t client_port  # ports in host order
@@ -21,19 +34,39 @@ cdef struct Flow:
     uint8_t proto
     uint8_t state
     uint8_t masquerade    # decided with the flow: every new connection on its 5-tuple gets it
+    uint8_t version       # 4 or 6 (in what was padding: the entry stays 40 bytes)
     uint32_t older        # FIFO links: insertion order, for eviction when full
     uint32_t newer
     double expires
 
 
-cdef struct Frontend:
-    uint32_t vip
-    uint16_t port
+cdef struct WideAddrs:    # an IPv6 flow's addresses, at its index in FlowTable.wide
+    Addr client_ip
+    Addr vip
+    Addr backend_ip
+
+
+cdef struct FlowSpec:     # a flow being made, of either family, before it is in the table
+    Addr client_ip
+    Addr vip
+    Addr backend_ip
+    uint16_t client_port
+    uint16_t vport
+    uint16_t backend_port
     uint8_t proto
+    uint8_t state
+    uint8_t masquerade
+    uint8_t version
+
+
+cdef struct Frontend:
+    Addr vip
+    uint16_t port
+    uint16_t proto           # with VARIANT_CLUSTER (0x100) for a Local service's second table
     uint8_t used
     uint32_t backend_count   # chosen: in the Maglev table
     uint32_t present_count   # chosen, then draining ones: still part of the service
-    uint32_t *backend_ips
+    Addr *backend_ips
     uint16_t *backend_ports
     uint32_t *backend_marks  # the offload path's mark for each backend (0 on the fast path)
     uint64_t *decided        # new flows sent to each backend since it was installed
@@ -45,9 +78,9 @@ cdef struct Frontend:
 
 
 cdef struct Affinity:         # one client's sticky backend for one service port
-    uint32_t client_ip
-    uint32_t vip
-    uint32_t backend_ip
+    Addr client_ip
+    Addr vip
+    Addr backend_ip
     uint16_t vport
     uint16_t backend_port
     uint8_t proto
@@ -64,25 +97,36 @@ cdef struct Verdict:
     uint32_t mark         # the offload path: the chosen backend's mark, for the DNAT map
 
 
-cdef struct Headers:      # what parsing found in a TCP or UDP packet
-    uint32_t hl           # IP header length
-    uint32_t total        # IP total length
+cdef struct Headers:      # what parsing found in a TCP, UDP or SCTP packet
+    uint8_t version       # 4 or 6
+    uint32_t hl           # offset of the upper-layer header (IPv6: past its extensions)
+    uint32_t total        # IP total length (IPv6: 40 + payload length)
+    uint32_t extensions   # IPv6 extension headers walked
+    bint first_fragment   # IPv6: offset 0 with more to come, decided by its ports
+    bint later_fragment   # IPv6: a non-zero offset, no upper-layer header
     uint8_t proto
-    uint8_t flags         # TCP flags; 0 for UDP
-    uint32_t src          # addresses as they sit in the packet
-    uint32_t dst
+    uint8_t flags         # TCP flags; 0 for UDP and SCTP
+    Addr src
+    Addr dst
     uint16_t sport        # ports in host order
     uint16_t dport
 
 
-cdef struct U64Map:       # open addressing uint64 -> uint32, rebuilt whole on table changes
-    uint64_t *keys
+cdef struct MapKey:
+    Addr address
+    uint32_t extra        # (protocol << 16 | port), or 0 for an address alone
+    uint32_t used
+
+
+cdef struct AddrMap:      # open addressing (Addr, extra) -> uint32, rebuilt whole on changes
+    MapKey *keys
     uint32_t *values
     uint64_t mask
 
 
 cdef struct FlowTable:
     Flow *entries
+    WideAddrs *wide        # IPv6 flows' addresses by flow index; NULL until an IPv6 frontend
     uint32_t capacity
     uint32_t count
     uint32_t free_head     # the free list threads through Flow.newer
@@ -101,11 +145,11 @@ cdef struct FlowTable:
 cdef struct ServiceTable:
     Frontend *frontends    # by slot, as FastDatapath assigns them
     uint32_t slots
-    U64Map frontend_map    # (VIP, proto, port) -> slot
-    U64Map vip_map         # VIP -> 1: tells "no such port" from "no such service"
-    U64Map backend_map     # (proto, backend) -> slot, or AMBIGUOUS: to recover replies
-    uint32_t range_net[MAX_RANGES]  # the service CIDRs, host order
-    uint32_t range_mask[MAX_RANGES]
+    AddrMap frontend_map   # (VIP, proto, port) -> slot
+    AddrMap vip_map        # VIP -> 1: tells "no such port" from "no such service"
+    AddrMap backend_map    # (proto, backend) -> slot, or AMBIGUOUS: to recover replies
+    Addr range_net[MAX_RANGES]  # the service CIDRs (IPv4 ones mapped: /96 + prefix)
+    Addr range_mask[MAX_RANGES]
     int range_count
 
 

@@ -24,17 +24,19 @@ cdef inline uint64_t hash64(const uint8_t *data, size_t length, uint64_t seed) n
     return mix64(value)
 
 
-cdef inline uint64_t flow_hash(uint8_t proto, uint32_t src, uint16_t sport, uint32_t dst,
-                               uint16_t dport, uint64_t flow_seed) noexcept nogil:
+cdef inline uint64_t flow_hash(uint8_t proto, const uint8_t *src, uint16_t sport,
+                               const uint8_t *dst, uint16_t dport, size_t size,
+                               uint64_t flow_seed) noexcept nogil:
     """hashing.flow_hash with its seed ^ SEED_FLOW done by the caller (flow_seed), once per
-    table rather than once per packet. Addresses as they sit in the packet (network order),
-    ports in host order: the bytes hashed are src, dst, sport, dport (big-endian), proto."""
-    cdef uint8_t buf[13]
-    memcpy(buf, &src, 4)
-    memcpy(buf + 4, &dst, 4)
-    buf[8] = sport >> 8
-    buf[9] = sport & 0xFF
-    buf[10] = dport >> 8
-    buf[11] = dport & 0xFF
-    buf[12] = proto
-    return hash64(buf, 13, flow_seed)
+    table rather than once per packet. src and dst: size (4 or 16) bytes of address as they
+    sit in the packet; ports in host order. The bytes hashed are src, dst, sport, dport
+    (big-endian), proto."""
+    cdef uint8_t buf[37]
+    memcpy(buf, src, size)
+    memcpy(buf + size, dst, size)
+    buf[2 * size] = sport >> 8
+    buf[2 * size + 1] = sport & 0xFF
+    buf[2 * size + 2] = dport >> 8
+    buf[2 * size + 3] = dport & 0xFF
+    buf[2 * size + 4] = proto
+    return hash64(buf, 2 * size + 5, flow_seed)

@@ -26,7 +26,7 @@ class FastCore:
     def affinity_limit(self) -> int: ...
     def __init__(
         self,
-        ranges: list[tuple[int, int]],
+        ranges: list[tuple[bytes, bytes]],  # 16-byte network and mask (IPv4 mapped)
         capacity: int,
         timeouts: tuple[float, ...],
         seed: int,
@@ -36,7 +36,7 @@ class FastCore:
     def set_frontend(
         self,
         slot: int,
-        vip: int,
+        vip: bytes,
         proto: int,
         port: int,
         backends: list[tuple[bytes, int]],
@@ -73,7 +73,7 @@ class FastCore:
     def flows(self) -> list[FlowTuple]: ...
     def state_counts(self) -> dict[str, int]: ...
     @staticmethod
-    def bytes_per_flow() -> int: ...
+    def bytes_per_flow(version: int = 4) -> int: ...
 
 class FastQueue:
     def __init__(

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nfqproxy.datapath import factory
-from nfqproxy.datapath.fast.datapath import FastDatapath, fast_path_available
+from nfqproxy.datapath.fast.datapath import FastDatapath
 from nfqproxy.datapath.marks import SOURCE_NODE, SOURCE_OFF_CLUSTER, SOURCE_POD
 from nfqproxy.datapath.verdicts import Action
 from nfqproxy.model import Backend, ServicePort, Snapshot
@@ -30,13 +30,9 @@ from nfqproxy_lab.packets import (
     udp_packet,
 )
 from tests.helpers.clock import FakeClock
-from tests.helpers.datapaths import REFERENCE, candidate_params, new_datapath
+from tests.helpers.datapaths import REFERENCE, new_datapath
+from tests.helpers.differential import each_candidate, needs_fast, run
 from tests.helpers.snapshots import BACKENDS, snapshot
-
-# The fast path's own tests (its C table's size, its CHECKSUM_PARTIAL entry point).
-needs_fast = pytest.mark.skipif(not fast_path_available(), reason="the fast path is not built")
-# Every data path but the reference, in turn; one that cannot run here is skipped.
-each_candidate = pytest.mark.parametrize("candidate", candidate_params())
 
 NOW = 5000.0  # where every test clock starts
 CLIENTS = ["10.244.1.2", "10.244.1.3", "10.244.11.2"]  # the last is also a backend: hairpin
@@ -203,32 +199,6 @@ def _beyond(candidate: str, op: tuple[str, Any]) -> bool:
         for p in packets
         if len(p) >= 20
     )
-
-
-def run(datapath: Any, clock: FakeClock, ops: list[tuple[str, Any]]) -> list[Any]:
-    trace: list[Any] = []
-    for op, arg in ops:
-        if op in ("packet", "packets", "sourced"):
-            source, packets = (arg[0], [arg[1]]) if op == "sourced" else (0, [arg])
-            for packet in packets if op != "packets" else arg:
-                v = datapath.process(packet, source)
-                trace.append((v.action, v.reason, v.payload, v.proxied, v.masquerade))
-        elif op == "apply":
-            trace.append(sorted(datapath.apply(snapshot(*arg))))
-        elif op == "apply_snapshot":
-            trace.append(sorted(datapath.apply(arg)))
-        elif op == "tick":
-            clock.now += arg
-        else:
-            trace.append(datapath.expire())
-        trace.append(
-            (
-                len(datapath.flows) if hasattr(datapath, "flows") else len(datapath),
-                dict(datapath.counters),
-                datapath.status()["session_affinity"],
-            )
-        )
-    return trace
 
 
 @each_candidate

@@ -14,7 +14,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nfqproxy import defaults
 from nfqproxy.datapath import factory
 from nfqproxy.datapath.interface import Datapath
 from nfqproxy.datapath.reference import ipv6
@@ -205,14 +204,6 @@ def test_malformed_ipv6_packets_are_dropped_with_named_counters(
 ) -> None:
     verdict = datapath.process(packet)
     assert (verdict.action, verdict.reason) == (Action.DROP, reason)
-
-
-def test_an_ipv4_only_data_path_is_refused_an_ipv6_service_range() -> None:
-    for name, implementation in factory.DATAPATHS.items():
-        if 6 in implementation.families or not implementation.available():
-            continue
-        with pytest.raises(ValueError, match="IPv4 only"):
-            new_datapath(name, service_cidrs=(*defaults.SERVICE_CIDRS, CIDRS[1]))
 
 
 @st.composite

@@ -6,13 +6,12 @@ C. CompiledTables programs a FastCore from a plan; each data path adds its own a
 from __future__ import annotations
 
 import os
-import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
-from ipaddress import ip_address
+from ipaddress import IPv6Network, ip_address
 
 from nfqproxy.datapath.flows import Timeouts
-from nfqproxy.datapath.frontends import Frontend, TableChanges, TableKey, compiled_protocol
+from nfqproxy.datapath.frontends import Frontend, TableChanges, TableKey
 from nfqproxy.model import IPNetwork
 
 # Why the extension could not be loaded, for the error that asks for a data path using it.
@@ -45,6 +44,15 @@ def require_compiled(name: str) -> None:
         )
 
 
+def mapped_range(cidr: IPNetwork) -> tuple[bytes, bytes]:
+    """A service CIDR as the C tables hold addresses, 16 bytes: an IPv4 one mapped into
+    IPv6 (::ffff:0:0/96), its mask 96 bits longer."""
+    if cidr.version == 4:
+        mapped = IPv6Network(f"::ffff:{cidr.network_address}/{96 + cidr.prefixlen}")
+        return mapped.network_address.packed, mapped.netmask.packed
+    return cidr.network_address.packed, cidr.netmask.packed
+
+
 # Service ports up to which the status lists the flows decided per backend.
 DECIDED_DETAIL_LIMIT = 1000
 
@@ -64,12 +72,8 @@ class CompiledTables:
         affinity_limit: int = 0,  # 0: affinity_capacity(capacity)
     ) -> None:
         t = timeouts or Timeouts()
-        ranges = list(service_cidrs)
-        if any(c.version != 4 for c in ranges):
-            # Its tables hold 4-byte addresses; the CLI refuses this before we get here.
-            raise ValueError("the compiled data paths serve IPv4 only so far (issue 15)")
         self.core = FastCore(
-            [(int(c.network_address), int(c.netmask)) for c in ranges],
+            [mapped_range(cidr) for cidr in service_cidrs],
             capacity,
             t.in_state_order(),
             seed,
@@ -98,8 +102,8 @@ class CompiledTables:
             vip, proto, port = key
             self.core.set_frontend(
                 self._slots[key],
-                int.from_bytes(vip, sys.byteorder),
-                compiled_protocol(proto),
+                vip,
+                proto,
                 port,
                 list(frontend.backends),
                 frontend.selector.table,

@@ -137,7 +137,13 @@ DATAPATHS: dict[str, Implementation] = {
     # "Choosing a data path"); moving a running node between the two resets its open
     # flows, so it is chosen, not defaulted to.
     "fast": Implementation(
-        _fast_datapath, _fast_binding, _fast_available, _fast_unavailable_reason, fail_open=True
+        _fast_datapath,
+        _fast_binding,
+        _fast_available,
+        _fast_unavailable_reason,
+        fail_open=True,
+        families=frozenset({4, 6}),
+        protocols=frozenset({6, 17, 132}),
     ),
     "offload": Implementation(
         _offload_datapath,
@@ -147,6 +153,7 @@ DATAPATHS: dict[str, Implementation] = {
         fail_open=True,
         every_packet=False,
         max_queues=65536,
+        families=frozenset({4, 6}),
     ),
     "reference": Implementation(
         _reference_datapath,

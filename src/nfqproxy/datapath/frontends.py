@@ -20,12 +20,9 @@ POLICY_NUMBERS = {name: number for number, name in enumerate(POLICIES)}
 INTERNAL, EXTERNAL_CLUSTER, EXTERNAL_LOCAL = range(3)
 # An externalTrafficPolicy Local frontend's second table, for the cluster's pods and the
 # node: the same address and port, this bit added to the protocol number (above any 8-bit
-# protocol number: SCTP's, 132, has the bit below it).
+# protocol number: SCTP's, 132, has the bit below it). The compiled core uses it too.
 VARIANT_CLUSTER = 0x100
 PROTOCOL_MASK = 0xFF
-# The compiled paths keep a frontend's protocol in 8 bits, with the variant as 0x80: they
-# serve TCP and UDP only, whose numbers lack it (compiled_protocol() converts).
-COMPILED_VARIANT_CLUSTER = 0x80
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +92,6 @@ def table_key(key: ServicePortKey) -> TableKey:
 
 def variant_key(key: TableKey) -> TableKey:
     return (key[0], key[1] | VARIANT_CLUSTER, key[2])
-
-
-def compiled_protocol(protocol: int) -> int:
-    """A table key's protocol as the compiled paths' 8-bit field holds it."""
-    variant = COMPILED_VARIANT_CLUSTER if protocol & VARIANT_CLUSTER else 0
-    return (protocol & PROTOCOL_MASK) | variant
 
 
 def primary_key(key: TableKey) -> TableKey:

@@ -34,7 +34,7 @@ REASONS: tuple[str, ...] = (
     "truncated_ip_header",
     "bad_ihl",
     "bad_total_length",
-    "not_ip",  # neither IPv4 nor IPv6 (the fast path: not IPv4)
+    "not_ip",  # neither IPv4 nor IPv6, or IPv6 with an IPv4-mapped address
     "fragment",
     "truncated_l4_header",
     "unsupported_protocol",

@@ -1,7 +1,9 @@
 """Backend ids for the offload path: each (service port, backend) the tables hold gets a
 number, which the verdict's mark carries and the kernel's DNAT map turns into the backend's
 address. The connection's mark keeps it, so that the flows of one backend of one service
-port can be found and deleted in conntrack, and a restart can adopt them."""
+port can be found and deleted in conntrack, and a restart can adopt them. Addresses are
+packed bytes of either family (4 or 16): the ids are one space over both, so that a mark
+names one backend whichever family's map holds it."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from nfqproxy.datapath.frontends import Frontend, TableKey
+from nfqproxy.datapath.frontends import PROTOCOL_MASK, Frontend, TableKey
 from nfqproxy.datapath.marks import MarkLayout
 
 Backend = tuple[bytes, int]
@@ -90,7 +92,9 @@ class BackendIds:
                 if backend not in kept:
                     result.leaving[assignment] = self.ids[assignment]
                 elif (
-                    key[1] == 17
+                    # The protocol without the cluster variant's bit: a variant table's
+                    # UDP flows move as its frontend's do.
+                    key[1] & PROTOCOL_MASK == UDP
                     and backend not in chosen
                     and frontend
                     and backend in frontend.backends

@@ -2,7 +2,9 @@
 
 Userspace marks each flow it hands to conntrack NAT (the entry's ctmark); this module finds
 those entries by mark, counts them and deletes them, through pyroute2's ctnetlink socket,
-never by running conntrack(8). IPv4 only for now.
+never by running conntrack(8). IPv4, IPv6 or both, as the service ranges are: each request
+names one family, or none (AF_UNSPEC: every family) when both are served, so that a
+dual-stack node still walks its table once per dump or flush, not once per family.
 
 The kernel filters by mark, (ctmark & mask) == mark, on dumps and on flushes, so nothing
 here walks the whole table in Python. Every call is blocking: the proxy's event loop runs
@@ -16,7 +18,7 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -39,7 +41,14 @@ FLUSH_SEQUENCE = 1
 FLUSH_TIMEOUT = 60.0  # seconds: a walk of millions of entries takes a second or two
 
 U32 = 0xFFFF_FFFF
-PROTOCOLS = frozenset({socket.IPPROTO_TCP, socket.IPPROTO_UDP})
+# Transports whose entries carry ports (CTA_PROTO_SRC_PORT/DST_PORT): SCTP's as TCP's.
+PROTOCOLS = frozenset({socket.IPPROTO_TCP, socket.IPPROTO_UDP, socket.IPPROTO_SCTP})
+# A tuple's addresses, by the attributes that hold them: pyroute2 decodes them to text.
+_ADDRESS_ATTRIBUTES = (
+    (socket.AF_INET, "CTA_IP_V4_SRC", "CTA_IP_V4_DST"),
+    (socket.AF_INET6, "CTA_IP_V6_SRC", "CTA_IP_V6_DST"),
+)
+_FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
 
 # Why a request failed, for the errors that have a usual cause.
 _HINTS = {
@@ -57,10 +66,10 @@ class ConntrackError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class TrackedFlow:
-    """One conntrack entry of a TCP or UDP flow, as userspace DNATed it."""
+    """One conntrack entry of a TCP, UDP or SCTP flow, as userspace DNATed it."""
 
-    proto: int  # 6 or 17
-    client_ip: bytes  # packed 4 bytes: the original tuple's source
+    proto: int  # 6, 17 or 132
+    client_ip: bytes  # packed, 4 or 16 bytes: the original tuple's source
     client_port: int
     vip: bytes  # the original tuple's destination
     vport: int
@@ -70,8 +79,17 @@ class TrackedFlow:
     timeout: int  # seconds left, from CTA_TIMEOUT
 
 
+def nfgen_family(families: Iterable[int]) -> int:
+    """The family a request names for these IP versions: AF_UNSPEC (0) for both."""
+    wanted = set(families)
+    if not wanted or not wanted <= _FAMILIES.keys():
+        raise ValueError(f"IP versions {sorted(wanted)!r}: 4, 6 or both")
+    return _FAMILIES[wanted.pop()] if len(wanted) == 1 else socket.AF_UNSPEC
+
+
 class ConntrackTable:
-    """ctnetlink in the current network namespace (the calling thread's).
+    """ctnetlink in the current network namespace (the calling thread's), for the entries
+    of the IP versions given (IPv4 by default).
 
     Each call opens its own socket and closes it before returning, so an error never leaves
     a broken socket behind and calls from different executor threads share no netlink
@@ -83,11 +101,12 @@ class ConntrackTable:
     key_mask that is not 32 bits, or a mark with bits outside its mask (nothing could match).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, families: Iterable[int] = (4,)) -> None:
         self._closed = False
+        self.family = nfgen_family(families)
 
     def flows(self, mark: int, mask: int) -> list[TrackedFlow]:
-        """The TCP and UDP entries with (ctmark & mask) == mark; other protocols skipped."""
+        """The TCP, UDP and SCTP entries with (ctmark & mask) == mark; others skipped."""
         _check_filter(mark, mask)
 
         async def collect(sock: Any) -> list[TrackedFlow]:
@@ -139,8 +158,8 @@ class ConntrackTable:
         (no CONFIG_NF_CONNTRACK_MARK) refuses the flush with EOPNOTSUPP rather than
         flushing everything; the hooks' CONNMARK needs that option anyway.
 
-        A mask of 0 would delete every IPv4 entry, the host's own connections included:
-        refused with ValueError.
+        A mask of 0 would delete every entry of the families served, the host's own
+        connections included: refused with ValueError.
         """
         _check_filter(mark, mask)
         if mask == 0:
@@ -148,7 +167,7 @@ class ConntrackTable:
         action = f"delete conntrack entries of mark {mark:#x}/{mask:#x}"
         self._check_callable(action)
         try:
-            code = _flush(mark, mask)
+            code = _flush(flush_request(mark, mask, self.family))
         except OSError as exc:
             raise ConntrackError(_explain(action, exc.errno, str(exc))) from exc
         if code:
@@ -180,7 +199,7 @@ class ConntrackTable:
             # in an asyncio transport, and uvloop (the proxy's loop) is not known to
             # accept AF_NETLINK sockets.
             with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
-                return runner.run(_session(work))
+                return runner.run(_session(work, self.family))
         except ConntrackError:
             raise
         except NetlinkError as exc:
@@ -193,8 +212,9 @@ class ConntrackTable:
             ) from exc
 
 
-async def _session(work: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
-    sock = AsyncNFCTSocket(nfgen_family=socket.AF_INET)
+async def _session(work: Callable[[Any], Coroutine[Any, Any, T]], family: int) -> T:
+    # Every request on the socket names this family (AsyncNFCTSocket.request sets it).
+    sock = AsyncNFCTSocket(nfgen_family=family)
     try:
         return await work(sock)
     finally:
@@ -202,7 +222,8 @@ async def _session(work: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
 
 
 async def _dump(sock: Any, mark: int, mask: int) -> AsyncIterator[Any]:
-    """The IPv4 entries with (ctmark & mask) == mark, filtered by the kernel.
+    """The entries of the socket's family with (ctmark & mask) == mark, filtered by the
+    kernel.
 
     The request is built here, not by NFCTSocket.dump(), which drops the filter when the
     mark is 0 and would then return the whole table."""
@@ -213,27 +234,33 @@ async def _dump(sock: Any, mark: int, mask: int) -> AsyncIterator[Any]:
         yield entry
 
 
-def _flush(mark: int, mask: int) -> int:
-    """Deletes the IPv4 entries with (ctmark & mask) == mark: a delete request with no tuple
-    is a flush, and CTA_MARK with CTA_MARK_MASK filter it. Returns the kernel's answer, 0
-    or an errno.
+def flush_request(mark: int, mask: int, family: int) -> bytes:
+    """A request that deletes the entries of a family (AF_UNSPEC: every family) with
+    (ctmark & mask) == mark: a delete request with no tuple is a flush, and CTA_MARK with
+    CTA_MARK_MASK filter it.
 
     Not NFCTSocket.flush(): it leaves the nfgenmsg version at 0, and for version 0 the
-    kernel flushes every address family, IPv6 entries of the mark included. With version
-    1 it keeps to nfgen_family (seen on 6.18; a kernel that ignores the version would
-    flush the mark's IPv6 entries too)."""
+    kernel flushes every address family whatever nfgen_family says. With version 1 it
+    keeps to nfgen_family (seen on 6.18), and AF_UNSPEC matches every family (the
+    kernel's filter skips the family check for 0)."""
     request = nfct_msg.create_from(mark=mark, mark_mask=mask)
-    request["nfgen_family"] = socket.AF_INET
+    request["nfgen_family"] = family
     request["version"] = 1
     request["header"]["type"] = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE
     request["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK
     request["header"]["sequence_number"] = FLUSH_SEQUENCE
     request.encode()
+    data: bytes = request.data
+    return data
+
+
+def _flush(request: bytes) -> int:
+    """Sends a flush_request and returns the kernel's answer, 0 or an errno."""
     raw = socket.SOCK_RAW | socket.SOCK_CLOEXEC
     with socket.socket(socket.AF_NETLINK, raw, NETLINK_NETFILTER) as sock:
         sock.settimeout(FLUSH_TIMEOUT)
         sock.bind((0, 0))
-        sock.send(request.data)
+        sock.send(request)
         while True:  # the answer is one ACK: an NLMSG_ERROR of code 0, or the error
             answer = sock.recv(65536)
             if len(answer) < _ACK.size:
@@ -265,28 +292,40 @@ def _tracked_flow(entry: Any, mark: int, mask: int) -> TrackedFlow | None:
     if original is None or reply is None:
         return None
     original_ports = original.get_attr("CTA_TUPLE_PROTO")
-    proto = int(original_ports.get_attr("CTA_PROTO_NUM"))
+    reply_ports = reply.get_attr("CTA_TUPLE_PROTO")
+    if original_ports is None or reply_ports is None:
+        return None
+    proto = int(original_ports.get_attr("CTA_PROTO_NUM") or 0)
     if proto not in PROTOCOLS:
         return None
-    original_ips = original.get_attr("CTA_TUPLE_IP")
-    reply_ips = reply.get_attr("CTA_TUPLE_IP")
-    reply_ports = reply.get_attr("CTA_TUPLE_PROTO")
+    client, vip = _addresses(original.get_attr("CTA_TUPLE_IP"))
+    backend, _ = _addresses(reply.get_attr("CTA_TUPLE_IP"))
+    # Both tuples of one entry are of its family; a DNAT never crosses families.
+    if not client or len(client) != len(backend):
+        return None
     return TrackedFlow(
         proto=proto,
-        client_ip=_packed(original_ips.get_attr("CTA_IP_V4_SRC")),
+        client_ip=client,
         client_port=int(original_ports.get_attr("CTA_PROTO_SRC_PORT")),
-        vip=_packed(original_ips.get_attr("CTA_IP_V4_DST")),
+        vip=vip,
         vport=int(original_ports.get_attr("CTA_PROTO_DST_PORT")),
-        backend_ip=_packed(reply_ips.get_attr("CTA_IP_V4_SRC")),
+        backend_ip=backend,
         backend_port=int(reply_ports.get_attr("CTA_PROTO_SRC_PORT")),
         mark=ctmark,
         timeout=int(entry.get_attr("CTA_TIMEOUT") or 0),
     )
 
 
-def _packed(address: str) -> bytes:
-    # pyroute2 decodes CTA_IP_V4_* to dotted quads; the data path keys flows by packed bytes.
-    return socket.inet_pton(socket.AF_INET, address)
+def _addresses(tuple_ip: Any) -> tuple[bytes, bytes]:
+    """A tuple's (source, destination), packed; empty when it holds neither family's.
+
+    pyroute2 decodes the addresses to text; the data path keys flows by packed bytes."""
+    if tuple_ip is not None:
+        for family, source, destination in _ADDRESS_ATTRIBUTES:
+            src, dst = tuple_ip.get_attr(source), tuple_ip.get_attr(destination)
+            if src is not None and dst is not None:
+                return socket.inet_pton(family, src), socket.inet_pton(family, dst)
+    return b"", b""
 
 
 def _check_u32(name: str, value: int) -> None:

@@ -67,9 +67,13 @@ class OffloadDatapath:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         require_compiled("offload")
+        ranges = list(service_cidrs)
+        # The IP versions served: each gets its DNAT map (offload/nft.py), and conntrack is
+        # read in those only. IPv4 when no range is given, as the hooks do.
+        self.families = frozenset(c.version for c in ranges) or frozenset({4})
         # Conntrack holds the flows: the core's own flow table is never used, so it gets one
         # entry; session affinity keeps the share of capacity it has on the fast path.
-        self.tables = CompiledTables(service_cidrs, 1, timeouts, seed, affinity_capacity(capacity))
+        self.tables = CompiledTables(ranges, 1, timeouts, seed, affinity_capacity(capacity))
         self.core = self.tables.core
         self.capacity = capacity
         self.seed = seed
@@ -285,7 +289,7 @@ class OffloadDatapath:
             if backend_id in names:
                 key, (ip, port) = names[backend_id]
                 frontend = self.tables.frontends.get(key)
-                label = f"{frontend.name if frontend else '?'} -> {ip_address(ip)}:{port}"
+                label = f"{frontend.name if frontend else '?'} -> {_address_port(ip, port)}"
             else:
                 label = f"backend id {backend_id} (no longer programmed)"
             by_backend[label] = count
@@ -307,3 +311,10 @@ class OffloadDatapath:
             "counters": dict(sorted(self.counters.items())),
             "decided_by_backend": self.tables.decided_summary(),
         }
+
+
+def _address_port(packed: bytes, port: int) -> str:
+    """10.244.1.2:8080, or [fd00::2]:8080: an IPv6 address's colons kept apart from the
+    port's, as in a URL."""
+    address = ip_address(packed)
+    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -34,10 +34,12 @@ def _run_behind_the_proxy() -> None:
 
 
 class OffloadKernel:
-    def __init__(self, marks: MarkLayout) -> None:
+    def __init__(self, marks: MarkLayout, families: Collection[int] = (4,)) -> None:
+        """families: the IP versions served (of the service ranges): each gets its DNAT
+        map, and conntrack is read and flushed in those only."""
         self.marks = marks
-        self.map = BackendMap(marks)
-        self.conntrack = ConntrackTable()
+        self.map = BackendMap(marks, families)
+        self.conntrack = ConntrackTable(families)
         # conntrack.py runs pyroute2's asyncio socket on a loop of its own, which cannot
         # run inside the proxy's: its calls go to this thread, and are waited for.
         self._thread = ThreadPoolExecutor(

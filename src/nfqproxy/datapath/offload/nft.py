@@ -1,18 +1,24 @@
-"""The offload path's DNAT map in nf_tables: mark -> backend address . port, and the two
-fixed nat chains that use it. Programmed through libnftables in this process (ctypes; the
-library nft itself is built on), one atomic transaction per sync: no program is started per
-element or per sync. docs/design.md ("The offload path") explains the choice.
+"""The offload path's DNAT maps in nf_tables: mark -> backend address . port, and the two
+fixed nat chains that use them, one table per IP family served. Programmed through
+libnftables in this process (ctypes; the library nft itself is built on), one atomic
+transaction per sync: no program is started per element or per sync. docs/design.md ("The
+offload path") explains the choice.
 
-  table ip nfqproxy
+  table ip nfqproxy                       (IPv4 service ranges)
     map backends   { type mark : ipv4_addr . inet_service }
     chain prerouting { type nat hook prerouting priority dstnat + 1 }  pods
     chain output     { type nat hook output priority dstnat + 1 }      the node itself
-      meta l4proto { tcp, udp } meta mark & ID_MASK != 0
+      meta l4proto { tcp, udp, sctp } meta mark & ID_MASK != 0
           dnat ip to meta mark & ID_MASK map @backends
+  table ip6 nfqproxy                      (IPv6 service ranges: the same, ipv6_addr, dnat ip6)
 
-The chains sit just after iptables' nat chains (priority dstnat), where the hooks save the
-verdict's mark into the connection's mark (nfqproxy.hooks). Nothing here comes from an
-object but validated addresses and numbers.
+Two tables of one family each, not one inet table with two maps: the IPv4 table stays as
+it was, so a process of this version adopts the map an older one left (its connections'
+marks name its elements). Backend ids are one space over both families, so a mark is in
+one map at most. The chains sit just after iptables' nat chains (priority dstnat), where
+the hooks save the verdict's mark into the connection's mark (nfqproxy.hooks). Nothing
+here comes from an object but validated addresses and numbers: nft would resolve a host
+name it is given.
 """
 
 from __future__ import annotations
@@ -20,7 +26,10 @@ from __future__ import annotations
 import ctypes
 import json
 import threading
-from ipaddress import IPv4Address
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from typing import Any
 
 from nfqproxy.datapath.marks import MarkLayout
 
@@ -29,11 +38,30 @@ MAP = "backends"
 # dstnat + 1 (nft 1.0.6 takes the name only inside a table block): after iptables' nat.
 PRIORITY = -99
 _OUTPUT_JSON = 1 << 4  # NFT_CTX_OUTPUT_JSON in libnftables.h
+U32 = 0xFFFF_FFFF
+# SCTP is matched too: no verdict marks it before the compiled core decides it, and
+# conntrack NAT rewrites its ports (nf_nat_proto) as it does TCP's and UDP's.
+L4PROTOS = "tcp, udp, sctp"
 
-Backend = tuple[bytes, int]  # packed IPv4 address, port
+Backend = tuple[bytes, int]  # packed address (4 or 16 bytes), port
 # An element: the backend, and the service port it serves there, as the element's comment
-# ("10.96.0.10:80/6"), so that a restarted process learns every id's owner from the map.
+# ("10.96.0.10:80/6", "[fd00::10]:80/6"), so that a restarted process learns every id's
+# owner from the map.
 Element = tuple[Backend, tuple[bytes, int, int]]
+
+
+@dataclass(frozen=True)
+class Family:
+    """One IP version as nft names it: the table's family (also the dnat statement's), and
+    the map's address type."""
+
+    name: str
+    address_type: str
+
+
+FAMILIES = {4: Family("ip", "ipv4_addr"), 6: Family("ip6", "ipv6_addr")}
+# The owner of an element with no comment (not written by us): replaced at the first sync.
+_UNOWNED = {4: (bytes(4), 0, 0), 6: (bytes(16), 0, 0)}
 
 
 class NftError(RuntimeError):
@@ -86,88 +114,189 @@ class _Libnftables:
             self._ctx = None
 
 
-def table_commands(marks: MarkLayout) -> str:
-    """Creates the table, the map and the chains if missing and sets the chains' rules;
+def _family(version: int) -> Family:
+    if version not in FAMILIES:
+        raise ValueError(f"IP version {version!r} is neither 4 nor 6")
+    return FAMILIES[version]
+
+
+def _listing(nft: _Libnftables, command: str) -> dict[str, Any]:
+    """A JSON listing; no output reads as an empty one."""
+    parsed: dict[str, Any] = json.loads(nft.run(command, as_json=True) or "{}")
+    return parsed
+
+
+def _number(name: str, value: int, low: int, high: int) -> int:
+    # bool is an int: refused, as any other value that is not a plain number in range.
+    if type(value) is not int or not low <= value <= high:
+        raise ValueError(f"{name} {value!r} is not a number in {low}-{high}")
+    return value
+
+
+def _address(packed: bytes) -> IPv4Address | IPv6Address:
+    if not isinstance(packed, bytes) or len(packed) not in (4, 16):
+        raise ValueError(f"{packed!r} is not a packed IPv4 or IPv6 address")
+    return ip_address(packed)
+
+
+def table_commands(marks: MarkLayout, version: int = 4) -> str:
+    """Creates the family's table, map and chains if missing and sets the chains' rules;
     the map's elements are left as they are (a restart keeps them)."""
-    ids = f"{marks.id_mask:#010x}"
+    family = _family(version)
+    ids = f"{_number('id mask', marks.id_mask, 1, U32):#010x}"
     rule = (
-        f"meta l4proto {{ tcp, udp }} meta mark & {ids} != 0 "
-        f"dnat ip to meta mark & {ids} map @{MAP}"
+        f"meta l4proto {{ {L4PROTOS} }} meta mark & {ids} != 0 "
+        f"dnat {family.name} to meta mark & {ids} map @{MAP}"
     )
+    table = f"{family.name} {TABLE}"
     lines = [
-        f"add table ip {TABLE}",
-        f"add map ip {TABLE} {MAP} {{ type mark : ipv4_addr . inet_service; }}",
+        f"add table {table}",
+        f"add map {table} {MAP} {{ type mark : {family.address_type} . inet_service; }}",
     ]
     for chain, hook in (("prerouting", "prerouting"), ("output", "output")):
         lines += [
-            f"add chain ip {TABLE} {chain} "
+            f"add chain {table} {chain} "
             f"{{ type nat hook {hook} priority {PRIORITY}; policy accept; }}",
-            f"flush chain ip {TABLE} {chain}",
-            f"add rule ip {TABLE} {chain} {rule}",
+            f"flush chain {table} {chain}",
+            f"add rule {table} {chain} {rule}",
         ]
     return "\n".join(lines) + "\n"
 
 
 def owner_comment(key: tuple[bytes, int, int]) -> str:
+    """The element comment naming a service port: 10.96.0.10:80/6, or [fd00::10]:80/6 (an
+    IPv6 address in brackets, as in a URL, so that the port's colon stays apart)."""
     vip, proto, port = key
-    return f"{IPv4Address(vip)}:{int(port)}/{int(proto)}"
+    address = _address(vip)
+    # The protocol may carry the cluster variant's bit (frontends.VARIANT_CLUSTER).
+    proto = _number("protocol", proto, 0, 0xFFFF)
+    port = _number("service port", port, 0, 65535)
+    host = f"[{address}]" if address.version == 6 else str(address)
+    return f"{host}:{port}/{proto}"
 
 
 def parse_owner(comment: str) -> tuple[bytes, int, int] | None:
     """owner_comment's inverse; None for anything else (an element not ours, say)."""
+    if "%" in comment:  # ipaddress would take a zone (fe80::1%eth0); ours never have one
+        return None
     try:
-        address, rest = comment.split(":", 1)
+        if comment.startswith("["):
+            address, rest = comment[1:].split("]:", 1)
+            parsed: IPv4Address | IPv6Address = IPv6Address(address)
+        else:
+            address, rest = comment.split(":", 1)
+            parsed = IPv4Address(address)
         port, proto = rest.split("/", 1)
-        return IPv4Address(address).packed, int(proto), int(port)
+        return (
+            parsed.packed,
+            _number("protocol", int(proto), 0, 0xFFFF),
+            _number("service port", int(port), 0, 65535),
+        )
     except ValueError:
         return None
 
 
+def element_version(element: Element) -> int:
+    """The element's IP family: its backend's, which must be its service port's."""
+    (ip, _port), (vip, _proto, _service_port) = element
+    version = _address(ip).version
+    if _address(vip).version != version:
+        raise ValueError(
+            f"backend {_address(ip)} is not of the family of its service port's {_address(vip)}"
+        )
+    return version
+
+
 def _element(mark: int, element: Element | None = None) -> str:
+    mark = _number("mark", mark, 1, U32)
     if element is None:
         return f"{mark:#010x}"
     (ip, port), owner = element
-    if not 0 < port < 65536:
-        raise ValueError(f"backend port {port} is out of range")
-    return f'{mark:#010x} comment "{owner_comment(owner)}" : {IPv4Address(ip)} . {port}'
+    port = _number("backend port", port, 1, 65535)
+    return f'{mark:#010x} comment "{owner_comment(owner)}" : {_address(ip)} . {port}'
 
 
-def update_commands(added: dict[int, Element], removed: list[int]) -> str:
-    """One transaction: the elements removed, then those added, by mark."""
+def update_commands(added: Mapping[int, Element], removed: Mapping[int, Element]) -> str:
+    """One transaction: the elements removed (as the maps hold them), then those added, by
+    mark, each in the map of its family."""
     lines = []
-    if removed:
-        lines.append(f"delete element ip {TABLE} {MAP} {{ {', '.join(map(_element, removed))} }}")
-    if added:
-        items = ", ".join(_element(mark, element) for mark, element in sorted(added.items()))
-        lines.append(f"add element ip {TABLE} {MAP} {{ {items} }}")
+    for verb, elements, with_values in (("delete", removed, False), ("add", added, True)):
+        for version, family in FAMILIES.items():
+            items = [
+                _element(mark, element if with_values else None)
+                for mark, element in sorted(elements.items())
+                if element_version(element) == version
+            ]
+            if items:
+                where = f"{family.name} {TABLE} {MAP}"
+                lines.append(f"{verb} element {where} {{ {', '.join(items)} }}")
     return "\n".join(lines) + "\n" if lines else ""
 
 
-class BackendMap:
-    """The kernel's copy of mark -> backend; `current` mirrors what it holds."""
+def parse_map(listing: Mapping[str, Any], version: int) -> dict[int, Element]:
+    """The elements of a map as libnftables lists it in JSON (`list map`), by mark."""
+    _family(version)
+    elements: dict[int, Element] = {}
+    for item in listing.get("nftables", []):
+        for key, value in item.get("map", {}).get("elem", []):
+            if isinstance(key, dict):  # an element with a comment
+                mark, owner = key["elem"]["val"], parse_owner(key["elem"].get("comment", ""))
+            else:
+                mark, owner = key, None
+            address, port = value["concat"]
+            ip = ip_address(address)
+            if ip.version != version:
+                raise NftError(f"the {FAMILIES[version].name} map holds {address}")
+            if owner is not None and len(owner[0]) != len(ip.packed):
+                owner = None  # a comment of the other family is not ours to trust
+            elements[int(mark)] = ((ip.packed, int(port)), owner or _UNOWNED[version])
+    return elements
 
-    def __init__(self, marks: MarkLayout) -> None:
+
+def parse_tables(listing: Mapping[str, Any]) -> set[int]:
+    """The IP versions whose table of ours a JSON `list tables` shows."""
+    by_name = {family.name: version for version, family in FAMILIES.items()}
+    found = set()
+    for item in listing.get("nftables", []):
+        table = item.get("table", {})
+        if table.get("name") == TABLE and table.get("family") in by_name:
+            found.add(by_name[table["family"]])
+    return found
+
+
+def delete_table_commands(versions: Collection[int] = (4,)) -> str:
+    return "".join(f"delete table {_family(v).name} {TABLE}\n" for v in sorted(versions))
+
+
+class BackendMap:
+    """The kernel's copy of mark -> backend, over the maps of the families served;
+    `current` mirrors what they hold."""
+
+    def __init__(self, marks: MarkLayout, families: Collection[int] = (4,)) -> None:
         self.marks = marks
+        self.families = frozenset(families)
+        for version in self.families:
+            _family(version)  # refuses anything but 4 and 6
+        if not self.families:
+            raise ValueError("the offload path serves at least one IP family")
         self._nft = _Libnftables()
         self._lock = threading.Lock()
         self.current: dict[int, Element] = {}
 
     def install(self) -> dict[int, Element]:
-        """Makes sure the table is there and returns the elements it already holds (left
-        by a previous process: their marks may still be in conntrack entries)."""
-        self._nft.run(table_commands(self.marks))
-        listing = json.loads(self._nft.run(f"list map ip {TABLE} {MAP}", as_json=True))
+        """Makes sure the tables of the families served are there and returns the elements
+        they already hold (left by a previous process: their marks may still be in
+        conntrack entries). The table of a family no longer served goes: nothing queues
+        that family any more, and its open connections keep their NAT in conntrack."""
+        present = parse_tables(_listing(self._nft, "list tables"))
+        commands = delete_table_commands(present - self.families)
+        commands += "".join(table_commands(self.marks, v) for v in sorted(self.families))
+        self._nft.run(commands)
         self.current = {}
-        unowned = (b"\0\0\0\0", 0, 0)  # not written by us: replaced at the first sync
-        for item in listing.get("nftables", []):
-            for key, value in item.get("map", {}).get("elem", []):
-                if isinstance(key, dict):  # an element with a comment
-                    mark, owner = key["elem"]["val"], parse_owner(key["elem"].get("comment", ""))
-                else:
-                    mark, owner = key, None
-                address, port = value["concat"]
-                backend = (IPv4Address(address).packed, int(port))
-                self.current[int(mark)] = (backend, owner or unowned)
+        for version in sorted(self.families):
+            family = FAMILIES[version].name
+            listing = _listing(self._nft, f"list map {family} {TABLE} {MAP}")
+            self.current.update(parse_map(listing, version))
         return dict(self.current)
 
     def update(self, added: dict[int, Element], removed: list[int]) -> None:
@@ -178,13 +307,19 @@ class BackendMap:
 
     def _update(self, added: dict[int, Element], removed: list[int]) -> None:
         added = {m: b for m, b in added.items() if self.current.get(m) != b}
+        for element in added.values():
+            if element_version(element) not in self.families:
+                raise ValueError(
+                    f"backend {_address(element[0][0])}: its family has no map here "
+                    "(no service range of it)"
+                )
         # A mark that names another backend now (a restart's leftovers) is replaced.
-        removed = [m for m in {*removed, *added} if m in self.current]
-        commands = update_commands(added, removed)
+        gone = {m: self.current[m] for m in {*removed, *added} if m in self.current}
+        commands = update_commands(added, gone)
         if not commands:
             return
         self._nft.run(commands)
-        for mark in removed:
+        for mark in gone:
             del self.current[mark]
         self.current.update(added)
 
@@ -192,18 +327,15 @@ class BackendMap:
         self._nft.close()
 
 
-def delete_table_commands() -> str:
-    return f"delete table ip {TABLE}\n"
-
-
 def remove_table() -> bool:
-    """Deletes the table (`nfqproxy cleanup`, a clean exit); False if it was not there."""
+    """Deletes the tables of both families (`nfqproxy cleanup`, a clean exit), whichever
+    are there; False if neither was."""
     nft = _Libnftables()
     try:
-        listing = nft.run("list tables ip", as_json=True)
-        if f'"name": "{TABLE}"' not in listing.replace('"name":"', '"name": "'):
+        present = parse_tables(_listing(nft, "list tables"))
+        if not present:
             return False
-        nft.run(delete_table_commands())
+        nft.run(delete_table_commands(present))
         return True
     finally:
         nft.close()

@@ -54,7 +54,7 @@ class OffloadQueueBinding:
         """Claims the queues, and the kernel's map and flows, before the first sync."""
         self._workers.bind()
         try:
-            self.kernel = OffloadKernel(self.marks)
+            self.kernel = OffloadKernel(self.marks, self.datapath.families)
             self.datapath.attach(self.kernel)
         except Exception:
             self.close()

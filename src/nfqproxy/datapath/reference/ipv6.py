@@ -12,6 +12,7 @@ HEADER = 40
 # room. A longer chain is refused rather than walked: each costs a lookup per packet.
 MAX_EXTENSION_HEADERS = 8
 HOP_BY_HOP, ROUTING, FRAGMENT, AUTHENTICATION, DESTINATION_OPTIONS = 0, 43, 44, 51, 60
+V4_MAPPED = bytes(10) + b"\xff\xff"  # ::ffff:0:0/96
 EXTENSION_HEADERS = frozenset({HOP_BY_HOP, ROUTING, FRAGMENT, AUTHENTICATION, DESTINATION_OPTIONS})
 
 
@@ -32,6 +33,11 @@ def walk(raw: bytes, at: int = 0, end: int | None = None) -> Header | str:
     available = len(raw) if end is None else end
     if available - at < HEADER:
         return Reason.TRUNCATED_IP
+    if raw[at + 8 : at + 20] == V4_MAPPED or raw[at + 24 : at + 36] == V4_MAPPED:
+        # RFC 4291 2.5.5.2: never on the wire (Linux drops such a source on input). An
+        # IPv4 flow keeps its address mapped so in the fast path's tables: refused, one
+        # could pass for the other.
+        return Reason.NOT_IP
     payload = int.from_bytes(raw[at + 4 : at + 6], "big")
     total = at + HEADER + payload
     if end is None:

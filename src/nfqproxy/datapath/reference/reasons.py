@@ -8,7 +8,7 @@ class Reason:
     TRUNCATED_IP = "truncated_ip_header"
     BAD_IHL = "bad_ihl"
     BAD_LENGTH = "bad_total_length"
-    NOT_IP = "not_ip"  # neither IPv4 nor IPv6
+    NOT_IP = "not_ip"  # neither IPv4 nor IPv6, or IPv6 with an IPv4-mapped address
     FRAGMENT = "fragment"
     TRUNCATED_L4 = "truncated_l4_header"
     UNSUPPORTED_PROTOCOL = "unsupported_protocol"
