@@ -22,6 +22,8 @@ COLOURS = dict(
             "#ccbb44",
             "#444444",  # kernel-v6: as kernel, darker
             "#887722",  # reference-v6: as reference, darker
+            "#115522",  # fast-v6: as fast, darker
+            "#772255",  # offload-v6: as offload-nq, darker
         ],
         strict=True,
     )

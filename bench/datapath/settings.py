@@ -27,11 +27,12 @@ MODES = (
     "reference",
     "kernel-v6",
     "reference-v6",
+    "fast-v6",
+    "offload-v6",
 )
-# IPv6 through the same service (its second ClusterIP) in a dual-stack lab. Only the
-# reference path serves IPv6 so far: these are asked for, with "reference" beside them
-# for the IPv4 ratio, until the compiled paths serve it too.
-V6_MODES = ("kernel-v6", "reference-v6")
+# IPv6 through the same service (its second ClusterIP) in a dual-stack lab: asked for,
+# with their IPv4 modes beside them for the ratio to each family's kernel DNAT.
+V6_MODES = ("kernel-v6", "reference-v6", "fast-v6", "offload-v6")
 # The reference path is the readable specification, slow by design: only when asked for.
 DEFAULT_MODES = tuple(m for m in MODES if m != "reference" and m not in V6_MODES)
 KERNEL_MODES = ("kernel", "nftables", "ceiling", "ceiling-copy", "kernel-v6")
@@ -42,9 +43,11 @@ NFQPROXY_MODES: dict[str, tuple[str, tuple[str, ...]]] = {
     "offload-nq": ("offload", ("--queues", str(QUEUES))),
     "reference": ("reference", ()),
     "reference-v6": ("reference", ()),
+    "fast-v6": ("fast", ()),
+    "offload-v6": ("offload", ("--queues", str(QUEUES))),
 }
 # Modes a machine may not take: they are left out of a run, with the reason, not failed.
-OPTIONAL_MODES = ("nftables", "offload-1q", "offload-nq")
+OPTIONAL_MODES = ("nftables", "offload-1q", "offload-nq", "offload-v6")
 
 MODE_TITLES = {
     "kernel": "kernel DNAT, kube-proxy's iptables layout",
@@ -57,6 +60,8 @@ MODE_TITLES = {
     "reference": "nfqproxy reference",
     "kernel-v6": "IPv6: kernel DNAT, kube-proxy's iptables layout (ip6tables)",
     "reference-v6": "IPv6: nfqproxy reference",
+    "fast-v6": "IPv6: nfqproxy fast",
+    "offload-v6": f"IPv6: nfqproxy offload, {QUEUES} queues",
 }
 
 # key: (title, unit, scale for display, how it is measured)

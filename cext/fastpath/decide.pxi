@@ -184,9 +184,6 @@ cdef void decide_first(Core *c, uint8_t *pkt, uint32_t length, double now, int s
     cdef uint32_t chosen
     if not parse_packet(c, pkt, length, now, &h, v, False):
         return
-    if h.proto == PROTO_SCTP:
-        v.reason = R_UNSUPPORTED  # the kernel's DNAT map holds TCP and UDP (offload/nft.py)
-        return
     if has_options(&h):
         c.events[E_IP_OPTIONS] += 1
     v.reason = R_UNKNOWN_REPLY

@@ -59,9 +59,12 @@ cdef Frontend *frontend_install(ServiceTable *s, uint32_t slot, bytes vip, uint1
     cdef bytes packed
     if len(vip) != 4 and len(vip) != 16:
         raise ValueError(f"a VIP of {len(vip)} bytes")
-    for packed, _ in present:
+    for packed, _ in [(vip, 0), *present]:
         if len(packed) != len(vip):
             raise ValueError("a backend of another family than its VIP")
+        if len(packed) == 16 and is_v4_mapped(<const uint8_t *> <const char *> packed):
+            # The tables hold IPv4 addresses so (the model refuses such an address).
+            raise ValueError("an IPv4-mapped IPv6 address")
     if slot >= s.slots:
         grown = <Frontend *> calloc(slot * 2 + 16, sizeof(Frontend))
         if grown == NULL:

@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
-from ipaddress import ip_network
+from ipaddress import IPv6Network, ip_network
 from pathlib import Path
 from types import ModuleType
 
@@ -41,11 +41,23 @@ def command_plugins() -> list[ModuleType]:
     return plugins
 
 
+V4_MAPPED = IPv6Network("::ffff:0:0/96")
+
+
+def _network(text: str) -> IPNetwork:
+    """A CIDR of either family; ValueError for a zone or the IPv4-mapped range."""
+    if "%" in text:  # an IPv6 zone: any text, which str() keeps
+        raise ValueError("an IPv6 zone (%...) is not allowed")
+    network = ip_network(text, strict=True)
+    if network.version == 6 and network.overlaps(V4_MAPPED):
+        # Never on the wire (RFC 4291 2.5.5.2), and where the compiled core keeps IPv4.
+        raise ValueError(f"it overlaps the IPv4-mapped range {V4_MAPPED}")
+    return network
+
+
 def _cidr(text: str) -> IPNetwork:
     try:
-        if "%" in text:  # an IPv6 zone: any text, which str() keeps
-            raise ValueError("an IPv6 zone (%...) is not allowed")
-        return ip_network(text, strict=True)
+        return _network(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
 
@@ -57,9 +69,7 @@ def _service_cidrs(text: str) -> tuple[IPNetwork, ...]:
     networks: list[IPNetwork] = []
     for part in text.split(","):
         try:
-            if "%" in part:
-                raise ValueError("an IPv6 zone (%...) is not allowed")
-            networks.append(ip_network(part.strip(), strict=True))
+            networks.append(_network(part.strip()))
         except ValueError as exc:
             raise argparse.ArgumentTypeError(f"{part.strip()!r}: {exc}") from None
     return tuple(networks)

@@ -9,10 +9,12 @@ truncations of all of these, with endpoint changes, clock ticks and expiry betwe
 
 from __future__ import annotations
 
+from array import array
 from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any
 
 import dpkt
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -262,3 +264,16 @@ def test_checksum_partial_ipv6_and_sctp_packets_leave_with_complete_checksums(
         assert (
             payload[:at] + payload[at + 2 :] == expected.payload[:at] + expected.payload[at + 2 :]
         )
+
+
+@needs_fast
+def test_the_compiled_core_refuses_an_ipv4_mapped_frontend() -> None:
+    """Its tables hold IPv4 addresses as ::ffff:a.b.c.d: a mapped IPv6 VIP or backend would
+    pass for an IPv4 one (the model refuses such addresses before they get here)."""
+    fast = FastDatapath(list(CIDRS), capacity=16, clock=FakeClock(NOW))
+    mapped = ip_address("::ffff:10.96.0.10").packed
+    backend = ip_address(BACKENDS[0]).packed
+    for vip, backends in ((mapped, [(backend, 80)]), (backend, [(mapped, 80)])):
+        with pytest.raises(ValueError, match="IPv4-mapped"):
+            fast.core.set_frontend(0, vip, 6, 80, backends, array("H", [0] * 7))
+    assert fast.core.bytes_per_flow() <= 64 and fast.core.bytes_per_flow(6) == 104

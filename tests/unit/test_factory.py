@@ -81,6 +81,8 @@ def test_a_plugin_that_fails_to_import_for_another_reason_is_not_hidden(
         (["10.96.0.1/12"], "has host bits set"),
         (["fd00::%eth0/108"], "zone"),
         (["fd00::/108,nonsense"], "'nonsense'"),
+        (["::ffff:10.96.0.0/108"], "IPv4-mapped range"),
+        (["::/64"], "IPv4-mapped range"),  # holds it
     ],
 )
 def test_bad_service_ranges_are_refused_with_the_reason(

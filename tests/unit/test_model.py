@@ -146,6 +146,11 @@ BAD_FIELDS = [
     ("spec.ports[1].protocol", lambda d: d["spec"]["ports"][1].update(protocol="ICMP"), "TCP, UDP"),
     ("spec.clusterIP", lambda d: d["spec"].update(clusterIP="10.96.0.1.2"), "not a valid IP"),
     ("spec.clusterIP", lambda d: d["spec"].update(clusterIP="172.16.0.1"), "outside the service"),
+    (
+        "spec.externalIPs[0]",
+        lambda d: d["spec"].update(externalIPs=["::ffff:192.0.2.9"]),
+        "IPv4-mapped",
+    ),
     ("metadata.name", lambda d: d["metadata"].update(name="a$(reboot)"), "not a valid name"),
     ("metadata.name", lambda d: d["metadata"].update(name="-j ACCEPT"), "not a valid name"),
     ("metadata.namespace", lambda d: d["metadata"].update(namespace="x\ny"), "not a valid name"),

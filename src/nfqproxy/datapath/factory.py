@@ -154,6 +154,7 @@ DATAPATHS: dict[str, Implementation] = {
         every_packet=False,
         max_queues=65536,
         families=frozenset({4, 6}),
+        protocols=frozenset({6, 17, 132}),
     ),
     "reference": Implementation(
         _reference_datapath,
