@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import time
 from collections import Counter
 
 from nfqproxy.controller import STATUS_INTERVAL, status_summary
-from nfqproxy.datapath import factory
 from nfqproxy_lab.dualstack import WEB_VIP6
 from nfqproxy_lab.netns import NetnsThread
 from nfqproxy_lab.proxy import read_status, start_proxy, wait_ready
@@ -67,19 +64,9 @@ def _node_port_from_outside(lab: Lab, backends: int, requests: int) -> None:
     (lab.manifests_dir / "web-np.yaml").unlink()
 
 
-def _dual_stack(lab: Lab, proxy: subprocess.Popen[bytes], datapath: str, requests: int) -> None:
+def _dual_stack(lab: Lab, requests: int) -> None:
     """The web service is dual-stack: one ClusterIP per family, each served from its own
-    EndpointSlice. A data path without IPv6 serves the IPv4 half; the demo then moves to
-    the reference path, which serves both."""
-    if 6 not in factory.DATAPATHS[datapath].families:
-        print(
-            f"\nThe {datapath} data path serves IPv4 only so far; restarting nfqproxy on the "
-            "reference path, which serves both families."
-        )
-        proxy.send_signal(signal.SIGTERM)
-        proxy.wait(10)
-        proxy = start_proxy(lab, "--datapath", "reference")
-        wait_ready(lab, proxy)
+    EndpointSlice, on whichever data path runs (every one serves both families)."""
     with NetnsThread(lab.client_ns) as client:
         for vip in (WEB_VIP, WEB_VIP6):
             answers = client.call(http_peers, vip, HTTP_PORT, requests)
@@ -135,7 +122,7 @@ def run_demo(backends: int = 3, requests: int = 300) -> int:
             )
             client.call(keep.close)
         print("\n" + _fresh_status(lab))
-        _dual_stack(lab, proxy, datapath, requests // 30)
+        _dual_stack(lab, requests // 30)
         return 0
     except KeyboardInterrupt:
         print("\nInterrupted.")
