@@ -66,9 +66,8 @@ def dispatch(args: argparse.Namespace) -> int:
         print(f"manifests: {lab.manifests_dir}")
         print(f"start the proxy: ip netns exec {lab.node_ns} nfqproxy run \\")
         print(f"  --manifests {lab.manifests_dir}", end="")
-        if lab.dual_stack:  # the reference data path serves IPv6 so far
-            ranges = f"{SERVICE_CIDR},{SERVICE_CIDR6}"
-            print(f" \\\n  --datapath reference --service-cidr {ranges}", end="")
+        if lab.dual_stack:
+            print(f" \\\n  --service-cidr {SERVICE_CIDR},{SERVICE_CIDR6}", end="")
         print()
         return 0
     names = all_labs() if args.all else [args.name]

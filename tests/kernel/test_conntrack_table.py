@@ -37,9 +37,10 @@ _namespace_numbers = itertools.count()
 # Runs ConntrackTable calls given as JSON [[method, args...], ...] (or "close") and prints
 # one result per call: {"ok": value} or {"error": class name, "message": text}.
 DRIVER = """
-import json, socket, sys
+import json, sys
+from ipaddress import ip_address
 from nfqproxy.datapath.offload.conntrack import ConntrackTable
-table = ConntrackTable()
+table = ConntrackTable(json.loads(sys.argv[2]))
 results = []
 for method, *args in json.loads(sys.argv[1]):
     try:
@@ -49,8 +50,8 @@ for method, *args in json.loads(sys.argv[1]):
         continue
     if method == "flows":
         value = sorted(
-            [f.proto, socket.inet_ntoa(f.client_ip), f.client_port, socket.inet_ntoa(f.vip),
-             f.vport, socket.inet_ntoa(f.backend_ip), f.backend_port, f.mark, f.timeout]
+            [f.proto, str(ip_address(f.client_ip)), f.client_port, str(ip_address(f.vip)),
+             f.vport, str(ip_address(f.backend_ip)), f.backend_port, f.mark, f.timeout]
             for f in value
         )
     elif method == "count_by_mark":
@@ -127,11 +128,16 @@ def insert(namespace: str, entries: Sequence[Entry]) -> None:
 
 
 def run_table(
-    namespace: str, *calls: Sequence[Any], wrapper: Sequence[str] = ()
+    namespace: str,
+    *calls: Sequence[Any],
+    wrapper: Sequence[str] = (),
+    families: Sequence[int] = (4,),
 ) -> list[dict[str, Any]]:
-    """ConntrackTable's answers to calls, made by a child process in the namespace."""
+    """ConntrackTable's answers to calls, made by a child process in the namespace, for
+    the entries of those IP versions."""
     command = ["env", f"PYTHONPATH={SRC}", *wrapper, sys.executable, "-c", DRIVER]
-    output = netns.run(netns.exec_command(namespace, [*command, json.dumps(calls)]))
+    arguments = [json.dumps(calls), json.dumps(list(families))]
+    output = netns.run(netns.exec_command(namespace, [*command, *arguments]))
     results: list[dict[str, Any]] = json.loads(output)
     return results
 
@@ -193,6 +199,22 @@ def test_delete_removes_the_entries_of_the_mark_and_no_other(namespace: str) -> 
     assert marks_left(namespace) == sorted([0, FOREIGN, MARK_B])
     # IPv4 only: the IPv6 entry of the same mark is not deleted.
     assert marks_left(namespace, "ipv6") == [MARK_A]
+
+
+@pytest.mark.parametrize("families", [(6,), (4, 6)])
+def test_a_table_of_ipv6_or_both_families_finds_and_deletes_their_entries(
+    namespace: str, families: tuple[int, ...]
+) -> None:
+    flows, deleted = run_table(
+        namespace, ["flows", MARK_A, U32], ["delete", MARK_A, U32], families=families
+    )
+    expected = [TCP6_A] + ([TCP_A1, TCP_A2, UDP_A] if 4 in families else [])
+    assert [flow[:-1] for flow in ok(flows)] == sorted(e.as_flow() for e in expected)
+    assert ok(deleted) is None
+    assert marks_left(namespace, "ipv6") == []
+    # IPv6 alone keeps to IPv6: the IPv4 entries of the mark stay (the ICMP one too).
+    kept = [MARK_A] * 4 if families == (6,) else []
+    assert marks_left(namespace) == sorted([0, FOREIGN, MARK_B, *kept])
 
 
 def test_delete_by_mask_leaves_other_programs_entries(namespace: str) -> None:

@@ -207,8 +207,8 @@ def _beyond(candidate: str, op: tuple[str, Any]) -> bool:
 def test_every_path_agrees_with_the_reference_on_every_packet(
     candidate: str, ops: list[tuple[str, Any]], capacity: int, affinity: int, external: bool
 ) -> None:
-    # A candidate without IPv6 or SCTP yet (issue 15) drops what the reference serves:
-    # those packets are compared once it has them.
+    # A candidate that declares no IPv6 or SCTP (a new data path, say) drops what the
+    # reference serves: those packets are compared once it has them.
     ops = [op for op in ops if not _beyond(candidate, op)]
     traces = []
     for name in (REFERENCE, candidate):
