@@ -2,9 +2,10 @@
 verdicts, bytes, counters (test_differential.py does IPv4 TCP and UDP).
 
 Hypothesis generates sequences over a dual-stack service: IPv6 TCP, UDP and SCTP flows in
-both directions, SCTP over IPv4, ICMPv6 errors about them (Packet Too Big among them),
-chains of extension headers, fragments, IPv4-mapped addresses, and mutations and
-truncations of all of these, with endpoint changes, clock ticks and expiry between.
+both directions among IPv4 TCP, UDP and SCTP ones, ICMPv6 errors about them (Packet Too
+Big among them), chains of extension headers, fragments, IPv4-mapped addresses, and
+mutations and truncations of all of these, with endpoint changes, clock ticks and expiry
+between.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ from nfqproxy_lab.packets import (
     sctp_init_body,
     sctp_packet,
     tcp6_packet,
+    tcp_packet,
     udp6_packet,
+    udp_packet,
 )
 from tests.helpers.clock import FakeClock
 from tests.helpers.datapaths import REFERENCE, new_datapath
@@ -100,6 +103,19 @@ def v4_sctp(backend: int, sport: int, to_vip: bool) -> bytes:
     return sctp_packet(V4_BACKENDS[backend % 3], 36412, V4_CLIENT, sport, 7, chunk)
 
 
+def v4_flow_packet(backend: int, sport: int, proto: str, to_vip: bool, flags: int) -> bytes:
+    """IPv4 TCP or UDP through the same dual-stack service, either way: its flows share
+    the tables with the IPv6 ones."""
+    port, target = PORTS[proto]
+    if to_vip:
+        if proto == "tcp":
+            return tcp_packet(V4_CLIENT, sport, "10.96.0.10", port, flags, b"d")
+        return udp_packet(V4_CLIENT, sport, "10.96.0.10", port, b"d")
+    if proto == "tcp":
+        return tcp_packet(V4_BACKENDS[backend % 3], target, V4_CLIENT, sport, flags, b"r")
+    return udp_packet(V4_BACKENDS[backend % 3], target, V4_CLIENT, sport, b"r")
+
+
 def about(client: int, sport: int, backend: int, proto: str, kind: int, node: bool) -> bytes:
     """An ICMPv6 error (or an echo request, 128) about a packet client -> backend."""
     quoted = upper_packet(CLIENTS[client], sport, BACKENDS[backend], PORTS[proto][1], proto, 2)
@@ -142,6 +158,14 @@ valid = st.one_of(
     st.builds(request, st.integers(0, 2), sports, st.just(0), protos, st.sampled_from(FLAGS)),
     st.builds(reply, st.integers(0, 3), st.integers(0, 2), sports, protos, st.sampled_from(FLAGS)),
     st.builds(v4_sctp, st.integers(0, 2), sports, st.booleans()),
+    st.builds(
+        v4_flow_packet,
+        st.integers(0, 2),
+        sports,
+        st.sampled_from(["tcp", "udp"]),
+        st.booleans(),
+        st.sampled_from(FLAGS),
+    ),
     st.builds(
         about,
         st.integers(0, 2),
