@@ -164,11 +164,11 @@ cdef class FastCore:
         with self.hold():
             return named_counters(&self.c)
 
-    def flows(self):
-        """Every flow, oldest first: (proto, client ip, client port, vip, vport, backend ip,
-        backend port, state name, expires), addresses packed."""
+    def flows(self, uint32_t limit=0xFFFFFFFF):
+        """Every flow (up to limit), oldest first: (proto, client ip, client port, vip,
+        vport, backend ip, backend port, state name, expires), addresses packed."""
         with self.hold():
-            return flow_rows(&self.c.flows)
+            return flow_rows(&self.c.flows, limit)
 
     def state_counts(self):
         """{"tcp/established": n, ...} over every flow, without a Python object per flow."""

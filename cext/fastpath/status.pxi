@@ -16,14 +16,14 @@ cdef dict named_counters(Core *c):
     return named
 
 
-cdef list flow_rows(FlowTable *t):
+cdef list flow_rows(FlowTable *t, uint32_t limit):
     """Every flow, oldest first: (proto, client ip, client port, vip, vport, backend ip,
     backend port, state name, expires), addresses packed."""
     cdef uint32_t index = t.oldest, size
     cdef Flow *f
     cdef Addr client, vip, backend
     out = []
-    while index != NIL:
+    while index != NIL and len(out) < limit:
         f = &t.entries[index]
         size = address_size(f.version)
         client, vip, backend = flow_client(t, index), flow_vip(t, index), flow_backend(t, index)

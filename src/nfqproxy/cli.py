@@ -7,17 +7,17 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from importlib.metadata import entry_points
-from ipaddress import IPv6Network, ip_network
+from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
 from types import ModuleType
 
-from nfqproxy import defaults
+from nfqproxy import config_file, defaults, flags
+from nfqproxy.control import client as control_client
+from nfqproxy.control.server import DEFAULT_SOCKET
 from nfqproxy.controller import Proxy, ProxyConfig
 from nfqproxy.datapath import factory
-from nfqproxy.datapath.marks import MarkLayout, parse_mask
+from nfqproxy.datapath.marks import MarkLayout
 from nfqproxy.health import parse_bind_address
-from nfqproxy.model import IPNetwork
 from nfqproxy.node_addresses import parse_node_ips, parse_nodeport_addresses
 
 log = logging.getLogger("nfqproxy")
@@ -41,67 +41,41 @@ def command_plugins() -> list[ModuleType]:
     return plugins
 
 
-V4_MAPPED = IPv6Network("::ffff:0:0/96")
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+LOG_FORMATS = ["text", "json"]
 
 
-def _network(text: str) -> IPNetwork:
-    """A CIDR of either family; ValueError for a zone or the IPv4-mapped range."""
-    if "%" in text:  # an IPv6 zone: any text, which str() keeps
-        raise ValueError("an IPv6 zone (%...) is not allowed")
-    network = ip_network(text, strict=True)
-    if network.version == 6 and network.overlaps(V4_MAPPED):
-        # Never on the wire (RFC 4291 2.5.5.2), and where the compiled core keeps IPv4.
-        raise ValueError(f"it overlaps the IPv4-mapped range {V4_MAPPED}")
-    return network
-
-
-def _cidr(text: str) -> IPNetwork:
+def _version() -> str:
     try:
-        return _network(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+        return version("nfqproxy")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
-def _service_cidrs(text: str) -> tuple[IPNetwork, ...]:
-    """kube-apiserver's --service-cluster-ip-range: one range, or an IPv4 and an IPv6 one
-    separated by a comma (either order). The flag repeats for more ranges, as a cluster
-    with extra ServiceCIDR objects has."""
-    networks: list[IPNetwork] = []
-    for part in text.split(","):
-        try:
-            networks.append(_network(part.strip()))
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"{part.strip()!r}: {exc}") from None
-    return tuple(networks)
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    return int(text)
-
-
-def _mark_layout(text: str) -> MarkLayout:
-    try:
-        return parse_mask(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _queue_num(text: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"--queue-num must be 0-65535, got {text!r}")
-    return int(text)
+def _logging_flags(parser: argparse.ArgumentParser, default: object) -> None:
+    """--log-level and --log-format, before the command and after `run` (kube-proxy's
+    place for them)."""
+    parser.add_argument(
+        "--log-level", default=default, choices=LOG_LEVELS, help="the least severe logged"
+    )
+    parser.add_argument(
+        "--log-format", default=default, choices=LOG_FORMATS, help="text lines, or JSON objects"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nfqproxy", description=__doc__)
-    parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
-    )
+    parser.add_argument("--version", action="version", version=f"nfqproxy {_version()}")
+    _logging_flags(parser, None)  # None: not given (INFO, text)
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the proxy in this network namespace")
+    run.add_argument(
+        "--config",
+        type=Path,
+        help="a YAML file of settings: the flags' names without dashes as keys (flags win)",
+    )
+    _logging_flags(run, argparse.SUPPRESS)  # given after run: as given before it
     run.add_argument(
         "--manifests",
         type=Path,
@@ -126,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--service-cidr",
-        type=_service_cidrs,
+        type=flags.service_cidrs,
         action="append",
         dest="service_cidrs",
         help="the ClusterIP range, or an IPv4 and an IPv6 range separated by a comma, as "
@@ -135,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--cluster-cidr",
-        type=_cidr,
+        type=flags.cidr,
         action="append",
         dest="cluster_cidrs",
         help="the pods' range (repeatable, one per family), as kube-proxy's flag: sources "
@@ -155,7 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--nodeport-addresses primary (default: each family's default route's source "
         "address)",
     )
-    run.add_argument("--queue-num", type=_queue_num, default=defaults.QUEUE_NUM)
+    run.add_argument(
+        "--queue-num",
+        type=flags.queue_num,
+        default=defaults.QUEUE_NUM,
+        help=f"the first NFQUEUE queue number (default {defaults.QUEUE_NUM})",
+    )
     run.add_argument(
         "--datapath",
         choices=list(factory.DATAPATHS),
@@ -166,14 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--queues",
-        type=_positive_int,
+        type=flags.positive_int,
         default=None,
         help="NFQUEUE queues from --queue-num on, one worker thread each (offload only; "
         "default: one per CPU for offload, 1 for the others)",
     )
     run.add_argument(
         "--mark-mask",
-        type=_mark_layout,
+        type=flags.mark_layout,
         default=MarkLayout(),
         help=f"the packet mark bits nfqproxy may use (default {defaults.MARK_MASK:#010x}); "
         "bits outside it are never touched (docs/design.md, Marks)",
@@ -185,16 +164,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--status-file", type=Path, help="write status JSON here twice a second")
     run.add_argument(
+        "--socket",
+        default=str(DEFAULT_SOCKET),
+        help="the inspection socket that `nfqproxy services|flows|explain` ask (root only; "
+        f"default {DEFAULT_SOCKET}); empty to turn off",
+    )
+    run.add_argument(
         "--min-sync-period",
-        type=float,
+        type=flags.duration,
         default=defaults.MIN_SYNC_PERIOD,
-        help="seconds between syncs at least; changes in between are coalesced",
+        help="the least time between syncs, as 1s or 500ms (or seconds); changes in between "
+        f"are coalesced (default {defaults.MIN_SYNC_PERIOD:g}s)",
     )
     run.add_argument(
         "--sync-period",
-        type=float,
+        type=flags.duration,
         default=defaults.SYNC_PERIOD,
-        help="seconds between syncs at most (a periodic resync)",
+        help="the most time between syncs (a periodic resync), as 30s or 1m "
+        f"(default {defaults.SYNC_PERIOD:g}s)",
     )
     run.add_argument(
         "--healthz-bind-address",
@@ -208,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--flow-capacity",
-        type=int,
+        type=flags.positive_int,
         default=defaults.FLOW_CAPACITY,
         help=f"flows tracked (default {defaults.FLOW_CAPACITY})",
     )
@@ -216,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--iptables",
         default=defaults.IPTABLES,
         choices=["iptables", "iptables-legacy", "iptables-nft"],
+        help=f"the iptables command for the hooks (default {defaults.IPTABLES})",
     )
     run.add_argument(
         "--fail-open",
@@ -237,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="only this back end (default: both, whichever the killed proxy used)",
     )
 
+    control_client.add_commands(commands)
     for plugin in command_plugins():
         plugin.add_commands(commands)
         for name in plugin.COMMANDS:  # its commands come back to it, without a second scan
@@ -245,15 +234,63 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(arguments)
+    if getattr(args, "config", None) is not None:
+        args = _with_config_file(parser, arguments, args.config)
+    _configure_logging(args.log_level or "INFO", args.log_format or "text")
     try:
         return _dispatch(args)
     except (OSError, RuntimeError, ValueError) as exc:
         log.error("%s", exc)
         return 1
+
+
+def _with_config_file(
+    parser: argparse.ArgumentParser, arguments: list[str], path: Path
+) -> argparse.Namespace:
+    """The command line again, with the config file's settings as the run command's
+    defaults, but for the flags the command line gives: those win."""
+    run = _subcommand(parser, "run")
+    try:
+        settings = config_file.load(path, run)
+    except config_file.ConfigError as exc:
+        parser.exit(2, f"nfqproxy: error: {exc}\n")
+    given = config_file.given_on_command_line(parser, [run], arguments)
+    run.set_defaults(**{dest: value for dest, value in settings.items() if dest not in given})
+    return parser.parse_args(arguments)
+
+
+def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found: argparse.ArgumentParser = action.choices[name]
+            return found
+    raise AssertionError(f"no {name} command")
+
+
+def _configure_logging(level: str, output: str) -> None:
+    # As basicConfig does: nothing when the root logger has handlers already (a host
+    # program, or pytest's capture), so that they keep theirs.
+    logging.basicConfig(level=level, handlers=[log_handler(output)])
+
+
+def log_handler(output: str) -> logging.Handler:
+    """A handler to standard error writing text lines, or one JSON object a line."""
+    handler = logging.StreamHandler()
+    if output == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    return handler
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -312,6 +349,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             cluster_cidrs=tuple(args.cluster_cidrs or ()),
             nodeport_addresses=nodeport_addresses,
             node_ips=node_ips,
+            control_socket=Path(args.socket) if args.socket else None,
         )
         import uvloop
 
@@ -324,6 +362,12 @@ def _dispatch(args: argparse.Namespace) -> int:
             removed = HookManager(HookConfig((), 0, command)).remove()
             print(f"{command}: removed {removed} nfqproxy jump rules and the NFQPROXY-* chains")
         return 0
+    if args.command in control_client.COMMANDS:
+        try:
+            return control_client.dispatch(args)
+        except control_client.ControlError as exc:
+            log.error("%s", exc)
+            return 1
     if hasattr(args, "plugin_dispatch"):
         return int(args.plugin_dispatch(args))
     raise AssertionError(args.command)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from nfqproxy import defaults
+from nfqproxy.control.server import ControlServer
 from nfqproxy.datapath import factory
 from nfqproxy.datapath.marks import MarkLayout
 from nfqproxy.exposure import Exposure
@@ -75,6 +76,7 @@ class ProxyConfig:
     cluster_cidrs: tuple[IPNetwork, ...] = ()
     nodeport_addresses: tuple[str | IPNetwork, ...] = defaults.NODEPORT_ADDRESSES
     node_ips: tuple[IPAddress, ...] = ()  # the node's primary addresses (--node-ip)
+    control_socket: Path | None = None  # `nfqproxy services|flows|explain` ask here; None: off
 
 
 @contextmanager
@@ -142,6 +144,19 @@ class Proxy:
         self.metrics = ProxyMetrics(self.status, config.queue_num, config.queues)
         self.liveness = Liveness(
             config.sync_period, lambda: self.ready, lambda: self.runner.last_attempt
+        )
+        self.control = (
+            ControlServer(
+                config.control_socket,
+                lambda: self.tracker.ports,
+                self.datapath,
+                config.seed,
+                config.cluster_cidrs,
+                lambda: frozenset(config.node_ips),
+                flows_block=not factory.DATAPATHS[config.datapath].every_packet,
+            )
+            if config.control_socket is not None
+            else None
         )
         self.health = HealthServer(
             lambda: self.last_sync, config.sync_period, self.metrics, liveness=self.liveness
@@ -351,6 +366,12 @@ class Proxy:
         try:
             self.liveness.beat()  # the start (imports, API client, bind) is not a stall
             await self.health.start(self.config.healthz_bind, self.config.metrics_bind)
+            if self.control is not None:
+                try:
+                    await self.control.start()
+                except OSError as exc:  # inspection is not worth stopping the proxy for
+                    log.error("no inspection socket: %s", exc)
+                    self.control = None
             tasks = [
                 asyncio.create_task(feed),
                 asyncio.create_task(syncing),
@@ -367,6 +388,8 @@ class Proxy:
             for task in tasks:
                 task.cancel()
             await self.health.stop()
+            if self.control is not None:
+                await self.control.stop()
             await self.exposure.health.stop()
             if self.config.keep_hooks_on_exit:
                 # Meanwhile service packets wait in vain at the queue and are retransmitted;

@@ -448,6 +448,9 @@ class ServicePort:
     # and the node itself go to these instead, as kube-proxy's EXT chain sends them.
     cluster_backends: tuple[Backend, ...] = ()
     source_ranges: tuple[IPNetwork, ...] = ()  # loadBalancerSourceRanges; (): any source
+    # Backends above taken as the serving-and-terminating fallback (no Ready endpoint):
+    # for `nfqproxy services` to say so.
+    terminating: tuple[Backend, ...] = ()
 
     @property
     def address_port(self) -> str:

@@ -107,10 +107,20 @@ def matching_endpoints(
 
 
 def backends_of(
-    choice: EndpointChoice, matching: list[tuple[EndpointSpec, int]]
+    choice: EndpointChoice, matching: list[tuple[EndpointSpec, int]], fallback: bool = False
 ) -> tuple[Backend, ...]:
+    """The chosen endpoints' backends; fallback: only those chosen while not Ready (the
+    serving-and-terminating fallback)."""
     chosen_ids = {id(e) for e in choice.chosen}
-    return tuple(sorted({Backend(e.addresses[0], p) for e, p in matching if id(e) in chosen_ids}))
+    return tuple(
+        sorted(
+            {
+                Backend(e.addresses[0], p)
+                for e, p in matching
+                if id(e) in chosen_ids and not (fallback and e.ready)
+            }
+        )
+    )
 
 
 def port_name(service: ServiceSpec, port: ServicePortSpec) -> str:
@@ -156,6 +166,7 @@ def service_ports(
                         service.affinity_seconds,
                         draining,
                         choice.usable_elsewhere,
+                        terminating=backends_of(choice, matching, fallback=True),
                     )
                 )
             if not service.externally_accessible:

@@ -51,6 +51,7 @@ def run_command(
         "--cluster-cidr",
         CLUSTER_CIDR,
         *(["--cluster-cidr", CLUSTER_CIDR6] if _serves_ipv6(lab, extra) else []),
+        *([] if "--socket" in extra else ["--socket", str(lab.control_socket)]),
         *extra,
     ]
     return netns.exec_command(lab.node_ns, command)

@@ -130,6 +130,12 @@ class Lab:
         return self.dir / "manifests"
 
     @property
+    def control_socket(self) -> Path:
+        """The lab proxy's inspection socket: its own, so that labs side by side (and a
+        proxy on the host) do not take each other's."""
+        return self.dir / "control.sock"
+
+    @property
     def status_file(self) -> Path:
         return self.dir / "proxy-status.json"
 

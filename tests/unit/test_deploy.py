@@ -15,6 +15,8 @@ import yaml
 from kubernetes.aio.client import models
 from pydantic import BaseModel
 
+from nfqproxy import cli
+
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 KINDS: dict[tuple[str, str], type[BaseModel]] = {
     ("v1", "ServiceAccount"): models.V1ServiceAccount,
@@ -26,9 +28,11 @@ KINDS: dict[tuple[str, str], type[BaseModel]] = {
 
 
 def documents() -> list[tuple[str, dict[str, Any]]]:
+    """The Kubernetes objects of deploy/ (kustomization.yaml is kubectl's, not one)."""
     return [
         (f"{path.name}:{doc['kind']}/{doc['metadata']['name']}", doc)
         for path in sorted(DEPLOY.glob("*.yaml"))
+        if path.name != "kustomization.yaml"
         for doc in yaml.safe_load_all(path.read_text())
         if doc
     ]
@@ -95,3 +99,53 @@ def test_the_cleanup_daemonset_runs_nfqproxy_cleanup_on_every_node() -> None:
     assert pod["hostNetwork"] is True and pod["tolerations"] == [{"operator": "Exists"}]
     assert cleanup["securityContext"]["capabilities"]["add"] == ["NET_ADMIN", "NET_RAW"]
     assert any(m["mountPath"] == "/run/xtables.lock" for m in cleanup["volumeMounts"])
+
+
+def test_kubectl_apply_k_takes_the_proxy_and_its_rbac() -> None:
+    kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
+    assert kustomization["kind"] == "Kustomization"
+    assert kustomization["resources"] == ["rbac.yaml", "daemonset.yaml"]
+    assert all((DEPLOY / name).is_file() for name in kustomization["resources"])
+
+
+def test_the_daemonset_args_and_its_configmap_parse_as_nfqproxy_run(tmp_path: Path) -> None:
+    """The container's args through the CLI's parser, the ConfigMap's config.yaml through
+    the config loader: what the pod would run, flags over file."""
+    daemonset = named_daemonset("nfqproxy")
+    container = daemonset["spec"]["template"]["spec"]["containers"][0]
+    configmap = next(d for _, d in documents() if d["kind"] == "ConfigMap")
+    config = tmp_path / "config.yaml"
+    config.write_text(configmap["data"]["config.yaml"])
+    values = {"$(NODE_NAME)": "node-a", "$(NODE_IP)": "192.0.2.10"}
+    args = [
+        f"{a.split('=', 1)[0]}={values.get(a.split('=', 1)[1], a.split('=', 1)[1])}"
+        if "=" in a
+        else a
+        for a in container["args"]
+    ]
+    args = [f"--config={config}" if a.startswith("--config=") else a for a in args]
+    parser = cli.build_parser()
+    parsed = cli._with_config_file(parser, args, config)
+    assert parsed.command == "run" and parsed.hostname_override == "node-a"
+    assert parsed.node_ip == ["192.0.2.10"] and parsed.keep_hooks_on_exit is True
+    assert parsed.api_server.startswith("https://") and parsed.log_format == "json"
+    assert [str(n) for ranges in parsed.service_cidrs for n in ranges] == ["10.96.0.0/12"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "config")
+    assert container["args"][1] == f"--config={mount['mountPath']}/config.yaml"
+
+
+def test_the_daemonset_is_hardened_as_kubeadm_and_cilium_deploy_theirs() -> None:
+    pod = named_daemonset("nfqproxy")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    security = container["securityContext"]
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["capabilities"]["drop"] == ["ALL"]
+    liveness = container["livenessProbe"]
+    assert liveness["failureThreshold"] >= 3 and liveness["timeoutSeconds"] >= 1
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert "/lib/modules" not in mounts  # nothing loads modules from the pod
+    assert {"/run/nfqproxy", "/run/xtables.lock", "/etc/nfqproxy"} <= mounts
+    assert container["resources"]["requests"]["memory"] == "320Mi"

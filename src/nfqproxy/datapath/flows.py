@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import astuple, dataclass
 from enum import Enum
+from typing import Protocol
 
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
@@ -134,3 +135,70 @@ def flow_summary(
 def affinity_capacity(flow_capacity: int) -> int:
     """Clients remembered for sessionAffinity: a quarter of the flow table."""
     return max(1, flow_capacity // 4)
+
+
+class FlowTuple(Protocol):
+    """What a table's flow names alike (the reference's Flow, conntrack's TrackedFlow)."""
+
+    @property
+    def proto(self) -> int: ...
+    @property
+    def client_ip(self) -> bytes: ...
+    @property
+    def client_port(self) -> int: ...
+    @property
+    def vip(self) -> bytes: ...
+    @property
+    def vport(self) -> int: ...
+    @property
+    def backend_ip(self) -> bytes: ...
+    @property
+    def backend_port(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FlowRecord:
+    """One tracked flow as every data path lists it (`nfqproxy flows`): addresses packed."""
+
+    proto: int
+    client: bytes
+    client_port: int
+    vip: bytes
+    vport: int
+    backend: bytes
+    backend_port: int
+    service: str  # namespace/name:port, "?" when its service port is gone
+    state: str  # a FlowState value, or "conntrack" where the kernel holds the flow
+    expires_in: float  # seconds
+
+    @classmethod
+    def of(cls, flow: FlowTuple, service: str, state: str, expires_in: float) -> FlowRecord:
+        """From a flow of any table that names its addresses and ports as these do."""
+        return cls(
+            flow.proto,
+            flow.client_ip,
+            flow.client_port,
+            flow.vip,
+            flow.vport,
+            flow.backend_ip,
+            flow.backend_port,
+            service,
+            state,
+            expires_in,
+        )
+
+    def as_json(self) -> dict[str, object]:
+        from ipaddress import ip_address
+
+        return {
+            "protocol": {IPPROTO_TCP: "TCP", IPPROTO_SCTP: "SCTP"}.get(self.proto, "UDP"),
+            "client": str(ip_address(self.client)),
+            "client_port": self.client_port,
+            "vip": str(ip_address(self.vip)),
+            "vport": self.vport,
+            "backend": str(ip_address(self.backend)),
+            "backend_port": self.backend_port,
+            "service": self.service,
+            "state": self.state,
+            "expires_in": round(self.expires_in, 1),
+        }

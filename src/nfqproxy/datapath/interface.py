@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
+from nfqproxy.datapath.flows import FlowRecord
 from nfqproxy.datapath.frontends import Frontend, PortChanges, TableKey
 from nfqproxy.datapath.verdicts import Verdict
 from nfqproxy.model import Snapshot
@@ -35,6 +36,11 @@ class Datapath(Protocol):
 
     def expire(self) -> int:
         """Drops expired flows and client affinities; returns the flows dropped."""
+        ...
+
+    def flow_records(self, limit: int) -> tuple[list[FlowRecord], int]:
+        """Up to limit tracked flows, oldest first where the table knows the order, and
+        how many there are in all. May block (the offload path asks conntrack)."""
         ...
 
     def status(self) -> dict[str, object]:

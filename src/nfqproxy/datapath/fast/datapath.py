@@ -14,7 +14,7 @@ from ipaddress import ip_address
 from nfqproxy import defaults
 from nfqproxy.datapath.compiled import CompiledTables, compiled_available, require_compiled
 from nfqproxy.datapath.compiled import unavailable_reason as unavailable_reason
-from nfqproxy.datapath.flows import SUMMARY_DETAIL_LIMIT, Timeouts, flow_summary
+from nfqproxy.datapath.flows import SUMMARY_DETAIL_LIMIT, FlowRecord, Timeouts, flow_summary
 from nfqproxy.datapath.frontends import (
     Frontend,
     PortChanges,
@@ -82,6 +82,21 @@ class FastDatapath:
 
     def __len__(self) -> int:
         return len(self.core)
+
+    def flow_records(self, limit: int) -> tuple[list[FlowRecord], int]:
+        now = self.clock()
+        records = []
+        for proto, client, cport, vip, vport, backend, bport, state, expires in self.core.flows(
+            limit
+        ):
+            frontend = self._frontends.get((vip, proto, vport))
+            name = frontend.name if frontend else "?"
+            records.append(
+                FlowRecord(
+                    proto, client, cport, vip, vport, backend, bport, name, state, expires - now
+                )
+            )
+        return records, len(self.core)
 
     def status(self) -> dict[str, object]:
         if len(self.core) > SUMMARY_DETAIL_LIMIT:

@@ -19,7 +19,7 @@ from typing import Protocol
 
 from nfqproxy import defaults
 from nfqproxy.datapath.compiled import CompiledTables, require_compiled
-from nfqproxy.datapath.flows import Timeouts, affinity_capacity
+from nfqproxy.datapath.flows import FlowRecord, Timeouts, affinity_capacity
 from nfqproxy.datapath.frontends import (
     Frontend,
     PortChanges,
@@ -46,6 +46,7 @@ class KernelState(Protocol):
     def install(self) -> dict[int, Element]: ...
     def update_map(self, added: dict[int, Element], removed: list[int]) -> None: ...
     def tracked(self, marks: list[int]) -> Sequence[TrackedFlow]: ...
+    def all_tracked(self) -> Sequence[TrackedFlow]: ...
     def forget(self, marks: list[int]) -> None: ...
     def open_flows(self, limit: int) -> dict[int, int]: ...
 
@@ -255,6 +256,21 @@ class OffloadDatapath:
 
     def __len__(self) -> int:
         return sum(self.open_flows().values())
+
+    def flow_records(self, limit: int) -> tuple[list[FlowRecord], int]:
+        """The connections conntrack holds for us (a dump filtered on the proxied bit):
+        their state is conntrack's, their expiry its timeout."""
+        if self.kernel is None:
+            return [], 0
+        tracked = self.kernel.all_tracked()
+        names = self.ids.owners
+        records = []
+        for f in tracked[:limit]:
+            owner = names.get(self.kernel.marks.backend_id(f.mark))
+            frontend = self.tables.frontends.get(owner[0]) if owner else None
+            name = frontend.name if frontend else "?"
+            records.append(FlowRecord.of(f, name, "conntrack", float(f.timeout)))
+        return records, len(tracked)
 
     def open_flows(self) -> dict[int, int]:
         """Open flows per backend id, from conntrack (a dump filtered on our mark), as last

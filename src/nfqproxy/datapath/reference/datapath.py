@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from nfqproxy import defaults
 from nfqproxy.datapath.flows import (
     IPPROTO_TCP,
+    FlowRecord,
     FlowState,
     Timeouts,
     affinity_capacity,
@@ -318,6 +319,14 @@ class ReferenceDatapath:
             self._frontends[key].name,
             state,
         )
+
+    def flow_records(self, limit: int) -> tuple[list[FlowRecord], int]:
+        now = self.clock()
+        flows = self.flows.flows()
+        records = [
+            FlowRecord.of(f, f.service, f.state.value, f.expires - now) for f in flows[:limit]
+        ]
+        return records, len(flows)
 
     def expire(self) -> int:
         """Drops expired flows (returned: how many) and expired client affinities."""

@@ -1,0 +1,158 @@
+"""The commands' end of the inspection socket: `nfqproxy services`, `flows` and `explain`
+ask the running proxy and print a table, or its JSON with `-o json`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from nfqproxy.control.server import DEFAULT_SOCKET
+
+COMMANDS = ("services", "flows", "explain")
+TIMEOUT = 30.0  # seconds: a flows listing on the offload path walks conntrack
+
+
+class ControlError(RuntimeError):
+    """No proxy answered, or it refused the request."""
+
+
+def ask(path: Path, request: dict[str, Any]) -> Any:
+    """The proxy's answer to one request."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(TIMEOUT)
+        try:
+            sock.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise ControlError(
+                f"no nfqproxy answers on {path} ({exc.strerror}): is it running, and is this "
+                "its --socket?"
+            ) from None
+        except PermissionError:
+            raise ControlError(f"{path}: permission denied (the socket is root's)") from None
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        chunks = []
+        while chunk := sock.recv(1 << 16):
+            chunks.append(chunk)
+    answer = json.loads(b"".join(chunks) or b"{}")
+    if "error" in answer:
+        raise ControlError(str(answer["error"]))
+    if "ok" not in answer:
+        raise ControlError("the proxy's answer was empty")
+    return answer["ok"]
+
+
+def add_commands(commands: Any) -> None:
+    def common(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--socket",
+            type=Path,
+            default=DEFAULT_SOCKET,
+            help=f"the running proxy's inspection socket (default {DEFAULT_SOCKET})",
+        )
+        parser.add_argument(
+            "-o", "--output", choices=["table", "json"], default="table", help="the format"
+        )
+
+    services = commands.add_parser("services", help="the service ports the proxy serves")
+    common(services)
+    flows = commands.add_parser("flows", help="the flows the proxy tracks")
+    common(flows)
+    flows.add_argument("--service", help="only this service (namespace/name[:port])")
+    flows.add_argument("--backend", help="only to this backend (IP or IP:PORT)")
+    flows.add_argument("--client", help="only from this client (IP or IP:PORT)")
+    explain = commands.add_parser(
+        "explain", help="which backend a new flow gets, and why (nothing is changed)"
+    )
+    common(explain)
+    explain.add_argument("source", help="the client: IP, or IP:PORT for the Maglev slot")
+    explain.add_argument("destination", help="the service address: IP:PORT ([IPv6]:PORT)")
+    explain.add_argument(
+        "--proto", default="tcp", choices=["tcp", "udp", "sctp"], help="the protocol"
+    )
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    request: dict[str, Any] = {"command": args.command}
+    if args.command == "flows":
+        request.update(service=args.service, backend=args.backend, client=args.client)
+    elif args.command == "explain":
+        request.update(
+            source=args.source, destination=args.destination, protocol=args.proto.upper()
+        )
+    answer = ask(args.socket, request)
+    if args.output == "json":
+        print(json.dumps(answer, indent=2))
+    elif args.command == "services":
+        print(services_table(answer))
+    elif args.command == "flows":
+        print(flows_table(answer))
+    else:
+        print(explain_text(answer))
+    return 0
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in
+              enumerate(headers)]  # fmt: skip
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def services_table(services: list[dict[str, Any]]) -> str:
+    rows = []
+    for service in services:
+        backends = service["backends"] or [{"endpoint": "-", "state": "none", "share": 0.0}]
+        for i, backend in enumerate(backends):
+            first = i == 0
+            rows.append(
+                [
+                    service["address"] if first else "",
+                    service["service"] if first else "",
+                    backend["endpoint"],
+                    backend["state"],
+                    f"{backend['share'] * 100:.1f}%",
+                    ", ".join(service["policies"]) if first else "",
+                ]
+            )
+    headers = ["ADDRESS", "SERVICE", "BACKEND", "STATE", "MAGLEV", "POLICIES"]
+    return table(headers, rows)
+
+
+def flows_table(answer: dict[str, Any]) -> str:
+    rows = [
+        [
+            f["protocol"],
+            f"{f['client']}:{f['client_port']}",
+            f"{f['vip']}:{f['vport']}",
+            f"{f['backend']}:{f['backend_port']}",
+            f["service"],
+            f["state"],
+            f"{f['expires_in']:.0f}s",
+        ]
+        for f in answer["flows"]
+    ]
+    headers = ["PROTO", "CLIENT", "SERVICE ADDRESS", "BACKEND", "SERVICE", "STATE", "EXPIRES"]
+    summary = f"{len(rows)} shown of {answer['total']} tracked"
+    if answer["listed"] < answer["total"]:
+        summary += f" (the first {answer['listed']} read)"
+    return table(headers, rows) + "\n" + summary
+
+
+def explain_text(answer: dict[str, Any]) -> str:
+    lines = [f"flow:       {answer['flow']}"]
+    for key in ("service", "policies", "table", "candidates", "draining", "affinity"):
+        if answer.get(key):
+            value = answer[key]
+            text = ", ".join(value) if isinstance(value, list) else str(value)
+            lines.append(f"{key + ':':<12}{text}")
+    if "maglev" in answer:
+        m = answer["maglev"]
+        lines.append(f"{'maglev:':<12}hash {m['hash']} -> slot {m['slot']} of {m['of']}")
+    if "masquerade" in answer:
+        lines.append(f"{'masquerade:':<12}{'yes' if answer['masquerade'] else 'no'}")
+    lines.append(f"{'verdict:':<12}{answer['verdict']}")
+    return "\n".join(lines)

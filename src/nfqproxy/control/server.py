@@ -1,0 +1,171 @@
+"""The proxy's end of the inspection socket: a unix socket, root-only, that answers one
+JSON request per connection with one JSON answer. A unix socket on the file system is
+reachable from any network namespace of the host, which is where operators and their
+tools run; it is never on the network.
+
+Requests: {"command": "services"}, {"command": "flows", "service": ..., "backend": ...,
+"client": ...}, {"command": "explain", "source": "IP[:PORT]", "destination": "IP:PORT",
+"protocol": "TCP"}. Answers: {"ok": ...} or {"error": "..."}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import stat
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from nfqproxy.control import views
+from nfqproxy.datapath.interface import Datapath
+from nfqproxy.fields import PROTOCOLS, IPAddress, ObjectError, read_ip
+from nfqproxy.model import IPNetwork, ServicePort, ServicePortKey
+
+log = logging.getLogger(__name__)
+DEFAULT_SOCKET = Path("/run/nfqproxy/control.sock")
+MAX_REQUEST = 64 * 1024
+
+
+class RequestError(ValueError):
+    """A request the proxy cannot answer: the message says why."""
+
+
+class ControlServer:
+    """Answers inspection requests from the proxy's own state, in its event loop."""
+
+    def __init__(
+        self,
+        path: Path,
+        ports: Callable[[], Mapping[ServicePortKey, ServicePort]],
+        datapath: Datapath,
+        seed: int,
+        cluster_cidrs: tuple[IPNetwork, ...],
+        node_ips: Callable[[], frozenset[IPAddress]],
+        flows_block: bool = False,
+    ) -> None:
+        """flows_block: the data path's flow listing blocks (the offload path's asks
+        conntrack): it is read in a thread. The others' tables are read in the loop, which
+        is the thread the reference path changes them in."""
+        self.path = path
+        self.ports = ports
+        self.datapath = datapath
+        self.seed = seed
+        self.cluster_cidrs = cluster_cidrs
+        self.node_ips = node_ips
+        self.flows_block = flows_block
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.path.is_socket():
+            if _answers(self.path):
+                raise OSError(f"another process serves {self.path}; give this one --socket")
+            self.path.unlink()  # a killed process's: nobody answers on it
+        elif self.path.exists():
+            raise OSError(f"{self.path} exists and is not a socket; not replacing it")
+        old_umask = os.umask(0o177)  # created 0600: root's only, from the first instant
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._serve, path=str(self.path), limit=MAX_REQUEST
+            )
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, stat.S_IRUSR | stat.S_IWUSR)
+        log.info("inspection socket: %s", self.path)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+            self.path.unlink(missing_ok=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 10.0)
+            try:
+                answer: dict[str, Any] = {"ok": await self.answer(json.loads(line))}
+            except (RequestError, ValueError) as exc:
+                answer = {"error": str(exc)}
+            writer.write(json.dumps(answer).encode() + b"\n")
+            await writer.drain()
+        except (TimeoutError, ConnectionError, asyncio.LimitOverrunError) as exc:
+            log.debug("inspection request dropped: %s", exc)
+        finally:
+            writer.close()
+
+    async def answer(self, request: object) -> object:
+        if not isinstance(request, dict) or not isinstance(request.get("command"), str):
+            raise RequestError('a request is a JSON object with a "command"')
+        command = request["command"]
+        if command == "services":
+            return views.services_view(self.ports(), self.datapath)
+        if command == "flows":
+            service, backend, client = (_text(request, k) for k in ("service", "backend", "client"))
+            if self.flows_block:
+                return await asyncio.to_thread(
+                    lambda: views.flows_view(self.datapath, service, backend, client)
+                )
+            return views.flows_view(self.datapath, service, backend, client)
+        if command == "explain":
+            return self._explain(request)
+        raise RequestError(f"unknown command {command[:40]!r}")
+
+    def _explain(self, request: Mapping[str, Any]) -> object:
+        client, client_port = parse_endpoint(_text(request, "source"), "source", port_needed=False)
+        destination, port = parse_endpoint(_text(request, "destination"), "destination")
+        protocol = (_text(request, "protocol") or "TCP").upper()
+        if protocol not in PROTOCOLS:
+            raise RequestError(f"protocol {protocol[:20]!r}: TCP, UDP or SCTP")
+        if port is None or client.version != destination.version:
+            raise RequestError("source and destination must be of one IP family")
+        source = views.source_bits(client, self.cluster_cidrs, self.node_ips())
+        return views.explain(
+            self.ports(), self.datapath, self.seed, client, client_port, destination, port,
+            protocol, source,
+        )  # fmt: skip
+
+
+def _answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def _text(request: Mapping[str, Any], key: str) -> str | None:
+    value = request.get(key)
+    if value is not None and not isinstance(value, str):
+        raise RequestError(f"{key} must be a string")
+    return value
+
+
+def parse_endpoint(
+    text: str | None, what: str, port_needed: bool = True
+) -> tuple[IPAddress, int | None]:
+    """IP, IP:PORT, [IPv6]:PORT or a bare IPv6 address; ValueError naming what is wrong."""
+    if not text:
+        raise RequestError(f"{what}: an address is needed")
+    host, port_text = text, None
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else None
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    try:
+        address = read_ip(host, what)
+    except ObjectError as exc:
+        raise RequestError(str(exc)) from None
+    if port_text is None:
+        if port_needed:
+            raise RequestError(f"{what} {text[:60]!r}: a port is needed (IP:PORT)")
+        return address, None
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise RequestError(f"{what} {text[:60]!r}: the port must be 1-65535")
+    return address, int(port_text)

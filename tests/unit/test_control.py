@@ -1,0 +1,204 @@
+"""The inspection socket and its commands, against data paths programmed in the test:
+`services` lists every port with its backends' shares, `flows` filters the table, and
+`explain` names the backend the data path then picks, on every data path."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import replace
+from ipaddress import ip_address
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nfqproxy import cli
+from nfqproxy.control import client, views
+from nfqproxy.control.server import ControlServer, RequestError, parse_endpoint
+from nfqproxy.datapath.interface import Datapath
+from nfqproxy.datapath.marks import SOURCE_OFF_CLUSTER, SOURCE_POD
+from nfqproxy.model import Backend
+from nfqproxy_lab.packets import tcp_packet, udp_packet
+from tests.helpers.clock import FakeClock
+from tests.helpers.datapaths import datapath_params, new_datapath
+from tests.helpers.snapshots import snapshot
+
+SEED = 0  # new_datapath's default (defaults.SEED) is checked below
+
+
+@pytest.fixture(params=datapath_params(every_packet_only=True))
+def programmed(request: pytest.FixtureRequest) -> tuple[Datapath, Any]:
+    from nfqproxy import defaults
+
+    assert defaults.SEED == SEED
+    datapath = new_datapath(request.param, clock=FakeClock(1000.0))
+    ports = snapshot(frozenset({0, 1, 2}), external=True).ports
+    datapath.apply(snapshot(frozenset({0, 1, 2}), external=True))
+    return datapath, ports
+
+
+def test_explain_names_the_backend_the_data_path_then_picks(
+    programmed: tuple[Datapath, Any],
+) -> None:
+    datapath, ports = programmed
+    for sport in range(20000, 20200):
+        for proto, port, target in (("TCP", 80, 8080), ("UDP", 53, 5353)):
+            answer = views.explain(
+                ports, datapath, SEED, ip_address("10.244.1.2"), sport,
+                ip_address("10.96.0.10"), port, proto, SOURCE_POD,
+            )  # fmt: skip
+            build = tcp_packet if proto == "TCP" else udp_packet
+            verdict = datapath.process(build("10.244.1.2", sport, "10.96.0.10", port), SOURCE_POD)
+            assert verdict.payload is not None
+            chosen = f"{ip_address(verdict.payload[16:20])}:{target}"
+            assert answer["backend"] == chosen and answer["verdict"].endswith(chosen)
+
+
+def test_explain_takes_the_local_table_for_an_outside_client_of_a_local_nodeport(
+    programmed: tuple[Datapath, Any],
+) -> None:
+    datapath, ports = programmed
+    outside = views.explain(
+        ports, datapath, SEED, ip_address("198.51.100.2"), 40000, ip_address("192.168.0.1"),
+        30080, "TCP", SOURCE_OFF_CLUSTER,
+    )  # fmt: skip
+    pod = views.explain(
+        ports, datapath, SEED, ip_address("10.244.1.2"), 40000, ip_address("192.168.0.1"),
+        30080, "TCP", SOURCE_POD,
+    )  # fmt: skip
+    assert outside["candidates"] == ["10.244.11.2:8080"] and outside["masquerade"] is False
+    assert len(pod["candidates"]) == 3 and "table" in pod
+
+
+def test_explain_says_why_no_backend_is_picked(programmed: tuple[Datapath, Any]) -> None:
+    datapath, ports = programmed
+    cases = [
+        ("10.96.0.20", 80, "TCP", "reject: no endpoints"),
+        ("10.96.0.20", 53, "UDP", "drop: no local endpoints"),
+        ("10.96.0.10", 443, "TCP", "reject: port not served"),
+        ("10.96.9.9", 80, "TCP", "no service here"),
+    ]
+    for vip, port, proto, verdict in cases:
+        answer = views.explain(
+            ports, datapath, SEED, ip_address("10.244.1.2"), 1234, ip_address(vip), port,
+            proto, SOURCE_POD,
+        )  # fmt: skip
+        assert answer["verdict"] == verdict, (vip, port)
+    without_port = views.explain(
+        ports, datapath, SEED, ip_address("10.244.1.2"), None, ip_address("10.96.0.10"), 80,
+        "TCP", SOURCE_POD,
+    )  # fmt: skip
+    assert "SRC:PORT" in without_port["verdict"] and len(without_port["candidates"]) == 3
+
+
+def test_services_lists_each_port_with_states_and_maglev_shares(
+    programmed: tuple[Datapath, Any],
+) -> None:
+    datapath, ports = programmed
+    web = ports[(ip_address("10.96.0.10"), "TCP", 80)]
+    ports = dict(ports)
+    ports[(ip_address("10.96.0.10"), "TCP", 80)] = replace(
+        web,
+        terminating=web.backends[:1],
+        draining=(Backend(ip_address("10.244.14.2"), 8080),),
+    )
+    rows = {row["address"]: row for row in views.services_view(ports, datapath)}
+    http = rows["10.96.0.10:80/TCP"]
+    assert http["service"] == "d/web:http" and http["programmed"]
+    states = [b["state"] for b in http["backends"]]
+    assert states == ["serving-terminating", "ready", "ready", "draining"]
+    assert sum(b["share"] for b in http["backends"]) == pytest.approx(1.0, abs=1e-3)
+    assert all(0.3 < b["share"] < 0.37 for b in http["backends"][:3])
+    assert "NodePort" in rows["192.168.0.1:30080/TCP"]["policies"]
+    assert client.services_table(list(rows.values())).startswith("ADDRESS")
+
+
+def test_flows_are_listed_and_filtered(programmed: tuple[Datapath, Any]) -> None:
+    datapath, _ = programmed
+    for sport in (30001, 30002, 30003):
+        datapath.process(tcp_packet("10.244.1.2", sport, "10.96.0.10", 80), SOURCE_POD)
+    datapath.process(udp_packet("10.244.1.3", 30004, "10.96.0.10", 53), SOURCE_POD)
+    everything = views.flows_view(datapath)
+    assert everything["total"] == 4 and len(everything["flows"]) == 4
+    assert {f["service"] for f in everything["flows"]} == {"d/web:http", "d/web:dns"}
+    assert len(views.flows_view(datapath, service="d/web:dns")["flows"]) == 1
+    assert len(views.flows_view(datapath, service="d/web")["flows"]) == 4
+    assert len(views.flows_view(datapath, client="10.244.1.2")["flows"]) == 3
+    assert len(views.flows_view(datapath, client="10.244.1.2:30002")["flows"]) == 1
+    backend = everything["flows"][0]["backend"]
+    picked = views.flows_view(datapath, backend=backend)["flows"]
+    assert picked and all(f["backend"] == backend for f in picked)
+    assert views.flows_view(datapath, limit=2)["total"] == 4
+    assert "4 shown of 4 tracked" in client.flows_table(everything)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("10.0.0.1:80", ("10.0.0.1", 80)), ("[fd00::1]:443", ("fd00::1", 443)),
+     ("fd00::1", ("fd00::1", None)), ("10.0.0.1", ("10.0.0.1", None))],
+)  # fmt: skip
+def test_endpoints_are_read_in_either_family(text: str, expected: tuple[str, int]) -> None:
+    address, port = parse_endpoint(text, "source", port_needed=False)
+    assert (str(address), port) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["", "10.0.0.1:0", "10.0.0.1:99999", "host:80", "[fd00::1]:x", "fd00::1%eth0"]
+)
+def test_bad_endpoints_are_refused_with_the_reason(text: str) -> None:
+    with pytest.raises(RequestError):
+        parse_endpoint(text, "destination")
+
+
+def test_the_socket_answers_the_commands_and_refuses_bad_requests(tmp_path: Path) -> None:
+    datapath = new_datapath("reference", clock=FakeClock(1000.0))
+    programmed = snapshot(frozenset({0, 1}))
+    datapath.apply(programmed)
+    path = tmp_path / "run" / "control.sock"
+    server = ControlServer(path, lambda: programmed.ports, datapath, SEED, (), frozenset)
+
+    async def scenario() -> list[Any]:
+        await server.start()
+        try:
+            assert path.stat().st_mode & 0o777 == 0o600
+
+            async def ask(request: object) -> Any:
+                reader, writer = await asyncio.open_unix_connection(str(path))
+                writer.write(json.dumps(request).encode() + b"\n")
+                answer = json.loads(await reader.readline())
+                writer.close()
+                return answer
+
+            return [
+                await ask({"command": "services"}),
+                await ask({"command": "explain", "source": "10.244.1.2:1", "destination": "x"}),
+                await ask({"command": "reboot"}),
+                await ask(["not", "an", "object"]),
+                await ask(
+                    {
+                        "command": "explain",
+                        "source": "10.244.1.2:999",
+                        "destination": "10.96.0.10:80",
+                        "protocol": "tcp",
+                    }
+                ),
+            ]
+        finally:
+            await server.stop()
+
+    services, bad_address, unknown, not_object, explained = asyncio.run(scenario())
+    assert len(services["ok"]) == 4
+    assert "is not a valid IP address" in bad_address["error"]
+    assert "unknown command 'reboot'" in unknown["error"]
+    assert "JSON object" in not_object["error"]
+    assert explained["ok"]["verdict"].startswith("accept: DNAT to 10.244.1")
+    assert not path.exists()
+
+
+def test_a_command_without_a_proxy_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    missing = tmp_path / "none.sock"
+    assert cli.main(["services", "--socket", str(missing)]) == 1
+    assert f"no nfqproxy answers on {missing}" in caplog.text
