@@ -207,13 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--fail-open",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=False,
         help="when the queue is full, let packets through unproxied instead of dropping them "
         "(fast path only; see docs/design.md for why this is off by default)",
     )
     run.add_argument(
         "--keep-hooks-on-exit",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=False,
         help="leave the hook rules in place on SIGTERM/SIGINT, so that the next process (a "
         "restart, an upgrade) takes over open connections; `nfqproxy cleanup` removes them",
     )

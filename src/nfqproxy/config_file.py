@@ -28,7 +28,10 @@ def flag_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
         option[2:]: action
         for action in parser._actions
         for option in action.option_strings
-        if option.startswith("--") and option[2:] not in _NOT_KEYS
+        if option.startswith("--")
+        and option[2:] not in _NOT_KEYS
+        # A switch's --no- form is not a key of its own: `switch: false` says it.
+        and not (isinstance(action, argparse.BooleanOptionalAction) and option[:5] == "--no-")
     }
 
 
@@ -76,6 +79,9 @@ def _convert(action: argparse.Action, value: object, where: str) -> object:
 def _one(action: argparse.Action, value: object, where: str) -> object:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ConfigError(f"{where}: expected a string or a number, got {value!r:.80}")
+    if action.type is None and not isinstance(value, str):
+        # YAML reads 0123 or 1.10 as numbers, whose text is not what was written.
+        raise ConfigError(f"{where}: expected a string (quote it), got {value!r:.80}")
     text = str(value)
     try:
         converted = action.type(text) if callable(action.type) else text

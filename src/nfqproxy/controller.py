@@ -152,7 +152,6 @@ class Proxy:
                 self.datapath,
                 config.seed,
                 config.cluster_cidrs,
-                lambda: frozenset(config.node_ips),
                 flows_block=not factory.DATAPATHS[config.datapath].every_packet,
             )
             if config.control_socket is not None

@@ -62,7 +62,11 @@ log-format: json
     assert (args.log_level, args.log_format) == ("DEBUG", "json")
     # A repeatable flag on the command line replaces the file's list, not adds to it;
     # a flag before `run` wins too.
-    given = parsed(tmp_path, config, ["--service-cidr", "10.0.0.0/16"], ("--log-level=ERROR",))
+    given = parsed(
+        tmp_path, config, ["--service-cidr", "10.0.0.0/16", "--no-keep-hooks-on-exit"],
+        ("--log-level=ERROR",),
+    )  # fmt: skip
+    assert given.keep_hooks_on_exit is False  # a switch the file sets, turned off
     assert [str(n) for r in given.service_cidrs for n in r] == ["10.0.0.0/16"]
     assert given.log_level == "ERROR"
 
@@ -74,6 +78,8 @@ BAD_FILES = [
     ("flow-capacity: 0", "flow-capacity: expected a positive whole number"),
     ("datapath: turbo", "datapath: 'turbo' is not one of"),
     ("fail-open: yes please", "fail-open: expected true or false"),
+    ("no-fail-open: true", "unknown key 'no-fail-open'"),
+    ("hostname-override: 0123", "hostname-override: expected a string (quote it)"),
     ("service-cidr: {a: 1}", "service-cidr: expected a string or a number"),
     ("cluster-cidr: [fd00::%eth0/64]", "cluster-cidr: 'fd00::%eth0/64': an IPv6 zone"),
     ("config: other.yaml", "unknown key 'config'"),

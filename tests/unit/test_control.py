@@ -17,7 +17,7 @@ from nfqproxy import cli
 from nfqproxy.control import client, views
 from nfqproxy.control.server import ControlServer, RequestError, parse_endpoint
 from nfqproxy.datapath.interface import Datapath
-from nfqproxy.datapath.marks import SOURCE_OFF_CLUSTER, SOURCE_POD
+from nfqproxy.datapath.marks import SOURCE_NODE, SOURCE_OFF_CLUSTER, SOURCE_POD
 from nfqproxy.model import Backend
 from nfqproxy_lab.packets import tcp_packet, udp_packet
 from tests.helpers.clock import FakeClock
@@ -59,6 +59,8 @@ def test_explain_takes_the_local_table_for_an_outside_client_of_a_local_nodeport
     programmed: tuple[Datapath, Any],
 ) -> None:
     datapath, ports = programmed
+    assert views.source_bits(ip_address("198.51.100.2"), ()) == 0  # no cluster CIDR: nothing
+    assert views.source_bits(ip_address("127.0.0.1"), ()) & SOURCE_NODE
     outside = views.explain(
         ports, datapath, SEED, ip_address("198.51.100.2"), 40000, ip_address("192.168.0.1"),
         30080, "TCP", SOURCE_OFF_CLUSTER,
@@ -156,7 +158,7 @@ def test_the_socket_answers_the_commands_and_refuses_bad_requests(tmp_path: Path
     programmed = snapshot(frozenset({0, 1}))
     datapath.apply(programmed)
     path = tmp_path / "run" / "control.sock"
-    server = ControlServer(path, lambda: programmed.ports, datapath, SEED, (), frozenset)
+    server = ControlServer(path, lambda: programmed.ports, datapath, SEED, ())
 
     async def scenario() -> list[Any]:
         await server.start()
@@ -170,6 +172,10 @@ def test_the_socket_answers_the_commands_and_refuses_bad_requests(tmp_path: Path
                 writer.close()
                 return answer
 
+            reader, writer = await asyncio.open_unix_connection(str(path))
+            writer.write(b"[" * 200_000 + b"\n")  # past the line limit: dropped, not a crash
+            assert await reader.read() == b""
+            writer.close()
             return [
                 await ask({"command": "services"}),
                 await ask({"command": "explain", "source": "10.244.1.2:1", "destination": "x"}),
@@ -194,6 +200,16 @@ def test_the_socket_answers_the_commands_and_refuses_bad_requests(tmp_path: Path
     assert "JSON object" in not_object["error"]
     assert explained["ok"]["verdict"].startswith("accept: DNAT to 10.244.1")
     assert not path.exists()
+
+
+def test_a_socket_folder_others_can_write_is_refused(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    datapath = new_datapath("reference", clock=FakeClock(1000.0))
+    server = ControlServer(shared / "control.sock", dict, datapath, SEED, ())
+    with pytest.raises(OSError, match="writable by others"):
+        asyncio.run(server.start())
 
 
 def test_a_command_without_a_proxy_says_so(

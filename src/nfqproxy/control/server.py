@@ -28,6 +28,7 @@ from nfqproxy.model import IPNetwork, ServicePort, ServicePortKey
 log = logging.getLogger(__name__)
 DEFAULT_SOCKET = Path("/run/nfqproxy/control.sock")
 MAX_REQUEST = 64 * 1024
+MAX_CONCURRENT = 4  # requests answered at once; more wait their turn
 
 
 class RequestError(ValueError):
@@ -44,7 +45,6 @@ class ControlServer:
         datapath: Datapath,
         seed: int,
         cluster_cidrs: tuple[IPNetwork, ...],
-        node_ips: Callable[[], frozenset[IPAddress]],
         flows_block: bool = False,
     ) -> None:
         """flows_block: the data path's flow listing blocks (the offload path's asks
@@ -55,12 +55,16 @@ class ControlServer:
         self.datapath = datapath
         self.seed = seed
         self.cluster_cidrs = cluster_cidrs
-        self.node_ips = node_ips
         self.flows_block = flows_block
         self._server: asyncio.AbstractServer | None = None
+        self._busy = asyncio.Semaphore(MAX_CONCURRENT)
 
     async def start(self) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder = self.path.parent.stat()
+        if folder.st_uid != os.geteuid() or folder.st_mode & 0o022:
+            # Another user could put a socket of theirs there and answer for us.
+            raise OSError(f"{self.path.parent} is writable by others; choose another --socket")
         if self.path.is_socket():
             if _answers(self.path):
                 raise OSError(f"another process serves {self.path}; give this one --socket")
@@ -85,18 +89,26 @@ class ControlServer:
             self.path.unlink(missing_ok=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            line = await asyncio.wait_for(reader.readline(), 10.0)
+        async with self._busy:  # a few at a time: each may walk a table
             try:
-                answer: dict[str, Any] = {"ok": await self.answer(json.loads(line))}
-            except (RequestError, ValueError) as exc:
-                answer = {"error": str(exc)}
-            writer.write(json.dumps(answer).encode() + b"\n")
-            await writer.drain()
-        except (TimeoutError, ConnectionError, asyncio.LimitOverrunError) as exc:
-            log.debug("inspection request dropped: %s", exc)
-        finally:
-            writer.close()
+                line = await asyncio.wait_for(reader.readline(), 10.0)
+                answer = await self._answer_line(line)
+                writer.write(json.dumps(answer).encode() + b"\n")
+                await asyncio.wait_for(writer.drain(), 10.0)
+            except (TimeoutError, ConnectionError, ValueError) as exc:
+                # Silent, too long (readline's limit raises ValueError), or gone away.
+                log.debug("inspection request dropped: %s", exc)
+            finally:
+                writer.close()
+
+    async def _answer_line(self, line: bytes) -> dict[str, Any]:
+        try:
+            return {"ok": await self.answer(json.loads(line))}
+        except (RequestError, ValueError, RecursionError) as exc:
+            return {"error": str(exc)[:500]}
+        except Exception as exc:  # a bug, or conntrack refusing: the proxy carries on
+            log.warning("inspection request failed: %s", exc, exc_info=True)
+            return {"error": f"the proxy could not answer: {exc}"[:500]}
 
     async def answer(self, request: object) -> object:
         if not isinstance(request, dict) or not isinstance(request.get("command"), str):
@@ -123,7 +135,7 @@ class ControlServer:
             raise RequestError(f"protocol {protocol[:20]!r}: TCP, UDP or SCTP")
         if port is None or client.version != destination.version:
             raise RequestError("source and destination must be of one IP family")
-        source = views.source_bits(client, self.cluster_cidrs, self.node_ips())
+        source = views.source_bits(client, self.cluster_cidrs)
         return views.explain(
             self.ports(), self.datapath, self.seed, client, client_port, destination, port,
             protocol, source,

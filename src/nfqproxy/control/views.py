@@ -9,7 +9,7 @@ the data path will do.
 
 from __future__ import annotations
 
-from collections import Counter
+import socket
 from collections.abc import Mapping
 from ipaddress import ip_address
 from typing import Any
@@ -22,7 +22,9 @@ from nfqproxy.datapath.marks import SOURCE_NODE, SOURCE_OFF_CLUSTER, SOURCE_POD
 from nfqproxy.fields import PROTOCOLS, IPAddress
 from nfqproxy.model import IPNetwork, ServicePort, ServicePortKey
 
-FLOW_LIMIT = 100_000  # flows one `nfqproxy flows` lists at most
+# Flows one `nfqproxy flows` reads at most, filters applied to those: the fast path builds
+# them while its workers wait for the table (about 5 ms for 10,000).
+FLOW_LIMIT = 10_000
 
 
 def table_key(port: ServicePort) -> TableKey:
@@ -38,12 +40,8 @@ def maglev_shares(frontend: Frontend | None) -> dict[str, float]:
     """Each chosen backend's share of the frontend's Maglev table (what new flows get)."""
     if frontend is None or not frontend.backends:
         return {}
-    table = frontend.selector.table
-    counts = Counter(table)
-    return {
-        _endpoint(*backend): counts[index] / len(table)
-        for index, backend in enumerate(frontend.backends)
-    }
+    shares = frontend.selector.shares()
+    return {_endpoint(*backend): shares[i] for i, backend in enumerate(frontend.backends)}
 
 
 def service_row(port: ServicePort, datapath: Datapath) -> dict[str, Any]:
@@ -110,18 +108,30 @@ def _endpoint_texts(packed: bytes, port: int) -> tuple[str, str, str]:
     return str(address), f"{address}:{port}", _endpoint(packed, port)
 
 
-def source_bits(
-    client: IPAddress, cluster_cidrs: tuple[IPNetwork, ...], node_ips: frozenset[IPAddress]
-) -> int:
-    """The SOURCE_* bits the hooks would put on this client's packets."""
+def source_bits(client: IPAddress, cluster_cidrs: tuple[IPNetwork, ...]) -> int:
+    """The SOURCE_* bits the hooks (hooks.py) would put on this client's packets: pod
+    inside a cluster CIDR of its family, off-cluster outside one (only when the family has
+    one), node when the address is this node's own (their addrtype LOCAL)."""
+    family = [cidr for cidr in cluster_cidrs if cidr.version == client.version]
     bits = 0
-    if any(client in cidr for cidr in cluster_cidrs if cidr.version == client.version):
+    if any(client in cidr for cidr in family):
         bits |= SOURCE_POD
-    if client in node_ips:
-        bits |= SOURCE_NODE
-    if not bits & SOURCE_POD:
+    elif family:
         bits |= SOURCE_OFF_CLUSTER
+    if is_local(client):
+        bits |= SOURCE_NODE
     return bits
+
+
+def is_local(address: IPAddress) -> bool:
+    """Whether the address is one of this network namespace's own: it can be bound."""
+    kind = socket.AF_INET if address.version == 4 else socket.AF_INET6
+    with socket.socket(kind, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((str(address), 0))
+        except OSError:
+            return False
+    return True
 
 
 def explain(
@@ -153,7 +163,11 @@ def explain(
         return answer
     use_variant, masquerade = routing(frontend.policy, source)
     if use_variant:
-        frontend = datapath.frontend(variant_key(key)) or frontend
+        variant = datapath.frontend(variant_key(key))
+        if variant is None:  # programmed with its primary, always: the data path drops
+            answer["verdict"] = "drop: internal_error (no cluster table)"
+            return answer
+        frontend = variant
         answer["table"] = "the cluster's (pods and the node reach every endpoint)"
     answer["masquerade"] = masquerade
     answer["candidates"] = [_endpoint(*b) for b in frontend.backends]
@@ -176,5 +190,7 @@ def explain(
     chosen = frontend.backends[frontend.selector.table[slot]]
     answer["maglev"] = {"hash": f"{digest:#018x}", "slot": slot, "of": len(frontend.selector.table)}
     answer["backend"] = _endpoint(*chosen)
+    if chosen[0] == client.packed:  # a hairpin: the backend would answer itself
+        answer["masquerade"] = True
     answer["verdict"] = "accept: DNAT to " + answer["backend"]
     return answer

@@ -111,12 +111,23 @@ def build_table(names: Sequence[str], size: int, seed: int = 0) -> array[int]:
 class MaglevSelector:
     """Picks a backend for a flow hash from a Maglev table over the given backends."""
 
-    __slots__ = ("backends", "table")
+    __slots__ = ("_shares", "backends", "table")
 
     def __init__(self, backends: Sequence[str], seed: int = 0, size: int | None = None) -> None:
         self.backends: tuple[str, ...] = tuple(sorted(backends))
         table_size = size if size is not None else table_size_for(len(self.backends))
         self.table = build_table(self.backends, table_size, seed)
+        self._shares: tuple[float, ...] | None = None
+
+    def shares(self) -> tuple[float, ...]:
+        """Each backend's share of the table (what new flows get), counted once: the table
+        never changes after it is built, and `nfqproxy services` asks for every one."""
+        if self._shares is None:
+            counts = [0] * len(self.backends)
+            for index in self.table:
+                counts[index] += 1
+            self._shares = tuple(c / len(self.table) for c in counts)
+        return self._shares
 
     def select(self, flow_hash: int) -> int:
         """The index in self.backends of the flow's backend, or -1 if there are none."""

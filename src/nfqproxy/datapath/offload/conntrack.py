@@ -105,16 +105,19 @@ class ConntrackTable:
         self._closed = False
         self.family = nfgen_family(families)
 
-    def flows(self, mark: int, mask: int) -> list[TrackedFlow]:
-        """The TCP, UDP and SCTP entries with (ctmark & mask) == mark; others skipped."""
+    def flows(self, mark: int, mask: int, limit: int | None = None) -> list[TrackedFlow]:
+        """The TCP, UDP and SCTP entries with (ctmark & mask) == mark; others skipped.
+        limit: stop after that many (the socket is closed with the rest unread)."""
         _check_filter(mark, mask)
 
         async def collect(sock: Any) -> list[TrackedFlow]:
-            found = []
+            found: list[TrackedFlow] = []
             async for entry in _dump(sock, mark, mask):
                 flow = _tracked_flow(entry, mark, mask)
                 if flow is not None:
                     found.append(flow)
+                    if limit is not None and len(found) >= limit:
+                        break
             return found
 
         return self._run(f"dump conntrack entries of mark {mark:#x}/{mask:#x}", collect)

@@ -46,7 +46,7 @@ class KernelState(Protocol):
     def install(self) -> dict[int, Element]: ...
     def update_map(self, added: dict[int, Element], removed: list[int]) -> None: ...
     def tracked(self, marks: list[int]) -> Sequence[TrackedFlow]: ...
-    def all_tracked(self) -> Sequence[TrackedFlow]: ...
+    def all_tracked(self, limit: int) -> Sequence[TrackedFlow]: ...
     def forget(self, marks: list[int]) -> None: ...
     def open_flows(self, limit: int) -> dict[int, int]: ...
 
@@ -262,15 +262,16 @@ class OffloadDatapath:
         their state is conntrack's, their expiry its timeout."""
         if self.kernel is None:
             return [], 0
-        tracked = self.kernel.all_tracked()
+        tracked = self.kernel.all_tracked(limit)
         names = self.ids.owners
         records = []
-        for f in tracked[:limit]:
+        for f in tracked:
             owner = names.get(self.kernel.marks.backend_id(f.mark))
             frontend = self.tables.frontends.get(owner[0]) if owner else None
             name = frontend.name if frontend else "?"
             records.append(FlowRecord.of(f, name, "conntrack", float(f.timeout)))
-        return records, len(tracked)
+        # The total as last counted in the background (open_flows), at least those read.
+        return records, max(len(records), sum(self.open_flows().values()))
 
     def open_flows(self) -> dict[int, int]:
         """Open flows per backend id, from conntrack (a dump filtered on our mark), as last

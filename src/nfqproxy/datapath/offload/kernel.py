@@ -62,10 +62,11 @@ class OffloadKernel:
             lambda: [f for m in marks for f in self.conntrack.flows(m | proxied, mask)]
         )
 
-    def all_tracked(self) -> list[TrackedFlow]:
-        """Every connection our verdicts sent to a backend: one dump on the proxied bit."""
+    def all_tracked(self, limit: int) -> list[TrackedFlow]:
+        """Up to limit connections our verdicts sent to a backend: one dump on the
+        proxied bit."""
         proxied = self.marks.proxied
-        return self._call(lambda: self.conntrack.flows(proxied, proxied))
+        return self._call(lambda: self.conntrack.flows(proxied, proxied, limit))
 
     def forget(self, marks: list[int]) -> None:
         """Deletes the connections of these backend marks."""
