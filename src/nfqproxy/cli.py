@@ -11,7 +11,7 @@ from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
 from types import ModuleType
 
-from nfqproxy import config_file, defaults, flags, iptables_backend
+from nfqproxy import config_file, defaults, flags
 from nfqproxy.control import client as control_client
 from nfqproxy.control.server import DEFAULT_SOCKET
 from nfqproxy.controller import Proxy, ProxyConfig
@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--iptables",
-        default="auto",
+        default=defaults.IPTABLES,
         choices=["auto", "iptables", "iptables-legacy", "iptables-nft"],
         help="the iptables back end for the hooks: auto (the default) takes the host's, as "
         "kube-proxy's image does (the kubelet's chains, else the one with more rules); "
@@ -297,14 +297,6 @@ def log_handler(output: str) -> logging.Handler:
     return handler
 
 
-def _iptables(asked: str) -> str:
-    if asked != "auto":
-        return asked
-    chosen, why = iptables_backend.detect()
-    log.info("--iptables auto: %s, as %s", chosen, why)
-    return chosen
-
-
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         if args.datapath not in factory.available():
@@ -352,7 +344,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             sync_period=args.sync_period,
             healthz_bind=parse_bind_address(args.healthz_bind_address, "--healthz-bind-address"),
             metrics_bind=parse_bind_address(args.metrics_bind_address, "--metrics-bind-address"),
-            iptables=_iptables(args.iptables),
+            iptables=args.iptables,
             flow_capacity=args.flow_capacity,
             keep_hooks_on_exit=args.keep_hooks_on_exit,
             fail_open=args.fail_open,

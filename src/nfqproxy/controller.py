@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nfqproxy import defaults
+from nfqproxy import defaults, iptables_backend
 from nfqproxy.control.server import ControlServer
 from nfqproxy.datapath import factory
 from nfqproxy.datapath.marks import MarkLayout
@@ -112,7 +112,7 @@ class Proxy:
             HookConfig(
                 config.service_cidrs,
                 config.queue_num,
-                config.iptables,
+                iptables_backend.resolve(config.iptables),
                 marks=config.marks,
                 queues=config.queues,
                 first_packets_only=not factory.DATAPATHS[config.datapath].every_packet,

@@ -17,7 +17,7 @@ MIN_SYNC_PERIOD = 1.0  # seconds; kube-proxy's --min-sync-period default
 SYNC_PERIOD = 30.0  # seconds; kube-proxy's --sync-period default
 HEALTHZ_BIND = ("0.0.0.0", 10256)  # kube-proxy's healthz port
 METRICS_BIND = ("127.0.0.1", 10249)  # kube-proxy's metrics port, not beyond the node
-IPTABLES = "iptables"
+IPTABLES = "auto"  # the host's back end, legacy or nft (iptables_backend.py)
 # --nodeport-addresses: kube-proxy's nftables mode default, the node's primary address only
 # (node_addresses.py says why).
 NODEPORT_ADDRESSES = ("primary",)

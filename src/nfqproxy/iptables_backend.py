@@ -10,9 +10,12 @@ nothing from an object reaches them.
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 from collections.abc import Callable
+
+log = logging.getLogger(__name__)
 
 BACK_ENDS = ("iptables-nft", "iptables-legacy")
 # Chains the kubelet (or kube-proxy) creates in the back end it uses.
@@ -29,6 +32,15 @@ def _save(arguments: list[str]) -> str:
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return done.stdout if done.returncode == 0 else ""
+
+
+def resolve(asked: str) -> str:
+    """The iptables command for --iptables: as asked, or for auto the host's, logged."""
+    if asked != "auto":
+        return asked
+    chosen, why = detect()
+    log.info("--iptables auto: %s, as %s", chosen, why)
+    return chosen
 
 
 def _saved(save: Save, back_end: str, *options: str) -> str:
