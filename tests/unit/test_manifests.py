@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from ipaddress import IPv4Network
 from pathlib import Path
 
@@ -135,3 +136,36 @@ def test_the_same_object_in_two_files_is_loaded_from_both_for_the_controller_to_
     source = ManifestSource(tmp_path, CIDRS)
     source.refresh()
     assert len(source.objects().services) == 4
+
+
+def test_a_rewrite_in_place_that_keeps_size_and_time_is_seen_through_inotify(
+    tmp_path: Path,
+) -> None:
+    """The gap of signature polling: the same inode, size and mtime. The backstop poll
+    (here every 30 s) cannot see it; inotify does, within a second."""
+    path = write(tmp_path / "services.yaml", lab_services())
+    before = path.read_text()
+    after = before.replace("port: 53", "port: 54")
+    assert after != before and len(after) == len(before)
+    ports: list[list[int]] = []
+
+    async def scenario() -> None:
+        async def on_change(objects: ManifestObjects) -> None:
+            ports.append(sorted(p["port"] for s in objects.services for p in s["spec"]["ports"]))
+
+        source = ManifestSource(tmp_path, CIDRS)
+        task = asyncio.create_task(source.watch(on_change, interval=30.0))
+        await asyncio.sleep(0.3)  # the watch is in place
+        stat = path.stat()
+        with path.open("r+") as file:
+            file.write(after)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        assert path.stat().st_ino == stat.st_ino and path.stat().st_size == stat.st_size
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if len(ports) == 2:
+                break
+        task.cancel()
+
+    asyncio.run(scenario())
+    assert len(ports) == 2 and 54 in ports[1] and 53 not in ports[1]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from watchfiles import awatch
 
 from nfqproxy.fields import ObjectError
 from nfqproxy.model import IPNetwork, object_ref, parse_endpoint_slice, parse_service
@@ -114,7 +115,8 @@ FileSignature = tuple[int, int, int]  # (inode, size, mtime in ns)
 
 
 class ManifestSource:
-    """Watches PATH by polling file signatures; keeps each file's last good objects."""
+    """Watches PATH through inotify, with file signatures checked as a backstop; keeps
+    each file's last good objects."""
 
     def __init__(self, path: Path, service_cidrs: Iterable[IPNetwork]) -> None:
         self.path = path
@@ -134,8 +136,13 @@ class ManifestSource:
             return [self.path]
         raise FileNotFoundError(f"manifest path {self.path} does not exist")
 
-    def refresh(self) -> bool:
-        """Re-reads files that changed. Returns whether the set of objects changed."""
+    def refresh(self, touched: Iterable[str] = ()) -> bool:
+        """Re-reads files that changed, and those touched, by name (inotify saw them
+        written: a rewrite in place of the same size within one timestamp tick keeps the
+        signature). Returns whether the set of objects changed."""
+        names = set(touched)
+        for path in [p for p in self._signatures if p.name in names]:
+            del self._signatures[path]
         files = self._files()
         changed = False
         for gone in set(self._signatures) - set(files):
@@ -177,17 +184,44 @@ class ManifestSource:
     async def watch(
         self, on_change: Callable[[ManifestObjects], Awaitable[None]], interval: float = 0.2
     ) -> None:
-        """Calls on_change with all objects now and after every change, until cancelled."""
+        """Calls on_change with all objects now and after every change, until cancelled.
+
+        Changes are seen through inotify (watchfiles) on the manifests' folder, and the
+        files are also checked every interval, as a backstop (a folder that appears
+        later, a file system without inotify)."""
         self.refresh()
         await on_change(self.objects())
+        folder = self.path if self.path.is_dir() else self.path.parent
+        stop = asyncio.Event()
+        try:
+            async for changes in awatch(
+                folder,
+                stop_event=stop,
+                debounce=50,  # ms: an editor's write and rename arrive as one change
+                step=20,
+                rust_timeout=int(interval * 1000),
+                yield_on_timeout=True,  # an empty set: the backstop's turn
+                recursive=False,
+            ):
+                await self._changed({Path(path).name for _, path in changes}, on_change)
+        except OSError as exc:  # the folder is gone, or no inotify here
+            log.warning("manifests at %s: no inotify (%s)", folder, exc)
+        finally:
+            stop.set()
+        log.warning("manifests at %s: checking every %s s from now on", folder, interval)
         while True:
             await asyncio.sleep(interval)
-            try:
-                changed = self.refresh()
-            except OSError as exc:
-                log.error(
-                    "cannot read manifests at %s: %s; keeping the last good state", self.path, exc
-                )
-                continue
-            if changed:
-                await on_change(self.objects())
+            await self._changed(set(), on_change)
+
+    async def _changed(
+        self, touched: set[str], on_change: Callable[[ManifestObjects], Awaitable[None]]
+    ) -> None:
+        try:
+            changed = self.refresh(touched)
+        except OSError as exc:
+            log.error(
+                "cannot read manifests at %s: %s; keeping the last good state", self.path, exc
+            )
+            return
+        if changed:
+            await on_change(self.objects())
