@@ -169,3 +169,25 @@ def test_a_rewrite_in_place_that_keeps_size_and_time_is_seen_through_inotify(
 
     asyncio.run(scenario())
     assert len(ports) == 2 and 54 in ports[1] and 53 not in ports[1]
+
+
+def test_a_file_removed_while_watched_withdraws_its_objects(tmp_path: Path) -> None:
+    write(tmp_path / "services.yaml", lab_services())
+    slices = write(tmp_path / "slices.yaml", lab_endpoint_slices([1]))
+    counts: list[int] = []
+
+    async def scenario() -> None:
+        async def on_change(objects: ManifestObjects) -> None:
+            counts.append(len(objects.endpoint_slices))
+
+        task = asyncio.create_task(ManifestSource(tmp_path, CIDRS).watch(on_change, 30.0))
+        await asyncio.sleep(0.3)
+        slices.unlink()
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if len(counts) == 2:
+                break
+        task.cancel()
+
+    asyncio.run(scenario())
+    assert counts == [1, 0]

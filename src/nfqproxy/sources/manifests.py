@@ -141,8 +141,6 @@ class ManifestSource:
         written: a rewrite in place of the same size within one timestamp tick keeps the
         signature). Returns whether the set of objects changed."""
         names = set(touched)
-        for path in [p for p in self._signatures if p.name in names]:
-            del self._signatures[path]
         files = self._files()
         changed = False
         for gone in set(self._signatures) - set(files):
@@ -156,7 +154,7 @@ class ManifestSource:
             except FileNotFoundError:
                 continue  # replaced between listing and stat; the next poll sees it
             signature = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-            if self._signatures.get(path) == signature:
+            if self._signatures.get(path) == signature and path.name not in names:
                 continue
             self._signatures[path] = signature
             try:
