@@ -85,7 +85,7 @@ cdef uint32_t choose_backend(Core *c, Frontend *f, FlowSpec *flow, double now) n
                     flow.backend_ip, flow.backend_port = sticky.backend_ip, sticky.backend_port
                     c.events[E_AFFINITY_HIT] += 1
                     return j
-    size = address_size(4 if is_v4_mapped(<const uint8_t *> &flow.vip) else 6)
+    size = address_size(flow.version)
     value = f.table[hashing.flow_hash(flow.proto, addr_bytes(&flow.client_ip, size),
                                       flow.client_port, addr_bytes(&flow.vip, size), flow.vport,
                                       size, c.flow_seed) % f.table_size]

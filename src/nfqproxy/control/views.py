@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from ipaddress import ip_address
 from typing import Any
 
-from nfqproxy.datapath.flows import FlowRecord
+from nfqproxy.datapath.flows import FlowRecord, endpoint_text
 from nfqproxy.datapath.frontends import Frontend, TableKey, routing, variant_key
 from nfqproxy.datapath.hashing import flow_hash
 from nfqproxy.datapath.interface import Datapath
@@ -31,17 +31,12 @@ def table_key(port: ServicePort) -> TableKey:
     return (port.vip.packed, PROTOCOLS[port.protocol], port.port)
 
 
-def _endpoint(packed: bytes, port: int) -> str:
-    address = ip_address(packed)
-    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
-
-
 def maglev_shares(frontend: Frontend | None) -> dict[str, float]:
     """Each chosen backend's share of the frontend's Maglev table (what new flows get)."""
     if frontend is None or not frontend.backends:
         return {}
     shares = frontend.selector.shares()
-    return {_endpoint(*backend): shares[i] for i, backend in enumerate(frontend.backends)}
+    return {endpoint_text(*backend): shares[i] for i, backend in enumerate(frontend.backends)}
 
 
 def service_row(port: ServicePort, datapath: Datapath) -> dict[str, Any]:
@@ -105,7 +100,7 @@ def _matches(
 
 def _endpoint_texts(packed: bytes, port: int) -> tuple[str, str, str]:
     address = ip_address(packed)
-    return str(address), f"{address}:{port}", _endpoint(packed, port)
+    return str(address), f"{address}:{port}", endpoint_text(packed, port)
 
 
 def source_bits(client: IPAddress, cluster_cidrs: tuple[IPNetwork, ...]) -> int:
@@ -170,8 +165,8 @@ def explain(
         frontend = variant
         answer["table"] = "the cluster's (pods and the node reach every endpoint)"
     answer["masquerade"] = masquerade
-    answer["candidates"] = [_endpoint(*b) for b in frontend.backends]
-    answer["draining"] = [_endpoint(*b) for b in frontend.draining]
+    answer["candidates"] = [endpoint_text(*b) for b in frontend.backends]
+    answer["draining"] = [endpoint_text(*b) for b in frontend.draining]
     if not frontend.backends:
         answer["verdict"] = (
             "drop: no local endpoints" if frontend.no_local_endpoints else "reject: no endpoints"
@@ -189,7 +184,7 @@ def explain(
     slot = digest % len(frontend.selector.table)
     chosen = frontend.backends[frontend.selector.table[slot]]
     answer["maglev"] = {"hash": f"{digest:#018x}", "slot": slot, "of": len(frontend.selector.table)}
-    answer["backend"] = _endpoint(*chosen)
+    answer["backend"] = endpoint_text(*chosen)
     if chosen[0] == client.packed:  # a hairpin: the backend would answer itself
         answer["masquerade"] = True
     answer["verdict"] = "accept: DNAT to " + answer["backend"]

@@ -8,9 +8,9 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable
-from ipaddress import IPv6Network, ip_address
+from ipaddress import IPv6Network
 
-from nfqproxy.datapath.flows import Timeouts
+from nfqproxy.datapath.flows import Timeouts, endpoint_text
 from nfqproxy.datapath.frontends import Frontend, TableChanges, TableKey
 from nfqproxy.model import IPNetwork
 
@@ -148,5 +148,5 @@ class CompiledTables:
         rows: dict[str, object] = {}
         for (key, (ip, port)), count in sorted(totals.items()):
             frontend = self.frontends.get(key)
-            rows[f"{frontend.name if frontend else '?'} -> {ip_address(ip)}:{port}"] = count
+            rows[f"{frontend.name if frontend else '?'} -> {endpoint_text(ip, port)}"] = count
         return rows

@@ -9,7 +9,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import astuple, dataclass
 from enum import Enum
+from ipaddress import ip_address
 from typing import Protocol
+
+from nfqproxy.model import Backend
 
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
@@ -137,6 +140,12 @@ def affinity_capacity(flow_capacity: int) -> int:
     return max(1, flow_capacity // 4)
 
 
+def endpoint_text(packed: bytes, port: int) -> str:
+    """A packed address and port as every status and command shows them: 10.244.1.2:8080,
+    [fd00::2]:8080 (Backend.name's form, the IPv6 colons kept apart from the port's)."""
+    return Backend(ip_address(packed), port).name
+
+
 class FlowTuple(Protocol):
     """What a table's flow names alike (the reference's Flow, conntrack's TrackedFlow)."""
 
@@ -188,8 +197,6 @@ class FlowRecord:
         )
 
     def as_json(self) -> dict[str, object]:
-        from ipaddress import ip_address
-
         return {
             "protocol": {IPPROTO_TCP: "TCP", IPPROTO_SCTP: "SCTP"}.get(self.proto, "UDP"),
             "client": str(ip_address(self.client)),

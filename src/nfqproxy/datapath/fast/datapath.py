@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from ipaddress import ip_address
 
 from nfqproxy import defaults
 from nfqproxy.datapath.compiled import CompiledTables, compiled_available, require_compiled
 from nfqproxy.datapath.compiled import unavailable_reason as unavailable_reason
-from nfqproxy.datapath.flows import SUMMARY_DETAIL_LIMIT, FlowRecord, Timeouts, flow_summary
+from nfqproxy.datapath.flows import (
+    SUMMARY_DETAIL_LIMIT,
+    FlowRecord,
+    Timeouts,
+    endpoint_text,
+    flow_summary,
+)
 from nfqproxy.datapath.frontends import (
     Frontend,
     PortChanges,
@@ -113,7 +118,7 @@ class FastDatapath:
             for proto, _, _, vip, vport, backend_ip, backend_port, state, _ in self.core.flows():
                 frontend = self._frontends.get((vip, proto, vport))
                 name = frontend.name if frontend else "?"
-                rows.append((proto, state, name, f"{ip_address(backend_ip)}:{backend_port}"))
+                rows.append((proto, state, name, endpoint_text(backend_ip, backend_port)))
             table = flow_summary(rows, self.capacity, self.core.evicted, self.core.expired)
         return {
             "service_ports": len(self._frontends),

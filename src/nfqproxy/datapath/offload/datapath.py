@@ -14,12 +14,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from ipaddress import ip_address
 from typing import Protocol
 
 from nfqproxy import defaults
 from nfqproxy.datapath.compiled import CompiledTables, require_compiled
-from nfqproxy.datapath.flows import FlowRecord, Timeouts, affinity_capacity
+from nfqproxy.datapath.flows import FlowRecord, Timeouts, affinity_capacity, endpoint_text
 from nfqproxy.datapath.frontends import (
     Frontend,
     PortChanges,
@@ -306,7 +305,7 @@ class OffloadDatapath:
             if backend_id in names:
                 key, (ip, port) = names[backend_id]
                 frontend = self.tables.frontends.get(key)
-                label = f"{frontend.name if frontend else '?'} -> {_address_port(ip, port)}"
+                label = f"{frontend.name if frontend else '?'} -> {endpoint_text(ip, port)}"
             else:
                 label = f"backend id {backend_id} (no longer programmed)"
             by_backend[label] = count
@@ -328,10 +327,3 @@ class OffloadDatapath:
             "counters": dict(sorted(self.counters.items())),
             "decided_by_backend": self.tables.decided_summary(),
         }
-
-
-def _address_port(packed: bytes, port: int) -> str:
-    """10.244.1.2:8080, or [fd00::2]:8080: an IPv6 address's colons kept apart from the
-    port's, as in a URL."""
-    address = ip_address(packed)
-    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from ipaddress import ip_address
 
 from nfqproxy import defaults
 from nfqproxy.datapath.flows import (
@@ -18,6 +17,7 @@ from nfqproxy.datapath.flows import (
     FlowKey,
     FlowState,
     Timeouts,
+    endpoint_text,
     flow_summary,
     next_state,
 )
@@ -48,7 +48,7 @@ class Flow:
 
     @property
     def backend(self) -> str:
-        return f"{ip_address(self.backend_ip)}:{self.backend_port}"
+        return endpoint_text(self.backend_ip, self.backend_port)
 
 
 class ConnectionTable:
