@@ -42,6 +42,7 @@ STATE_NAMES = ("syn_sent", "established", "closing", "reset", "unreplied", "repl
                "backend_gone")
 EVENT_COUNTER_NAMES = ("ip_options", "udp_flow_resteered", "tcp_flow_retired", "affinity_hit",
                        "affinity_table_full")
+REFUSAL_NAMES = ("no_endpoints", "no_local_endpoints", "backend_removed")  # reasons, REFUSE_*
 QUEUE_STAT_NAMES = ("packets", "batches", "bad_message", "no_payload", "partial_checksum",
                     "socket_overrun", "send_error", "verdict_refused", "last_refusal_errno")
 
@@ -58,6 +59,7 @@ _check_table("REASON_NAMES", REASON_NAMES, R_COUNT)
 _check_table("STATE_NAMES", STATE_NAMES, S_COUNT)
 _check_table("EVENT_COUNTER_NAMES", EVENT_COUNTER_NAMES, E_COUNT)
 _check_table("QUEUE_STAT_NAMES", QUEUE_STAT_NAMES, Q_COUNT)
+_check_table("REFUSAL_NAMES", REFUSAL_NAMES, REFUSE_COUNT)
 
 # The numbers the Python side programs and hands over must mean the same here.
 for _name, _c_value, _py_value in (
@@ -82,6 +84,7 @@ include "fastpath/flowtable.pxi"
 include "fastpath/services.pxi"
 include "fastpath/affinity.pxi"
 include "fastpath/icmp.pxi"
+include "fastpath/trace.pxi"
 include "fastpath/decide.pxi"
 include "fastpath/status.pxi"
 include "fastpath/core.pxi"

@@ -59,6 +59,12 @@ cdef enum:  # event counters: verdicts.EVENT_COUNTERS, EVENT_COUNTER_NAMES
     E_AFFINITY_TABLE_FULL
     E_COUNT
 
+cdef enum:  # a frontend's refused new flows (Frontend.refused): REFUSAL_NAMES
+    REFUSE_NO_ENDPOINTS = 0     # reject: no endpoint anywhere
+    REFUSE_NO_LOCAL_ENDPOINTS   # drop: internalTrafficPolicy Local, none on this node
+    REFUSE_BACKEND_REMOVED      # reset: a packet of a TCP flow whose backend left
+    REFUSE_COUNT
+
 cdef enum:  # the queue loop's statistics: QUEUE_STAT_NAMES
     Q_PACKETS = 0
     Q_BATCHES

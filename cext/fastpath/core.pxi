@@ -52,6 +52,7 @@ cdef class FastCore:
         services_free(&self.c.services)
         flows_free(&self.c.flows)
         free(self.c.affinity.entries)
+        free(self.c.trace.events)
 
     def hold(self):
         """`with core.hold():` keeps the workers out for the whole block (a sync)."""
@@ -91,6 +92,15 @@ cdef class FastCore:
             f = &self.c.services.frontends[slot]
             return [f.decided[i] for i in range(f.present_count)]
 
+    def refused(self, uint32_t slot):
+        """New flows a slot refused since it was installed, by REFUSAL_NAMES."""
+        cdef Frontend *f
+        with self.hold():
+            if slot >= self.c.services.slots or not self.c.services.frontends[slot].used:
+                return [0] * REFUSE_COUNT
+            f = &self.c.services.frontends[slot]
+            return [f.refused[i] for i in range(REFUSE_COUNT)]
+
     def remove_frontend(self, uint32_t slot):
         with self.hold():
             if slot < self.c.services.slots:
@@ -106,6 +116,40 @@ cdef class FastCore:
         next datagram picks anew); TCP flows whose backend left the service altogether are
         marked, so that the client's next packet gets a reset."""
         retire_flows_to_removed_backends(&self.c, now)
+
+    # --- tracing (trace.pxi) ---------------------------------------------------------------
+
+    def trace_start(self, uint32_t size):
+        """Records decisions from now on, up to size (rounded up to a power of two) not yet
+        taken; again while on, it keeps the ring."""
+        cdef uint32_t rounded = 1
+        if size < 1 or size > TRACE_MAX_SIZE:
+            raise ValueError(f"a trace ring of 1 to {TRACE_MAX_SIZE} events, not {size}")
+        while rounded < size:
+            rounded <<= 1
+        with self.hold():
+            if self.c.trace.events != NULL:
+                return
+            self.c.trace.events = <TraceEvent *> calloc(rounded, sizeof(TraceEvent))
+            if self.c.trace.events == NULL:
+                raise MemoryError()
+            self.c.trace.size = rounded
+            self.c.trace.written = self.c.trace.taken = self.c.trace.lost = 0
+
+    def trace_stop(self):
+        """Stops recording and frees the ring: the packets pay nothing again."""
+        with self.hold():
+            free(self.c.trace.events)
+            self.c.trace.events = NULL
+            self.c.trace.size = 0
+
+    def trace_take(self):
+        """(events recorded since the last call, oldest first, as TraceTuple; events lost
+        since tracing started, because the ring was full)."""
+        with self.hold():
+            if self.c.trace.events == NULL:
+                return [], 0
+            return trace_take(&self.c), self.c.trace.lost
 
     # --- packets and status ----------------------------------------------------------------
 

@@ -8,6 +8,14 @@ cdef inline bint is_request(ServiceTable *s, Headers *h) noexcept nogil:
     return in_service_ranges(s, h.dst) or frontend_find(s, h.dst, h.proto, h.dport) != NULL
 
 
+cdef inline void count_backend_removed(Core *c, Headers *h) noexcept nogil:
+    """A reset for a flow whose backend left, counted on its service port (a rare path:
+    the lookup is paid only here)."""
+    cdef Frontend *f = frontend_find(&c.services, h.dst, h.proto, h.dport)
+    if f != NULL:
+        f.refused[REFUSE_BACKEND_REMOVED] += 1
+
+
 cdef Frontend *frontend_for_new_flow(Core *c, Headers *h, Verdict *v, int source) noexcept nogil:
     """The frontend a new flow to h's destination from a source with these SOURCE_* bits
     goes to, its verdict's masquerade set by the frontend's policy (the reference's
@@ -36,8 +44,10 @@ cdef Frontend *frontend_for_new_flow(Core *c, Headers *h, Verdict *v, int source
     if f.backend_count == 0:
         if f.drop_when_empty:
             v.action, v.reason = ACT_DROP, R_NO_LOCAL_ENDPOINTS
+            f.refused[REFUSE_NO_LOCAL_ENDPOINTS] += 1
         else:
             v.action, v.reason = ACT_REJECT, R_NO_ENDPOINTS
+            f.refused[REFUSE_NO_ENDPOINTS] += 1
         return NULL
     v.masquerade = masquerade  # for a flow that goes ahead only, as the reference
     return f
@@ -59,6 +69,7 @@ cdef void decide_request(Core *c, uint8_t *pkt, Headers *h, double now, bint par
         index = NIL
         if not (h.flags & TCP_SYN and not h.flags & TCP_ACK):
             v.action, v.reason = ACT_REJECT, R_BACKEND_REMOVED
+            count_backend_removed(c, h)
             return
         # A SYN starts a new connection (a reused port, or a SYN sent again after
         # its backend left): it gets a new backend, not a reset.
@@ -69,6 +80,8 @@ cdef void decide_request(Core *c, uint8_t *pkt, Headers *h, double now, bint par
         flow.proto, flow.client_ip, flow.client_port = h.proto, h.src, h.sport
         flow.vip, flow.vport, flow.version = h.dst, h.dport, h.version
         f.decided[choose_backend(c, f, &flow, now)] += 1
+        if tracing(c):
+            trace_new_flow(c, h, &flow, now)
         flow.state = initial_state(h.proto, h.flags)
         flow.masquerade = v.masquerade
         index = flow_add(t, &flow, now)
@@ -147,16 +160,15 @@ cdef inline bint parse_packet(Core *c, uint8_t *pkt, uint32_t length, double now
 
 
 cdef inline void decide(Core *c, uint8_t *pkt, uint32_t length, double now, bint partial,
-                        int source, Verdict *v) noexcept nogil:
-    cdef Headers h
-    if not parse_packet(c, pkt, length, now, &h, v, True):
+                        int source, Headers *h, Verdict *v) noexcept nogil:
+    if not parse_packet(c, pkt, length, now, h, v, True):
         return
-    if has_options(&h):
+    if has_options(h):
         c.events[E_IP_OPTIONS] += 1
-    if is_request(&c.services, &h):
-        decide_request(c, pkt, &h, now, partial, source, v)
+    if is_request(&c.services, h):
+        decide_request(c, pkt, h, now, partial, source, v)
     else:
-        decide_reply(c, pkt, &h, now, partial, v)
+        decide_reply(c, pkt, h, now, partial, v)
 
 
 cdef Verdict process_packet(Core *c, uint8_t *pkt, uint32_t length, double now,
@@ -167,41 +179,46 @@ cdef Verdict process_packet(Core *c, uint8_t *pkt, uint32_t length, double now,
     reports with NFQA_SKB_CSUMNOTREADY. source: the SOURCE_* bits of its mark.
     """
     cdef Verdict v
+    cdef Headers h
     v.action, v.reason, v.proxied, v.masquerade, v.length, v.mark = ACT_DROP, R_TRUNCATED_IP, 0, 0, length, 0
-    decide(c, pkt, length, now, partial, source, &v)
+    decide(c, pkt, length, now, partial, source, &h, &v)
     c.verdicts[v.action][v.reason] += 1
+    if tracing(c) and v.action != ACT_ACCEPT:
+        trace_refusal(c, &h, &v, now)
     return v
 
 
 cdef void decide_first(Core *c, uint8_t *pkt, uint32_t length, double now, int source,
-                       Verdict *v) noexcept nogil:
+                       Headers *h, Verdict *v) noexcept nogil:
     """The offload path: the first packet of a flow (conntrack calls it NEW), decided by the
     same rules, but not rewritten: the verdict's mark names the backend, and the kernel's
     DNAT map and conntrack do the rest. No flow is recorded here: conntrack holds them."""
-    cdef Headers h
     cdef Frontend *f
     cdef FlowSpec flow
     cdef uint32_t chosen
-    if not parse_packet(c, pkt, length, now, &h, v, False):
+    if not parse_packet(c, pkt, length, now, h, v, False):
         return
-    if has_options(&h):
+    if has_options(h):
         c.events[E_IP_OPTIONS] += 1
     v.reason = R_UNKNOWN_REPLY
-    if not is_request(&c.services, &h):
+    if not is_request(&c.services, h):
         return  # the hooks queue only the frontends; as the fast path, drop the unplaceable
     if h.proto == PROTO_TCP and not (h.flags & TCP_SYN and not h.flags & TCP_ACK):
         # Conntrack no longer knows this connection: its backend was removed (its entries
         # were deleted) or the entry expired. No backend has it any more: reset the client,
         # as the fast path does for a flow whose backend left.
         v.action, v.reason = ACT_REJECT, R_BACKEND_REMOVED
+        count_backend_removed(c, h)
         return
-    f = frontend_for_new_flow(c, &h, v, source)
+    f = frontend_for_new_flow(c, h, v, source)
     if f == NULL:
         return
     flow.proto, flow.client_ip, flow.client_port = h.proto, h.src, h.sport
     flow.vip, flow.vport, flow.version = h.dst, h.dport, h.version
     chosen = choose_backend(c, f, &flow, now)
     f.decided[chosen] += 1
+    if tracing(c):
+        trace_new_flow(c, h, &flow, now)
     v.action, v.reason, v.proxied = ACT_ACCEPT, R_NEW_FLOW, 1
     v.mark = f.backend_marks[chosen]
     v.masquerade = v.masquerade or addr_eq(flow.backend_ip, flow.client_ip)
@@ -211,7 +228,10 @@ cdef Verdict process_first_packet(Core *c, uint8_t *pkt, uint32_t length,
                                   double now, int source) noexcept nogil:
     """decide_first's verdict, counted."""
     cdef Verdict v
+    cdef Headers h
     v.action, v.reason, v.proxied, v.masquerade, v.length, v.mark = ACT_DROP, R_TRUNCATED_IP, 0, 0, length, 0
-    decide_first(c, pkt, length, now, source, &v)
+    decide_first(c, pkt, length, now, source, &h, &v)
     c.verdicts[v.action][v.reason] += 1
+    if tracing(c) and v.action != ACT_ACCEPT:
+        trace_refusal(c, &h, &v, now)
     return v

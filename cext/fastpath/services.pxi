@@ -34,6 +34,7 @@ cdef void frontend_free(ServiceTable *s, uint32_t slot) noexcept nogil:
         f.backend_ips, f.backend_ports, f.backend_marks, f.table = NULL, NULL, NULL, NULL
         f.decided = NULL
         f.backend_count = f.present_count = f.table_size = 0
+        memset(f.refused, 0, sizeof(f.refused))
         f.used = 0
 
 

@@ -15,7 +15,7 @@
 # 56 + 48 = 104 per IPv6 flow.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
-from fastpath.constants cimport ACT_COUNT, E_COUNT, MAX_RANGES, R_COUNT, S_COUNT
+from fastpath.constants cimport ACT_COUNT, E_COUNT, MAX_RANGES, R_COUNT, REFUSE_COUNT, S_COUNT
 from includes.threads cimport pthread_mutex_t
 
 
@@ -70,6 +70,7 @@ cdef struct Frontend:
     uint16_t *backend_ports
     uint32_t *backend_marks  # the offload path's mark for each backend (0 on the fast path)
     uint64_t *decided        # new flows sent to each backend since it was installed
+    uint64_t refused[REFUSE_COUNT]  # new flows refused, by REFUSE_*, since it was installed
     uint16_t *table
     uint32_t table_size
     double affinity_timeout  # sessionAffinity ClientIP seconds; 0: none
@@ -160,6 +161,29 @@ cdef struct AffinityTable:  # open addressing, backward-shift deletion
     uint32_t count
 
 
+cdef struct TraceEvent:     # one decision, for `nfqproxy trace`
+    double time            # monotonic seconds, as the queue loop's clock
+    Addr src               # the packet's addresses and ports (when has_tuple)
+    Addr dst
+    Addr backend           # a new flow's backend
+    uint16_t sport
+    uint16_t dport
+    uint16_t backend_port
+    uint8_t proto
+    uint8_t version
+    uint8_t action
+    uint8_t reason
+    uint8_t has_tuple      # 0: the packet was refused before its ports were read
+
+
+cdef struct TraceRing:      # decisions for whoever traces; events NULL when nobody does
+    TraceEvent *events
+    uint32_t size          # a power of two
+    uint64_t written       # events recorded, ever (the next one's place: written % size)
+    uint64_t taken         # events Python has read
+    uint64_t lost          # events not recorded because Python had not read the ring
+
+
 cdef struct Core:
     # Held by a queue worker while it decides a batch and by Python while it reads or
     # reprograms the tables (recursive: Python holds it across a whole sync).
@@ -170,3 +194,4 @@ cdef struct Core:
     uint64_t flow_seed     # the configured seed ^ hashing.SEED_FLOW
     uint64_t verdicts[ACT_COUNT][R_COUNT]
     uint64_t events[E_COUNT]
+    TraceRing trace

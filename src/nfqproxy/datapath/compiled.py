@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from ipaddress import IPv6Network
 
+from nfqproxy.datapath.decisions import REFUSALS, PortCounts, TraceEvent
 from nfqproxy.datapath.flows import Timeouts, endpoint_text
 from nfqproxy.datapath.frontends import Frontend, TableChanges, TableKey
 from nfqproxy.model import IPNetwork
@@ -83,6 +84,7 @@ class CompiledTables:
         # New flows per (service port, backend) counted by frontends since replaced, kept
         # while the backend stays in its service port: C counts from each installation.
         self._decided_before: Counter[tuple[TableKey, tuple[bytes, int]]] = Counter()
+        self._port_counts = PortCounts()  # of frontends since replaced, as _decided_before
         self._slots: dict[TableKey, int] = {}
         self._free_slots: list[int] = []
 
@@ -91,6 +93,8 @@ class CompiledTables:
         that no worker sees half of it."""
         for key in [*plan.removed, *plan.built]:
             self._fold_decided(key, plan.built.get(key))
+            if key in self._slots:  # C counts from each installation
+                self._port_counts_into(self._port_counts, key)
         for key in plan.removed:
             slot = self._slots.pop(key)
             self.core.remove_frontend(slot)
@@ -114,6 +118,7 @@ class CompiledTables:
                 frontend.policy,
             )
             self.frontends[key] = frontend
+        self._port_counts.forget(plan.removed, self.frontends)
         if plan.names:
             self.core.rebuild_maps()  # in C: well under a millisecond at 10k frontends
 
@@ -128,6 +133,30 @@ class CompiledTables:
                 self._decided_before[(key, backend)] += count
             else:
                 self._decided_before.pop((key, backend), None)
+
+    def _port_counts_into(self, counts: PortCounts, key: TableKey) -> None:
+        slot = self._slots[key]
+        counts.add(key, "new_flow", sum(self.core.decided(slot)))
+        for reason, count in zip(REFUSALS, self.core.refused(slot), strict=True):
+            counts.add(key, reason, count)
+
+    def service_port_counts(self) -> dict[str, dict[str, int]]:
+        """New and refused flows by service port name (datapath.interface)."""
+        live = PortCounts()
+        with self.core.hold():
+            for key in self.frontends:
+                self._port_counts_into(live, key)
+        return self._port_counts.by_service_port(self.frontends, live)
+
+    def trace_start(self, size: int) -> None:
+        self.core.trace_start(size)
+
+    def trace_stop(self) -> None:
+        self.core.trace_stop()
+
+    def trace_take(self) -> tuple[list[TraceEvent], int]:
+        rows, lost = self.core.trace_take()
+        return [TraceEvent(*row) for row in rows], lost
 
     def decided(self) -> Counter[tuple[TableKey, tuple[bytes, int]]]:
         """New flows sent to each backend of each service port, while it is there."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
+from nfqproxy.datapath.decisions import TraceEvent
 from nfqproxy.datapath.flows import FlowRecord
 from nfqproxy.datapath.frontends import Frontend, PortChanges, TableKey
 from nfqproxy.datapath.verdicts import Verdict
@@ -41,6 +42,23 @@ class Datapath(Protocol):
     def flow_records(self, limit: int) -> tuple[list[FlowRecord], int]:
         """Up to limit tracked flows, oldest first where the table knows the order, and
         how many there are in all. May block (the offload path asks conntrack)."""
+        ...
+
+    def service_port_counts(self) -> dict[str, dict[str, int]]:
+        """{service port name: {"new_flow": n, and decisions.REFUSALS: n}}, non-zero only:
+        what its frontends decided while programmed."""
+        ...
+
+    def trace_start(self, size: int) -> None:
+        """Records each new flow, reject and drop (decisions.is_traced) until trace_stop,
+        keeping up to size not yet taken. Until then, tracing costs the packets nothing."""
+        ...
+
+    def trace_stop(self) -> None: ...
+
+    def trace_take(self) -> tuple[list[TraceEvent], int]:
+        """The decisions recorded since the last call, oldest first, and how many were
+        lost since tracing started because they were not taken in time."""
         ...
 
     def status(self) -> dict[str, object]:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from nfqproxy import defaults
 from nfqproxy.datapath.compiled import CompiledTables, compiled_available, require_compiled
 from nfqproxy.datapath.compiled import unavailable_reason as unavailable_reason
+from nfqproxy.datapath.decisions import TraceEvent
 from nfqproxy.datapath.flows import (
     SUMMARY_DETAIL_LIMIT,
     FlowRecord,
@@ -87,6 +88,18 @@ class FastDatapath:
 
     def __len__(self) -> int:
         return len(self.core)
+
+    def service_port_counts(self) -> dict[str, dict[str, int]]:
+        return self.tables.service_port_counts()
+
+    def trace_start(self, size: int) -> None:
+        self.tables.trace_start(size)
+
+    def trace_stop(self) -> None:
+        self.tables.trace_stop()
+
+    def trace_take(self) -> tuple[list[TraceEvent], int]:
+        return self.tables.trace_take()
 
     def flow_records(self, limit: int) -> tuple[list[FlowRecord], int]:
         now = self.clock()

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from nfqproxy import defaults
 from nfqproxy.datapath.compiled import CompiledTables, require_compiled
+from nfqproxy.datapath.decisions import TraceEvent
 from nfqproxy.datapath.flows import FlowRecord, Timeouts, affinity_capacity, endpoint_text
 from nfqproxy.datapath.frontends import (
     Frontend,
@@ -255,6 +256,18 @@ class OffloadDatapath:
 
     def __len__(self) -> int:
         return sum(self.open_flows().values())
+
+    def service_port_counts(self) -> dict[str, dict[str, int]]:
+        return self.tables.service_port_counts()
+
+    def trace_start(self, size: int) -> None:
+        self.tables.trace_start(size)
+
+    def trace_stop(self) -> None:
+        self.tables.trace_stop()
+
+    def trace_take(self) -> tuple[list[TraceEvent], int]:
+        return self.tables.trace_take()
 
     def flow_records(self, limit: int) -> tuple[list[FlowRecord], int]:
         """The connections conntrack holds for us (a dump filtered on the proxied bit):

@@ -24,6 +24,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 
 from nfqproxy import defaults
+from nfqproxy.datapath.decisions import (
+    PortCounts,
+    TraceEvent,
+    TraceRing,
+    tuple_is_read,
+)
 from nfqproxy.datapath.flows import (
     IPPROTO_TCP,
     FlowRecord,
@@ -82,6 +88,8 @@ class ReferenceDatapath:
         self.seed = seed
         self.clock = clock
         self.counters: Counter[str] = Counter()
+        self.trace = TraceRing()
+        self.port_counts = PortCounts()
         self._ports: dict[ServicePortKey, ServicePort] = {}  # as programmed
         self._frontends: dict[TableKey, Frontend] = {}
         self._vips: Counter[bytes] = Counter()  # VIP -> service ports it serves
@@ -111,6 +119,7 @@ class ReferenceDatapath:
                     (key[1] & PROTOCOL_MASK, address, port_number), []
                 ).append(primary_key(key))
         update_ports(self._ports, changes)
+        self.port_counts.forget(plan.removed, self._frontends)
         if plan.backends_lost:
             self._retire_flows_to_removed_backends()
         return plan.names
@@ -176,23 +185,36 @@ class ReferenceDatapath:
     def process(self, raw: bytes, source: int = 0) -> Verdict:
         """The verdict for one queued packet; source: the SOURCE_* bits of its mark
         (datapath/marks.py). Never raises."""
+        packet = None
         try:
             parsed = parse(raw)
             if isinstance(parsed, str):
-                return self._count(Verdict(Action.DROP, parsed))
-            if isinstance(parsed, IcmpError):
-                return self._count(self._icmp_error(parsed))
-            if parsed.has_ip_options:
-                self.counters["ip_options"] += 1
-            if self._is_request(parsed):
-                return self._count(self._request(parsed, source))
-            return self._count(self._reply(parsed))
+                verdict = Verdict(Action.DROP, parsed)
+            elif isinstance(parsed, IcmpError):
+                verdict = self._icmp_error(parsed)
+            else:
+                packet = parsed
+                if parsed.has_ip_options:
+                    self.counters["ip_options"] += 1
+                if self._is_request(parsed):
+                    verdict = self._request(parsed, source)
+                else:
+                    verdict = self._reply(parsed)
         except Exception:  # the proxy must outlive any packet; the counter shows the bug
-            return self._count(Verdict(Action.DROP, "internal_error"))
-
-    def _count(self, verdict: Verdict) -> Verdict:
+            verdict = Verdict(Action.DROP, "internal_error")
         self.counters[verdict_counter(verdict.action, verdict.reason)] += 1
+        if self.trace.on and verdict.action is not Action.ACCEPT:
+            self._trace_refusal(verdict, packet)
         return verdict
+
+    def _trace_refusal(self, verdict: Verdict, packet: ParsedPacket | None) -> None:
+        action, reason, now = verdict.action.value, verdict.reason, self.clock()
+        if packet is None or not tuple_is_read(reason):
+            event = TraceEvent(now, action, reason, 0, None, 0, None, 0, None, 0)
+        else:
+            event = TraceEvent(now, action, reason, packet.proto, packet.src, packet.sport,
+                               packet.dst, packet.dport, None, 0)  # fmt: skip
+        self.trace.record(event)
 
     def _request(self, packet: ParsedPacket, source: int) -> Verdict:
         now = self.clock()
@@ -203,6 +225,9 @@ class ReferenceDatapath:
         if flow is not None and flow.state is FlowState.TCP_BACKEND_GONE:
             self.flows.remove(flow)
             if not is_connection_request(packet.proto, packet.tcp_flags):
+                key_removed = (packet.dst, packet.proto, packet.dport)
+                if key_removed in self._frontends:
+                    self.port_counts.add(key_removed, "backend_removed")
                 return Verdict(Action.REJECT, "backend_removed")
             # A SYN starts a new connection (a reused port, or a SYN sent again after its
             # backend left): it gets a new backend, not a reset.
@@ -215,12 +240,19 @@ class ReferenceDatapath:
                 return Verdict(Action.REJECT, unknown)
             use_variant, masquerade = routing(frontend.policy, source)
             if use_variant:
-                frontend = self._frontends[variant_key(frontend_key)]
+                frontend_key = variant_key(frontend_key)
+                frontend = self._frontends[frontend_key]
             if not frontend.backends:
                 if frontend.no_local_endpoints:  # as kube-proxy: the client times out
+                    self.port_counts.add(frontend_key, "no_local_endpoints")
                     return Verdict(Action.DROP, "no_local_endpoints")
+                self.port_counts.add(frontend_key, "no_endpoints")
                 return Verdict(Action.REJECT, "no_endpoints")
             backend_ip, backend_port = self._choose(frontend, packet, now)
+            self.port_counts.add(frontend_key, "new_flow")
+            if self.trace.on:
+                self.trace.record(TraceEvent(now, "accept", "new_flow", packet.proto, packet.src,
+                    packet.sport, packet.dst, packet.dport, backend_ip, backend_port))  # fmt: skip
             flow = Flow(
                 packet.proto,
                 packet.src,
@@ -319,6 +351,18 @@ class ReferenceDatapath:
             self._frontends[key].name,
             state,
         )
+
+    def service_port_counts(self) -> dict[str, dict[str, int]]:
+        return self.port_counts.by_service_port(self._frontends)
+
+    def trace_start(self, size: int) -> None:
+        self.trace.start(size)
+
+    def trace_stop(self) -> None:
+        self.trace.stop()
+
+    def trace_take(self) -> tuple[list[TraceEvent], int]:
+        return self.trace.take()
 
     def flow_records(self, limit: int) -> tuple[list[FlowRecord], int]:
         now = self.clock()
