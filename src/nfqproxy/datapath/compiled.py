@@ -179,3 +179,22 @@ class CompiledTables:
             frontend = self.frontends.get(key)
             rows[f"{frontend.name if frontend else '?'} -> {endpoint_text(ip, port)}"] = count
         return rows
+
+
+class DecisionsOfTables:
+    """The contract's decision records (datapath.interface) of a data path built on
+    CompiledTables: the C core keeps them."""
+
+    tables: CompiledTables
+
+    def service_port_counts(self) -> dict[str, dict[str, int]]:
+        return self.tables.service_port_counts()
+
+    def trace_start(self, size: int) -> None:
+        self.tables.trace_start(size)
+
+    def trace_stop(self) -> None:
+        self.tables.trace_stop()
+
+    def trace_take(self) -> tuple[list[TraceEvent], int]:
+        return self.tables.trace_take()

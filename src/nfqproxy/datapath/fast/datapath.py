@@ -11,9 +11,13 @@ import time
 from collections.abc import Callable, Iterable
 
 from nfqproxy import defaults
-from nfqproxy.datapath.compiled import CompiledTables, compiled_available, require_compiled
+from nfqproxy.datapath.compiled import (
+    CompiledTables,
+    DecisionsOfTables,
+    compiled_available,
+    require_compiled,
+)
 from nfqproxy.datapath.compiled import unavailable_reason as unavailable_reason
-from nfqproxy.datapath.decisions import TraceEvent
 from nfqproxy.datapath.flows import (
     SUMMARY_DETAIL_LIMIT,
     FlowRecord,
@@ -38,7 +42,7 @@ def fast_path_available() -> bool:
     return compiled_available()
 
 
-class FastDatapath:
+class FastDatapath(DecisionsOfTables):
     def __init__(
         self,
         service_cidrs: Iterable[IPNetwork],
@@ -88,18 +92,6 @@ class FastDatapath:
 
     def __len__(self) -> int:
         return len(self.core)
-
-    def service_port_counts(self) -> dict[str, dict[str, int]]:
-        return self.tables.service_port_counts()
-
-    def trace_start(self, size: int) -> None:
-        self.tables.trace_start(size)
-
-    def trace_stop(self) -> None:
-        self.tables.trace_stop()
-
-    def trace_take(self) -> tuple[list[TraceEvent], int]:
-        return self.tables.trace_take()
 
     def flow_records(self, limit: int) -> tuple[list[FlowRecord], int]:
         now = self.clock()

@@ -17,8 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from nfqproxy import defaults
-from nfqproxy.datapath.compiled import CompiledTables, require_compiled
-from nfqproxy.datapath.decisions import TraceEvent
+from nfqproxy.datapath.compiled import CompiledTables, DecisionsOfTables, require_compiled
 from nfqproxy.datapath.flows import FlowRecord, Timeouts, affinity_capacity, endpoint_text
 from nfqproxy.datapath.frontends import (
     Frontend,
@@ -58,7 +57,7 @@ OPEN_FLOWS_EVERY = 60.0
 OPEN_FLOWS_LIMIT = 5_000
 
 
-class OffloadDatapath:
+class OffloadDatapath(DecisionsOfTables):
     def __init__(
         self,
         service_cidrs: Iterable[IPNetwork],
@@ -256,18 +255,6 @@ class OffloadDatapath:
 
     def __len__(self) -> int:
         return sum(self.open_flows().values())
-
-    def service_port_counts(self) -> dict[str, dict[str, int]]:
-        return self.tables.service_port_counts()
-
-    def trace_start(self, size: int) -> None:
-        self.tables.trace_start(size)
-
-    def trace_stop(self) -> None:
-        self.tables.trace_stop()
-
-    def trace_take(self) -> tuple[list[TraceEvent], int]:
-        return self.tables.trace_take()
 
     def flow_records(self, limit: int) -> tuple[list[FlowRecord], int]:
         """The connections conntrack holds for us (a dump filtered on the proxied bit):
