@@ -1,17 +1,22 @@
 """The commands' end of the inspection socket: `nfqproxy services`, `flows` and `explain`
-ask the running proxy and print a table, or its JSON with `-o json`."""
+ask the running proxy and print a table, or its JSON with `-o json`; `nfqproxy trace`
+prints its decisions as they are made, until Ctrl-C."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import socket
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from nfqproxy.control.server import DEFAULT_SOCKET
+from nfqproxy.datapath.verdicts import REASONS
 
-COMMANDS = ("services", "flows", "explain")
+COMMANDS = ("services", "flows", "explain", "trace")
 TIMEOUT = 30.0  # seconds: a flows listing on the offload path walks conntrack
 
 
@@ -19,29 +24,68 @@ class ControlError(RuntimeError):
     """No proxy answered, or it refused the request."""
 
 
-def ask(path: Path, request: dict[str, Any]) -> Any:
-    """The proxy's answer to one request."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(TIMEOUT)
-        try:
-            sock.connect(str(path))
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise ControlError(
-                f"no nfqproxy answers on {path} ({exc.strerror}): is it running, and is this "
-                "its --socket?"
-            ) from None
-        except PermissionError:
-            raise ControlError(f"{path}: permission denied (the socket is root's)") from None
-        sock.sendall(json.dumps(request).encode() + b"\n")
-        chunks = []
-        while chunk := sock.recv(1 << 16):
-            chunks.append(chunk)
-    answer = json.loads(b"".join(chunks) or b"{}")
+def _connect(path: Path, request: dict[str, Any]) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(TIMEOUT)
+    try:
+        sock.connect(str(path))
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        sock.close()
+        raise ControlError(
+            f"no nfqproxy answers on {path} ({exc.strerror}): is it running, and is this "
+            "its --socket?"
+        ) from None
+    except PermissionError:
+        sock.close()
+        raise ControlError(f"{path}: permission denied (the socket is root's)") from None
+    sock.sendall(json.dumps(request).encode() + b"\n")
+    return sock
+
+
+def _ok(answer: dict[str, Any]) -> Any:
     if "error" in answer:
         raise ControlError(str(answer["error"]))
     if "ok" not in answer:
         raise ControlError("the proxy's answer was empty")
     return answer["ok"]
+
+
+def ask(path: Path, request: dict[str, Any]) -> Any:
+    """The proxy's answer to one request."""
+    with _connect(path, request) as sock:
+        chunks = []
+        while chunk := sock.recv(1 << 16):
+            chunks.append(chunk)
+    return _ok(json.loads(b"".join(chunks) or b"{}"))
+
+
+class TraceStream:
+    """A trace the proxy agreed to send: its lines ({"event": ...} or {"lost": n}) until
+    it ends the stream. Closing it closes the socket, which ends the trace in the proxy."""
+
+    def __init__(self, path: Path, request: dict[str, Any]) -> None:
+        self._sock = _connect(path, request)
+        self._lines = self._sock.makefile("rb")
+        try:
+            _ok(json.loads(self._lines.readline() or b"{}"))
+        except BaseException:
+            self.close()
+            raise
+        self._sock.settimeout(None)  # decisions come when they come
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for line in self._lines:
+            yield json.loads(line)
+
+    def close(self) -> None:
+        self._lines.close()
+        self._sock.close()
+
+    def __enter__(self) -> TraceStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def add_commands(commands: Any) -> None:
@@ -72,10 +116,25 @@ def add_commands(commands: Any) -> None:
     explain.add_argument(
         "--proto", default="tcp", choices=["tcp", "udp", "sctp"], help="the protocol"
     )
+    trace = commands.add_parser(
+        "trace", help="each new flow, reject and drop as the proxy decides it, until Ctrl-C"
+    )
+    common(trace)
+    trace.add_argument("--service", help="only this service (namespace/name[:port])")
+    trace.add_argument(
+        "--reason",
+        action="append",
+        choices=REASONS,
+        metavar="REASON",
+        help=f"only decisions for this reason; again for more ({', '.join(REASONS)})",
+    )
 
 
 def dispatch(args: argparse.Namespace) -> int:
     request: dict[str, Any] = {"command": args.command}
+    if args.command == "trace":
+        request.update(service=args.service, reasons=args.reason or [])
+        return follow_trace(args.socket, request, args.output == "json")
     if args.command == "flows":
         request.update(service=args.service, backend=args.backend, client=args.client)
     elif args.command == "explain":
@@ -156,3 +215,45 @@ def explain_text(answer: dict[str, Any]) -> str:
         lines.append(f"{'masquerade:':<12}{'yes' if answer['masquerade'] else 'no'}")
     lines.append(f"{'verdict:':<12}{answer['verdict']}")
     return "\n".join(lines)
+
+
+TRACE_HEADERS = ["TIME", "VERDICT", "PROTO", "CLIENT", "DESTINATION", "SERVICE", "BACKEND"]
+TRACE_FORMAT = "{:<12}  {:<26}  {:<5}  {:<22}  {:<22}  {:<24}  {}"
+
+
+def trace_line(event: dict[str, Any]) -> str:
+    clock = time.strftime("%H:%M:%S", time.localtime(event["time"]))
+    return TRACE_FORMAT.format(
+        f"{clock}.{int(event['time'] % 1 * 1000):03d}",
+        f"{event['action']} {event['reason']}",
+        *(event[key] or "-" for key in ("protocol", "client", "destination", "service")),
+        event["backend"] or "-",
+    ).rstrip()
+
+
+def follow_trace(path: Path, request: dict[str, Any], as_json: bool) -> int:
+    """Prints the proxy's decisions until Ctrl-C (exit 0) or the proxy ends the stream
+    (exit 1: it stopped)."""
+    shown = 0
+    try:
+        with TraceStream(path, request) as stream:
+            if not as_json:
+                print(TRACE_FORMAT.format(*TRACE_HEADERS).rstrip(), flush=True)
+            for item in stream:
+                shown += _show(item, as_json)
+    except KeyboardInterrupt:
+        print(f"\n{shown} decisions traced", file=sys.stderr)
+        return 0
+    except BrokenPipeError:  # `| head`: the reader has all it wants
+        return 0
+    print(f"the proxy ended the trace after {shown} decisions (it stopped)", file=sys.stderr)
+    return 1
+
+
+def _show(item: dict[str, Any], as_json: bool) -> int:
+    if "lost" in item:
+        print(f"... {item['lost']} decisions lost so far: the trace could not keep up",
+              file=sys.stderr)  # fmt: skip
+        return 0
+    print(json.dumps(item["event"]) if as_json else trace_line(item["event"]), flush=True)
+    return 1

@@ -6,6 +6,9 @@ tools run; it is never on the network.
 Requests: {"command": "services"}, {"command": "flows", "service": ..., "backend": ...,
 "client": ...}, {"command": "explain", "source": "IP[:PORT]", "destination": "IP:PORT",
 "protocol": "TCP"}. Answers: {"ok": ...} or {"error": "..."}.
+
+{"command": "trace", "service": ..., "reasons": [...]} is answered {"ok": "tracing"}, then
+a line per decision ({"event": {...}}, or {"lost": n}) until the client closes its end.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from nfqproxy.control import views
+from nfqproxy.control import trace, views
 from nfqproxy.datapath.interface import Datapath
 from nfqproxy.fields import PROTOCOLS, IPAddress, ObjectError, read_ip
 from nfqproxy.model import IPNetwork, ServicePort, ServicePortKey
@@ -58,6 +61,7 @@ class ControlServer:
         self.flows_block = flows_block
         self._server: asyncio.AbstractServer | None = None
         self._busy = asyncio.Semaphore(MAX_CONCURRENT)
+        self.tracing = trace.TraceHub(datapath)
 
     async def start(self) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -82,6 +86,7 @@ class ControlServer:
         log.info("inspection socket: %s", self.path)
 
     async def stop(self) -> None:
+        self.tracing.close()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -89,17 +94,37 @@ class ControlServer:
             self.path.unlink(missing_ok=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        async with self._busy:  # a few at a time: each may walk a table
-            try:
-                line = await asyncio.wait_for(reader.readline(), 10.0)
-                answer = await self._answer_line(line)
-                writer.write(json.dumps(answer).encode() + b"\n")
-                await asyncio.wait_for(writer.drain(), 10.0)
-            except (TimeoutError, ConnectionError, ValueError) as exc:
-                # Silent, too long (readline's limit raises ValueError), or gone away.
-                log.debug("inspection request dropped: %s", exc)
-            finally:
-                writer.close()
+        try:
+            line = await asyncio.wait_for(reader.readline(), 10.0)
+            if _is_trace(line):  # a stream, for as long as the client stays
+                await self._trace(json.loads(line), reader, writer)
+                return
+            async with self._busy:  # a few at a time: each may walk a table
+                await self._write(writer, await self._answer_line(line))
+        except (TimeoutError, ConnectionError, ValueError) as exc:
+            # Silent, too long (readline's limit raises ValueError), or gone away.
+            log.debug("inspection request dropped: %s", exc)
+        finally:
+            writer.close()
+
+    @staticmethod
+    async def _write(writer: asyncio.StreamWriter, answer: object) -> None:
+        writer.write(json.dumps(answer).encode() + b"\n")
+        await asyncio.wait_for(writer.drain(), 10.0)
+
+    async def _trace(
+        self, request: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            tracer = self.tracing.subscribe(_trace_filter(request))
+        except ValueError as exc:  # RequestError, trace.TraceRefused
+            await self._write(writer, {"error": str(exc)[:500]})
+            return
+        try:
+            await self._write(writer, {"ok": "tracing"})
+            await trace.stream(tracer, reader, writer)
+        finally:
+            self.tracing.unsubscribe(tracer)
 
     async def _answer_line(self, line: bytes) -> dict[str, Any]:
         try:
@@ -140,6 +165,21 @@ class ControlServer:
             self.ports(), self.datapath, self.seed, client, client_port, destination, port,
             protocol, source,
         )  # fmt: skip
+
+
+def _is_trace(line: bytes) -> bool:
+    try:
+        request = json.loads(line)
+    except (ValueError, RecursionError):
+        return False  # answer() says what is wrong with it
+    return isinstance(request, dict) and request.get("command") == "trace"
+
+
+def _trace_filter(request: Mapping[str, Any]) -> trace.TraceFilter:
+    reasons = request.get("reasons") or []
+    if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
+        raise RequestError("reasons must be a list of strings")
+    return trace.TraceFilter.of(_text(request, "service"), reasons)
 
 
 def _answers(path: Path) -> bool:
