@@ -266,6 +266,8 @@ class Proxy:
             "object_errors": self.tracker.errors(),  # as of the last sync
             "queue": self.queue.stats(),
             "exposure": self.exposure.status(),
+            # Clients of `nfqproxy trace`: while 0, the data path records no decisions.
+            "tracers": len(self.control.tracing.tracers) if self.control else 0,
             **self.datapath.status(),
         }
 
