@@ -194,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="/metrics (Prometheus); empty to turn off",
     )
     run.add_argument(
+        "--metrics-per-service-port",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also count new and refused flows per service port in /metrics (a series per "
+        "service port: off by default, for clusters of many services)",
+    )
+    run.add_argument(
         "--flow-capacity",
         type=flags.positive_int,
         default=defaults.FLOW_CAPACITY,
@@ -344,6 +351,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             sync_period=args.sync_period,
             healthz_bind=parse_bind_address(args.healthz_bind_address, "--healthz-bind-address"),
             metrics_bind=parse_bind_address(args.metrics_bind_address, "--metrics-bind-address"),
+            metrics_per_service_port=args.metrics_per_service_port,
             iptables=args.iptables,
             flow_capacity=args.flow_capacity,
             keep_hooks_on_exit=args.keep_hooks_on_exit,

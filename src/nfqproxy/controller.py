@@ -72,6 +72,7 @@ class ProxyConfig:
     queues: int = 1  # --queues: NFQUEUE queues from queue_num on (offload: several)
     healthz_bind: tuple[str, int] | None = defaults.HEALTHZ_BIND
     metrics_bind: tuple[str, int] | None = defaults.METRICS_BIND
+    metrics_per_service_port: bool = False  # a series per service port in /metrics
     # --cluster-cidr: which sources are the cluster's own (masquerade, externalTrafficPolicy)
     cluster_cidrs: tuple[IPNetwork, ...] = ()
     nodeport_addresses: tuple[str | IPNetwork, ...] = defaults.NODEPORT_ADDRESSES
@@ -141,7 +142,12 @@ class Proxy:
         self.last_sync: float | None = None  # wall clock, of the last successful sync
         self.last_sync_seconds: float | None = None  # how long it took
         self.runner = BoundedFrequencyRunner(self.sync, config.min_sync_period, config.sync_period)
-        self.metrics = ProxyMetrics(self.status, config.queue_num, config.queues)
+        self.metrics = ProxyMetrics(
+            self.status,
+            config.queue_num,
+            config.queues,
+            self.datapath.service_port_counts if config.metrics_per_service_port else None,
+        )
         self.liveness = Liveness(
             config.sync_period, lambda: self.ready, lambda: self.runner.last_attempt
         )

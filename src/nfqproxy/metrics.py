@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from nfqproxy.datapath.decisions import REFUSALS
 from nfqproxy.datapath.workers import KERNEL_QUEUE_STATS, kernel_queue_stats
 
 NFQUEUE_PROC = KERNEL_QUEUE_STATS
@@ -32,10 +33,17 @@ def kernel_queue_drops(queues: int | range, proc: Path = NFQUEUE_PROC) -> dict[s
     }
 
 
+# The data path's new and refused flows by service port (Datapath.service_port_counts).
+PortCounts = Callable[[], dict[str, dict[str, int]]]
+
+
 class DatapathCollector(Collector):
-    def __init__(self, status: Callable[[], dict[str, Any]], queues: range) -> None:
+    def __init__(
+        self, status: Callable[[], dict[str, Any]], queues: range, ports: PortCounts | None
+    ) -> None:
         self.status = status
         self.queues = queues
+        self.ports = ports  # None: no series per service port
 
     def collect(self) -> Iterator[Metric]:
         status = self.status()
@@ -108,13 +116,40 @@ class DatapathCollector(Collector):
         for reason, value in kernel_queue_drops(self.queues).items():
             drops.add_metric([reason], value)
         yield drops
+        if self.ports is not None:
+            yield from service_port_metrics(self.ports())
+
+
+def service_port_metrics(counts: dict[str, dict[str, int]]) -> Iterator[Metric]:
+    new = CounterMetricFamily(
+        "nfqproxy_service_port_new_flows",
+        "New flows each service port sent to a backend, while it is programmed",
+        labels=["service_port"],
+    )
+    refused = CounterMetricFamily(
+        "nfqproxy_service_port_refused_flows",
+        "New flows each service port refused (rejected, or dropped for "
+        "internalTrafficPolicy Local), and packets reset because their backend left, by reason",
+        labels=["service_port", "reason"],
+    )
+    for name, by_reason in counts.items():
+        new.add_metric([name], by_reason.get("new_flow", 0))
+        for reason in REFUSALS:
+            if by_reason.get(reason):
+                refused.add_metric([name, reason], by_reason[reason])
+    yield new
+    yield refused
 
 
 class ProxyMetrics:
     """The proxy's registry; one per proxy, so that tests can run several."""
 
     def __init__(
-        self, status: Callable[[], dict[str, Any]], queue_num: int, queues: int = 1
+        self,
+        status: Callable[[], dict[str, Any]],
+        queue_num: int,
+        queues: int = 1,
+        ports: PortCounts | None = None,  # --metrics-per-service-port
     ) -> None:
         self.registry = CollectorRegistry()
         self.sync_duration = Histogram(
@@ -144,4 +179,6 @@ class ProxyMetrics:
             "Times the hook rules were found missing (flushed by someone else) and restored",
             registry=self.registry,
         )
-        self.registry.register(DatapathCollector(status, range(queue_num, queue_num + queues)))
+        self.registry.register(
+            DatapathCollector(status, range(queue_num, queue_num + queues), ports)
+        )

@@ -106,6 +106,9 @@ def test_kubectl_apply_k_takes_the_proxy_and_its_rbac() -> None:
     assert kustomization["kind"] == "Kustomization"
     assert kustomization["resources"] == ["rbac.yaml", "daemonset.yaml"]
     assert all((DEPLOY / name).is_file() for name in kustomization["resources"])
+    (dashboard,) = kustomization["configMapGenerator"]
+    assert dashboard["files"] == ["grafana-dashboard.json"]
+    assert (DEPLOY / "grafana-dashboard.json").is_file()
 
 
 def test_the_daemonset_args_and_its_configmap_parse_as_nfqproxy_run(tmp_path: Path) -> None:
