@@ -81,6 +81,7 @@ def test_explain_services_and_flows_agree_with_the_traffic(datapath: str) -> Non
 
         listed = ask(running, lab.node_ns, "flows", "--client", CLIENT_IP)
         seen = {f["client_port"]: f"{f['backend']}:{f['backend_port']}" for f in listed["flows"]}
+        assert listed["table"]["capacity"] > 0 and listed["table"]["evicted"] == 0
         for sport, backend in reached.items():
             assert seen.get(sport) == backend, (sport, listed)
 

@@ -18,6 +18,7 @@ from nfqproxy.control import client, views
 from nfqproxy.control.server import ControlServer, RequestError, parse_endpoint
 from nfqproxy.datapath.interface import Datapath
 from nfqproxy.datapath.marks import SOURCE_NODE, SOURCE_OFF_CLUSTER, SOURCE_POD
+from nfqproxy.datapath.offload.kernel import conntrack_fill
 from nfqproxy.model import Backend
 from nfqproxy_lab.packets import tcp_packet, udp_packet
 from tests.helpers.clock import FakeClock
@@ -133,6 +134,37 @@ def test_flows_are_listed_and_filtered(programmed: tuple[Datapath, Any]) -> None
     assert picked and all(f["backend"] == backend for f in picked)
     assert views.flows_view(datapath, limit=2)["total"] == 4
     assert "4 shown of 4 tracked" in client.flows_table(everything)
+
+
+@pytest.mark.parametrize("name", datapath_params(every_packet_only=True))
+def test_flows_show_the_tables_fill_and_its_evictions(name: str) -> None:
+    datapath = new_datapath(name, capacity=2, clock=FakeClock(1000.0))
+    datapath.apply(snapshot(frozenset({0, 1})))
+    for sport in (30001, 30002, 30003):
+        datapath.process(tcp_packet("10.244.1.2", sport, "10.96.0.10", 80), SOURCE_POD)
+    listed = views.flows_view(datapath)
+    assert listed["table"] == {"capacity": 2, "evicted": 1, "expired": 0}
+    assert [f["client_port"] for f in listed["flows"]] == [30002, 30003]
+    assert client.flows_table(listed).endswith(
+        "table: 2 of 2 (100.0%), 1 evicted when full, 0 expired"
+    )
+
+
+def test_conntracks_fill_is_read_from_its_proc_files(tmp_path: Path) -> None:
+    stats, limit = tmp_path / "nf_conntrack", tmp_path / "nf_conntrack_max"
+    columns = "entries  clashres found new invalid ignore delete chainlength insert " \
+        "insert_failed drop early_drop icmp_error"  # fmt: skip
+    rows = ["0000000a  0 0 0 0 0 0 0 0 0 00000002 00000010 0"] * 2
+    stats.write_text("\n".join([columns, *rows]) + "\n")
+    limit.write_text("262144\n")
+    fill = conntrack_fill(stats, limit)
+    assert fill == {"held_by": "kernel conntrack", "capacity": 262144, "evicted": 32,
+                    "dropped_when_full": 4}  # fmt: skip
+    assert client.table_fill(3, fill) == (
+        "table (kernel conntrack): 3 of 262144 (0.0%), 32 evicted when full, 4 dropped when full"
+    )
+    assert conntrack_fill(tmp_path / "absent", limit) == {"held_by": "kernel conntrack",
+                                                           "capacity": 262144}  # fmt: skip
 
 
 @pytest.mark.parametrize(

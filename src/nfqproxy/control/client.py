@@ -198,7 +198,21 @@ def flows_table(answer: dict[str, Any]) -> str:
     summary = f"{len(rows)} shown of {answer['total']} tracked"
     if answer["listed"] < answer["total"]:
         summary += f" (the first {answer['listed']} read)"
-    return table(headers, rows) + "\n" + summary
+    return (
+        table(headers, rows) + "\n" + summary + "\n" + table_fill(answer["total"], answer["table"])
+    )
+
+
+def table_fill(total: int, fill: dict[str, Any]) -> str:
+    """The table's fill and what it lost, as far as its data path counts them."""
+    held = f" ({fill['held_by']})" if "held_by" in fill else ""
+    parts = [f"table{held}: {total} of {fill['capacity']} ({total / fill['capacity']:.1%})"
+             if fill.get("capacity") else f"table{held}: {total}"]  # fmt: skip
+    labels = {"evicted": "evicted when full", "dropped_when_full": "dropped when full"}
+    for key, label in (*labels.items(), ("expired", "expired")):
+        if key in fill:
+            parts.append(f"{fill[key]} {label}")
+    return ", ".join(parts)
 
 
 def explain_text(answer: dict[str, Any]) -> str:

@@ -85,7 +85,7 @@ def flows_view(
     as namespace/name; backend and client: an address, or address:port)."""
     records, total = datapath.flow_records(limit)
     rows = [r.as_json() for r in records if _matches(r, service, backend, client)]
-    return {"flows": rows, "listed": len(records), "total": total}
+    return {"flows": rows, "listed": len(records), "total": total, "table": datapath.flow_table()}
 
 
 def _matches(

@@ -44,6 +44,11 @@ class Datapath(Protocol):
         how many there are in all. May block (the offload path asks conntrack)."""
         ...
 
+    def flow_table(self) -> dict[str, object]:
+        """The table flow_records reads: its capacity, and the flows it evicted when full
+        and expired (those it keeps count of), without walking it."""
+        ...
+
     def service_port_counts(self) -> dict[str, dict[str, int]]:
         """{service port name: {"new_flow": n, and decisions.REFUSALS: n}}, non-zero only:
         what its frontends decided while programmed."""

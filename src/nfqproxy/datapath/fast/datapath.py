@@ -93,6 +93,13 @@ class FastDatapath(DecisionsOfTables):
     def __len__(self) -> int:
         return len(self.core)
 
+    def flow_table(self) -> dict[str, object]:
+        return {
+            "capacity": self.capacity,
+            "evicted": self.core.evicted,
+            "expired": self.core.expired,
+        }
+
     def flow_records(self, limit: int) -> tuple[list[FlowRecord], int]:
         now = self.clock()
         records = []

@@ -30,6 +30,7 @@ from nfqproxy.datapath.frontends import (
 from nfqproxy.datapath.marks import MarkLayout
 from nfqproxy.datapath.offload.backends import Assignment, BackendIds, present
 from nfqproxy.datapath.offload.conntrack import TrackedFlow
+from nfqproxy.datapath.offload.kernel import conntrack_fill
 from nfqproxy.datapath.offload.nft import Element
 from nfqproxy.datapath.verdicts import Action, Verdict
 from nfqproxy.model import IPNetwork, ServicePort, ServicePortKey, Snapshot
@@ -255,6 +256,9 @@ class OffloadDatapath(DecisionsOfTables):
 
     def __len__(self) -> int:
         return sum(self.open_flows().values())
+
+    def flow_table(self) -> dict[str, object]:
+        return conntrack_fill()
 
     def flow_records(self, limit: int) -> tuple[list[FlowRecord], int]:
         """The connections conntrack holds for us (a dump filtered on the proxied bit):

@@ -9,6 +9,7 @@ import os
 import threading
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TypeVar
 
 from nfqproxy.datapath.marks import MarkLayout
@@ -92,3 +93,25 @@ class OffloadKernel:
         self.map.close()
         self._call(self.conntrack.close)
         self._thread.shutdown()
+
+
+CONNTRACK_STATS = Path("/proc/net/stat/nf_conntrack")  # this namespace's, a row per CPU
+CONNTRACK_MAX = Path("/proc/sys/net/netfilter/nf_conntrack_max")
+
+
+def conntrack_fill(stats: Path = CONNTRACK_STATS, limit: Path = CONNTRACK_MAX) -> dict[str, object]:
+    """Conntrack's table as `nfqproxy flows` reports a connection table's: its capacity,
+    the entries it evicted when full (early_drop) and the new ones it dropped (drop),
+    summed over CPUs. What cannot be read is left out."""
+    fill: dict[str, object] = {"held_by": "kernel conntrack"}
+    try:
+        fill["capacity"] = int(limit.read_text())
+        header, *rows = stats.read_text().split("\n")
+    except (OSError, ValueError):
+        return fill
+    columns = header.split()
+    for name, key in (("early_drop", "evicted"), ("drop", "dropped_when_full")):
+        if name in columns:
+            at = columns.index(name)
+            fill[key] = sum(int(row.split()[at], 16) for row in rows if row.strip())
+    return fill

@@ -352,6 +352,10 @@ class ReferenceDatapath:
             state,
         )
 
+    def flow_table(self) -> dict[str, object]:
+        table = self.flows
+        return {"capacity": table.capacity, "evicted": table.evicted, "expired": table.expired}
+
     def service_port_counts(self) -> dict[str, dict[str, int]]:
         return self.port_counts.by_service_port(self._frontends)
 
