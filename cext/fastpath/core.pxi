@@ -194,6 +194,23 @@ cdef class FastCore:
                                      addr_read(<const uint8_t *> <const char *> backend, len(backend)),
                                      backend_port, expires)
 
+    def affinity_entry(self, uint8_t proto, bytes client, bytes vip, uint16_t vport, double now):
+        """A client's live sticky backend for a service port: (backend, backend port,
+        expires), addresses packed; None when it has none (or it expired). Nothing changes."""
+        cdef Affinity *e
+        cdef uint32_t size = len(client)
+        if size not in (4, 16) or len(vip) != size:
+            raise ValueError("client and VIP: 4 or 16 bytes each, one family")
+        with self.hold():
+            if self.c.affinity.entries == NULL:
+                return None
+            e = affinity_find(&self.c.affinity, proto,
+                              addr_read(<const uint8_t *> <const char *> client, size),
+                              addr_read(<const uint8_t *> <const char *> vip, size), vport)
+            if e == NULL or e.expires <= now:
+                return None
+            return packed(&e.backend_ip, size), e.backend_port, e.expires
+
     def expire(self, double now):
         """Drops expired flows (returned: how many) and expired client affinities."""
         with self.hold():

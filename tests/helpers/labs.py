@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import os
 import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import yaml
 
 from nfqproxy.datapath import factory
 from nfqproxy_lab import netns
 from nfqproxy_lab.netns import NetnsThread
-from nfqproxy_lab.proxy import read_status, start_proxy, wait_ready
+from nfqproxy_lab.proxy import proxy_command, read_status, start_proxy, wait_ready
 from nfqproxy_lab.served_api import ServedApi
 from nfqproxy_lab.topology import Lab, lab_endpoint_slices, lab_services
 
@@ -90,6 +92,20 @@ def lab_with_api_proxy(*proxy_args: str) -> Iterator[tuple[RunningLab, ServedApi
         running.close()
         if api is not None:
             api.close()
+
+
+def ask_proxy(running: RunningLab, namespace: str, *args: str) -> Any:
+    """A command's JSON answer, run in that namespace against the lab proxy's socket."""
+    command = [*proxy_command(), *args, "--socket", str(running.lab.control_socket)]
+    done = subprocess.run(
+        netns.exec_command(namespace, [*command, "-o", "json"]),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
 
 
 def nfqproxy_rules(namespace: str) -> list[str]:

@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import pytest
 
@@ -30,23 +29,10 @@ from nfqproxy_lab.topology import (
 )
 from tests.helpers.datapaths import datapath_params
 from tests.helpers.labs import RunningLab, lab_with_proxy
+from tests.helpers.labs import ask_proxy as ask
 
 pytestmark = pytest.mark.kernel
 PORTS = range(41001, 41013)
-
-
-def ask(running: RunningLab, namespace: str, *args: str) -> Any:
-    """A command's JSON answer, run in that namespace against the lab proxy's socket."""
-    command = [*proxy_command(), *args, "--socket", str(running.lab.control_socket)]
-    done = subprocess.run(
-        netns.exec_command(namespace, [*command, "-o", "json"]),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
 
 
 def get_from_port(host: str, port: int, source_port: int) -> str:

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 import pytest
 
 from nfqproxy_lab.proxy import read_status
-from nfqproxy_lab.topology import DNS_PORT, HTTP_PORT
+from nfqproxy_lab.topology import CLIENT_IP, DNS_PORT, HTTP_PORT, HTTP_TARGET, backend_ip
 from nfqproxy_lab.traffic import http_split, udp_query
 from tests.helpers.labs import STICKY_VIP as STICKY_VIP
-from tests.helpers.labs import RunningLab, sticky_manifest
+from tests.helpers.labs import RunningLab, ask_proxy, sticky_manifest
 
 pytestmark = pytest.mark.kernel
 
@@ -44,6 +44,13 @@ def test_new_tcp_connections_from_one_client_all_reach_one_backend(
     answers = sticky_service.client.call(http_split, STICKY_VIP, HTTP_PORT, 40)
     assert sum(answers.values()) == 40 and len(answers) == 1, answers
     assert next(iter(answers)) in {"be1", "be2", "be3"}
+    # explain names it for any port of this client: the entry, not Maglev's choice.
+    sticky = f"{backend_ip(int(next(iter(answers)).removeprefix('be')))}:{HTTP_TARGET}"
+    for port in (41001, 41002, 41003):
+        lab = sticky_service.lab
+        answer = ask_proxy(sticky_service, lab.node_ns, "explain", f"{CLIENT_IP}:{port}",
+                           f"{STICKY_VIP}:{HTTP_PORT}")  # fmt: skip
+        assert answer["backend"] == sticky and "session affinity" in answer["verdict"], answer
     # The node is another client: it is remembered separately, and sticks too.
     from_node = sticky_service.node.call(http_split, STICKY_VIP, HTTP_PORT, 20)
     assert sum(from_node.values()) == 20 and len(from_node) == 1, from_node

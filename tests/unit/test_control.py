@@ -23,7 +23,7 @@ from nfqproxy.model import Backend
 from nfqproxy_lab.packets import tcp_packet, udp_packet
 from tests.helpers.clock import FakeClock
 from tests.helpers.datapaths import datapath_params, new_datapath
-from tests.helpers.snapshots import snapshot
+from tests.helpers.snapshots import BACKENDS, snapshot
 
 SEED = 0  # new_datapath's default (defaults.SEED) is checked below
 
@@ -250,3 +250,51 @@ def test_a_command_without_a_proxy_says_so(
     missing = tmp_path / "none.sock"
     assert cli.main(["services", "--socket", str(missing)]) == 1
     assert f"no nfqproxy answers on {missing}" in caplog.text
+
+
+@pytest.mark.parametrize("name", datapath_params())
+def test_explain_follows_the_clients_session_affinity_entry(name: str) -> None:
+    datapath = new_datapath(name, clock=FakeClock(1000.0))
+    programmed = snapshot(frozenset({0, 1, 2}), affinity=60)
+    datapath.apply(programmed)
+    client_ip, vip = ip_address("10.244.1.2"), ip_address("10.96.0.10")
+
+    def ask(sport: int) -> dict[str, Any]:
+        return views.explain(programmed.ports, datapath, SEED, client_ip, sport, vip, 80,
+                             "TCP", SOURCE_POD)  # fmt: skip
+
+    def connect(sport: int) -> str:
+        """The backend the data path gives a new flow from that port (from its trace)."""
+        datapath.trace_start(8)
+        datapath.process(tcp_packet(str(client_ip), sport, str(vip), 80), SOURCE_POD)
+        (event,), _ = datapath.trace_take()
+        datapath.trace_stop()
+        assert event.backend is not None
+        return f"{ip_address(event.backend)}:{event.backend_port}"
+
+    fresh = ask(20000)
+    assert "no entry for this client" in fresh["affinity"] and "maglev" in fresh
+    sticky = connect(20000)
+    assert sticky == fresh["backend"]
+    # Another port of the same client: Maglev alone would pick elsewhere for some of
+    # these, affinity keeps the first backend, and explain says so.
+    for sport in range(20001, 20030):
+        answer = ask(sport)
+        assert answer["backend"] == sticky and answer["verdict"].endswith("(session affinity)")
+        assert f"entry names {sticky} for 60s more" in answer["affinity"]
+        assert connect(sport) == sticky
+    other = ip_address("10.244.9.9")  # no entry: Maglev spreads its ports
+    spread = {
+        views.explain(programmed.ports, datapath, SEED, other, p, vip, 80, "TCP", SOURCE_POD)[
+            "backend"
+        ]
+        for p in range(20001, 20030)
+    }
+    assert len(spread) > 1
+    # Its backend leaves: the entry stays, but is not used.
+    left = snapshot(frozenset({0, 1, 2}) - {BACKENDS.index(sticky.split(":")[0])}, affinity=60)
+    datapath.apply(left)
+    answer = views.explain(left.ports, datapath, SEED, client_ip, 20001, vip, 80, "TCP",
+                           SOURCE_POD)  # fmt: skip
+    assert "no longer a candidate" in answer["affinity"] and answer["backend"] != sticky
+    assert connect(20001) == answer["backend"]

@@ -129,6 +129,31 @@ def is_local(address: IPAddress) -> bool:
     return True
 
 
+def sticky_backend(
+    datapath: Datapath,
+    frontend: Frontend,
+    key: TableKey,
+    client: IPAddress,
+    destination: IPAddress,
+    port: int,
+    answer: dict[str, Any],
+) -> tuple[bytes, int] | None:
+    """The client's sessionAffinity backend, if its entry is live and its backend still a
+    candidate; answer["affinity"] says what the entry is, or why it is not used."""
+    seconds = frontend.affinity_seconds
+    entry = datapath.affinity_entry(key[1], client.packed, destination.packed, port)
+    if entry is None:
+        answer["affinity"] = f"ClientIP {seconds}s: no entry for this client; the choice makes one"
+        return None
+    backend, left = (entry[0], entry[1]), entry[2]
+    named = f"ClientIP {seconds}s: this client's entry names {endpoint_text(*backend)}"
+    if backend not in frontend.backends:
+        answer["affinity"] = named + ", no longer a candidate: the choice below replaces it"
+        return None
+    answer["affinity"] = f"{named} for {left:.0f}s more (each new flow renews it)"
+    return backend
+
+
 def explain(
     ports: Mapping[ServicePortKey, ServicePort],
     datapath: Datapath,
@@ -173,10 +198,12 @@ def explain(
         )
         return answer
     if frontend.affinity_seconds:
-        answer["affinity"] = (
-            f"ClientIP {frontend.affinity_seconds}s: a client with a live entry keeps its "
-            "backend; below is the choice for one without"
-        )
+        sticky = sticky_backend(datapath, frontend, key, client, destination, port, answer)
+        if sticky is not None:
+            answer["backend"] = endpoint_text(*sticky)
+            answer["masquerade"] = answer["masquerade"] or sticky[0] == client.packed
+            answer["verdict"] = f"accept: DNAT to {answer['backend']} (session affinity)"
+            return answer
     if client_port is None:
         answer["verdict"] = "one of the candidates, by the client's port (give SRC:PORT)"
         return answer

@@ -186,6 +186,7 @@ class DecisionsOfTables:
     CompiledTables: the C core keeps them."""
 
     tables: CompiledTables
+    clock: Callable[[], float]
 
     def service_port_counts(self) -> dict[str, dict[str, int]]:
         return self.tables.service_port_counts()
@@ -198,3 +199,10 @@ class DecisionsOfTables:
 
     def trace_take(self) -> tuple[list[TraceEvent], int]:
         return self.tables.trace_take()
+
+    def affinity_entry(
+        self, proto: int, client: bytes, vip: bytes, vport: int
+    ) -> tuple[bytes, int, float] | None:
+        now = self.clock()
+        entry = self.tables.core.affinity_entry(proto, client, vip, vport, now)
+        return None if entry is None else (entry[0], entry[1], entry[2] - now)

@@ -44,6 +44,13 @@ class Datapath(Protocol):
         how many there are in all. May block (the offload path asks conntrack)."""
         ...
 
+    def affinity_entry(
+        self, proto: int, client: bytes, vip: bytes, vport: int
+    ) -> tuple[bytes, int, float] | None:
+        """A client's live sessionAffinity entry for a service port: (backend, its port,
+        seconds left), addresses packed; None when it has none. Changes nothing."""
+        ...
+
     def flow_table(self) -> dict[str, object]:
         """The table flow_records reads: its capacity, and the flows it evicted when full
         and expired (those it keeps count of), without walking it."""

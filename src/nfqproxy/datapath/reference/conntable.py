@@ -173,6 +173,11 @@ class AffinityTable:
             return None
         return entry
 
+    def peek(self, key: AffinityKey, now: float) -> Affinity | None:
+        """lookup without forgetting an expired entry: for inspection, which changes nothing."""
+        entry = self._entries.get(key)
+        return entry if entry is not None and entry.expires > now else None
+
     def add(self, key: AffinityKey, entry: Affinity) -> bool:
         """Remembers a client; False if the table is full."""
         if len(self._entries) >= self.capacity:

@@ -352,6 +352,15 @@ class ReferenceDatapath:
             state,
         )
 
+    def affinity_entry(
+        self, proto: int, client: bytes, vip: bytes, vport: int
+    ) -> tuple[bytes, int, float] | None:
+        now = self.clock()
+        entry = self.affinity.peek((proto, client, vip, vport), now)
+        return (
+            None if entry is None else (entry.backend_ip, entry.backend_port, entry.expires - now)
+        )
+
     def flow_table(self) -> dict[str, object]:
         table = self.flows
         return {"capacity": table.capacity, "evicted": table.evicted, "expired": table.expired}
