@@ -99,6 +99,11 @@ cdef enum:  # IP protocol numbers, and IPv6's extension headers (reference/ipv6.
 cdef enum:
     MAX_RANGES = 16  # service CIDRs
 
+cdef enum:  # Flow.bits, and Flow's creation time
+    FLOW_MASQUERADE = 1
+    FLOW_V6 = 2
+    CREATED_MASK = 0xFFFFFF  # 24 bits of seconds
+
 cdef enum:  # as nfqproxy.datapath.frontends and marks name them (checked when loaded)
     POLICY_INTERNAL = 0          # a ClusterIP: sources off the cluster masqueraded
     POLICY_EXTERNAL_CLUSTER = 1  # every source masqueraded

@@ -225,11 +225,12 @@ cdef class FastCore:
         with self.hold():
             return named_counters(&self.c)
 
-    def flows(self, uint32_t limit=0xFFFFFFFF):
+    def flows(self, double now, uint32_t limit=0xFFFFFFFF):
         """Every flow (up to limit), oldest first: (proto, client ip, client port, vip,
-        vport, backend ip, backend port, state name, expires), addresses packed."""
+        vport, backend ip, backend port, state name, expires, age in whole seconds at
+        now), addresses packed."""
         with self.hold():
-            return flow_rows(&self.c.flows, limit)
+            return flow_rows(&self.c.flows, limit, now)
 
     def state_counts(self):
         """{"tcp/established": n, ...} over every flow, without a Python object per flow."""

@@ -94,7 +94,7 @@ cdef void decide_request(Core *c, uint8_t *pkt, Headers *h, double now, bint par
     # The nat table decides on a connection's first packet, which need not be the flow's:
     # a client that reuses a 5-tuple still in the table starts a new conntrack entry on a
     # known flow. So every request carries the flow's masquerade, as it was decided.
-    v.masquerade = (t.entries[index].masquerade
+    v.masquerade = (t.entries[index].bits & FLOW_MASQUERADE
                     or t.entries[index].backend_ip == t.entries[index].client_ip
                     and addr_eq(backend, flow_client(t, index)))
 

@@ -91,16 +91,25 @@ cdef inline Addr widen(uint32_t raw) noexcept nogil:
     return addr_read(<const uint8_t *> &raw, 4)
 
 
+cdef inline uint8_t flow_version(Flow *f) noexcept nogil:
+    return 6 if f.bits & FLOW_V6 else 4
+
+
+cdef inline uint32_t flow_created(Flow *f) noexcept nogil:
+    """Its creation time, whole seconds modulo 2^24 (flow_ages unwraps it)."""
+    return (<uint32_t> f.created_high) << 16 | f.created_low
+
+
 cdef inline Addr flow_client(FlowTable *t, uint32_t i) noexcept nogil:
-    return t.wide[i].client_ip if t.entries[i].version == 6 else widen(t.entries[i].client_ip)
+    return t.wide[i].client_ip if t.entries[i].bits & FLOW_V6 else widen(t.entries[i].client_ip)
 
 
 cdef inline Addr flow_vip(FlowTable *t, uint32_t i) noexcept nogil:
-    return t.wide[i].vip if t.entries[i].version == 6 else widen(t.entries[i].vip)
+    return t.wide[i].vip if t.entries[i].bits & FLOW_V6 else widen(t.entries[i].vip)
 
 
 cdef inline Addr flow_backend(FlowTable *t, uint32_t i) noexcept nogil:
-    return t.wide[i].backend_ip if t.entries[i].version == 6 else widen(t.entries[i].backend_ip)
+    return t.wide[i].backend_ip if t.entries[i].bits & FLOW_V6 else widen(t.entries[i].backend_ip)
 
 
 cdef inline uint64_t flow_index_hash(uint8_t proto, uint32_t a, uint16_t pa, uint32_t b,
@@ -126,9 +135,10 @@ cdef uint32_t flow_find(FlowTable *t, bint reply, uint8_t proto, Addr a, uint16_
     cdef uint64_t i = flow_index_hash(proto, ca, pa, cb, pb) & t.index_mask
     cdef Flow *f
     cdef WideAddrs *w
+    cdef uint8_t family_bit = FLOW_V6 if version == 6 else 0
     while index[i] != NIL:
         f = &t.entries[index[i]]
-        if f.proto == proto and f.version == version:
+        if f.proto == proto and (f.bits & FLOW_V6) == family_bit:
             if reply:
                 if (f.backend_port == pa and f.client_port == pb and f.backend_ip == ca
                         and f.client_ip == cb):
@@ -224,6 +234,7 @@ cdef uint32_t flow_add(FlowTable *t, FlowSpec *new_flow, double now) noexcept no
     needs t.wide (flows_widen, done with its frontend)."""
     cdef uint32_t index
     cdef uint8_t version = new_flow.version
+    cdef uint64_t created
     cdef Flow *f
     # A full table is scanned for expired flows at most once per FULL_SCAN_INTERVAL
     # (as the reference does): a scan for every new flow made a SYN flood cost O(table)
@@ -249,7 +260,12 @@ cdef uint32_t flow_add(FlowTable *t, FlowSpec *new_flow, double now) noexcept no
     f.vip = compact(new_flow.vip, version)
     f.backend_ip = compact(new_flow.backend_ip, version)
     f.client_port, f.vport, f.backend_port = new_flow.client_port, new_flow.vport, new_flow.backend_port
-    f.proto, f.state, f.masquerade, f.version = new_flow.proto, new_flow.state, new_flow.masquerade, version
+    f.proto, f.state = new_flow.proto, new_flow.state
+    f.bits = (FLOW_MASQUERADE if new_flow.masquerade else 0) | (FLOW_V6 if version == 6 else 0)
+    created = 0
+    if now > 0:
+        created = (<uint64_t> now) & <uint64_t> CREATED_MASK
+    f.created_high, f.created_low = created >> 16, created & 0xFFFF
     if version == 6:
         t.wide[index].client_ip = new_flow.client_ip
         t.wide[index].vip = new_flow.vip

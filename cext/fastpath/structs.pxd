@@ -33,8 +33,10 @@ cdef struct Flow:
     uint16_t backend_port
     uint8_t proto
     uint8_t state
-    uint8_t masquerade    # decided with the flow: every new connection on its 5-tuple gets it
-    uint8_t version       # 4 or 6 (in what was padding: the entry stays 40 bytes)
+    uint8_t bits          # FLOW_MASQUERADE (decided with the flow: every new connection on
+                          # its 5-tuple gets it), FLOW_V6
+    uint8_t created_high  # when it was added, whole seconds of the clock, modulo 2^24 (194
+    uint16_t created_low  # days): in what was padding, so the entry stays 40 bytes
     uint32_t older        # FIFO links: insertion order, for eviction when full
     uint32_t newer
     double expires

@@ -298,3 +298,23 @@ def test_explain_follows_the_clients_session_affinity_entry(name: str) -> None:
                            SOURCE_POD)  # fmt: skip
     assert "no longer a candidate" in answer["affinity"] and answer["backend"] != sticky
     assert connect(20001) == answer["backend"]
+
+
+@pytest.mark.parametrize("start", [1000.0, 2.0**24 - 7])  # the second crosses the C wrap
+@pytest.mark.parametrize("name", datapath_params(every_packet_only=True))
+def test_flows_show_each_flows_age(name: str, start: float) -> None:
+    clock = FakeClock(start)
+    datapath = new_datapath(name, clock=clock)
+    datapath.apply(snapshot(frozenset({0, 1})))
+    for sport in (30001, 30002, 30003):
+        datapath.process(tcp_packet("10.244.1.2", sport, "10.96.0.10", 80), SOURCE_POD)
+        clock.advance(5)
+    clock.advance(2)  # 17 s after the first
+    datapath.process(tcp_packet("10.244.1.2", 30001, "10.96.0.10", 80), SOURCE_POD)  # no reset
+    listed = views.flows_view(datapath)["flows"]
+    assert [(f["client_port"], f["age"]) for f in listed] == [
+        (30001, 17.0),
+        (30002, 12.0),
+        (30003, 7.0),
+    ]
+    assert "AGE" in client.flows_table(views.flows_view(datapath)).splitlines()[0]

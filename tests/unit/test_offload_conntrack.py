@@ -52,7 +52,13 @@ def ct_tuple(src: str, dst: str, proto: int, sport: int, dport: int) -> dict[str
 
 
 def entry(
-    client: str, vip: str, backend: str, proto: int = 6, mark: int = MARK, reply: bool = True
+    client: str,
+    vip: str,
+    backend: str,
+    proto: int = 6,
+    mark: int = MARK,
+    reply: bool = True,
+    started_ns: int | None = None,
 ) -> Any:
     """A conntrack entry of client:40000 -> vip:80, DNATed to backend:8080, as a dump
     returns it (encoded, then decoded by pyroute2)."""
@@ -62,7 +68,10 @@ def entry(
     attrs: list[tuple[str, Any]] = [("CTA_TUPLE_ORIG", ct_tuple(client, vip, proto, 40000, 80))]
     if reply:
         attrs.append(("CTA_TUPLE_REPLY", ct_tuple(backend, client, proto, 8080, 40000)))
-    message["attrs"] = [*attrs, ("CTA_MARK", mark), ("CTA_TIMEOUT", 117)]
+    attrs += [("CTA_MARK", mark), ("CTA_TIMEOUT", 117)]
+    if started_ns is not None:  # with net.netfilter.nf_conntrack_timestamp on
+        attrs.append(("CTA_TIMESTAMP", {"attrs": [("CTA_TIMESTAMP_START", started_ns)]}))
+    message["attrs"] = attrs
     message.encode()
     decoded = nfct_msg(message.data)
     decoded.decode()
@@ -83,6 +92,15 @@ def test_an_ipv6_entry_reads_as_16_byte_addresses() -> None:
         mark=MARK,
         timeout=117,
     )
+
+
+def test_an_entry_with_a_timestamp_knows_when_it_started() -> None:
+    started = 1_796_000_000_123_456_789
+    with_stamp = _tracked_flow(entry("10.244.1.2", "10.96.0.10", "10.244.11.2",
+                                     started_ns=started), MARK, MASK)  # fmt: skip
+    without = _tracked_flow(entry("10.244.1.2", "10.96.0.10", "10.244.11.2"), MARK, MASK)
+    assert with_stamp is not None and with_stamp.started == pytest.approx(started / 1e9)
+    assert without is not None and without.started is None
 
 
 def test_an_ipv4_entry_reads_as_before() -> None:

@@ -190,11 +190,13 @@ def flows_table(answer: dict[str, Any]) -> str:
             f"{f['backend']}:{f['backend_port']}",
             f["service"],
             f["state"],
+            "-" if f.get("age") is None else f"{f['age']:.0f}s",
             f"{f['expires_in']:.0f}s",
         ]
         for f in answer["flows"]
     ]
-    headers = ["PROTO", "CLIENT", "SERVICE ADDRESS", "BACKEND", "SERVICE", "STATE", "EXPIRES"]
+    headers = ["PROTO", "CLIENT", "SERVICE ADDRESS", "BACKEND", "SERVICE", "STATE", "AGE",
+               "EXPIRES"]  # fmt: skip
     summary = f"{len(rows)} shown of {answer['total']} tracked"
     if answer["listed"] < answer["total"]:
         summary += f" (the first {answer['listed']} read)"

@@ -179,9 +179,14 @@ class FlowRecord:
     service: str  # namespace/name:port, "?" when its service port is gone
     state: str  # a FlowState value, or "conntrack" where the kernel holds the flow
     expires_in: float  # seconds
+    # Seconds since the table first saw it (the fast path's to the second); None where the
+    # table keeps no start (conntrack without nf_conntrack_timestamp).
+    age: float | None = None
 
     @classmethod
-    def of(cls, flow: FlowTuple, service: str, state: str, expires_in: float) -> FlowRecord:
+    def of(
+        cls, flow: FlowTuple, service: str, state: str, expires_in: float, age: float | None
+    ) -> FlowRecord:
         """From a flow of any table that names its addresses and ports as these do."""
         return cls(
             flow.proto,
@@ -194,6 +199,7 @@ class FlowRecord:
             service,
             state,
             expires_in,
+            age,
         )
 
     def as_json(self) -> dict[str, object]:
@@ -208,4 +214,5 @@ class FlowRecord:
             "service": self.service,
             "state": self.state,
             "expires_in": round(self.expires_in, 1),
+            "age": None if self.age is None else round(self.age, 1),
         }

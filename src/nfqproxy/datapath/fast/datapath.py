@@ -103,14 +103,23 @@ class FastDatapath(DecisionsOfTables):
     def flow_records(self, limit: int) -> tuple[list[FlowRecord], int]:
         now = self.clock()
         records = []
-        for proto, client, cport, vip, vport, backend, bport, state, expires in self.core.flows(
-            limit
-        ):
+        for row in self.core.flows(now, limit):
+            proto, client, cport, vip, vport, backend, bport, state, expires, age = row
             frontend = self._frontends.get((vip, proto, vport))
             name = frontend.name if frontend else "?"
             records.append(
                 FlowRecord(
-                    proto, client, cport, vip, vport, backend, bport, name, state, expires - now
+                    proto,
+                    client,
+                    cport,
+                    vip,
+                    vport,
+                    backend,
+                    bport,
+                    name,
+                    state,
+                    expires - now,
+                    float(age),
                 )
             )
         return records, len(self.core)
@@ -127,7 +136,8 @@ class FastDatapath(DecisionsOfTables):
             }
         else:
             rows = []
-            for proto, _, _, vip, vport, backend_ip, backend_port, state, _ in self.core.flows():
+            for row in self.core.flows(self.clock()):
+                proto, _, _, vip, vport, backend_ip, backend_port, state, _, _ = row
                 frontend = self._frontends.get((vip, proto, vport))
                 name = frontend.name if frontend else "?"
                 rows.append((proto, state, name, endpoint_text(backend_ip, backend_port)))

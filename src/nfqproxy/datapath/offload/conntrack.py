@@ -77,6 +77,9 @@ class TrackedFlow:
     backend_port: int
     mark: int  # the entry's ctmark
     timeout: int  # seconds left, from CTA_TIMEOUT
+    # When it began (wall clock, seconds): CTA_TIMESTAMP, which conntrack records only
+    # with net.netfilter.nf_conntrack_timestamp on; None otherwise.
+    started: float | None = None
 
 
 def nfgen_family(families: Iterable[int]) -> int:
@@ -316,7 +319,14 @@ def _tracked_flow(entry: Any, mark: int, mask: int) -> TrackedFlow | None:
         backend_port=int(reply_ports.get_attr("CTA_PROTO_SRC_PORT")),
         mark=ctmark,
         timeout=int(entry.get_attr("CTA_TIMEOUT") or 0),
+        started=_started(entry),
     )
+
+
+def _started(entry: Any) -> float | None:
+    stamp = entry.get_attr("CTA_TIMESTAMP")
+    start = stamp.get_attr("CTA_TIMESTAMP_START") if stamp is not None else None
+    return int(start) / 1e9 if start else None
 
 
 def _addresses(tuple_ip: Any) -> tuple[bytes, bytes]:

@@ -268,11 +268,13 @@ class OffloadDatapath(DecisionsOfTables):
         tracked = self.kernel.all_tracked(limit)
         names = self.ids.owners
         records = []
+        wall = time.time()
         for f in tracked:
             owner = names.get(self.kernel.marks.backend_id(f.mark))
             frontend = self.tables.frontends.get(owner[0]) if owner else None
             name = frontend.name if frontend else "?"
-            records.append(FlowRecord.of(f, name, "conntrack", float(f.timeout)))
+            age = None if f.started is None else max(0.0, wall - f.started)
+            records.append(FlowRecord.of(f, name, "conntrack", float(f.timeout), age))
         # The total as last counted in the background (open_flows), at least those read.
         return records, max(len(records), sum(self.open_flows().values()))
 

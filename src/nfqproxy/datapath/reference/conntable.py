@@ -37,6 +37,7 @@ class Flow:
     expires: float = 0.0
     # Decided with the flow: a new connection that reuses its 5-tuple gets it too.
     masquerade: bool = False
+    created: float = 0.0  # when the table took it in
 
     @property
     def forward_key(self) -> FlowKey:
@@ -106,6 +107,7 @@ class ConnectionTable:
             if stale is not None:
                 self.remove(stale)
         flow.expires = now + self.timeouts.for_state(flow.state)
+        flow.created = now
         self._forward[flow.forward_key] = flow
         self._reply[flow.reply_key] = flow
 

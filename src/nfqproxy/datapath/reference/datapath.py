@@ -381,7 +381,8 @@ class ReferenceDatapath:
         now = self.clock()
         flows = self.flows.flows()
         records = [
-            FlowRecord.of(f, f.service, f.state.value, f.expires - now) for f in flows[:limit]
+            FlowRecord.of(f, f.service, f.state.value, f.expires - now, now - f.created)
+            for f in flows[:limit]
         ]
         return records, len(flows)
 
