@@ -58,11 +58,13 @@ def external_ports(
     local: tuple[tuple[Backend, ...], bool] | None,
     present: set[Backend],
     nodeport_ips: tuple[IPAddress, ...],
+    terminating: tuple[Backend, ...] = (),
 ) -> list[ServicePort]:
     """The external frontends of one service port: cluster, the endpoints the cluster
     policy chooses; local, with externalTrafficPolicy Local, this node's and whether others
     have usable ones (then traffic from outside is dropped, not rejected); present, every
-    endpoint of the port."""
+    endpoint of the port; terminating, those of cluster and local chosen as the
+    serving-and-terminating fallback."""
     addresses = external_addresses(service, port, family, nodeport_ips)
     alternate: tuple[Backend, ...] = ()
     if local is None:
@@ -88,6 +90,7 @@ def external_ports(
             tuple(r for r in service.source_ranges if r.version == address.version)
             if kind == "LoadBalancer"
             else (),
+            terminating=terminating,
         )
         for kind, address, number in addresses
     ]

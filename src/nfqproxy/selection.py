@@ -174,13 +174,14 @@ def service_ports(
             # External destinations take the cluster policy whatever internalTrafficPolicy
             # says (kube-proxy's clusterPolicyChain; topology_test.go "iTP: Local, eTP:
             # Local"), and, with externalTrafficPolicy Local, this node's endpoints.
-            cluster = backends_of(
-                select_endpoints(endpoints, node_name, False, node_zone), matching
-            )
+            cluster_choice = select_endpoints(endpoints, node_name, False, node_zone)
+            cluster = backends_of(cluster_choice, matching)
+            fallback = set(backends_of(cluster_choice, matching, fallback=True))
             local = None
             if service.external_traffic_local:
                 local_choice = select_endpoints(endpoints, node_name, True, node_zone)
                 local = (backends_of(local_choice, matching), local_choice.usable_elsewhere)
+                fallback |= set(backends_of(local_choice, matching, fallback=True))
             result += external_ports(
                 service,
                 port,
@@ -190,5 +191,6 @@ def service_ports(
                 local,
                 present,
                 node.nodeport_ips if node is not None else (),
+                tuple(sorted(fallback)),
             )
     return result

@@ -14,6 +14,7 @@ import dpkt
 import pytest
 
 from nfqproxy import ipsets
+from nfqproxy.control import views
 from nfqproxy.datapath.interface import Datapath
 from nfqproxy.datapath.marks import SOURCE_NODE, SOURCE_OFF_CLUSTER, SOURCE_POD
 from nfqproxy.datapath.verdicts import Action
@@ -301,6 +302,12 @@ def test_terminating_local_endpoints_serve_external_traffic_when_no_local_one_is
     lb = next(p for p in ports.values() if p.kind == "LoadBalancer")
     assert reached(datapath, lb, EXTERNAL) == ({LOCAL}, False)
     assert reached(datapath, lb, POD) == ({REMOTE}, False)
+    # `nfqproxy services` says the external frontends serve from the fallback, too.
+    for external in (p for p in ports.values() if p.kind != "ClusterIP"):
+        row = views.service_row(external, datapath)
+        assert [(b["endpoint"], b["state"]) for b in row["backends"]] == [
+            (f"{LOCAL}:8080", "serving-terminating")
+        ], external.kind
 
 
 def test_a_local_endpoint_that_is_not_ready_serves_no_one(datapath: Datapath) -> None:
