@@ -18,6 +18,7 @@ from bench.datapath.settings import (
     PORT,
     QUEUE,
     REQUEST_PORT,
+    TRACED_MODES,
     V6_MODES,
     VIP,
     VIP6,
@@ -41,7 +42,7 @@ from nfqproxy_lab.kube_proxy_rules import (
     nft_restore_all,
     restore_all,
 )
-from nfqproxy_lab.proxy import start_proxy, wait_ready
+from nfqproxy_lab.proxy import proxy_command, read_status, start_proxy, wait_ready
 from nfqproxy_lab.topology import NODE_NAME, Lab, all_labs, backend_ip
 
 BENCH_DIR = Path(__file__).resolve().parents[1]
@@ -142,6 +143,18 @@ def _queue_to_ceiling(lab: Lab, mode: str, ceiling: Path) -> None:
     wait_for_line(lab.dir / "ceiling.log", "ready", process)
 
 
+def _trace_everything(lab: Lab) -> None:
+    """`nfqproxy trace -o json` in the node, its lines to trace.log, until the lab goes
+    down; waits until the proxy traces for it (its status counts one tracer)."""
+    command = [*proxy_command(), "trace", "--socket", str(lab.control_socket), "-o", "json"]
+    lab.start_process("trace", netns.exec_command(lab.node_ns, command))
+    deadline = time.monotonic() + 10
+    while read_status(lab).get("tracers") != 1:
+        if time.monotonic() > deadline:
+            raise RuntimeError("nfqproxy trace did not start within 10 s")
+        time.sleep(0.1)
+
+
 @contextmanager
 def competitor(mode: str, binaries: Binaries, name: str) -> Iterator[Running]:
     """A fresh lab with VIP served by the given mode. Raises ModeUnavailable (the lab
@@ -185,6 +198,8 @@ def competitor(mode: str, binaries: Binaries, name: str) -> Iterator[Running]:
             )
             wait_ready(lab, running.process, timeout=60)
             running.ready_seconds = time.monotonic() - started
+            if mode in TRACED_MODES:
+                _trace_everything(lab)
         time.sleep(0.3)  # let the servers bind
         yield running
     finally:

@@ -17,6 +17,7 @@ COLOURS = dict(
             "#4477aa",
             "#66ccee",
             "#228833",
+            "#88cc99",  # fast-traced: as fast, lighter
             "#ee6677",
             "#aa3377",
             "#ccbb44",

@@ -22,6 +22,7 @@ MODES = (
     "ceiling",
     "ceiling-copy",
     "fast",
+    "fast-traced",
     "offload-1q",
     "offload-nq",
     "reference",
@@ -33,12 +34,17 @@ MODES = (
 # IPv6 through the same service (its second ClusterIP) in a dual-stack lab: asked for,
 # with their IPv4 modes beside them for the ratio to each family's kernel DNAT.
 V6_MODES = ("kernel-v6", "reference-v6", "fast-v6", "offload-v6")
-# The reference path is the readable specification, slow by design: only when asked for.
-DEFAULT_MODES = tuple(m for m in MODES if m != "reference" and m not in V6_MODES)
+# Asked for only: the reference path (the readable specification, slow by design), IPv6,
+# and the fast path with `nfqproxy trace` recording every decision (what tracing costs).
+DEFAULT_MODES = tuple(
+    m for m in MODES if m not in ("reference", "fast-traced") and m not in V6_MODES
+)
+TRACED_MODES = ("fast-traced",)
 KERNEL_MODES = ("kernel", "nftables", "ceiling", "ceiling-copy", "kernel-v6")
 # nfqproxy's modes: the data path and the extra flags of `nfqproxy run`.
 NFQPROXY_MODES: dict[str, tuple[str, tuple[str, ...]]] = {
     "fast": ("fast", ()),
+    "fast-traced": ("fast", ()),
     "offload-1q": ("offload", ("--queues", "1")),
     "offload-nq": ("offload", ("--queues", str(QUEUES))),
     "reference": ("reference", ()),
@@ -55,6 +61,7 @@ MODE_TITLES = {
     "ceiling": "NFQUEUE ceiling (C accept-all, F_GSO, batch verdicts, 128-byte copy)",
     "ceiling-copy": "NFQUEUE rewriting ceiling (whole packets out and back)",
     "fast": "nfqproxy fast",
+    "fast-traced": "nfqproxy fast, with `nfqproxy trace -o json` writing every decision",
     "offload-1q": "nfqproxy offload, 1 queue",
     "offload-nq": f"nfqproxy offload, {QUEUES} queues",
     "reference": "nfqproxy reference",
