@@ -132,6 +132,7 @@ def test_the_daemonset_args_and_its_configmap_parse_as_nfqproxy_run(tmp_path: Pa
     assert parsed.command == "run" and parsed.hostname_override == "node-a"
     assert parsed.node_ip == ["192.0.2.10"] and parsed.keep_hooks_on_exit is True
     assert parsed.api_server.startswith("https://") and parsed.log_format == "json"
+    assert parsed.metrics_per_service_port is False  # read from the file: a known key
     assert [str(n) for ranges in parsed.service_cidrs for n in ranges] == ["10.96.0.0/12"]
     mount = next(m for m in container["volumeMounts"] if m["name"] == "config")
     assert container["args"][1] == f"--config={mount['mountPath']}/config.yaml"
