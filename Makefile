@@ -85,9 +85,10 @@ asan: install
 	  tests/unit/test_differential_ipv6.py tests/unit/test_ipv6.py tests/unit/test_sctp.py \
 	  tests/unit/test_maglev.py tests/unit/test_asan_build.py \
 	  tests/unit/test_datapath_contract.py tests/unit/test_datapath_scenarios.py \
-	  tests/unit/test_golden_scenarios.py \
+	  tests/unit/test_golden_scenarios.py tests/unit/test_decisions.py tests/unit/test_trace.py \
+	  tests/unit/test_control.py \
 	  tests/kernel/test_traffic.py tests/kernel/test_malformed_packets.py \
-	  tests/kernel/test_ipv6.py tests/kernel/test_sctp.py
+	  tests/kernel/test_ipv6.py tests/kernel/test_sctp.py tests/kernel/test_inspection.py
 	PYTHONPATH=build/asan LD_PRELOAD=$(ASAN_LIB) ASAN_OPTIONS=$(ASAN_SETTINGS) \
 	  $(BIN)/python -m bench.fuzz_datapath --inputs 200000
 
