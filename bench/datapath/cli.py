@@ -9,12 +9,19 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import bench.datapath
-from bench.datapath.competitors import ModeUnavailable, build_binaries, competitor, measure
+from bench.datapath.competitors import (
+    Binaries,
+    ModeUnavailable,
+    build_binaries,
+    competitor,
+    measure,
+)
 from bench.datapath.memory import bytes_per_flow_all, conntrack_entry_bytes, maglev_build_ms
 from bench.datapath.plots import plot
 from bench.datapath.report import report_markdown, results_json
@@ -71,9 +78,16 @@ def run_rounds(
     settings: Settings, out_dir: Path
 ) -> tuple[list[dict[str, Any]], list[list[str]], dict[str, str]]:
     """Every round, modes rotated; returns the runs, each round's order and the modes left
-    out with the reason. What was measured before an interruption is kept."""
+    out with the reason. What was measured before an interruption is kept. The C tools
+    are built in a folder of their own, not among the results."""
+    with tempfile.TemporaryDirectory(prefix="nfqproxy-bench-tools-") as tools:
+        return _run_rounds(settings, build_binaries(Path(tools)))
+
+
+def _run_rounds(
+    settings: Settings, binaries: Binaries
+) -> tuple[list[dict[str, Any]], list[list[str]], dict[str, str]]:
     skipped = {m: r for m in settings.modes if (r := unavailable_reason(m))}
-    binaries = build_binaries(out_dir)
     runnable = [m for m in settings.modes if m not in skipped]
     progress = Progress([("", m) for _ in range(settings.rounds) for m in runnable])
     runs: list[dict[str, Any]] = []
