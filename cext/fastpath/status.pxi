@@ -16,10 +16,18 @@ cdef dict named_counters(Core *c):
     return named
 
 
+cdef inline uint64_t seconds_between(uint32_t later, uint32_t earlier) noexcept nogil:
+    """later - earlier, both modulo 2^24: a difference of 2^23 or more is taken as negative
+    (a flow stamped a second after the clock was read, a clock that went back) and is 0."""
+    cdef uint32_t gap = (later - earlier) & <uint32_t> CREATED_MASK
+    return gap if gap < (1 << 23) else 0
+
+
 cdef uint32_t *flow_ages(FlowTable *t, double now) noexcept nogil:
     """Each flow's age in whole seconds, by its place from the newest (0) on; NULL when
     memory is short. An entry keeps its creation time modulo 2^24 s: the table's
-    insertion order unwraps it, exact unless the table took no new flow for 194 days."""
+    insertion order unwraps it, exact unless the table took no new flow for 97 days (a
+    gap of 2^23 s or more reads as none)."""
     cdef uint32_t *ages = <uint32_t *> malloc((t.count or 1) * sizeof(uint32_t))
     cdef uint32_t index = t.newest, place = 0, created, newer_created = 0
     cdef uint64_t age = 0
@@ -30,9 +38,9 @@ cdef uint32_t *flow_ages(FlowTable *t, double now) noexcept nogil:
         if place == 0:
             age = 0
             if now > 0:
-                age = ((<uint64_t> now) - created) & <uint64_t> CREATED_MASK
+                age = seconds_between(<uint32_t> ((<uint64_t> now) & CREATED_MASK), created)
         else:
-            age += (newer_created - created) & <uint32_t> CREATED_MASK
+            age += seconds_between(newer_created, created)
         ages[place] = <uint32_t> age if age >> 32 == 0 else NIL  # NIL: the largest uint32
         newer_created = created
         place += 1

@@ -22,7 +22,7 @@ from nfqproxy.datapath.offload.kernel import conntrack_fill
 from nfqproxy.model import Backend
 from nfqproxy_lab.packets import tcp_packet, udp_packet
 from tests.helpers.clock import FakeClock
-from tests.helpers.datapaths import datapath_params, new_datapath
+from tests.helpers.datapaths import DATAPATHS, datapath_params, new_datapath
 from tests.helpers.snapshots import BACKENDS, snapshot
 
 SEED = 0  # new_datapath's default (defaults.SEED) is checked below
@@ -318,3 +318,19 @@ def test_flows_show_each_flows_age(name: str, start: float) -> None:
         (30003, 7.0),
     ]
     assert "AGE" in client.flows_table(views.flows_view(datapath)).splitlines()[0]
+
+
+@pytest.mark.skipif("fast" not in DATAPATHS, reason="the fast path is not built")
+def test_a_flow_stamped_after_the_clock_was_read_is_not_194_days_old() -> None:
+    """The queue worker reads its clock before the table lock, a listing reads its own
+    before: a flow may be a second newer than the listing's now. Its age is 0, and the
+    older flows' are not pushed by 2^24 s either."""
+    clock = FakeClock(1000.0)
+    datapath = new_datapath("fast", clock=clock)
+    datapath.apply(snapshot(frozenset({0, 1})))
+    datapath.process(tcp_packet("10.244.1.2", 30001, "10.96.0.10", 80), SOURCE_POD)
+    clock.advance(10)
+    datapath.process(tcp_packet("10.244.1.2", 30002, "10.96.0.10", 80), SOURCE_POD)
+    clock.advance(-1)  # the listing's clock, read a second before the newest stamp
+    ages = [f["age"] for f in views.flows_view(datapath)["flows"]]
+    assert ages == [10.0, 0.0]

@@ -132,3 +132,21 @@ def test_each_service_port_counts_its_new_and_refused_flows(programmed: Datapath
     ports = snapshot(frozenset({3}), external=True).ports
     programmed.apply(Snapshot({k: p for k, p in ports.items() if p.name != "d/web:http"}))
     assert "d/web:http" not in programmed.service_port_counts()
+
+
+def test_a_service_ports_counts_never_fall_while_it_exists(programmed: Datapath) -> None:
+    """Its NodePort and external address go (the service becomes a plain ClusterIP): the
+    flows they took still count for the service port, as Prometheus needs of a counter."""
+    programmed.process(tcp_packet(CLIENT, 40000, WEB_VIP, 80), SOURCE_POD)
+    programmed.process(tcp_packet("198.51.100.7", 40001, NODE_IP, 30080), SOURCE_OFF_CLUSTER)
+    programmed.process(tcp_packet(CLIENT, 40002, NODE_IP, 30080), SOURCE_POD)  # its variant
+    assert programmed.service_port_counts()["d/web:http"] == {"new_flow": 3}
+    programmed.apply(snapshot(frozenset({0, 1, 2})))  # no external frontends
+    assert programmed.service_port_counts()["d/web:http"] == {"new_flow": 3}
+    programmed.process(tcp_packet(CLIENT, 40003, WEB_VIP, 80), SOURCE_POD)
+    assert programmed.service_port_counts()["d/web:http"] == {"new_flow": 4}
+    ports = snapshot(frozenset({0, 1, 2})).ports
+    programmed.apply(Snapshot({k: p for k, p in ports.items() if p.name != "d/web:http"}))
+    assert "d/web:http" not in programmed.service_port_counts()
+    programmed.apply(snapshot(frozenset({0, 1, 2})))  # back: counted from zero
+    assert "d/web:http" not in programmed.service_port_counts()

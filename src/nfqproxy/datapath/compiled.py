@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from ipaddress import IPv6Network
 
-from nfqproxy.datapath.decisions import REFUSALS, PortCounts, TraceEvent
+from nfqproxy.datapath.decisions import REFUSALS, PortCounts, TraceEvent, retired_names
 from nfqproxy.datapath.flows import Timeouts, endpoint_text
 from nfqproxy.datapath.frontends import Frontend, TableChanges, TableKey
 from nfqproxy.model import IPNetwork
@@ -91,6 +91,7 @@ class CompiledTables:
     def program(self, plan: TableChanges, marks: BackendMarks | None = None) -> None:
         """Removes and (re)builds the plan's frontends. The caller holds core.hold(), so
         that no worker sees half of it."""
+        retired = retired_names(self.frontends, plan.removed, plan.built)
         for key in [*plan.removed, *plan.built]:
             self._fold_decided(key, plan.built.get(key))
             if key in self._slots:  # C counts from each installation
@@ -118,7 +119,7 @@ class CompiledTables:
                 frontend.policy,
             )
             self.frontends[key] = frontend
-        self._port_counts.forget(plan.removed, self.frontends)
+        self._port_counts.retire(retired, self.frontends)
         if plan.names:
             self.core.rebuild_maps()  # in C: well under a millisecond at 10k frontends
 

@@ -12,7 +12,7 @@ from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from nfqproxy.datapath.frontends import Frontend, TableKey, primary_key
+from nfqproxy.datapath.frontends import Frontend, TableKey
 
 # The reasons a service port counts beside new_flow: the refusals made for a frontend
 # (the fast path's REFUSE_* order). no_service and port_not_served have no service port.
@@ -88,24 +88,31 @@ class TraceRing:
 
 
 class PortCounts:
-    """New and refused flows by frontend, kept while the frontend is programmed (replaced
-    frontends keep theirs; removed ones drop them), and read by service port name."""
+    """New and refused flows by frontend, read by service port name. A service port has
+    several frontends (its ClusterIPs, NodePorts, external and load-balancer addresses, a
+    Local service's cluster variant), which come and go on their own: a frontend that
+    goes hands its counts to its name, which keeps them while any frontend of that name
+    remains. So a service port's counters never fall while it exists (Prometheus would
+    read a fall as a reset), and go with it."""
 
     def __init__(self) -> None:
         self._counts: Counter[tuple[TableKey, str]] = Counter()
+        self._retired: Counter[tuple[str, str]] = Counter()  # (name, reason)
 
     def add(self, key: TableKey, reason: str, count: int = 1) -> None:
         if count:
             self._counts[(key, reason)] += count
 
-    def forget(self, keys: Iterable[TableKey], remaining: Mapping[TableKey, Frontend]) -> None:
-        """Drops the counts of removed frontends. A removed cluster variant (a service no
-        longer Local) hands its counts to its primary, so the service port's never fall."""
-        gone = set(keys)
-        for key, reason in [entry for entry in self._counts if entry[0] in gone]:
-            count = self._counts.pop((key, reason))
-            if primary_key(key) != key and primary_key(key) in remaining:
-                self._counts[(primary_key(key), reason)] += count
+    def retire(self, names: Mapping[TableKey, str], remaining: Mapping[TableKey, Frontend]) -> None:
+        """Frontends removed, or now of another service port (names: their old names):
+        their counts go to those names, kept while a remaining frontend bears the name."""
+        if not names:
+            return
+        for key, reason in [entry for entry in self._counts if entry[0] in names]:
+            self._retired[(names[key], reason)] += self._counts.pop((key, reason))
+        gone = set(names.values()) - {f.name for f in remaining.values()}
+        for entry in [entry for entry in self._retired if entry[0] in gone]:
+            del self._retired[entry]
 
     def by_service_port(
         self, frontends: Mapping[TableKey, Frontend], extra: PortCounts | None = None
@@ -118,4 +125,20 @@ class PortCounts:
             frontend = frontends.get(key)
             if frontend is not None and count:
                 totals.setdefault(frontend.name, Counter())[reason] += count
+        for (name, reason), count in self._retired.items():
+            totals.setdefault(name, Counter())[reason] += count
         return {name: dict(sorted(counts.items())) for name, counts in sorted(totals.items())}
+
+
+def retired_names(
+    programmed: Mapping[TableKey, Frontend],
+    removed: Iterable[TableKey],
+    built: Mapping[TableKey, Frontend],
+) -> dict[TableKey, str]:
+    """The old names of the frontends a plan removes or gives to another service port."""
+    names = {key: programmed[key].name for key in removed if key in programmed}
+    for key, frontend in built.items():
+        old = programmed.get(key)
+        if old is not None and old.name != frontend.name:
+            names[key] = old.name
+    return names

@@ -28,6 +28,7 @@ from nfqproxy.datapath.decisions import (
     PortCounts,
     TraceEvent,
     TraceRing,
+    retired_names,
     tuple_is_read,
 )
 from nfqproxy.datapath.flows import (
@@ -108,6 +109,7 @@ class ReferenceDatapath:
         Returns the names of the service ports added, changed or removed.
         """
         plan = plan_changes(self._ports, changes, self.seed)
+        retired = retired_names(self._frontends, plan.removed, plan.built)
         for key in plan.removed:
             self._unindex(key)
         for key, frontend in plan.built.items():
@@ -119,7 +121,7 @@ class ReferenceDatapath:
                     (key[1] & PROTOCOL_MASK, address, port_number), []
                 ).append(primary_key(key))
         update_ports(self._ports, changes)
-        self.port_counts.forget(plan.removed, self._frontends)
+        self.port_counts.retire(retired, self._frontends)
         if plan.backends_lost:
             self._retire_flows_to_removed_backends()
         return plan.names
