@@ -62,7 +62,8 @@ cdef enum:  # event counters: verdicts.EVENT_COUNTERS, EVENT_COUNTER_NAMES
 cdef enum:  # a frontend's refused new flows (Frontend.refused): REFUSAL_NAMES
     REFUSE_NO_ENDPOINTS = 0     # reject: no endpoint anywhere
     REFUSE_NO_LOCAL_ENDPOINTS   # drop: internalTrafficPolicy Local, none on this node
-    REFUSE_BACKEND_REMOVED      # reset: a packet of a TCP flow whose backend left
+    REFUSE_BACKEND_REMOVED      # reset: a packet of a TCP flow whose backend left (offload:
+                                # or whose conntrack entry is gone for any reason)
     REFUSE_COUNT
 
 cdef enum:  # the queue loop's statistics: QUEUE_STAT_NAMES

@@ -146,10 +146,24 @@ cdef class FastCore:
     def trace_take(self):
         """(events recorded since the last call, oldest first, as TraceTuple; events lost
         since tracing started, because the ring was full)."""
-        with self.hold():
-            if self.c.trace.events == NULL:
-                return [], 0
-            return trace_take(&self.c), self.c.trace.lost
+        cdef TraceEvent *events = NULL
+        cdef uint64_t count = 0, lost = 0
+        cdef bint on
+        with nogil:
+            pthread_mutex_lock(&self.c.lock)
+            on = self.c.trace.events != NULL
+            if on:
+                count = trace_copy(&self.c, &events)
+                lost = self.c.trace.lost
+            pthread_mutex_unlock(&self.c.lock)
+        if not on:
+            return [], 0
+        if events == NULL:
+            raise MemoryError()
+        try:
+            return trace_rows(events, count), lost
+        finally:
+            free(events)
 
     # --- packets and status ----------------------------------------------------------------
 

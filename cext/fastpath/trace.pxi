@@ -53,16 +53,30 @@ cdef void trace_refusal(Core *c, Headers *h, Verdict *v, double now) noexcept no
         e.proto, e.version, e.sport, e.dport = 0, 0, 0, 0
 
 
-cdef list trace_take(Core *c):
-    """The events recorded since the last call, oldest first, as trace tuples (_fastpath.pyi
-    TraceTuple); with the GIL, under the lock."""
+cdef uint64_t trace_copy(Core *c, TraceEvent **out) noexcept nogil:
+    """Moves the events recorded since the last call into a new array (*out, for the
+    caller to free): under the lock, quickly, so that the queue worker waits only for a
+    copy, not for Python objects. Returns how many; *out is NULL when memory is short."""
     cdef TraceRing *r = &c.trace
+    cdef uint64_t count = r.written - r.taken, first, i
+    out[0] = <TraceEvent *> malloc((count or 1) * sizeof(TraceEvent))
+    if out[0] == NULL:
+        return 0
+    for i in range(count):
+        first = (r.taken + i) & (r.size - 1)
+        out[0][i] = r.events[first]
+    r.taken = r.written
+    return count
+
+
+cdef list trace_rows(TraceEvent *events, uint64_t count):
+    """The copied events as trace tuples (_fastpath.pyi TraceTuple), with the GIL."""
     cdef TraceEvent *e
     cdef uint32_t size
+    cdef uint64_t i
     out = []
-    while r.taken < r.written:
-        e = &r.events[r.taken & (r.size - 1)]
-        r.taken += 1
+    for i in range(count):
+        e = &events[i]
         if e.has_tuple:
             size = address_size(e.version)
             out.append((e.time, ACTION_NAMES[e.action], REASON_NAMES[e.reason], e.proto,

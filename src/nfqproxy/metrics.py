@@ -129,7 +129,9 @@ def service_port_metrics(counts: dict[str, dict[str, int]]) -> Iterator[Metric]:
     refused = CounterMetricFamily(
         "nfqproxy_service_port_refused_flows",
         "New flows each service port refused (rejected, or dropped for "
-        "internalTrafficPolicy Local), and packets reset because their backend left, by reason",
+        "internalTrafficPolicy Local), and TCP packets reset because their flow is gone "
+        "(backend_removed: its backend left; on the offload path also a conntrack entry "
+        "that expired), by reason",
         labels=["service_port", "reason"],
     )
     for name, by_reason in counts.items():

@@ -119,6 +119,8 @@ def test_bad_trace_requests_are_refused_with_the_reason(tmp_path: Path) -> None:
     assert "reasons must be a list" in not_list["error"]
     assert "service must be a string" in not_text["error"]
     assert f"{trace.MAX_TRACERS} clients trace already" in too_many["error"]
+    with pytest.raises(trace.TraceRefused, match="stopping"):  # stopped: no new tracer
+        server.tracing.subscribe(trace.TraceFilter())
 
 
 def test_a_slow_tracer_is_told_what_it_lost(

@@ -88,8 +88,11 @@ class TraceHub:
         self.tracers: set[Tracer] = set()
         self._poll: asyncio.Task[None] | None = None
         self._lost = 0  # the data path's count, as last seen
+        self._closed = False  # the proxy is stopping: no new tracer
 
     def subscribe(self, match: TraceFilter) -> Tracer:
+        if self._closed:
+            raise TraceRefused("the proxy is stopping")
         if len(self.tracers) >= MAX_TRACERS:
             raise TraceRefused(f"{MAX_TRACERS} clients trace already; try again later")
         if not self.tracers:
@@ -102,13 +105,16 @@ class TraceHub:
         return tracer
 
     def unsubscribe(self, tracer: Tracer) -> None:
+        if tracer not in self.tracers:  # the hub closed meanwhile, and stopped already
+            return
         self.tracers.discard(tracer)
         if not self.tracers:
             self._stop()
             log.info("tracing stopped: nobody traces")
 
     def close(self) -> None:
-        """The proxy stops: every tracer's stream ends."""
+        """The proxy stops: every tracer's stream ends, and no new one starts."""
+        self._closed = True
         for tracer in self.tracers:
             tracer.closed = True
             tracer.ready.set()
@@ -173,13 +179,13 @@ async def stream(
     """Writes the tracer's lines as they come, until the client goes away (its end of the
     socket closes) or the proxy stops. A line {"lost": n} says how many it missed so far."""
     gone = asyncio.ensure_future(reader.read(1))  # b"" (or anything): the client is done
+    ready: asyncio.Future[Any] | None = None
     told_lost = 0
     try:
         while not tracer.closed:
             ready = asyncio.ensure_future(tracer.ready.wait())
             done, _ = await asyncio.wait({ready, gone}, return_when=asyncio.FIRST_COMPLETED)
             if gone in done:
-                ready.cancel()
                 return
             lines = [json.dumps({"event": line}) for line in tracer.take()]
             if tracer.lost > told_lost:
@@ -189,6 +195,8 @@ async def stream(
                 writer.write(("\n".join(lines) + "\n").encode())
                 await asyncio.wait_for(writer.drain(), 10.0)
     finally:
-        gone.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await gone
+        for task in (ready, gone):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
