@@ -5,7 +5,9 @@
 Inputs are mutations of valid packets in both directions (bit flips, byte sets, cuts,
 splices, header fields set to edge values) and plain random bytes, fed to FastCore with
 and without the partial-checksum flag. A crash in C ends the process, so the caller sees
-it. Every K-th input also goes to the reference path, and the two must agree.
+it. Every K-th input also goes to the reference path, and the two must agree, their
+traces of it included. The fuzzed core traces throughout, into a small ring that fills,
+wraps and loses events.
 
 IPv6 packets (extension-header chains among them, fragments, ICMPv6 errors) and SCTP ones
 are in the corpus too, on a dual-stack service; every compared input must also get a
@@ -157,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
 
     fast = FastDatapath(RANGES, capacity=4096)
     fast.apply(snapshot(ipv6=True))
+    fast.trace_start(512)  # its ring fills, wraps and loses: all of it under the fuzz
+    traced = 0
     rng = random.Random(args.seed)
     seeds = corpus() + corpus6()
     verdicts: Counter[str] = Counter()
@@ -168,18 +172,22 @@ def main(argv: list[str] | None = None) -> int:
         data = mutate(rng, seeds)
         action, reason, _, _, _ = fast.core.process(data, 1000.0, rng.random() < 0.2)
         verdicts[f"{action}_{reason}"] += 1
+        if n % 1000 == 999:
+            traced += len(fast.trace_take()[0])
         if args.compare_every and n % args.compare_every == 0:
             # Separate tables would drift apart on flow state, so compare stateless verdicts
             # on a fresh pair: the parse and the first decision must match exactly.
+            # Their traces of it must match too (one clock, so one time).
             pair: list[FastDatapath | ReferenceDatapath] = [
-                FastDatapath(RANGES, capacity=8),
-                ReferenceDatapath(RANGES, capacity=8),
+                FastDatapath(RANGES, capacity=8, clock=lambda: 1000.0),
+                ReferenceDatapath(RANGES, capacity=8, clock=lambda: 1000.0),
             ]
             results = []
             for datapath in pair:
                 datapath.apply(snapshot(ipv6=True))
+                datapath.trace_start(4)
                 v = datapath.process(data)
-                results.append((v.action, v.reason, v.payload))
+                results.append((v.action, v.reason, v.payload, datapath.trace_take()))
             if results[0] != results[1] and len(disagreements) < 10:
                 disagreements.append(data.hex())
             action, reason = results[1][0].value, results[1][1]
@@ -192,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "inputs": args.inputs,
                 "seconds": round(time.monotonic() - started, 1),
+                "decisions_traced": traced,
                 "verdicts": dict(verdicts.most_common()),
                 "disagreements": disagreements,
                 "reference_verdicts": dict(reference_verdicts.most_common()),
