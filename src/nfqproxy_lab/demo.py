@@ -1,15 +1,21 @@
-"""`nfqproxy demo`: the lab, the proxy, traffic, an endpoint removal, and a clean teardown."""
+"""`nfqproxy demo`: the lab, the proxy, traffic, an endpoint removal, the inspection
+commands, and a clean teardown."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import threading
 import time
 from collections import Counter
 
 from nfqproxy.controller import STATUS_INTERVAL, status_summary
+from nfqproxy_lab import netns
 from nfqproxy_lab.dualstack import WEB_VIP6
 from nfqproxy_lab.netns import NetnsThread
-from nfqproxy_lab.proxy import read_status, start_proxy, wait_ready
+from nfqproxy_lab.proxy import proxy_command, read_status, start_proxy, wait_ready
 from nfqproxy_lab.topology import (
+    CLIENT_IP,
     DNS_PORT,
     EXTERNAL_CLIENT_IP,
     HTTP_PORT,
@@ -18,9 +24,10 @@ from nfqproxy_lab.topology import (
     WEB_VIP,
     Lab,
     all_labs,
+    backend_ip,
     lab_nodeport_manifest,
 )
-from nfqproxy_lab.traffic import KeepAlive, http_peers, http_split, udp_query
+from nfqproxy_lab.traffic import KeepAlive, http_get, http_peers, http_split, udp_query
 
 DEMO_LAB = "nfqdemo"
 
@@ -75,6 +82,48 @@ def _dual_stack(lab: Lab, requests: int) -> None:
                 print(f"  {name:<10} {count:>4}  saw the client as {peer}")
 
 
+# Above the ephemeral range (32768-60999): no connection the demo made before holds it.
+DEMO_CLIENT_PORT = 61000
+
+
+def _inspect(lab: Lab) -> None:
+    """What an operator sees: `explain` names the backend a client port gets, `trace`
+    shows that connection decided, and the backend that answers is the one named."""
+
+    def nfqproxy(*args: str) -> list[str]:
+        return [*proxy_command(), *args, "--socket", str(lab.control_socket)]
+
+    source, service = f"{CLIENT_IP}:{DEMO_CLIENT_PORT}", f"{WEB_VIP}:{HTTP_PORT}"
+    explained = netns.run(netns.exec_command(lab.client_ns, nfqproxy("explain", source, service)))
+    print(f"\n$ nfqproxy explain {source} {service}\n{explained.rstrip()}")
+    tracer = subprocess.Popen(
+        netns.exec_command(lab.external_ns, nfqproxy("trace", "--service", "default/web")),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    watchdog = threading.Timer(15.0, tracer.kill)  # a line that never comes ends the wait
+    watchdog.start()
+    try:
+        assert tracer.stdout is not None
+        header = tracer.stdout.readline()  # written once the proxy traces for it
+        with NetnsThread(lab.client_ns) as client:
+            origin = (CLIENT_IP, DEMO_CLIENT_PORT)
+            name = client.call(http_get, WEB_VIP, HTTP_PORT, 3.0, "/", origin)
+        decided = tracer.stdout.readline()
+    finally:
+        watchdog.cancel()
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(10)
+        if tracer.stdout is not None:
+            tracer.stdout.close()
+    print(
+        f"\n$ nfqproxy trace --service default/web    (one connection from port "
+        f"{DEMO_CLIENT_PORT}, then Ctrl-C)\n{header.rstrip()}\n{decided.rstrip()}"
+    )
+    print(f"The connection was answered by {name} ({backend_ip(int(name.removeprefix('be')))}).")
+
+
 def run_demo(backends: int = 3, requests: int = 300) -> int:
     if DEMO_LAB in all_labs():
         Lab.load(DEMO_LAB).down()  # a demo killed earlier left its lab behind
@@ -123,6 +172,7 @@ def run_demo(backends: int = 3, requests: int = 300) -> int:
             client.call(keep.close)
         print("\n" + _fresh_status(lab))
         _dual_stack(lab, requests // 30)
+        _inspect(lab)
         return 0
     except KeyboardInterrupt:
         print("\nInterrupted.")

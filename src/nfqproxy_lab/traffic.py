@@ -15,9 +15,16 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 
-def http_get(host: str, port: int, timeout: float = 3.0, path: str = "/") -> str:
-    """One request on a new connection; returns the answering backend's name."""
-    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+def http_get(
+    host: str,
+    port: int,
+    timeout: float = 3.0,
+    path: str = "/",
+    source: tuple[str, int] | None = None,
+) -> str:
+    """One request on a new connection (from source's address and port, if given);
+    returns the answering backend's name."""
+    connection = http.client.HTTPConnection(host, port, timeout=timeout, source_address=source)
     try:
         connection.request("GET", path, headers={"Connection": "close"})
         return connection.getresponse().read().decode().strip()

@@ -54,6 +54,11 @@ def test_the_demo_shows_the_split_and_an_endpoint_change_then_leaves_nothing_beh
     line = next(x for x in out.splitlines() if "still answers from" in x)
     now, was = line.split("from: ")[1].split(" (was ")
     assert now == was.rstrip(")")
+    # The inspection part: explain's backend is the one the trace shows and that answers.
+    named = next(x for x in out.splitlines() if x.startswith("verdict:")).split("DNAT to ")[1]
+    traced = next(x for x in out.splitlines() if " new_flow " in x)
+    answered = next(x for x in out.splitlines() if "was answered by" in x)
+    assert traced.split()[-1] == named and f"({named.split(':')[0]})" in answered, out
     assert "nfqdemo" not in all_labs() and _demo_namespaces() == []
 
 
