@@ -72,6 +72,10 @@ def test_explain_services_and_flows_agree_with_the_traffic(datapath: str) -> Non
             assert seen.get(sport) == backend, (sport, listed)
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class Tracing:
     """`nfqproxy trace` running in a namespace, its lines read as they come by a thread (a
     select on a buffered pipe would miss lines already read into the buffer)."""
@@ -83,6 +87,9 @@ class Tracing:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # As a shell starts a background command (CI's, for one): Ctrl-C must still
+            # end the trace (a fresh clone's CI run caught this).
+            preexec_fn=_ignore_sigint,
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from nfqproxy.control.server import DEFAULT_SOCKET
@@ -247,9 +250,18 @@ def trace_line(event: dict[str, Any]) -> str:
     ).rstrip()
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def follow_trace(path: Path, request: dict[str, Any], as_json: bool) -> int:
-    """Prints the proxy's decisions until Ctrl-C (exit 0) or the proxy ends the stream
-    (exit 1: it stopped)."""
+    """Prints the proxy's decisions until Ctrl-C or SIGTERM (exit 0) or the proxy ends the
+    stream (exit 1: it stopped)."""
+    if threading.current_thread() is threading.main_thread():
+        # Set, not inherited: a shell starts background commands with SIGINT ignored, and
+        # Python keeps it so; Ctrl-C (or a kill) must end a trace in any case.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, _interrupt)
     shown = 0
     try:
         with TraceStream(path, request) as stream:
