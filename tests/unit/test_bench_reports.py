@@ -220,3 +220,28 @@ def test_the_data_path_report_reads_ratios_round_by_round_and_calls_overlaps_noi
     assert "| CPU | Test CPU |" in report and "60.8 B per flow" in report
     assert "- a conntrack entry: 256 B in the kernel" in report
     assert (tmp_path / "datapath.png").read_bytes()[:8] == PNG
+
+
+# --- the A/B of two builds ------------------------------------------------------------------
+
+
+def test_an_ab_of_two_builds_reports_round_by_round_ratios_and_noise(tmp_path: Path) -> None:
+    this = [{"tcp1": 12.0, "cps": 9500.0}, {"tcp1": 11.0, "cps": 9400.0}]
+    other = [{"tcp1": 12.5, "cps": 9000.0}, {"tcp1": 10.5, "cps": 8900.0}]
+    results = {
+        "command": "python -m bench.compare_builds ../old",
+        "metadata": METADATA,
+        "mode": "fast",
+        "rounds": 2,
+        "seconds": 3,
+        "this_commit": "a" * 40,
+        "other_commit": "b" * 40,
+        "samples": {"this": this, "other": other},
+    }
+    text, derived = rerender("bench.compare_builds", results, tmp_path)
+    ratio = derived["summary"]["ratio"]
+    assert ratio["tcp1"]["noise"] and not ratio["cps"]["noise"]  # ranges overlap, or not
+    assert ratio["cps"]["median"] == (9500 / 9000 + 9400 / 8900) / 2  # round by round
+    assert "| new connections per second | 9.45 (9.40" + DASH in text
+    assert "noise |" in text and "Test CPU" in text
+    assert (tmp_path / "compare.png").read_bytes().startswith(PNG)
