@@ -183,7 +183,7 @@ cdef Verdict process_packet(Core *c, uint8_t *pkt, uint32_t length, double now,
     v.action, v.reason, v.proxied, v.masquerade, v.length, v.mark = ACT_DROP, R_TRUNCATED_IP, 0, 0, length, 0
     decide(c, pkt, length, now, partial, source, &h, &v)
     c.verdicts[v.action][v.reason] += 1
-    if tracing(c) and v.action != ACT_ACCEPT:
+    if v.action != ACT_ACCEPT and tracing(c):  # an accepted packet does not even load it
         trace_refusal(c, &h, &v, now)
     return v
 
@@ -232,6 +232,6 @@ cdef Verdict process_first_packet(Core *c, uint8_t *pkt, uint32_t length,
     v.action, v.reason, v.proxied, v.masquerade, v.length, v.mark = ACT_DROP, R_TRUNCATED_IP, 0, 0, length, 0
     decide_first(c, pkt, length, now, source, &h, &v)
     c.verdicts[v.action][v.reason] += 1
-    if tracing(c) and v.action != ACT_ACCEPT:
+    if v.action != ACT_ACCEPT and tracing(c):
         trace_refusal(c, &h, &v, now)
     return v

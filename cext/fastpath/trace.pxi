@@ -1,6 +1,6 @@
 # Included by fastpath.pyx, before decide.pxi. `nfqproxy trace`: decisions recorded in a ring
-# while someone traces. With nobody tracing the ring is not allocated, and a packet pays one
-# test of a pointer (decide.pxi tests it before calling in here). The queue worker writes
+# while someone traces. With nobody tracing the ring is not allocated, and only a new flow
+# or a refused packet pays a test of its pointer (decide.pxi tests it before calling in). The queue worker writes
 # under the Core's lock, and Python takes events under it, so the ring needs nothing more.
 
 cdef enum:

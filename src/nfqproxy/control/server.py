@@ -95,12 +95,12 @@ class ControlServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            line = await asyncio.wait_for(reader.readline(), 10.0)
-            if _is_trace(line):  # a stream, for as long as the client stays
-                await self._trace(json.loads(line), reader, writer)
+            request = _parsed(await asyncio.wait_for(reader.readline(), 10.0))
+            if isinstance(request, dict) and request.get("command") == "trace":
+                await self._trace(request, reader, writer)  # for as long as the client stays
                 return
             async with self._busy:  # a few at a time: each may walk a table
-                await self._write(writer, await self._answer_line(line))
+                await self._write(writer, await self._answer_request(request))
         except (TimeoutError, ConnectionError, ValueError) as exc:
             # Silent, too long (readline's limit raises ValueError), or gone away.
             log.debug("inspection request dropped: %s", exc)
@@ -126,9 +126,12 @@ class ControlServer:
         finally:
             self.tracing.unsubscribe(tracer)
 
-    async def _answer_line(self, line: bytes) -> dict[str, Any]:
+    async def _answer_request(self, request: object) -> dict[str, Any]:
+        """The answer to a parsed request, or to the error that parsing it gave."""
         try:
-            return {"ok": await self.answer(json.loads(line))}
+            if isinstance(request, Exception):
+                raise request
+            return {"ok": await self.answer(request)}
         except (RequestError, ValueError, RecursionError) as exc:
             return {"error": str(exc)[:500]}
         except Exception as exc:  # a bug, or conntrack refusing: the proxy carries on
@@ -167,12 +170,13 @@ class ControlServer:
         )  # fmt: skip
 
 
-def _is_trace(line: bytes) -> bool:
+def _parsed(line: bytes) -> object:
+    """The request a line holds, or the error that parsing it gave (answered as such)."""
     try:
-        request = json.loads(line)
-    except (ValueError, RecursionError):
-        return False  # answer() says what is wrong with it
-    return isinstance(request, dict) and request.get("command") == "trace"
+        request: object = json.loads(line)
+    except (ValueError, RecursionError) as exc:
+        return exc
+    return request
 
 
 def _trace_filter(request: Mapping[str, Any]) -> trace.TraceFilter:

@@ -62,7 +62,7 @@ class Datapath(Protocol):
         ...
 
     def trace_start(self, size: int) -> None:
-        """Records each new flow, reject and drop (decisions.is_traced) until trace_stop,
+        """Records each new flow, reject and drop (decisions.TraceEvent) until trace_stop,
         keeping up to size not yet taken. Until then, tracing costs the packets nothing."""
         ...
 
